@@ -1,0 +1,11 @@
+//! Sluice control plane: object model, providers, translation and the discovery server.
+
+pub mod controller;
+pub mod model;
+pub mod provider;
+pub mod resource;
+pub mod run;
+pub mod translate;
+pub mod validate;
+pub mod views;
+pub mod xds;

@@ -1,0 +1,1160 @@
+//! Goma Gateway objects to config resources: a Gateway becomes its listeners, a Route one
+//! `Route` resource plus one `Cluster` per backend.
+//!
+//! Anything this version cannot enforce (middlewares, exploit protection, TLS) fails closed: the
+//! route is refused with an error naming the field rather than served without it.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use sluice_proto::config as pb;
+
+use super::{Errors, TranslateError};
+use crate::model::goma::{self, MatchOperator, MatchSource};
+use crate::model::{Kind, ObjectKey};
+
+/// The listener every Goma route attaches to.
+pub const HTTP_LISTENER: &str = "http";
+
+const CONNECT_TIMEOUT_SECS: i64 = 5;
+
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The resources one Goma Route contributes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TranslatedRoute {
+    pub route: pb::Route,
+    pub clusters: Vec<pb::Cluster>,
+    /// Accepted but not acted on (e.g. health checks); for logs and status.
+    pub warnings: Vec<String>,
+}
+
+/// `route/<ns>/<name>`: the Route resource name of a Goma Route.
+pub fn route_resource_name(namespace: &str, name: &str) -> String {
+    format!("route/{namespace}/{name}")
+}
+
+/// `route/<ns>/<name>/backend-<i>`: the Cluster of backend `i` (`target` is backend 0).
+pub fn cluster_resource_name(namespace: &str, name: &str, index: usize) -> String {
+    format!("route/{namespace}/{name}/backend-{index}")
+}
+
+/// A Gateway's listeners: HTTP on `spec.service.httpPort` (8080 by default).
+pub fn translate_gateway(
+    gw: &goma::Gateway,
+) -> Result<(Vec<pb::Listener>, Vec<String>), TranslateError> {
+    let source =
+        ObjectKey::new(Kind::GomaGateway, &gw.metadata.namespace, &gw.metadata.name).to_string();
+    let spec = &gw.spec;
+    let mut errors = Errors::default();
+    let mut warnings = Vec::new();
+
+    let port = port_in_range(spec.service.http_port);
+    if port.is_none() {
+        errors.push(
+            "spec.service.httpPort",
+            format!("{} is not a port (1-65535)", spec.service.http_port),
+        );
+    }
+    if !spec.server.tls.is_empty() {
+        warnings.push(format!(
+            "spec.server.tls: the HTTPS listener on port {} is not served yet; only HTTP is",
+            spec.service.https_port
+        ));
+    }
+    if spec.cert_manager.is_some() {
+        warnings.push("spec.certManager: ACME certificates are not issued yet".to_owned());
+    }
+    errors.into_result(&source)?;
+
+    let listener = pb::Listener {
+        name: HTTP_LISTENER.to_owned(),
+        port: port.map_or(0, u32::from),
+        protocol: pb::Protocol::Http as i32,
+        hostname: String::new(),
+        source,
+    };
+    Ok((vec![listener], warnings))
+}
+
+fn port_in_range(port: i32) -> Option<u16> {
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+/// A Route's resources, or `Ok(None)` when `spec.enabled` is false. Every invalid field is
+/// reported in one error.
+pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, TranslateError> {
+    let spec = &route.spec;
+    if !spec.enabled {
+        return Ok(None);
+    }
+    let (ns, name) = (&route.metadata.namespace, &route.metadata.name);
+    let source = ObjectKey::new(Kind::GomaRoute, ns, name).to_string();
+    let mut errors = Errors::default();
+    let mut warnings = Vec::new();
+
+    if spec.gateways.is_empty() {
+        errors.push("spec.gateways", "at least one Gateway name is required");
+    }
+    for (i, gw) in spec.gateways.iter().enumerate() {
+        if gw.trim().is_empty() {
+            errors.push(format!("spec.gateways[{i}]"), "must not be empty");
+        }
+    }
+
+    let path = normalize_path(&spec.path).unwrap_or_else(|reason| {
+        errors.push("spec.path", reason);
+        String::new()
+    });
+
+    let mut hostnames: Vec<String> = Vec::new();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        match normalize_host(host) {
+            Ok(h) if !hostnames.contains(&h) => hostnames.push(h),
+            Ok(_) => {}
+            Err(reason) => errors.push(format!("spec.hosts[{i}]"), reason),
+        }
+    }
+
+    let mut allowed_methods: Vec<String> = Vec::new();
+    for (i, method) in spec.methods.iter().enumerate() {
+        let upper = method.trim().to_ascii_uppercase();
+        if !STANDARD_METHODS.contains(&upper.as_str()) {
+            errors.push(
+                format!("spec.methods[{i}]"),
+                format!(
+                    "{method:?} is not a standard HTTP method ({})",
+                    STANDARD_METHODS.join(", ")
+                ),
+            );
+        } else if !allowed_methods.contains(&upper) {
+            allowed_methods.push(upper);
+        }
+    }
+
+    let path_rewrite = spec.rewrite.as_ref().and_then(|rewrite| {
+        if rewrite.starts_with('/') {
+            Some(pb::PathRewrite {
+                kind: Some(pb::path_rewrite::Kind::ReplacePrefix(rewrite.clone())),
+            })
+        } else {
+            errors.push("spec.rewrite", format!("{rewrite:?} must start with \"/\""));
+            None
+        }
+    });
+
+    fail_closed(spec, &mut errors);
+
+    if spec.health_check.is_some() {
+        warnings.push(
+            "spec.healthCheck is accepted but active health checks are not performed yet"
+                .to_owned(),
+        );
+    }
+
+    let maintenance = spec.maintenance.as_ref().filter(|m| m.enabled);
+    let (backends, clusters) = match (&spec.target, spec.backends.is_empty()) {
+        (Some(_), false) => {
+            errors.push(
+                "spec.target",
+                "spec.target and spec.backends are mutually exclusive",
+            );
+            (Vec::new(), Vec::new())
+        }
+        (None, true) => {
+            if maintenance.is_none() {
+                errors.push(
+                    "spec.target",
+                    "a route needs spec.target or spec.backends (or an enabled spec.maintenance)",
+                );
+            }
+            (Vec::new(), Vec::new())
+        }
+        (Some(target), true) => {
+            let cluster_name = cluster_resource_name(ns, name, 0);
+            match parse_endpoint(target) {
+                Ok((address, port)) => (
+                    vec![pb::WeightedBackend {
+                        cluster: cluster_name.clone(),
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    vec![cluster(cluster_name, &source, address, port)],
+                ),
+                Err(reason) => {
+                    errors.push("spec.target", reason);
+                    (Vec::new(), Vec::new())
+                }
+            }
+        }
+        (None, false) => translate_backends(
+            ns,
+            name,
+            &source,
+            &spec.backends,
+            &mut errors,
+            &mut warnings,
+        ),
+    };
+
+    let action = match maintenance {
+        Some(m) => {
+            if !(100..=599).contains(&m.status) {
+                errors.push(
+                    "spec.maintenance.status",
+                    format!("{} is not an HTTP status (100-599)", m.status),
+                );
+            }
+            let body = m
+                .body
+                .clone()
+                .unwrap_or_else(|| goma::DEFAULT_MAINTENANCE_BODY.to_owned());
+            let content_type = if serde_json::from_str::<serde_json::Value>(&body).is_ok() {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            pb::route::Action::DirectResponse(pb::DirectResponse {
+                status: u32::from(m.status),
+                body,
+                content_type: content_type.to_owned(),
+            })
+        }
+        None => pb::route::Action::Forward(pb::ForwardAction {
+            backends,
+            path_rewrite,
+            preserve_host: spec.security.forward_host_headers,
+            timeout: None,
+        }),
+    };
+    errors.into_result(&source)?;
+
+    // Maintenance answers directly: no upstream is contacted, so none is published.
+    let clusters = if maintenance.is_some() {
+        Vec::new()
+    } else {
+        clusters
+    };
+    let route = pb::Route {
+        name: route_resource_name(ns, name),
+        source,
+        listeners: vec![HTTP_LISTENER.to_owned()],
+        hostnames,
+        matches: vec![pb::RouteMatch {
+            path: Some(pb::PathMatch {
+                kind: pb::path_match::Kind::Prefix as i32,
+                value: path,
+            }),
+            ..Default::default()
+        }],
+        priority: spec.priority,
+        allowed_methods,
+        action: Some(action),
+    };
+    Ok(Some(TranslatedRoute {
+        route,
+        clusters,
+        warnings,
+    }))
+}
+
+/// Settings this version cannot enforce: refusing the route beats serving it unprotected.
+fn fail_closed(spec: &goma::RouteSpec, errors: &mut Errors) {
+    if !spec.middlewares.is_empty() {
+        errors.push_fail_closed(
+            "spec.middlewares",
+            "middlewares are not enforced by this version; refusing to serve the route without them",
+        );
+    }
+    if spec.security.enable_exploit_protection {
+        errors.push_fail_closed(
+            "spec.security.enableExploitProtection",
+            "exploit protection is not supported yet; refusing to serve the route without it",
+        );
+    }
+    if spec.security.tls.is_some() {
+        errors.push_fail_closed(
+            "spec.security.tls",
+            "upstream TLS is not supported yet (it arrives with the data-plane TLS work); refusing to serve the route",
+        );
+    }
+    if let Some(tls) = &spec.tls {
+        errors.push_fail_closed(
+            "spec.tls.secretName",
+            if tls.secret_name.is_empty() {
+                "required when spec.tls is set (and per-route certificates are not supported yet)"
+            } else {
+                "per-route TLS certificates are not supported yet; refusing to serve the route"
+            },
+        );
+    }
+}
+
+fn translate_backends(
+    ns: &str,
+    name: &str,
+    source: &str,
+    backends: &[goma::Backend],
+    errors: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> (Vec<pb::WeightedBackend>, Vec<pb::Cluster>) {
+    // Goma: no weights at all means plain round robin, i.e. equal shares.
+    let weighted = backends.iter().any(|b| b.weight.unwrap_or(0) > 0);
+    let mut out = Vec::new();
+    let mut clusters = Vec::new();
+    for (i, backend) in backends.iter().enumerate() {
+        let cluster_name = cluster_resource_name(ns, name, i);
+        match parse_endpoint(&backend.endpoint) {
+            Ok((address, port)) => {
+                clusters.push(cluster(cluster_name.clone(), source, address, port))
+            }
+            Err(reason) => errors.push(format!("spec.backends[{i}].endpoint"), reason),
+        }
+        let mut matches = Vec::new();
+        for (j, m) in backend.matches.iter().enumerate() {
+            match backend_match(m) {
+                Ok(bm) => matches.push(bm),
+                Err((field, reason)) => {
+                    errors.push(format!("spec.backends[{i}].match[{j}].{field}"), reason)
+                }
+            }
+        }
+        if backend.exclusive && backend.matches.is_empty() {
+            warnings.push(format!(
+                "spec.backends[{i}]: exclusive without match rules; this backend never receives traffic"
+            ));
+        }
+        out.push(pb::WeightedBackend {
+            cluster: cluster_name,
+            weight: if weighted {
+                backend.weight.unwrap_or(0)
+            } else {
+                1
+            },
+            r#match: matches,
+            exclusive: backend.exclusive,
+            priority: backend.priority,
+        });
+    }
+    (out, clusters)
+}
+
+/// Err carries the sub-field (`name`, `value`) and the reason.
+fn backend_match(m: &goma::BackendMatch) -> Result<pb::BackendMatch, (&'static str, String)> {
+    use pb::string_match::Kind as K;
+    let source = match m.source {
+        MatchSource::Header => pb::backend_match::Source::Header,
+        MatchSource::Cookie => pb::backend_match::Source::Cookie,
+        MatchSource::Query => pb::backend_match::Source::Query,
+        MatchSource::Ip => pb::backend_match::Source::Ip,
+    };
+    if m.source != MatchSource::Ip && m.name.trim().is_empty() {
+        return Err((
+            "name",
+            "required for header, cookie and query matches".to_owned(),
+        ));
+    }
+    let (kind, invert) = match m.operator {
+        MatchOperator::Equals => (K::Exact, false),
+        MatchOperator::NotEquals => (K::Exact, true),
+        MatchOperator::Contains => (K::Contains, false),
+        MatchOperator::NotContains => (K::Contains, true),
+        MatchOperator::StartsWith => (K::Prefix, false),
+        MatchOperator::EndsWith => (K::Suffix, false),
+        MatchOperator::Regex => (K::Regex, false),
+        MatchOperator::In => (K::OneOf, false),
+    };
+    let mut value = pb::StringMatch {
+        kind: kind as i32,
+        invert,
+        ..Default::default()
+    };
+    match m.operator {
+        MatchOperator::Regex => {
+            if let Err(e) = regex::Regex::new(&m.value) {
+                return Err((
+                    "value",
+                    format!("invalid regular expression: {}", one_line(&e.to_string())),
+                ));
+            }
+            value.value = m.value.clone();
+        }
+        MatchOperator::In => {
+            value.values = m
+                .value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if value.values.is_empty() {
+                return Err((
+                    "value",
+                    "operator in needs a comma-separated list of values".to_owned(),
+                ));
+            }
+        }
+        _ => value.value = m.value.clone(),
+    }
+    Ok(pb::BackendMatch {
+        source: source as i32,
+        name: if m.source == MatchSource::Ip {
+            String::new()
+        } else {
+            m.name.trim().to_owned()
+        },
+        value: Some(value),
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn cluster(name: String, source: &str, address: String, port: u16) -> pb::Cluster {
+    pb::Cluster {
+        name,
+        source: source.to_owned(),
+        endpoints: vec![pb::Endpoint {
+            address,
+            port: u32::from(port),
+            weight: 1,
+        }],
+        lb_policy: pb::LbPolicy::RoundRobin as i32,
+        protocol: pb::UpstreamProtocol::Http1 as i32,
+        connect_timeout: Some(prost_types::Duration {
+            seconds: CONNECT_TIMEOUT_SECS,
+            nanos: 0,
+        }),
+    }
+}
+
+/// `/api/` -> `/api`; `/` stays.
+fn normalize_path(path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("required".to_owned());
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with \"/\""));
+    }
+    if path.contains(|c: char| c.is_whitespace() || c == '?' || c == '#') {
+        return Err(format!(
+            "{path:?} must be a plain path (no spaces, query or fragment)"
+        ));
+    }
+    let trimmed = path.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+/// Lowercased exact host or `*.domain`; no port.
+fn normalize_host(host: &str) -> Result<String, String> {
+    let lower = host.to_ascii_lowercase();
+    if lower.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if lower.contains(char::is_whitespace) {
+        return Err(format!("{host:?} must not contain spaces"));
+    }
+    if lower.contains(':') || lower.contains('[') {
+        return Err(format!("{host:?}: a host must not carry a port"));
+    }
+    if lower == "*" {
+        return Err("\"*\" is not a hostname; leave spec.hosts empty to match any host".to_owned());
+    }
+    let domain = match lower.strip_prefix("*.") {
+        Some(rest) => rest,
+        None => &lower,
+    };
+    if domain.contains('*') {
+        return Err(format!(
+            "{host:?}: a wildcard is only allowed as the whole first label (\"*.example.com\")"
+        ));
+    }
+    if !is_dns_name(domain) {
+        return Err(format!("{host:?} is not a valid hostname"));
+    }
+    Ok(lower)
+}
+
+fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// `http://host[:port][/]` to (address, port). The address is an IP (IPv6 without brackets) or a
+/// lowercased DNS name.
+fn parse_endpoint(url: &str) -> Result<(String, u16), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "{url:?} is not a URL (expected http://host[:port])"
+        ));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => {}
+        "https" => {
+            return Err(
+                "https upstreams are not supported yet (upstream TLS arrives with the data-plane TLS work)".to_owned(),
+            );
+        }
+        other => {
+            return Err(format!(
+                "unsupported scheme {other:?} (expected http://host[:port])"
+            ));
+        }
+    }
+    if url.contains(char::is_whitespace) {
+        return Err(format!("{url:?} must not contain spaces"));
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if tail.contains('?') {
+        return Err(format!(
+            "{url:?}: a query string is not supported in a backend URL"
+        ));
+    }
+    if tail.contains('#') {
+        return Err(format!(
+            "{url:?}: a fragment is not supported in a backend URL"
+        ));
+    }
+    if !tail.is_empty() && tail != "/" {
+        return Err(format!(
+            "{url:?}: a path in the backend URL is not supported (use spec.rewrite to change the upstream path)"
+        ));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "{url:?}: credentials (user@) in the backend URL are not supported"
+        ));
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((ip, after)) = bracketed.split_once(']') else {
+            return Err(format!("{url:?}: unterminated IPv6 address"));
+        };
+        if ip.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("{url:?}: {ip:?} is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{url:?}: unexpected {p:?} after the address"))?,
+            ),
+        };
+        (ip.to_owned(), port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h.to_ascii_lowercase(), Some(p)),
+            None => (authority.to_ascii_lowercase(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?}: the host is missing"));
+    }
+    if !host.contains(':') && host.parse::<Ipv4Addr>().is_err() && !is_dns_name(&host) {
+        return Err(format!("{url:?}: {host:?} is not a valid host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => return Err(format!("{url:?}: {p:?} is not a port (1-65535)")),
+        },
+    };
+    Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Object;
+    use crate::provider::file::parse_manifests;
+    use std::path::Path;
+
+    /// A Route `default/api` with the given spec (YAML, indented by two spaces).
+    fn route(spec: &str) -> goma::Route {
+        let yaml = format!("metadata:\n  name: api\n  namespace: default\nspec:\n{spec}");
+        serde_saphyr::from_str(&yaml).expect("test route parses")
+    }
+
+    fn ok(spec: &str) -> TranslatedRoute {
+        translate_route(&route(spec))
+            .expect("translates")
+            .expect("enabled")
+    }
+
+    /// The error text of a route that must fail.
+    fn err(spec: &str) -> String {
+        translate_route(&route(spec))
+            .expect_err("must fail")
+            .to_string()
+    }
+
+    fn forward(t: &TranslatedRoute) -> &pb::ForwardAction {
+        match &t.route.action {
+            Some(pb::route::Action::Forward(f)) => f,
+            other => panic!("not a forward action: {other:?}"),
+        }
+    }
+
+    const BASE: &str = "  gateways: [gateway]\n  path: /api\n";
+
+    #[test]
+    fn seed_minimal_route() {
+        let (objects, diags) = parse_manifests(
+            Path::new("seed.yaml"),
+            include_str!("../../tests/fixtures/goma-seed-routes.yaml"),
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let Object::GomaRoute(api) = &objects[0] else {
+            panic!("not a route")
+        };
+        let t = translate_route(api).expect("ok").expect("enabled");
+        assert_eq!(
+            t.route,
+            pb::Route {
+                name: "route/default/api".into(),
+                source: "Route default/api".into(),
+                listeners: vec!["http".into()],
+                hostnames: vec!["api.example.com".into()],
+                matches: vec![pb::RouteMatch {
+                    path: Some(pb::PathMatch {
+                        kind: pb::path_match::Kind::Prefix as i32,
+                        value: "/".into()
+                    }),
+                    ..Default::default()
+                }],
+                priority: 0,
+                allowed_methods: vec!["GET".into(), "POST".into()],
+                action: Some(pb::route::Action::Forward(pb::ForwardAction {
+                    backends: vec![pb::WeightedBackend {
+                        cluster: "route/default/api/backend-0".into(),
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    path_rewrite: None,
+                    preserve_host: true,
+                    timeout: None,
+                })),
+            }
+        );
+        assert_eq!(
+            t.clusters,
+            [pb::Cluster {
+                name: "route/default/api/backend-0".into(),
+                source: "Route default/api".into(),
+                endpoints: vec![pb::Endpoint {
+                    address: "api-service.default.svc.cluster.local".into(),
+                    port: 8080,
+                    weight: 1
+                }],
+                lb_policy: pb::LbPolicy::RoundRobin as i32,
+                protocol: pb::UpstreamProtocol::Http1 as i32,
+                connect_timeout: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0
+                }),
+            }]
+        );
+        assert!(t.warnings.is_empty());
+    }
+
+    #[test]
+    fn seed_load_balanced_route_with_canary() {
+        let (objects, _) = parse_manifests(
+            Path::new("seed.yaml"),
+            include_str!("../../tests/fixtures/goma-seed-routes.yaml"),
+        );
+        let Object::GomaRoute(lb) = &objects[1] else {
+            panic!("not a route")
+        };
+        let t = translate_route(lb).expect("ok").expect("enabled");
+        let f = forward(&t);
+        assert_eq!(
+            f.path_rewrite,
+            Some(pb::PathRewrite {
+                kind: Some(pb::path_rewrite::Kind::ReplacePrefix("/".into()))
+            })
+        );
+        let weights: Vec<(u32, bool)> =
+            f.backends.iter().map(|b| (b.weight, b.exclusive)).collect();
+        assert_eq!(weights, [(80, false), (20, false), (0, true)]);
+        assert_eq!(
+            f.backends[2].r#match,
+            [pb::BackendMatch {
+                source: pb::backend_match::Source::Header as i32,
+                name: "X-Canary".into(),
+                value: Some(pb::StringMatch {
+                    kind: pb::string_match::Kind::Exact as i32,
+                    value: "true".into(),
+                    ..Default::default()
+                }),
+            }]
+        );
+        let names: Vec<&str> = t.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "route/default/api-lb/backend-0",
+                "route/default/api-lb/backend-1",
+                "route/default/api-lb/backend-2"
+            ]
+        );
+        assert_eq!(
+            t.clusters[2].endpoints[0].address,
+            "api-canary.default.svc.cluster.local"
+        );
+        assert_eq!(
+            t.warnings,
+            ["spec.healthCheck is accepted but active health checks are not performed yet"]
+        );
+    }
+
+    #[test]
+    fn seed_maintenance_route_answers_directly() {
+        let (objects, _) = parse_manifests(
+            Path::new("seed.yaml"),
+            include_str!("../../tests/fixtures/goma-seed-routes.yaml"),
+        );
+        let Object::GomaRoute(m) = &objects[2] else {
+            panic!("not a route")
+        };
+        let t = translate_route(m).expect("ok").expect("enabled");
+        assert!(t.clusters.is_empty());
+        assert_eq!(
+            t.route.action,
+            Some(pb::route::Action::DirectResponse(pb::DirectResponse {
+                status: 503,
+                body: "{\"error\":\"maintenance\",\"message\":\"Back at 14:00 UTC.\"}\n".into(),
+                content_type: "application/json".into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn maintenance_defaults_aliases_and_status_range() {
+        let t = ok(&format!(
+            "{BASE}  target: http://a\n  maintenance: {{enabled: true}}\n"
+        ));
+        assert!(t.clusters.is_empty(), "maintenance publishes no cluster");
+        let Some(pb::route::Action::DirectResponse(d)) = &t.route.action else {
+            panic!("not direct")
+        };
+        assert_eq!(
+            (d.status, d.body.as_str()),
+            (503, "503 Service temporarily unavailable")
+        );
+        assert_eq!(d.content_type, "text/plain; charset=utf-8");
+
+        let t = ok(&format!(
+            "{BASE}  maintenance: {{enabled: true, statusCode: 418, message: tea}}\n"
+        ));
+        let Some(pb::route::Action::DirectResponse(d)) = &t.route.action else {
+            panic!("not direct")
+        };
+        assert_eq!((d.status, d.body.as_str()), (418, "tea"));
+
+        let e = err(&format!(
+            "{BASE}  maintenance: {{enabled: true, status: 700}}\n"
+        ));
+        assert_eq!(
+            e,
+            "Route default/api: spec.maintenance.status: 700 is not an HTTP status (100-599)"
+        );
+
+        // Disabled maintenance does not replace a missing target.
+        let e = err(&format!("{BASE}  maintenance: {{enabled: false}}\n"));
+        assert!(
+            e.starts_with(
+                "Route default/api: spec.target: a route needs spec.target or spec.backends"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn disabled_route_translates_to_nothing() {
+        assert_eq!(
+            translate_route(&route(&format!(
+                "{BASE}  target: http://a\n  enabled: false\n"
+            ))),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn path_is_required_and_normalised() {
+        let path = |t: &TranslatedRoute| t.route.matches[0].path.clone().map(|p| p.value);
+        assert_eq!(
+            path(&ok("  gateways: [g]\n  path: /api/\n  target: http://a\n")).as_deref(),
+            Some("/api")
+        );
+        assert_eq!(
+            path(&ok("  gateways: [g]\n  path: /\n  target: http://a\n")).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            err("  gateways: [g]\n  target: http://a\n"),
+            "Route default/api: spec.path: required"
+        );
+        assert_eq!(
+            err("  gateways: [g]\n  path: api\n  target: http://a\n"),
+            "Route default/api: spec.path: \"api\" must start with \"/\""
+        );
+    }
+
+    #[test]
+    fn gateways_are_required() {
+        assert_eq!(
+            err("  path: /\n  target: http://a\n"),
+            "Route default/api: spec.gateways: at least one Gateway name is required"
+        );
+    }
+
+    #[test]
+    fn hosts_are_lowercased_and_validated() {
+        let t = ok(&format!(
+            "{BASE}  target: http://a\n  hosts: [API.Example.com, '*.example.com', api.example.com]\n"
+        ));
+        assert_eq!(t.route.hostnames, ["api.example.com", "*.example.com"]);
+        for (host, reason) in [
+            ("api.example.com:8080", "must not carry a port"),
+            ("''", "must not be empty"),
+            ("'a b.com'", "must not contain spaces"),
+            ("'api.*.com'", "wildcard is only allowed"),
+            ("'*example.com'", "wildcard is only allowed"),
+            ("'*'", "leave spec.hosts empty to match any host"),
+            ("'a..b'", "is not a valid hostname"),
+        ] {
+            let e = err(&format!(
+                "{BASE}  target: http://a\n  hosts: [ok.com, {host}]\n"
+            ));
+            assert!(e.starts_with("Route default/api: spec.hosts[1]: "), "{e}");
+            assert!(e.contains(reason), "{host}: {e}");
+        }
+    }
+
+    #[test]
+    fn methods_are_uppercased_and_checked() {
+        let t = ok(&format!(
+            "{BASE}  target: http://a\n  methods: [get, Post, GET]\n"
+        ));
+        assert_eq!(t.route.allowed_methods, ["GET", "POST"]);
+        let e = err(&format!(
+            "{BASE}  target: http://a\n  methods: [GET, FETCH]\n"
+        ));
+        assert!(
+            e.starts_with(
+                "Route default/api: spec.methods[1]: \"FETCH\" is not a standard HTTP method"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn priority_rewrite_and_host_forwarding() {
+        let t = ok(&format!(
+            "{BASE}  target: http://a\n  priority: 7\n  rewrite: /v2\n  security: {{forwardHostHeaders: false}}\n"
+        ));
+        assert_eq!(t.route.priority, 7);
+        let f = forward(&t);
+        assert!(!f.preserve_host);
+        assert_eq!(
+            f.path_rewrite,
+            Some(pb::PathRewrite {
+                kind: Some(pb::path_rewrite::Kind::ReplacePrefix("/v2".into()))
+            })
+        );
+        assert_eq!(
+            err(&format!("{BASE}  target: http://a\n  rewrite: v2\n")),
+            "Route default/api: spec.rewrite: \"v2\" must start with \"/\""
+        );
+    }
+
+    #[test]
+    fn target_and_backends_are_exclusive_and_one_is_required() {
+        assert_eq!(
+            err(&format!(
+                "{BASE}  target: http://a\n  backends: [{{endpoint: http://b}}]\n"
+            )),
+            "Route default/api: spec.target: spec.target and spec.backends are mutually exclusive"
+        );
+        assert!(err(BASE).contains("spec.target: a route needs spec.target or spec.backends"));
+    }
+
+    #[test]
+    fn endpoint_urls() {
+        let endpoint = |url: &str| {
+            let t = ok(&format!("{BASE}  target: '{url}'\n"));
+            (
+                t.clusters[0].endpoints[0].address.clone(),
+                t.clusters[0].endpoints[0].port,
+            )
+        };
+        assert_eq!(endpoint("http://Backend.NS"), ("backend.ns".into(), 80));
+        assert_eq!(endpoint("http://10.0.0.1:9000/"), ("10.0.0.1".into(), 9000));
+        assert_eq!(endpoint("HTTP://[::1]:8080"), ("::1".into(), 8080));
+        assert_eq!(endpoint("http://[fe80::1]"), ("fe80::1".into(), 80));
+        for (url, reason) in [
+            (
+                "https://a",
+                "https upstreams are not supported yet (upstream TLS arrives with the data-plane TLS work)",
+            ),
+            ("http://a/v1", "use spec.rewrite"),
+            ("http://a?x=1", "query string"),
+            ("http://a#f", "fragment"),
+            ("http://user:pw@a", "credentials"),
+            ("http://a:0", "is not a port"),
+            ("http://a:99999", "is not a port"),
+            ("http://a:", "is not a port"),
+            ("http://", "host is missing"),
+            ("a:8080", "is not a URL"),
+            ("ftp://a", "unsupported scheme"),
+            ("http://[zz]:1", "not an IPv6 address"),
+            ("http://a_b!:1", "not a valid host"),
+        ] {
+            let e = err(&format!("{BASE}  target: '{url}'\n"));
+            assert!(e.starts_with("Route default/api: spec.target: "), "{e}");
+            assert!(e.contains(reason), "{url}: {e}");
+        }
+        let e = err(&format!(
+            "{BASE}  backends: [{{endpoint: http://ok}}, {{endpoint: 'https://b'}}]\n"
+        ));
+        assert!(
+            e.starts_with("Route default/api: spec.backends[1].endpoint: https upstreams"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn weights_default_to_equal_shares() {
+        let weights = |backends: &str| -> Vec<u32> {
+            forward(&ok(&format!("{BASE}  backends: {backends}\n")))
+                .backends
+                .iter()
+                .map(|b| b.weight)
+                .collect()
+        };
+        assert_eq!(
+            weights("[{endpoint: http://a}, {endpoint: http://b}]"),
+            [1, 1]
+        );
+        assert_eq!(
+            weights("[{endpoint: http://a, weight: 0}, {endpoint: http://b}]"),
+            [1, 1]
+        );
+        assert_eq!(
+            weights("[{endpoint: http://a, weight: 3}, {endpoint: http://b}]"),
+            [3, 0]
+        );
+    }
+
+    #[test]
+    fn backend_match_operators() {
+        let spec = format!(
+            "{BASE}  backends:
+    - endpoint: http://a
+      exclusive: true
+      priority: 4
+      match:
+        - {{source: header, name: X-A, operator: equals, value: v}}
+        - {{source: cookie, name: c, operator: not_equals, value: v}}
+        - {{source: query, name: q, operator: contains, value: v}}
+        - {{source: header, name: X-B, operator: not_contains, value: v}}
+        - {{source: header, name: X-C, operator: starts_with, value: v}}
+        - {{source: header, name: X-D, operator: ends_with, value: v}}
+        - {{source: header, name: X-E, operator: regex, value: '^v[0-9]+$'}}
+        - {{source: ip, operator: in, value: ' 10.0.0.1, ,10.0.0.2 '}}
+"
+        );
+        let t = ok(&spec);
+        let b = &forward(&t).backends[0];
+        assert!(b.exclusive);
+        assert_eq!(b.priority, 4);
+        use pb::string_match::Kind as K;
+        let got: Vec<(i32, i32, bool)> = b
+            .r#match
+            .iter()
+            .map(|m| {
+                let v = m.value.clone().unwrap_or_default();
+                (m.source, v.kind, v.invert)
+            })
+            .collect();
+        let (h, c, q, ip) = (
+            pb::backend_match::Source::Header as i32,
+            pb::backend_match::Source::Cookie as i32,
+            pb::backend_match::Source::Query as i32,
+            pb::backend_match::Source::Ip as i32,
+        );
+        assert_eq!(
+            got,
+            [
+                (h, K::Exact as i32, false),
+                (c, K::Exact as i32, true),
+                (q, K::Contains as i32, false),
+                (h, K::Contains as i32, true),
+                (h, K::Prefix as i32, false),
+                (h, K::Suffix as i32, false),
+                (h, K::Regex as i32, false),
+                (ip, K::OneOf as i32, false),
+            ]
+        );
+        let one_of = b.r#match[7].value.clone().unwrap_or_default();
+        assert_eq!(one_of.values, ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(b.r#match[7].name, "");
+    }
+
+    #[test]
+    fn backend_match_errors_name_the_field() {
+        let e = err(&format!(
+            "{BASE}  backends:\n    - endpoint: http://a\n      match: [{{source: header, name: X, operator: regex, value: '(['}}]\n"
+        ));
+        assert!(
+            e.starts_with(
+                "Route default/api: spec.backends[0].match[0].value: invalid regular expression"
+            ),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{BASE}  backends:\n    - endpoint: http://a\n    - endpoint: http://b\n      match: [{{source: cookie, operator: equals, value: x}}]\n"
+        ));
+        assert_eq!(
+            e,
+            "Route default/api: spec.backends[1].match[0].name: required for header, cookie and query matches"
+        );
+        let e = err(&format!(
+            "{BASE}  backends:\n    - endpoint: http://a\n      match: [{{source: query, name: q, operator: in, value: ' , '}}]\n"
+        ));
+        assert!(
+            e.contains("spec.backends[0].match[0].value: operator in needs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unenforceable_protection_fails_closed() {
+        for (extra, field) in [
+            (
+                "  middlewares: [auth]\n",
+                "spec.middlewares: middlewares are not enforced by this version",
+            ),
+            (
+                "  security: {enableExploitProtection: true}\n",
+                "spec.security.enableExploitProtection: ",
+            ),
+            (
+                "  security: {tls: {insecureSkipVerify: true}}\n",
+                "spec.security.tls: upstream TLS is not supported yet",
+            ),
+            (
+                "  tls: {secretName: cert}\n",
+                "spec.tls.secretName: per-route TLS certificates are not supported yet",
+            ),
+        ] {
+            let error = translate_route(&route(&format!("{BASE}  target: http://a\n{extra}")))
+                .expect_err(field);
+            assert!(error.fails_closed(), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("Route default/api: {field}")),
+                "{error}"
+            );
+        }
+        let plain =
+            translate_route(&route(&format!("{BASE}  target: https://a\n"))).expect_err("https");
+        assert!(!plain.fails_closed());
+    }
+
+    #[test]
+    fn all_field_errors_are_collected() {
+        let error = translate_route(&route("  path: x\n  target: https://a\n  hosts: ['a:1']\n"))
+            .expect_err("bad");
+        let fields: Vec<&str> = error.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["spec.gateways", "spec.path", "spec.hosts[0]", "spec.target"]
+        );
+    }
+
+    #[test]
+    fn seed_gateway_translates_to_an_http_listener_with_warnings() {
+        let (objects, diags) = parse_manifests(
+            Path::new("seed.yaml"),
+            include_str!("../../tests/fixtures/goma-seed-gateways.yaml"),
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let Object::GomaGateway(gw) = &objects[0] else {
+            panic!("not a gateway")
+        };
+        let (listeners, warnings) = translate_gateway(gw).expect("ok");
+        assert_eq!(
+            (
+                listeners[0].name.as_str(),
+                listeners[0].port,
+                listeners[0].source.as_str()
+            ),
+            ("http", 80, "Gateway default/gateway")
+        );
+        assert_eq!(
+            warnings,
+            [
+                "spec.server.tls: the HTTPS listener on port 443 is not served yet; only HTTP is",
+                "spec.certManager: ACME certificates are not issued yet",
+            ]
+        );
+    }
+
+    fn gateway(yaml_spec: &str) -> goma::Gateway {
+        serde_saphyr::from_str(&format!(
+            "metadata: {{name: gw, namespace: edge}}\nspec:\n{yaml_spec}"
+        ))
+        .expect("test gateway parses")
+    }
+
+    #[test]
+    fn gateway_listener() {
+        let (listeners, warnings) = translate_gateway(&gateway("  replicas: 1\n")).expect("ok");
+        assert_eq!(
+            listeners,
+            [pb::Listener {
+                name: "http".into(),
+                port: 8080,
+                protocol: pb::Protocol::Http as i32,
+                hostname: String::new(),
+                source: "Gateway edge/gw".into(),
+            }]
+        );
+        assert!(warnings.is_empty());
+
+        let (listeners, warnings) = translate_gateway(&gateway(
+            "  service: {httpPort: 80, httpsPort: 443}\n  server: {tls: [{secretName: c}]}\n",
+        ))
+        .expect("ok");
+        assert_eq!(listeners[0].port, 80);
+        assert_eq!(
+            warnings,
+            ["spec.server.tls: the HTTPS listener on port 443 is not served yet; only HTTP is"]
+        );
+
+        let e =
+            translate_gateway(&gateway("  service: {httpPort: 70000}\n")).expect_err("bad port");
+        assert_eq!(
+            e.to_string(),
+            "Gateway edge/gw: spec.service.httpPort: 70000 is not a port (1-65535)"
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Read-only inspection for operators: which gateways exist, who is connected, what they ACKed,
+//! and each gateway's resources (fetched once or watched).
+
+use super::clients::Clients;
+use super::server::valid_gateway_id;
+use crate::views::{GatewayView, Views};
+use futures::Stream;
+use sluice_proto::discovery::inspection_server::Inspection;
+use sluice_proto::discovery::{
+    ClientStatus, GatewayStatus, GetResourcesRequest, GetResourcesResponse, ListGatewaysRequest,
+    ListGatewaysResponse, Resource, ResourceError, ResourceVersion, WatchResourcesResponse,
+};
+use sluice_proto::google::rpc::Status as RpcStatus;
+use sluice_proto::type_url;
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub struct InspectionService {
+    views: Arc<Views>,
+    clients: Arc<Clients>,
+}
+
+impl InspectionService {
+    pub fn new(views: Arc<Views>, clients: Arc<Clients>) -> Self {
+        Self { views, clients }
+    }
+
+    fn view(&self, req: &GetResourcesRequest) -> Result<(Arc<GatewayView>, Option<usize>), Status> {
+        if !valid_gateway_id(&req.gateway) {
+            return Err(Status::invalid_argument(format!(
+                "gateway {:?} must be \"namespace/name\"",
+                req.gateway
+            )));
+        }
+        let type_filter = if req.type_url.is_empty() {
+            None
+        } else {
+            Some(crate::resource::type_index(&req.type_url).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown type_url {:?}", req.type_url))
+            })?)
+        };
+        let view = self
+            .views
+            .existing(&req.gateway)
+            .ok_or_else(|| Status::not_found(format!("gateway {} is not known", req.gateway)))?;
+        Ok((view, type_filter))
+    }
+}
+
+/// (type index, name) -> version, for diffing what a watcher has seen.
+type Seen = BTreeMap<(usize, String), String>;
+
+fn collect(view: &GatewayView, type_filter: Option<usize>) -> (Vec<Resource>, Seen) {
+    view.read(|v| {
+        let mut out = Vec::new();
+        let mut seen = Seen::new();
+        for (t, map) in v.resources.iter().enumerate() {
+            if type_filter.is_some_and(|f| f != t) {
+                continue;
+            }
+            for r in map.values() {
+                seen.insert((t, r.name.clone()), r.version.clone());
+                out.push(r.to_resource());
+            }
+        }
+        (out, seen)
+    })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResourcesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Inspection for InspectionService {
+    async fn list_gateways(
+        &self,
+        _request: Request<ListGatewaysRequest>,
+    ) -> Result<Response<ListGatewaysResponse>, Status> {
+        let mut ids = self.views.ids();
+        for c in self.clients.all() {
+            if !ids.contains(&c.gateway) {
+                ids.push(c.gateway);
+            }
+        }
+        ids.sort();
+        let gateways = ids
+            .into_iter()
+            .map(|id| {
+                let resource_counts = self
+                    .views
+                    .existing(&id)
+                    .map(|v| {
+                        v.read(|s| {
+                            type_url::ALL
+                                .iter()
+                                .enumerate()
+                                .map(|(t, url)| (url.to_string(), s.count(t) as u32))
+                                .collect()
+                        })
+                    })
+                    .unwrap_or_default();
+                let clients = self
+                    .clients
+                    .of_gateway(&id)
+                    .into_iter()
+                    .map(|c| ClientStatus {
+                        node_id: c.node_id,
+                        peer: c.peer,
+                        build_version: c.build_version,
+                        acked: c
+                            .ledger
+                            .acked
+                            .iter()
+                            .map(|((t, name), version)| ResourceVersion {
+                                type_url: type_url::ALL[*t].to_string(),
+                                name: name.clone(),
+                                version: version.clone(),
+                            })
+                            .collect(),
+                        nacked: c
+                            .ledger
+                            .nacked
+                            .iter()
+                            .map(|((t, name), reason)| ResourceError {
+                                name: format!("{}/{}", type_url::ALL[*t], name),
+                                error_detail: Some(RpcStatus {
+                                    code: tonic::Code::InvalidArgument as i32,
+                                    message: reason.clone(),
+                                    details: vec![],
+                                }),
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                GatewayStatus {
+                    gateway: id,
+                    resource_counts,
+                    clients,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListGatewaysResponse { gateways }))
+    }
+
+    async fn get_resources(
+        &self,
+        request: Request<GetResourcesRequest>,
+    ) -> Result<Response<GetResourcesResponse>, Status> {
+        let req = request.into_inner();
+        let (view, filter) = self.view(&req)?;
+        let (resources, _) = collect(&view, filter);
+        Ok(Response::new(GetResourcesResponse {
+            gateway: req.gateway,
+            resources,
+        }))
+    }
+
+    type WatchResourcesStream = WatchStream;
+
+    async fn watch_resources(
+        &self,
+        request: Request<GetResourcesRequest>,
+    ) -> Result<Response<Self::WatchResourcesStream>, Status> {
+        let req = request.into_inner();
+        let (view, filter) = self.view(&req)?;
+        let (tx, rx) = mpsc::channel(4);
+        let gateway = req.gateway;
+        tokio::spawn(async move {
+            let mut revisions = view.subscribe();
+            let (resources, mut seen) = collect(&view, filter);
+            let first = WatchResourcesResponse {
+                gateway: gateway.clone(),
+                resources,
+                removed: vec![],
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while revisions.changed().await.is_ok() {
+                let (all, now) = collect(&view, filter);
+                let resources: Vec<Resource> = all
+                    .into_iter()
+                    .zip(now.iter())
+                    .filter(|(_, (key, version))| seen.get(*key) != Some(*version))
+                    .map(|(r, _)| r)
+                    .collect();
+                let removed: Vec<String> = seen
+                    .keys()
+                    .filter(|k| !now.contains_key(*k))
+                    .map(|(t, name)| format!("{}/{}", type_url::ALL[*t], name))
+                    .collect();
+                seen = now;
+                if resources.is_empty() && removed.is_empty() {
+                    continue;
+                }
+                let msg = WatchResourcesResponse {
+                    gateway: gateway.clone(),
+                    resources,
+                    removed,
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

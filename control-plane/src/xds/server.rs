@@ -1,0 +1,204 @@
+//! The tonic edge of the delta ADS service: accepts streams, checks the node, and drives a
+//! `StreamState` from requests and view changes.
+
+use super::clients::{ClientInfo, Clients};
+use super::inspection::InspectionService;
+use super::stream::StreamState;
+use crate::views::Views;
+use futures::Stream;
+use sluice_proto::discovery::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use sluice_proto::discovery::inspection_server::InspectionServer;
+use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Responses buffered per stream before the stream task waits for the client to read.
+const STREAM_BUFFER: usize = 16;
+
+#[derive(Clone)]
+pub struct AdsService {
+    views: Arc<Views>,
+    clients: Arc<Clients>,
+}
+
+impl AdsService {
+    pub fn new(views: Arc<Views>, clients: Arc<Clients>) -> Self {
+        Self { views, clients }
+    }
+}
+
+/// A gateway id is "namespace/name" with both parts non-empty.
+pub fn valid_gateway_id(id: &str) -> bool {
+    matches!(id.split_once('/'), Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsService {
+    type DeltaAggregatedResourcesStream = ResponseStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before its first request"))?;
+        let node = first
+            .node
+            .clone()
+            .filter(|n| !n.id.is_empty())
+            .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        if !valid_gateway_id(&node.gateway) {
+            return Err(Status::invalid_argument(format!(
+                "node.gateway {:?} must be \"namespace/name\"",
+                node.gateway
+            )));
+        }
+        tracing::info!(node = %node.id, gateway = %node.gateway, %peer, "data plane connected");
+        let id = self.clients.register(ClientInfo {
+            node_id: node.id.clone(),
+            gateway: node.gateway.clone(),
+            peer,
+            build_version: node.build_version.clone(),
+            ledger: Default::default(),
+        });
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let views = self.views.clone();
+        let clients = self.clients.clone();
+        tokio::spawn(async move {
+            run_stream(&views, &clients, id, node, first, inbound, tx).await;
+            clients.remove(id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn run_stream(
+    views: &Views,
+    clients: &Clients,
+    id: u64,
+    node: sluice_proto::discovery::Node,
+    first: DeltaDiscoveryRequest,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    // Nothing is served before every provider synced and a full translation ran.
+    views.wait_ready().await;
+    let view = views.gateway(&node.gateway);
+    let mut revisions = view.subscribe();
+    let mut state = StreamState::new(node.id.clone());
+    let mut next = Some(first);
+    loop {
+        if let Some(req) = next.take() {
+            match view.read(|v| state.on_request(req, v)) {
+                Ok(responses) => {
+                    for r in responses {
+                        if tx.send(Ok(r)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(node = %node.id, error = %e, "closing stream");
+                    let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+                    return;
+                }
+            }
+            clients.update_ledger(id, &state.ledger);
+            if !state.ledger.nacked.is_empty() {
+                for ((t, name), reason) in &state.ledger.nacked {
+                    tracing::warn!(node = %node.id, gateway = %node.gateway, type_url = sluice_proto::type_url::ALL[*t], resource = %name, %reason, "data plane rejected a resource");
+                }
+            }
+        }
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => next = Some(req),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(node = %node.id, error = %e, "stream ended");
+                    break;
+                }
+            },
+            changed = revisions.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let responses = view.read(|v| state.on_view_change(v));
+                for r in responses {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(node = %node.id, gateway = %node.gateway, "data plane disconnected");
+}
+
+/// Serves ADS, inspection, health and reflection (v1 and v1alpha, so grpcurl 1.8 works) on `addr`
+/// until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    views: Arc<Views>,
+    clients: Arc<Clients>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<AggregatedDiscoveryServiceServer<AdsService>>()
+        .await;
+    {
+        let views = views.clone();
+        tokio::spawn(async move {
+            views.wait_ready().await;
+            health
+                .set_serving::<AggregatedDiscoveryServiceServer<AdsService>>()
+                .await;
+        });
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection()
+        .build_v1()
+        .expect("embedded descriptor sets are valid");
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .expect("embedded descriptor sets are valid");
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "xDS server listening");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(
+            AggregatedDiscoveryServiceServer::new(AdsService::new(views.clone(), clients.clone()))
+                .max_decoding_message_size(16 << 20),
+        )
+        .add_service(InspectionServer::new(InspectionService::new(
+            views, clients,
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}

@@ -1,0 +1,664 @@
+//! The server side of one delta ADS stream as a pure state machine: requests and view changes in,
+//! responses out. No I/O, so every protocol rule is unit-tested here.
+
+use crate::resource::{Encoded, type_index};
+use crate::views::ViewState;
+use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use sluice_proto::type_url;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const TYPES: usize = type_url::ALL.len();
+/// Responses are split so none exceeds this (gRPC's default limit is 4 MiB).
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+static NONCE: AtomicU64 = AtomicU64::new(1);
+
+fn next_nonce() -> String {
+    NONCE.fetch_add(1, Ordering::Relaxed).to_string()
+}
+
+/// What one client holds and has rejected, for inspection and status.
+#[derive(Default, Clone, Debug)]
+pub struct ClientLedger {
+    /// (type index, name) -> version the client ACKed.
+    pub acked: BTreeMap<(usize, String), String>,
+    /// (type index, name) -> reason the client gave.
+    pub nacked: BTreeMap<(usize, String), String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProtocolError {
+    #[error("unknown type_url {0:?}")]
+    UnknownType(String),
+    #[error("node.id changed on the stream from {0:?} to {1:?}")]
+    NodeChanged(String, String),
+}
+
+#[derive(Default)]
+struct TypeState {
+    /// Has the client sent its first request for this type?
+    opened: bool,
+    wildcard: bool,
+    names: HashSet<String>,
+    /// name -> version the client holds as far as this stream knows (what was sent, or
+    /// reported in `initial_resource_versions`).
+    sent: HashMap<String, String>,
+    /// Names explicitly (re)subscribed that must be answered even if unchanged.
+    force: HashSet<String>,
+    /// nonce -> (name, version; empty version = removal) of that response.
+    pending: HashMap<String, Vec<(String, String)>>,
+}
+
+impl TypeState {
+    fn subscribed(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Per-stream protocol state. Types are independent sub-streams (versions, nonces, subscriptions).
+pub struct StreamState {
+    node_id: String,
+    types: [TypeState; TYPES],
+    /// The view revision this stream has caught up with.
+    revision: u64,
+    pub ledger: ClientLedger,
+}
+
+impl StreamState {
+    pub fn new(node_id: String) -> Self {
+        Self {
+            node_id,
+            types: Default::default(),
+            revision: 0,
+            ledger: ClientLedger::default(),
+        }
+    }
+
+    /// Handles one request: ACK/NACK bookkeeping, then subscription changes (even with a stale
+    /// nonce), then answers for that type.
+    pub fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        view: &ViewState,
+    ) -> Result<Vec<DeltaDiscoveryResponse>, ProtocolError> {
+        if let Some(node) = &req.node
+            && !node.id.is_empty()
+            && node.id != self.node_id
+        {
+            return Err(ProtocolError::NodeChanged(
+                self.node_id.clone(),
+                node.id.clone(),
+            ));
+        }
+        let t =
+            type_index(&req.type_url).ok_or(ProtocolError::UnknownType(req.type_url.clone()))?;
+        if !req.response_nonce.is_empty() {
+            self.settle(t, &req);
+        }
+        let ts = &mut self.types[t];
+        let first = !ts.opened;
+        if first {
+            ts.opened = true;
+            // An empty first subscription is the legacy wildcard.
+            ts.wildcard = req.resource_names_subscribe.is_empty();
+            for (name, version) in req.initial_resource_versions {
+                ts.sent.insert(name, version);
+            }
+        }
+        for name in req.resource_names_subscribe {
+            if name == "*" {
+                ts.wildcard = true;
+            } else {
+                ts.force.insert(name.clone());
+                ts.names.insert(name);
+            }
+        }
+        for name in req.resource_names_unsubscribe {
+            if name == "*" {
+                ts.wildcard = false;
+            } else {
+                ts.names.remove(&name);
+            }
+            if !ts.subscribed(&name) {
+                // The client forgets it; phantom unsubscribes are ignored.
+                ts.sent.remove(&name);
+                ts.force.remove(&name);
+            }
+        }
+        if !ts.wildcard {
+            let names = &ts.names;
+            ts.sent.retain(|n, _| names.contains(n));
+        }
+        let (upserts, removals) = self.diff_type(t, view, None);
+        let mut out = self.respond(t, upserts, removals);
+        if first && out.is_empty() {
+            // Always answer the first request of a type, so the client knows its initial state
+            // (possibly empty) is complete.
+            out.push(self.response(t, Vec::new(), Vec::new()));
+        }
+        Ok(out)
+    }
+
+    /// Catches up with the view: upserts of every type first (secrets, clusters, listeners,
+    /// routes), then removals in reverse order, so nothing is referenced before it exists or
+    /// removed while still referenced.
+    pub fn on_view_change(&mut self, view: &ViewState) -> Vec<DeltaDiscoveryResponse> {
+        let changed = view.changes_since(self.revision);
+        let mut per_type: Vec<(Vec<Arc<Encoded>>, Vec<String>)> = Vec::with_capacity(TYPES);
+        for t in 0..TYPES {
+            let names: Option<Vec<&str>> = changed.as_ref().map(|c| {
+                c.iter()
+                    .filter(|(ct, _)| *ct == t)
+                    .map(|(_, n)| n.as_str())
+                    .collect()
+            });
+            per_type.push(self.diff_type(t, view, names.as_deref()));
+        }
+        self.revision = view.revision;
+        let mut out = Vec::new();
+        for (t, (upserts, _)) in per_type.iter_mut().enumerate() {
+            let upserts = std::mem::take(upserts);
+            out.extend(self.respond(t, upserts, Vec::new()));
+        }
+        for (t, (_, removals)) in per_type.into_iter().enumerate().rev() {
+            out.extend(self.respond(t, Vec::new(), removals));
+        }
+        out
+    }
+
+    /// Upserts and removals for type `t`, over `names` (a change-log slice) or the whole view.
+    fn diff_type(
+        &mut self,
+        t: usize,
+        view: &ViewState,
+        names: Option<&[&str]>,
+    ) -> (Vec<Arc<Encoded>>, Vec<String>) {
+        let ts = &mut self.types[t];
+        if !ts.opened {
+            return (Vec::new(), Vec::new());
+        }
+        let current = &view.resources[t];
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        let mut consider = |name: &str, ts: &TypeState| {
+            if !ts.subscribed(name) {
+                return;
+            }
+            let forced = ts.force.contains(name);
+            match (current.get(name), ts.sent.get(name)) {
+                (Some(r), Some(v)) if *v == r.version && !forced => {}
+                (Some(r), _) => upserts.push(r.clone()),
+                (None, Some(_)) => removals.push(name.to_string()),
+                // Explicitly subscribed but absent: say so at once.
+                (None, None) if forced => removals.push(name.to_string()),
+                (None, None) => {}
+            }
+        };
+        match names {
+            Some(names) => {
+                for n in names {
+                    consider(n, ts);
+                }
+                let forced: Vec<String> = ts.force.iter().cloned().collect();
+                for n in forced {
+                    if !names.contains(&n.as_str()) {
+                        consider(&n, ts);
+                    }
+                }
+            }
+            None => {
+                let mut seen: HashSet<&str> = HashSet::new();
+                for n in current.keys() {
+                    seen.insert(n);
+                    consider(n, ts);
+                }
+                for n in ts.sent.keys().chain(ts.force.iter()) {
+                    if !seen.contains(n.as_str()) {
+                        consider(n, ts);
+                    }
+                }
+            }
+        }
+        upserts.sort_by(|a, b| a.name.cmp(&b.name));
+        upserts.dedup_by(|a, b| a.name == b.name);
+        removals.sort();
+        removals.dedup();
+        ts.force.clear();
+        (upserts, removals)
+    }
+
+    /// Builds the responses for one type, split under the size bound, and records what was sent.
+    fn respond(
+        &mut self,
+        t: usize,
+        upserts: Vec<Arc<Encoded>>,
+        removals: Vec<String>,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        let mut out = Vec::new();
+        let mut batch: Vec<Arc<Encoded>> = Vec::new();
+        let mut size = 0;
+        for r in upserts {
+            let len = r.bytes.len() + r.name.len() + r.version.len() + 64;
+            if !batch.is_empty() && size + len > MAX_RESPONSE_BYTES {
+                out.push(self.response(t, std::mem::take(&mut batch), Vec::new()));
+                size = 0;
+            }
+            size += len;
+            batch.push(r);
+        }
+        if !batch.is_empty() {
+            out.push(self.response(t, batch, Vec::new()));
+        }
+        if !removals.is_empty() {
+            out.push(self.response(t, Vec::new(), removals));
+        }
+        out
+    }
+
+    fn response(
+        &mut self,
+        t: usize,
+        upserts: Vec<Arc<Encoded>>,
+        removals: Vec<String>,
+    ) -> DeltaDiscoveryResponse {
+        let nonce = next_nonce();
+        let ts = &mut self.types[t];
+        let mut entries = Vec::with_capacity(upserts.len() + removals.len());
+        let resources: Vec<Resource> = upserts
+            .iter()
+            .map(|r| {
+                ts.sent.insert(r.name.clone(), r.version.clone());
+                entries.push((r.name.clone(), r.version.clone()));
+                r.to_resource()
+            })
+            .collect();
+        for name in &removals {
+            ts.sent.remove(name);
+            entries.push((name.clone(), String::new()));
+        }
+        ts.pending.insert(nonce.clone(), entries);
+        DeltaDiscoveryResponse {
+            system_version_info: String::new(),
+            resources,
+            type_url: type_url::ALL[t].to_string(),
+            removed_resources: removals,
+            nonce,
+        }
+    }
+
+    /// Records the outcome of an ACK or NACK. Content is never re-pushed because of a NACK: it
+    /// is sent again only when its version changes.
+    fn settle(&mut self, t: usize, req: &DeltaDiscoveryRequest) {
+        let Some(entries) = self.types[t].pending.remove(&req.response_nonce) else {
+            return; // stale or unknown nonce: only the subscription part counts
+        };
+        let rejected: HashMap<&str, String> = req
+            .resource_errors
+            .iter()
+            .map(|e| {
+                let reason = e
+                    .error_detail
+                    .as_ref()
+                    .map(|s| s.message.clone())
+                    .unwrap_or_default();
+                (e.name.as_str(), reason)
+            })
+            .collect();
+        let whole = req.error_detail.as_ref().filter(|_| rejected.is_empty());
+        for (name, version) in entries {
+            let key = (t, name);
+            let reason = rejected
+                .get(key.1.as_str())
+                .cloned()
+                .or_else(|| whole.map(|s| s.message.clone()));
+            match reason {
+                Some(reason) => {
+                    self.ledger.nacked.insert(key, reason);
+                }
+                None if version.is_empty() => {
+                    self.ledger.acked.remove(&key);
+                    self.ledger.nacked.remove(&key);
+                }
+                None => {
+                    self.ledger.nacked.remove(&key);
+                    self.ledger.acked.insert(key, version);
+                }
+            }
+        }
+    }
+
+    /// Nonces still waiting for an ACK or NACK (all types).
+    pub fn pending(&self) -> usize {
+        self.types.iter().map(|t| t.pending.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::views::{GatewayView, ViewChanges, Views};
+    use sluice_proto::config as pb;
+    use sluice_proto::discovery::{Node, ResourceError};
+    use sluice_proto::google::rpc::Status;
+
+    const L: usize = 2;
+    const C: usize = 1;
+    const R: usize = 3;
+
+    fn listener(name: &str, port: u32) -> Arc<Encoded> {
+        Encoded::new(
+            type_url::LISTENER,
+            name.into(),
+            &pb::Listener {
+                name: name.into(),
+                port,
+                ..Default::default()
+            },
+        )
+    }
+    fn cluster(name: &str) -> Arc<Encoded> {
+        Encoded::new(
+            type_url::CLUSTER,
+            name.into(),
+            &pb::Cluster {
+                name: name.into(),
+                ..Default::default()
+            },
+        )
+    }
+    fn route(name: &str) -> Arc<Encoded> {
+        Encoded::new(
+            type_url::ROUTE,
+            name.into(),
+            &pb::Route {
+                name: name.into(),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn view_with(upserts: Vec<Arc<Encoded>>) -> Arc<GatewayView> {
+        let views = Views::default();
+        let v = views.gateway("ns/gw");
+        v.apply(ViewChanges {
+            upserts,
+            removals: vec![],
+        });
+        v
+    }
+
+    fn req(t: usize) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "pod-1".into(),
+                gateway: "ns/gw".into(),
+                ..Default::default()
+            }),
+            type_url: type_url::ALL[t].into(),
+            resource_names_subscribe: vec!["*".into()],
+            ..Default::default()
+        }
+    }
+
+    fn ack(t: usize, nonce: &str) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: type_url::ALL[t].into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+        r.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn wildcard_gets_everything_with_unique_nonces() {
+        let v = view_with(vec![listener("a", 1), listener("b", 2)]);
+        let mut s = StreamState::new("pod-1".into());
+        let out = v.read(|vs| s.on_request(req(L), vs)).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(names(&out[0]), ["a", "b"]);
+        assert_eq!(out[0].type_url, type_url::LISTENER);
+        let out2 = v.read(|vs| s.on_request(req(C), vs)).unwrap();
+        assert_eq!(out2.len(), 1, "first request of a type is always answered");
+        assert!(out2[0].resources.is_empty());
+        assert_ne!(out[0].nonce, out2[0].nonce);
+    }
+
+    #[test]
+    fn node_id_may_not_change() {
+        let v = view_with(vec![]);
+        let mut s = StreamState::new("pod-1".into());
+        let mut r = req(L);
+        r.node.as_mut().unwrap().id = "pod-2".into();
+        assert!(matches!(
+            v.read(|vs| s.on_request(r, vs)),
+            Err(ProtocolError::NodeChanged(..))
+        ));
+    }
+
+    #[test]
+    fn unknown_type_is_an_error() {
+        let v = view_with(vec![]);
+        let mut s = StreamState::new("pod-1".into());
+        let mut r = req(L);
+        r.type_url = "type.googleapis.com/other.Thing".into();
+        assert!(matches!(
+            v.read(|vs| s.on_request(r, vs)),
+            Err(ProtocolError::UnknownType(_))
+        ));
+    }
+
+    #[test]
+    fn initial_resource_versions_send_only_differences_and_removals() {
+        let a = listener("a", 1);
+        let b = listener("b", 2);
+        let v = view_with(vec![a.clone(), b]);
+        let mut s = StreamState::new("pod-1".into());
+        let mut r = req(L);
+        r.initial_resource_versions
+            .insert("a".into(), a.version.clone());
+        r.initial_resource_versions
+            .insert("b".into(), "stale".into());
+        r.initial_resource_versions
+            .insert("gone".into(), "v1".into());
+        let out = v.read(|vs| s.on_request(r, vs)).unwrap();
+        let upserts: Vec<&str> = out.iter().flat_map(names).collect();
+        let removed: Vec<&String> = out.iter().flat_map(|r| &r.removed_resources).collect();
+        assert_eq!(upserts, ["b"]);
+        assert_eq!(removed, ["gone"]);
+    }
+
+    #[test]
+    fn up_to_date_reconnect_sends_an_empty_answer_only() {
+        let a = listener("a", 1);
+        let v = view_with(vec![a.clone()]);
+        let mut s = StreamState::new("pod-1".into());
+        let mut r = req(L);
+        r.initial_resource_versions
+            .insert("a".into(), a.version.clone());
+        let out = v.read(|vs| s.on_request(r, vs)).unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(out[0].resources.is_empty() && out[0].removed_resources.is_empty());
+    }
+
+    #[test]
+    fn only_changes_are_sent_and_make_before_break_order_holds() {
+        let v = view_with(vec![listener("l", 1), cluster("c1"), route("r1")]);
+        let mut s = StreamState::new("pod-1".into());
+        for t in 0..TYPES {
+            v.read(|vs| s.on_request(req(t), vs)).unwrap();
+        }
+        v.read(|vs| s.on_view_change(vs));
+        // Replace route r1 -> r2 using new cluster c2; remove c1.
+        v.apply(ViewChanges {
+            upserts: vec![cluster("c2"), route("r2")],
+            removals: vec![(R, "r1".into()), (C, "c1".into())],
+        });
+        let out = v.read(|vs| s.on_view_change(vs));
+        let seq: Vec<(String, Vec<&str>, Vec<&str>)> = out
+            .iter()
+            .map(|r| {
+                (
+                    r.type_url.rsplit('.').next().unwrap().to_string(),
+                    names(r),
+                    r.removed_resources.iter().map(|s| s.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seq,
+            vec![
+                ("Cluster".into(), vec!["c2"], vec![]),
+                ("Route".into(), vec!["r2"], vec![]),
+                ("Route".into(), vec![], vec!["r1"]),
+                ("Cluster".into(), vec![], vec!["c1"]),
+            ]
+        );
+        // Nothing changed: nothing sent.
+        assert!(v.read(|vs| s.on_view_change(vs)).is_empty());
+    }
+
+    #[test]
+    fn explicit_subscription_is_answered_even_if_held_and_missing_names_are_removed() {
+        let a = listener("a", 1);
+        let v = view_with(vec![a.clone()]);
+        let mut s = StreamState::new("pod-1".into());
+        let mut r = req(L);
+        r.resource_names_subscribe = vec!["a".into(), "nope".into()];
+        r.initial_resource_versions
+            .insert("a".into(), a.version.clone());
+        let out = v.read(|vs| s.on_request(r, vs)).unwrap();
+        let upserts: Vec<&str> = out.iter().flat_map(names).collect();
+        let removed: Vec<&String> = out.iter().flat_map(|r| &r.removed_resources).collect();
+        assert_eq!(upserts, ["a"]);
+        assert_eq!(removed, ["nope"]);
+        // "nope" appears later: pushed without a new request.
+        v.apply(ViewChanges {
+            upserts: vec![listener("nope", 2), listener("other", 3)],
+            removals: vec![],
+        });
+        let out = v.read(|vs| s.on_view_change(vs));
+        let upserts: Vec<&str> = out.iter().flat_map(names).collect();
+        assert_eq!(upserts, ["nope"], "non-subscribed names are not sent");
+    }
+
+    #[test]
+    fn subscription_changes_apply_with_a_stale_nonce() {
+        let v = view_with(vec![listener("a", 1), listener("b", 2)]);
+        let mut s = StreamState::new("pod-1".into());
+        let mut r = req(L);
+        r.resource_names_subscribe = vec!["a".into()];
+        v.read(|vs| s.on_request(r, vs)).unwrap();
+        let r2 = DeltaDiscoveryRequest {
+            type_url: type_url::LISTENER.into(),
+            response_nonce: "does-not-exist".into(),
+            resource_names_subscribe: vec!["b".into()],
+            ..Default::default()
+        };
+        let out = v.read(|vs| s.on_request(r2, vs)).unwrap();
+        assert_eq!(out.iter().flat_map(names).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn nack_is_recorded_per_resource_and_not_repushed() {
+        let v = view_with(vec![listener("a", 1), listener("b", 2)]);
+        let mut s = StreamState::new("pod-1".into());
+        let out = v.read(|vs| s.on_request(req(L), vs)).unwrap();
+        let nack = DeltaDiscoveryRequest {
+            type_url: type_url::LISTENER.into(),
+            response_nonce: out[0].nonce.clone(),
+            error_detail: Some(Status {
+                code: 3,
+                message: "1 rejected".into(),
+                details: vec![],
+            }),
+            resource_errors: vec![ResourceError {
+                name: "b".into(),
+                error_detail: Some(Status {
+                    code: 3,
+                    message: "port in use".into(),
+                    details: vec![],
+                }),
+            }],
+            ..Default::default()
+        };
+        let out = v.read(|vs| s.on_request(nack, vs)).unwrap();
+        assert!(out.is_empty(), "a NACK does not trigger a re-push");
+        assert_eq!(
+            s.ledger.nacked.get(&(L, "b".into())).unwrap(),
+            "port in use"
+        );
+        assert!(s.ledger.acked.contains_key(&(L, "a".into())));
+        assert!(v.read(|vs| s.on_view_change(vs)).is_empty());
+        // New content for b is pushed.
+        v.apply(ViewChanges {
+            upserts: vec![listener("b", 3)],
+            removals: vec![],
+        });
+        let out = v.read(|vs| s.on_view_change(vs));
+        assert_eq!(out.iter().flat_map(names).collect::<Vec<_>>(), ["b"]);
+        let _ = v
+            .read(|vs| s.on_request(ack(L, &out[0].nonce), vs))
+            .unwrap();
+        assert!(s.ledger.nacked.is_empty());
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn unsubscribe_stops_updates() {
+        let v = view_with(vec![listener("a", 1)]);
+        let mut s = StreamState::new("pod-1".into());
+        let mut r = req(L);
+        r.resource_names_subscribe = vec!["a".into()];
+        v.read(|vs| s.on_request(r, vs)).unwrap();
+        let un = DeltaDiscoveryRequest {
+            type_url: type_url::LISTENER.into(),
+            resource_names_unsubscribe: vec!["a".into(), "phantom".into()],
+            ..Default::default()
+        };
+        assert!(v.read(|vs| s.on_request(un, vs)).unwrap().is_empty());
+        v.apply(ViewChanges {
+            upserts: vec![listener("a", 9)],
+            removals: vec![],
+        });
+        assert!(v.read(|vs| s.on_view_change(vs)).is_empty());
+    }
+
+    #[test]
+    fn large_pushes_are_split_under_the_bound() {
+        let big: Vec<Arc<Encoded>> = (0..40)
+            .map(|i| {
+                Encoded::new(
+                    type_url::ROUTE,
+                    format!("r{i:02}"),
+                    &pb::Route {
+                        name: format!("r{i:02}"),
+                        source: "x".repeat(64 * 1024),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let v = view_with(big);
+        let mut s = StreamState::new("pod-1".into());
+        let out = v.read(|vs| s.on_request(req(R), vs)).unwrap();
+        assert!(out.len() >= 3);
+        let mut seen = HashSet::new();
+        for r in &out {
+            let size: usize = r
+                .resources
+                .iter()
+                .map(|x| x.resource.as_ref().unwrap().value.len())
+                .sum();
+            assert!(size <= MAX_RESPONSE_BYTES);
+            for n in names(r) {
+                assert!(seen.insert(n.to_string()), "no duplicate names");
+            }
+        }
+        assert_eq!(seen.len(), 40);
+    }
+}
