@@ -1,1 +1,367 @@
-fn main() {}
+//! The `sluice` binary: CLI wiring only. The work lives in the control-plane and data-plane crates.
+
+mod echo;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use sluice_control_plane::model::Object;
+use sluice_control_plane::run::{Handles, run_file_control_plane};
+use sluice_data_plane::pod::{self, PodOptions};
+use sluice_data_plane::xds::ClientOptions;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Kubernetes gateway: delta-xDS control plane and data plane"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Async worker threads (default: one per core). 1 runs everything on the main thread.
+    #[arg(long, global = true, env = "SLUICE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Control plane and data planes in one process, on the manifests of a directory.
+    Standalone(StandaloneArgs),
+    /// The control plane: watches manifests and serves delta xDS.
+    ControlPlane(ControlPlaneArgs),
+    /// A data plane for one gateway, configured by a control plane.
+    DataPlane(DataPlaneArgs),
+    /// Checks the manifests of a directory and reports every problem; exits 1 if any.
+    Validate {
+        /// Directory of manifests (searched recursively).
+        dir: PathBuf,
+    },
+    /// A JSON echo backend (for demos and tests).
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9101")]
+        listen: SocketAddr,
+        /// Name reported in every response.
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ControlPlaneArgs {
+    /// Directory of manifests (Goma and Gateway API kinds, Services, ...), watched recursively.
+    #[arg(long, default_value = "examples")]
+    config: PathBuf,
+    /// xDS and inspection gRPC address.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    listen: SocketAddr,
+    /// Serve plaintext xDS on a non-loopback address. Data planes are not authenticated then:
+    /// only for trusted networks until mTLS lands.
+    #[arg(long)]
+    allow_remote_plaintext: bool,
+}
+
+#[derive(clap::Args)]
+struct DataPlaneArgs {
+    /// The gateway this pod serves, "namespace/name".
+    #[arg(long, env = "SLUICE_GATEWAY")]
+    gateway: String,
+    /// Control-plane address.
+    #[arg(long, default_value = "http://127.0.0.1:18000", env = "SLUICE_XDS")]
+    xds: String,
+    /// Pod identity; defaults to the host name and process id.
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    node_id: Option<String>,
+    /// Address the traffic listeners bind to.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Admin endpoint (/healthz, /readyz).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: SocketAddr,
+    /// Longest time in-flight requests get to finish at shutdown, in seconds.
+    #[arg(long, default_value_t = 10)]
+    drain_seconds: u64,
+}
+
+#[derive(clap::Args)]
+struct StandaloneArgs {
+    /// Directory of manifests, watched recursively.
+    #[arg(long, default_value = "examples")]
+    config: PathBuf,
+    /// xDS and inspection gRPC address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    xds_listen: SocketAddr,
+    /// Gateways to run a data plane for ("namespace/name", repeatable). Default: every Goma
+    /// Gateway in the directory at start.
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// Address the traffic listeners bind to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// First admin port; the data planes use consecutive ports from it.
+    #[arg(long, default_value_t = 9901)]
+    admin_port: u16,
+    /// Also start a JSON echo backend on every loopback backend address the routes name, so the
+    /// examples answer at once.
+    #[arg(long)]
+    demo_backends: bool,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(0) => bail!("--worker-threads must be at least 1"),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Standalone(args) => standalone(args).await,
+            Command::ControlPlane(args) => control_plane(args).await,
+            Command::DataPlane(args) => data_plane(args).await,
+            Command::Validate { dir } => validate(dir),
+            Command::Echo { listen, name } => {
+                let l = TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                tracing::info!(%listen, %name, "echo backend listening");
+                tokio::select! {
+                    _ = echo::serve(l, name) => {}
+                    _ = shutdown_signal() => {}
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    if !args.listen.ip().is_loopback() && !args.allow_remote_plaintext {
+        bail!(
+            "refusing to serve plaintext xDS on non-loopback address {}: data planes could not be \
+             authenticated (pass --allow-remote-plaintext on a trusted network)",
+            args.listen
+        );
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the xDS address {}", args.listen))?;
+    run_file_control_plane(args.config, listener, Handles::default(), shutdown_signal()).await?;
+    Ok(())
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "sluice".into());
+    format!("{host}-{}", std::process::id())
+}
+
+fn client_options(xds: String, gateway: String, node_id: Option<String>) -> ClientOptions {
+    ClientOptions {
+        endpoint: xds,
+        node_id: node_id.unwrap_or_else(default_node_id),
+        gateway,
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(10),
+    }
+}
+
+async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
+    if !args.gateway.contains('/') {
+        bail!(
+            "--gateway must be \"namespace/name\", got {:?}",
+            args.gateway
+        );
+    }
+    let opts = PodOptions {
+        xds: client_options(args.xds, args.gateway, args.node_id),
+        bind_ip: args.bind,
+        admin_addr: args.admin,
+        drain: Duration::from_secs(args.drain_seconds),
+    };
+    pod::run(opts, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    if !args.xds_listen.ip().is_loopback() {
+        bail!(
+            "standalone mode serves xDS on loopback only, not {}",
+            args.xds_listen
+        );
+    }
+    let (objects, _) = sluice_control_plane::provider::file::load_dir(&args.config);
+    let gateways: Vec<String> = if args.gateways.is_empty() {
+        objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::GomaGateway(g) => {
+                    Some(format!("{}/{}", g.metadata.namespace, g.metadata.name))
+                }
+                _ => None,
+            })
+            .collect()
+    } else {
+        args.gateways.clone()
+    };
+    if gateways.is_empty() {
+        bail!(
+            "no Gateway found in {}; add one or name it with --gateway",
+            args.config.display()
+        );
+    }
+    if args.demo_backends {
+        for addr in demo_backend_addresses(&objects) {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("starting the demo backend on {addr}"))?;
+            tracing::info!(%addr, "demo echo backend listening");
+            tokio::spawn(echo::serve(l, addr.to_string()));
+        }
+    }
+    let listener = TcpListener::bind(args.xds_listen)
+        .await
+        .with_context(|| format!("binding the xDS address {}", args.xds_listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let cp = tokio::spawn(run_file_control_plane(
+        args.config.clone(),
+        listener,
+        Handles::default(),
+        wait_stop(stop_rx.clone()),
+    ));
+    let mut pods = Vec::new();
+    for (i, gateway) in gateways.into_iter().enumerate() {
+        let admin_port = args
+            .admin_port
+            .checked_add(i as u16)
+            .context("admin port out of range")?;
+        let opts = PodOptions {
+            xds: client_options(
+                format!("http://{}", args.xds_listen),
+                gateway.clone(),
+                Some(format!("standalone-{}", gateway.replace('/', "-"))),
+            ),
+            bind_ip: args.bind,
+            admin_addr: SocketAddr::new(args.bind, admin_port),
+            drain: Duration::from_secs(10),
+        };
+        tracing::info!(%gateway, admin = %opts.admin_addr, "starting data plane");
+        pods.push(tokio::spawn(pod::run(opts, wait_stop(stop_rx.clone()))));
+    }
+    shutdown_signal().await;
+    stop_tx.send_replace(true);
+    for p in pods {
+        p.await??;
+    }
+    cp.await??;
+    Ok(())
+}
+
+/// Loopback `http://` backend addresses named by Goma routes (targets and backends).
+fn demo_backend_addresses(objects: &[Object]) -> BTreeSet<SocketAddr> {
+    let mut out = BTreeSet::new();
+    for o in objects {
+        let Object::GomaRoute(r) = o else { continue };
+        let urls = r
+            .spec
+            .target
+            .iter()
+            .chain(r.spec.backends.iter().map(|b| &b.endpoint));
+        for url in urls {
+            let Ok(uri) = url.parse::<hyper::Uri>() else {
+                continue;
+            };
+            let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+                continue;
+            };
+            if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>()
+                && ip.is_loopback()
+            {
+                out.insert(SocketAddr::new(ip, port));
+            }
+        }
+    }
+    out
+}
+
+fn validate(dir: PathBuf) -> anyhow::Result<()> {
+    let report = sluice_control_plane::validate::validate_dir(&dir);
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
+    for e in &report.errors {
+        println!("error: {e}");
+    }
+    println!(
+        "{}: {} objects, {} errors, {} warnings",
+        dir.display(),
+        report.objects,
+        report.errors.len(),
+        report.warnings.len()
+    );
+    if !report.errors.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! Sluice data plane: compiled configuration snapshots, routing, upstream pools and the proxy.
+
+pub mod admin;
+pub mod listeners;
+pub mod pod;
+pub mod proxy;
+pub mod resources;
+pub mod router;
+pub mod snapshot;
+pub mod upstream;
+pub mod xds;

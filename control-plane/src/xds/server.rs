@@ -119,10 +119,8 @@ async fn run_stream(
                 }
             }
             clients.update_ledger(id, &state.ledger);
-            if !state.ledger.nacked.is_empty() {
-                for ((t, name), reason) in &state.ledger.nacked {
-                    tracing::warn!(node = %node.id, gateway = %node.gateway, type_url = sluice_proto::type_url::ALL[*t], resource = %name, %reason, "data plane rejected a resource");
-                }
+            for (t, name, reason) in state.take_new_nacks() {
+                tracing::warn!(node = %node.id, gateway = %node.gateway, type_url = sluice_proto::type_url::ALL[t], resource = %name, %reason, "data plane rejected a resource");
             }
         }
         tokio::select! {

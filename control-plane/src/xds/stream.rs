@@ -64,6 +64,8 @@ pub struct StreamState {
     /// The view revision this stream has caught up with.
     revision: u64,
     pub ledger: ClientLedger,
+    /// NACKed resources not yet reported: (type index, name, reason).
+    new_nacks: Vec<(usize, String, String)>,
 }
 
 impl StreamState {
@@ -73,6 +75,7 @@ impl StreamState {
             types: Default::default(),
             revision: 0,
             ledger: ClientLedger::default(),
+            new_nacks: Vec::new(),
         }
     }
 
@@ -230,31 +233,42 @@ impl StreamState {
     }
 
     /// Builds the responses for one type, split under the size bound, and records what was sent.
+    /// Removals ride in the last response.
     fn respond(
         &mut self,
         t: usize,
         upserts: Vec<Arc<Encoded>>,
         removals: Vec<String>,
     ) -> Vec<DeltaDiscoveryResponse> {
-        let mut out = Vec::new();
+        let mut batches: Vec<Vec<Arc<Encoded>>> = Vec::new();
         let mut batch: Vec<Arc<Encoded>> = Vec::new();
         let mut size = 0;
         for r in upserts {
             let len = r.bytes.len() + r.name.len() + r.version.len() + 64;
             if !batch.is_empty() && size + len > MAX_RESPONSE_BYTES {
-                out.push(self.response(t, std::mem::take(&mut batch), Vec::new()));
+                batches.push(std::mem::take(&mut batch));
                 size = 0;
             }
             size += len;
             batch.push(r);
         }
-        if !batch.is_empty() {
-            out.push(self.response(t, batch, Vec::new()));
+        if !batch.is_empty() || !removals.is_empty() {
+            batches.push(batch);
         }
-        if !removals.is_empty() {
-            out.push(self.response(t, Vec::new(), removals));
-        }
-        out
+        let last = batches.len().saturating_sub(1);
+        let mut removals = Some(removals);
+        batches
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let removed = if i == last {
+                    removals.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.response(t, b, removed)
+            })
+            .collect()
     }
 
     fn response(
@@ -315,6 +329,7 @@ impl StreamState {
                 .or_else(|| whole.map(|s| s.message.clone()));
             match reason {
                 Some(reason) => {
+                    self.new_nacks.push((t, key.1.clone(), reason.clone()));
                     self.ledger.nacked.insert(key, reason);
                 }
                 None if version.is_empty() => {
@@ -327,6 +342,11 @@ impl StreamState {
                 }
             }
         }
+    }
+
+    /// Rejections reported by the client since the last call, for logging and metrics.
+    pub fn take_new_nacks(&mut self) -> Vec<(usize, String, String)> {
+        std::mem::take(&mut self.new_nacks)
     }
 
     /// Nonces still waiting for an ACK or NACK (all types).

@@ -1,0 +1,507 @@
+//! The proxy runtime: owns the current snapshot and the listening sockets, reconciles sockets
+//! against each new snapshot (bind new ports, stop removed ones, never reopen a kept one) and
+//! serves every accepted connection (HTTP/1.1 and h2c) on its own task.
+
+use crate::proxy;
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Mutex, Notify, watch};
+
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// State shared by the runtime, its accept loops and its connections.
+struct Shared {
+    current: ArcSwap<Snapshot>,
+    builder: auto::Builder<TokioExecutor>,
+    /// Open connections, for a bounded drain on shutdown.
+    connections: AtomicUsize,
+    drained: Notify,
+}
+
+/// An open listening port: its accept loop stops (and its connections drain) when `stop` fires.
+struct PortHandle {
+    stop: watch::Sender<bool>,
+    /// Identifies this bind (logged), so a kept socket can be told from a reopened one.
+    generation: u64,
+    accept_loop: tokio::task::JoinHandle<()>,
+}
+
+pub struct ProxyRuntime {
+    bind_ip: IpAddr,
+    shared: Arc<Shared>,
+    ports: Mutex<HashMap<u16, PortHandle>>,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl ProxyRuntime {
+    pub fn new(bind_ip: IpAddr) -> Arc<Self> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        Arc::new(ProxyRuntime {
+            bind_ip,
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(Snapshot::empty()),
+                builder,
+                connections: AtomicUsize::new(0),
+                drained: Notify::new(),
+            }),
+            ports: Mutex::new(HashMap::new()),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// The snapshot new requests are served from.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
+    }
+
+    /// Swaps in `snapshot`, then reconciles sockets. Returns (listener, reason) for every listener
+    /// whose port could not be bound; those ports are retried on the next apply.
+    pub async fn apply(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Vec<(String, String)> {
+        // Lock before swapping so concurrent applies reconcile sockets in the order they swap.
+        let mut ports = self.ports.lock().await;
+        self.shared.current.store(snapshot.clone());
+        let wanted: HashMap<u16, &[String]> = snapshot.ports().collect();
+        let removed: Vec<u16> = ports
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for port in removed {
+            if let Some(handle) = ports.remove(&port) {
+                tracing::info!(
+                    port,
+                    generation = handle.generation,
+                    "listener port removed, draining"
+                );
+                let _ = handle.stop.send(true);
+                // The socket closes when the accept loop returns; wait so the port can be bound
+                // again right away (by this apply or the next).
+                let _ = handle.accept_loop.await;
+            }
+        }
+        let mut failures = Vec::new();
+        let mut wanted: Vec<_> = wanted.into_iter().collect();
+        wanted.sort_unstable_by_key(|(p, _)| *p);
+        for (port, names) in wanted {
+            if ports.contains_key(&port) {
+                continue;
+            }
+            match bind(SocketAddr::new(self.bind_ip, port)) {
+                Ok(listener) => {
+                    let (stop, stop_rx) = watch::channel(false);
+                    let accept_loop =
+                        tokio::spawn(accept_loop(listener, port, stop_rx, self.shared.clone()));
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(port, generation, listeners = ?names, "listening");
+                    ports.insert(
+                        port,
+                        PortHandle {
+                            stop,
+                            generation,
+                            accept_loop,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(port, listeners = ?names, %error, "cannot bind listener port");
+                    let reason = format!("cannot bind {}:{port}: {error}", self.bind_ip);
+                    failures.extend(names.iter().map(|n| (n.clone(), reason.clone())));
+                }
+            }
+        }
+        failures
+    }
+
+    /// Stops accepting on every port, asks connections to finish their in-flight requests and
+    /// waits for them, at most `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        let handles: Vec<PortHandle> = self.ports.lock().await.drain().map(|(_, h)| h).collect();
+        for handle in &handles {
+            let _ = handle.stop.send(true);
+        }
+        for handle in handles {
+            let _ = handle.accept_loop.await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.shared.drained.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a drain between check and wait is not missed.
+            notified.as_mut().enable();
+            let open = self.shared.connections.load(Ordering::Acquire);
+            if open == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!(open, "shutdown grace elapsed with connections still open");
+                return;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    async fn port_generation(&self, port: u16) -> Option<u64> {
+        self.ports.lock().await.get(&port).map(|h| h.generation)
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // Lets a restarted data plane rebind while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        tokio::select! {
+            // A stop signal or a dropped sender both end the loop; the socket closes on return.
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    tokio::spawn(serve_connection(stream, remote, port, stop.clone(), shared.clone()));
+                }
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning on the error.
+                    tracing::warn!(port, %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+    tracing::debug!(port, "stopped accepting");
+}
+
+/// Decrements the open-connection count however the connection task ends.
+struct ConnectionGuard(Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    port: u16,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) {
+    shared.connections.fetch_add(1, Ordering::AcqRel);
+    let _guard = ConnectionGuard(shared.clone());
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "set TCP_NODELAY failed");
+    }
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| {
+        // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
+        let snapshot = service_shared.current.load_full();
+        async move { Ok::<_, Infallible>(proxy::handle(snapshot, port, remote, req).await) }
+    });
+    let conn = shared
+        .builder
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            // Finish in-flight requests, then close (HTTP/1 Connection: close, HTTP/2 GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%remote, port, %error, "connection ended with error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Resources;
+    use crate::snapshot::Compiler;
+    use bytes::Bytes;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use sluice_proto::config as pb;
+
+    /// A backend that echoes what it received: `path|x-forwarded-for|host|x-forwarded-host`.
+    async fn echo_backend() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let h = |n: &str| {
+                            req.headers()
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_string()
+                        };
+                        let body = format!(
+                            "{}|{}|{}|{}",
+                            req.uri(),
+                            h("x-forwarded-for"),
+                            h("host"),
+                            h("x-forwarded-host")
+                        );
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn resources(proxy_port: u16, backend: SocketAddr, rewrite: &str) -> Resources {
+        let mut res = Resources::default();
+        res.listeners.insert(
+            "http".into(),
+            Arc::new(pb::Listener {
+                name: "http".into(),
+                port: u32::from(proxy_port),
+                protocol: pb::Protocol::Http as i32,
+                ..Default::default()
+            }),
+        );
+        res.clusters.insert(
+            "echo".into(),
+            Arc::new(pb::Cluster {
+                name: "echo".into(),
+                endpoints: vec![pb::Endpoint {
+                    address: backend.ip().to_string(),
+                    port: u32::from(backend.port()),
+                    weight: 1,
+                }],
+                ..Default::default()
+            }),
+        );
+        res.clusters.insert(
+            "dead".into(),
+            Arc::new(pb::Cluster {
+                name: "dead".into(),
+                endpoints: vec![pb::Endpoint {
+                    address: "127.0.0.1".into(),
+                    port: u32::from(free_port()),
+                    weight: 1,
+                }],
+                ..Default::default()
+            }),
+        );
+        let forward = |cluster: &str, rewrite: Option<&str>| {
+            Some(pb::route::Action::Forward(pb::ForwardAction {
+                backends: vec![pb::WeightedBackend {
+                    cluster: cluster.into(),
+                    weight: 1,
+                    ..Default::default()
+                }],
+                path_rewrite: rewrite.map(|r| pb::PathRewrite {
+                    kind: Some(pb::path_rewrite::Kind::ReplacePrefix(r.into())),
+                }),
+                ..Default::default()
+            }))
+        };
+        let prefix = |p: &str| {
+            vec![pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: pb::path_match::Kind::Prefix as i32,
+                    value: p.into(),
+                }),
+                ..Default::default()
+            }]
+        };
+        res.routes.insert(
+            "api".into(),
+            Arc::new(pb::Route {
+                name: "api".into(),
+                listeners: vec!["http".into()],
+                hostnames: vec!["app.example.com".into()],
+                matches: prefix("/api"),
+                action: forward("echo", Some(rewrite)),
+                ..Default::default()
+            }),
+        );
+        res.routes.insert(
+            "maintenance".into(),
+            Arc::new(pb::Route {
+                name: "maintenance".into(),
+                listeners: vec!["http".into()],
+                matches: prefix("/down"),
+                action: Some(pb::route::Action::DirectResponse(pb::DirectResponse {
+                    status: 503,
+                    body: "maintenance".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        );
+        res.routes.insert(
+            "dead".into(),
+            Arc::new(pb::Route {
+                name: "dead".into(),
+                listeners: vec!["http".into()],
+                matches: prefix("/dead"),
+                action: forward("dead", None),
+                ..Default::default()
+            }),
+        );
+        res
+    }
+
+    type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+    async fn get(client: &TestClient, port: u16, host: &str, path: &str) -> (StatusCode, String) {
+        let req = Request::get(format!("http://127.0.0.1:{port}{path}"))
+            .header("host", host)
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client.request(req).await.expect("proxy answers");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn proxies_and_reconfigures_live() {
+        let backend = echo_backend().await;
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let mut compiler = Compiler::new();
+        let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+
+        // The port was free a moment ago; retry with another if something grabbed it meanwhile.
+        let mut port = free_port();
+        let mut res = resources(port, backend, "/");
+        for _ in 0..5 {
+            if runtime.apply(compiler.compile(&res)).await.is_empty() {
+                break;
+            }
+            port = free_port();
+            res = resources(port, backend, "/");
+        }
+        let generation = runtime.port_generation(port).await.expect("port bound");
+
+        let (status, body) = get(&client, port, "App.Example.com:1234", "/api/users?id=7").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            format!("/users?id=7|203.0.113.9, 127.0.0.1|{backend}|App.Example.com:1234")
+        );
+        let (status, body) = get(&client, port, "other.example.com", "/api/users").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::NOT_FOUND, "no route\n")
+        );
+        let (status, body) = get(&client, port, "x", "/down").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "maintenance")
+        );
+        let (status, body) = get(&client, port, "x", "/dead").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::BAD_GATEWAY, "upstream connect error\n")
+        );
+
+        // h2c (prior knowledge) on the same socket.
+        let h2: TestClient = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+        let (status, body) = get(&h2, port, "x", "/down").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "maintenance")
+        );
+        drop(h2);
+
+        // Change one route: the keep-alive connection and new ones see it; the socket is kept.
+        let mut res2 = res.clone();
+        let changed = resources(port, backend, "/v2");
+        res2.routes
+            .insert("api".into(), changed.routes["api"].clone());
+        let failures = runtime.apply(compiler.compile(&res2)).await;
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(runtime.port_generation(port).await, Some(generation));
+        let (_, body) = get(&client, port, "app.example.com", "/api/users").await;
+        assert!(body.starts_with("/v2/users|"), "{body}");
+        let fresh: TestClient = Client::builder(TokioExecutor::new()).build_http();
+        let (_, body) = get(&fresh, port, "app.example.com", "/api").await;
+        assert!(body.starts_with("/v2|"), "{body}");
+
+        // Removing the listener closes its socket before apply returns.
+        runtime.apply(Arc::new(Snapshot::empty())).await;
+        assert_eq!(runtime.port_generation(port).await, None);
+        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+        // Adding it back binds the port again at once.
+        let failures = runtime.apply(compiler.compile(&res2)).await;
+        assert!(failures.is_empty(), "{failures:?}");
+        // A new client: the drained connections of the removed socket are closed.
+        let again: TestClient = Client::builder(TokioExecutor::new()).build_http();
+        let (_, body) = get(&again, port, "app.example.com", "/api").await;
+        assert!(body.starts_with("/v2|"), "{body}");
+        drop(again);
+        drop(client);
+        drop(fresh);
+        runtime.shutdown(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn reports_unbindable_ports() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let mut res = resources(port, "127.0.0.1:1".parse().unwrap(), "/");
+        let mut second = (*res.listeners["http"]).clone();
+        second.name = "http-2".into();
+        second.hostname = "b.example.com".into();
+        res.listeners.insert("http-2".into(), Arc::new(second));
+        let mut failures = runtime.apply(Compiler::new().compile(&res)).await;
+        failures.sort();
+        let names: Vec<_> = failures.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["http", "http-2"]);
+        assert!(failures[0].1.contains(&port.to_string()), "{failures:?}");
+        runtime.shutdown(Duration::from_secs(1)).await;
+    }
+}

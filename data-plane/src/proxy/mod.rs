@@ -1,0 +1,375 @@
+//! The per-request proxy: route lookup on the request's snapshot, local answers (404, 405, direct
+//! responses), backend and endpoint selection, path rewrite, header handling and forwarding.
+
+pub mod headers;
+pub mod response;
+
+pub use response::ProxyBody;
+
+use crate::router::host::request_host;
+use crate::router::{Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
+use crate::snapshot::Snapshot;
+use crate::upstream::client::Protocol;
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Serves one request on `snapshot` (loaded once by the caller and kept for the whole request).
+pub async fn handle<B>(
+    snapshot: Arc<Snapshot>,
+    port: u16,
+    client: SocketAddr,
+    req: Request<B>,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
+    let client_ip = client.ip().to_canonical();
+    let Some(index) = snapshot.port(port) else {
+        return response::not_found();
+    };
+
+    // Routing borrows the request; collect what forwarding needs, then release the borrow.
+    let (route, target) = {
+        let raw_host = request_host(req.uri(), req.headers());
+        let host = NormalizedHost::new(&raw_host);
+        let view = RequestView::new(&req, &host, client_ip);
+        let entry = match index.lookup(&view) {
+            Lookup::Matched(e) => e,
+            Lookup::MethodNotAllowed(r) => return response::method_not_allowed(r.allow.as_ref()),
+            Lookup::NotFound => return response::not_found(),
+        };
+        let route = &entry.route;
+        let forward = match &route.action {
+            RouteAction::Direct(d) => return response::direct(d),
+            RouteAction::Forward(f) => f,
+        };
+        let mut rng = fastrand::Rng::new();
+        let Some(backend) = forward.backends.select(&view, &mut rng) else {
+            tracing::debug!(route = %route.name, "no eligible backend");
+            return response::no_upstream();
+        };
+        let Some(cluster) = snapshot.cluster(&backend.cluster) else {
+            tracing::warn!(route = %route.name, cluster = %backend.cluster, "backend cluster missing");
+            return response::no_upstream();
+        };
+        let Some(endpoint) = cluster.pick() else {
+            tracing::debug!(route = %route.name, cluster = %cluster.name, "cluster has no endpoints");
+            return response::no_upstream();
+        };
+        let path_and_query = match &forward.rewrite {
+            None => req.uri().path_and_query().cloned(),
+            Some(rw) => {
+                let matched_prefix = match &route.matches[entry.match_idx].path {
+                    PathMatcher::Prefix(p) => Some(&**p),
+                    _ => None,
+                };
+                let new = rw.apply(view.path, view.query, matched_prefix);
+                PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
+            }
+        };
+        let uri = Uri::builder()
+            .scheme(cluster.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")))
+            .build();
+        let Ok(uri) = uri else {
+            return response::upstream_error();
+        };
+        let original_host = (!raw_host.is_empty())
+            .then(|| HeaderValue::from_str(&raw_host).ok())
+            .flatten();
+        let target = Target {
+            uri,
+            original_host,
+            cluster: cluster.clone(),
+            authority: endpoint.host_header.clone(),
+        };
+        (route.clone(), target)
+    };
+    let RouteAction::Forward(forward) = &route.action else {
+        return response::upstream_error();
+    };
+
+    let (mut parts, body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    headers::add_forwarded(&mut parts.headers, client_ip, target.original_host.clone());
+    if forward.preserve_host {
+        // HTTP/2 clients send no Host header; carry their :authority as Host.
+        if let Some(h) = target.original_host {
+            parts.headers.insert(header::HOST, h);
+        }
+    } else {
+        parts.headers.insert(header::HOST, target.authority);
+    }
+    parts.uri = target.uri;
+    parts.version = match target.cluster.protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::H2c => Version::HTTP_2,
+    };
+    let upstream_req = Request::from_parts(parts, body.boxed_unsync());
+
+    let fut = target.cluster.client.request(upstream_req);
+    let result = match forward.timeout {
+        Some(t) => match tokio::time::timeout(t, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(route = %route.name, cluster = %target.cluster.name, timeout = ?t, "upstream timeout");
+                return response::timeout();
+            }
+        },
+        None => fut.await,
+    };
+    match result {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            Response::from_parts(parts, body.boxed_unsync())
+        }
+        Err(error) if error.is_connect() => {
+            tracing::warn!(route = %route.name, cluster = %target.cluster.name, %error, "upstream connect error");
+            response::connect_error()
+        }
+        Err(error) => {
+            tracing::warn!(route = %route.name, cluster = %target.cluster.name, %error, "upstream error");
+            response::upstream_error()
+        }
+    }
+}
+
+/// Where and how one request is forwarded, computed while the request is borrowed for routing.
+struct Target {
+    uri: Uri,
+    original_host: Option<HeaderValue>,
+    cluster: Arc<crate::upstream::CompiledCluster>,
+    authority: HeaderValue,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Resources;
+    use crate::snapshot::Compiler;
+    use http::{Method, StatusCode};
+    use http_body_util::Full;
+    use sluice_proto::config as pb;
+    use std::convert::Infallible;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    const PORT: u16 = 8080;
+
+    fn client() -> SocketAddr {
+        "192.0.2.10:5555".parse().unwrap()
+    }
+
+    fn route(name: &str, path: &str, action: pb::route::Action) -> pb::Route {
+        pb::Route {
+            name: name.into(),
+            listeners: vec!["http".into()],
+            matches: vec![pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: pb::path_match::Kind::Prefix as i32,
+                    value: path.into(),
+                }),
+                ..Default::default()
+            }],
+            action: Some(action),
+            ..Default::default()
+        }
+    }
+
+    fn forward(backends: Vec<pb::WeightedBackend>, timeout_ms: Option<i32>) -> pb::route::Action {
+        pb::route::Action::Forward(pb::ForwardAction {
+            backends,
+            timeout: timeout_ms.map(|ms| prost_types::Duration {
+                seconds: i64::from(ms / 1000),
+                nanos: (ms % 1000) * 1_000_000,
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn backend(cluster: &str, exclusive: bool) -> pb::WeightedBackend {
+        pb::WeightedBackend {
+            cluster: cluster.into(),
+            weight: 1,
+            exclusive,
+            r#match: if exclusive {
+                vec![pb::BackendMatch {
+                    name: "x-canary".into(),
+                    value: Some(pb::StringMatch {
+                        value: "1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(silent: SocketAddr, routes: Vec<pb::Route>) -> Arc<Snapshot> {
+        let mut res = Resources::default();
+        res.listeners.insert(
+            "http".into(),
+            Arc::new(pb::Listener {
+                name: "http".into(),
+                port: u32::from(PORT),
+                protocol: pb::Protocol::Http as i32,
+                ..Default::default()
+            }),
+        );
+        res.clusters.insert(
+            "silent".into(),
+            Arc::new(pb::Cluster {
+                name: "silent".into(),
+                endpoints: vec![pb::Endpoint {
+                    address: silent.ip().to_string(),
+                    port: u32::from(silent.port()),
+                    weight: 1,
+                }],
+                ..Default::default()
+            }),
+        );
+        res.clusters.insert(
+            "empty".into(),
+            Arc::new(pb::Cluster {
+                name: "empty".into(),
+                ..Default::default()
+            }),
+        );
+        for r in routes {
+            res.routes.insert(r.name.clone(), Arc::new(r));
+        }
+        Compiler::new().compile(&res)
+    }
+
+    async fn call(
+        snap: &Arc<Snapshot>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<ProxyBody> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "h.example.com");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = Full::new(Bytes::new()).map_err(|never: Infallible| match never {});
+        handle(snap.clone(), PORT, client(), req.body(body).unwrap()).await
+    }
+
+    async fn body(resp: Response<ProxyBody>) -> String {
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Accepts connections and reads forever without answering.
+    async fn silent_backend() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn local_answers_and_errors() {
+        let silent = silent_backend().await;
+        let mut limited = route(
+            "limited",
+            "/limited",
+            pb::route::Action::DirectResponse(pb::DirectResponse {
+                status: 204,
+                ..Default::default()
+            }),
+        );
+        limited.allowed_methods = vec!["GET".into(), "PUT".into()];
+        let snap = snapshot(
+            silent,
+            vec![
+                route(
+                    "slow",
+                    "/slow",
+                    forward(vec![backend("silent", false)], Some(100)),
+                ),
+                route(
+                    "canary-only",
+                    "/canary",
+                    // A timeout turns a wrong pick into a failure rather than a hang.
+                    forward(vec![backend("silent", true)], Some(2000)),
+                ),
+                route(
+                    "empty",
+                    "/empty",
+                    forward(vec![backend("empty", false)], None),
+                ),
+                route(
+                    "direct",
+                    "/direct",
+                    pb::route::Action::DirectResponse(pb::DirectResponse {
+                        status: 418,
+                        body: "teapot".into(),
+                        content_type: "text/x-tea".into(),
+                    }),
+                ),
+                limited,
+            ],
+        );
+
+        let resp = call(&snap, Method::GET, "/slow/x", &[]).await;
+        assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(body(resp).await, "upstream timeout\n");
+
+        // Unpinned traffic never reaches the exclusive backend, and there is no other.
+        let resp = call(&snap, Method::GET, "/canary", &[]).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(resp).await, "no healthy upstream\n");
+        let resp = call(&snap, Method::GET, "/empty", &[]).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        let resp = call(&snap, Method::GET, "/direct", &[]).await;
+        assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/x-tea");
+        assert_eq!(body(resp).await, "teapot");
+
+        let resp = call(&snap, Method::GET, "/limited", &[]).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+        let resp = call(&snap, Method::POST, "/limited", &[]).await;
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(resp.headers()[header::ALLOW], "GET, PUT");
+
+        let resp = call(&snap, Method::GET, "/nothing", &[]).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(body(resp).await, "no route\n");
+
+        // A port without listeners answers 404 too.
+        let resp = handle(
+            snap.clone(),
+            PORT + 1,
+            client(),
+            Request::new(Full::new(Bytes::new()).map_err(|never: Infallible| match never {})),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+}

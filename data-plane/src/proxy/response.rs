@@ -1,0 +1,64 @@
+//! Locally generated responses: proxy errors, 404/405 and direct responses.
+
+use crate::router::route::DirectResponse;
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// Body of every response the proxy returns: upstream bodies streamed through, or local bytes.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+pub fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A plain-text local response.
+pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+pub fn not_found() -> Response<ProxyBody> {
+    text(StatusCode::NOT_FOUND, "no route\n")
+}
+
+pub fn method_not_allowed(allow: Option<&HeaderValue>) -> Response<ProxyBody> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    if let Some(allow) = allow {
+        resp.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    resp
+}
+
+pub fn no_upstream() -> Response<ProxyBody> {
+    text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
+}
+
+pub fn connect_error() -> Response<ProxyBody> {
+    text(StatusCode::BAD_GATEWAY, "upstream connect error\n")
+}
+
+pub fn upstream_error() -> Response<ProxyBody> {
+    text(StatusCode::BAD_GATEWAY, "upstream error\n")
+}
+
+pub fn timeout() -> Response<ProxyBody> {
+    text(StatusCode::GATEWAY_TIMEOUT, "upstream timeout\n")
+}
+
+pub fn direct(d: &DirectResponse) -> Response<ProxyBody> {
+    // Bytes clone is a refcount bump: the body is shared with the compiled route.
+    let mut resp = Response::new(full(d.body.clone()));
+    *resp.status_mut() = d.status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, d.content_type.clone());
+    resp
+}

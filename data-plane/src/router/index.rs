@@ -1,0 +1,218 @@
+//! The lookup structure of one port: host index (exact map, wildcard-suffix map, any-host), and per
+//! host a path table (exact-path map, segment trie of prefixes, regex list). Lookup visits only the
+//! entries along the request's host and path, so its cost does not grow with the route count.
+
+use super::host::{HostPattern, wildcard_specificity, wildcard_suffixes};
+use super::matcher::{PathMatcher, RequestView};
+use super::route::CompiledRoute;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One (route, match) pair reachable under one host pattern.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub route: Arc<CompiledRoute>,
+    pub match_idx: usize,
+    /// Path/method/header/query precedence from [`super::matcher::CompiledMatch::rank`].
+    rank: u64,
+}
+
+/// Precedence key except the final name tie-break; larger wins.
+type Key = (i32, u16, u64);
+
+impl Entry {
+    fn key(&self, host_specificity: u16) -> Key {
+        (self.route.priority, host_specificity, self.rank)
+    }
+}
+
+/// Whether `entry` with `key` beats the current best; equal keys fall to the smaller name.
+fn beats(key: Key, entry: &Entry, best: &Option<(Key, &Entry)>) -> bool {
+    match best {
+        None => true,
+        Some((k, e)) => match key.cmp(k) {
+            Ordering::Greater => true,
+            Ordering::Less => false,
+            Ordering::Equal => *entry.route.name < *e.route.name,
+        },
+    }
+}
+
+#[derive(Debug, Default)]
+struct TrieNode {
+    /// Prefix entries whose (normalised) prefix ends at this node.
+    prefixes: Vec<Entry>,
+    /// Regex entries whose literal leading directory ends at this node: only paths under it
+    /// can match, so a regex is only tried for requests walking through here.
+    regexes: Vec<Entry>,
+    children: HashMap<Box<str>, TrieNode>,
+}
+
+impl TrieNode {
+    fn node_mut(&mut self, dir: &str) -> &mut TrieNode {
+        let mut node = self;
+        for seg in segments(dir) {
+            node = node.children.entry(seg.into()).or_default();
+        }
+        node
+    }
+}
+
+/// Exact paths, and a segment trie of prefixes and regexes, for one host pattern.
+#[derive(Debug, Default)]
+pub struct PathTable {
+    exact: HashMap<Box<str>, Vec<Entry>>,
+    trie: TrieNode,
+}
+
+impl PathTable {
+    fn insert(&mut self, entry: Entry) {
+        match &entry.route.matches[entry.match_idx].path {
+            PathMatcher::Exact(p) => self.exact.entry(p.clone()).or_default().push(entry),
+            PathMatcher::Regex(_) => {
+                let dir = entry.route.matches[entry.match_idx].regex_dir();
+                self.trie.node_mut(dir).regexes.push(entry);
+            }
+            PathMatcher::Prefix(p) => self.trie.node_mut(p).prefixes.push(entry),
+        }
+    }
+
+    /// Calls `f` with every entry whose path matches `path`.
+    fn visit<'a>(&'a self, path: &str, mut f: impl FnMut(&'a Entry)) {
+        if let Some(v) = self.exact.get(path) {
+            v.iter().for_each(&mut f);
+        }
+        let mut node = &self.trie;
+        let regexes = |node: &'a TrieNode, f: &mut dyn FnMut(&'a Entry)| {
+            for e in &node.regexes {
+                if let PathMatcher::Regex(r) = &e.route.matches[e.match_idx].path
+                    && r.is_match(path)
+                {
+                    f(e);
+                }
+            }
+        };
+        regexes(node, &mut f);
+        if !path.starts_with('/') {
+            return;
+        }
+        node.prefixes.iter().for_each(&mut f);
+        for seg in segments(path) {
+            match node.children.get(seg) {
+                Some(child) => node = child,
+                None => break,
+            }
+            node.prefixes.iter().for_each(&mut f);
+            regexes(node, &mut f);
+        }
+    }
+}
+
+/// Path segments after the leading `/`; "" and "/" have none.
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    (!rest.is_empty())
+        .then(|| rest.split('/'))
+        .into_iter()
+        .flatten()
+}
+
+/// All routes reachable from one port. Tables are shared (`Arc`) between snapshots so an
+/// update rebuilds only the tables of the hosts it touches.
+#[derive(Debug, Default, Clone)]
+pub struct PortIndex {
+    exact: HashMap<Arc<str>, Arc<PathTable>>,
+    wildcard: HashMap<Arc<str>, Arc<PathTable>>,
+    any: Option<Arc<PathTable>>,
+}
+
+/// Outcome of a lookup.
+pub enum Lookup<'a> {
+    Matched(&'a Entry),
+    /// The best route does not accept the method: 405 with its `Allow`.
+    MethodNotAllowed(&'a CompiledRoute),
+    NotFound,
+}
+
+impl PortIndex {
+    /// Replaces the table of one host pattern with one built from `routes` (None when empty).
+    pub fn set_table<'a>(
+        &mut self,
+        host: &HostPattern,
+        routes: impl IntoIterator<Item = &'a Arc<CompiledRoute>>,
+    ) {
+        let mut table = PathTable::default();
+        let mut empty = true;
+        for route in routes {
+            for (match_idx, m) in route.matches.iter().enumerate() {
+                empty = false;
+                table.insert(Entry {
+                    route: route.clone(),
+                    match_idx,
+                    rank: m.rank(),
+                });
+            }
+        }
+        let table = (!empty).then(|| Arc::new(table));
+        match (host, table) {
+            (HostPattern::Any, t) => self.any = t,
+            (HostPattern::Exact(h), Some(t)) => {
+                self.exact.insert(Arc::from(&**h), t);
+            }
+            (HostPattern::Exact(h), None) => {
+                self.exact.remove(&**h);
+            }
+            (HostPattern::Wildcard(s), Some(t)) => {
+                self.wildcard.insert(Arc::from(&**s), t);
+            }
+            (HostPattern::Wildcard(s), None) => {
+                self.wildcard.remove(&**s);
+            }
+        }
+    }
+
+    /// Finds the best route for a request (precedence: priority, host specificity, path, method,
+    /// header count, query count, name).
+    pub fn lookup(&self, req: &RequestView<'_>) -> Lookup<'_> {
+        let mut best = Best::default();
+        if let Some(t) = self.exact.get(req.host) {
+            t.visit(req.path, |e| best.consider(e, u16::MAX, req));
+        }
+        if !self.wildcard.is_empty() {
+            for suffix in wildcard_suffixes(req.host) {
+                if let Some(t) = self.wildcard.get(suffix) {
+                    let spec = wildcard_specificity(suffix);
+                    t.visit(req.path, |e| best.consider(e, spec, req));
+                }
+            }
+        }
+        if let Some(t) = &self.any {
+            t.visit(req.path, |e| best.consider(e, 0, req));
+        }
+        // `allowed_methods` is authoritative: the best route decides, and a method it does not
+        // allow is refused rather than handed to a less specific route (no method bypass).
+        match best.0 {
+            Some((_, e)) if e.route.allows(req.method) => Lookup::Matched(e),
+            Some((_, e)) => Lookup::MethodNotAllowed(&e.route),
+            None => Lookup::NotFound,
+        }
+    }
+}
+
+/// The best candidate so far.
+#[derive(Default)]
+struct Best<'a>(Option<(Key, &'a Entry)>);
+
+impl<'a> Best<'a> {
+    fn consider(&mut self, entry: &'a Entry, host_spec: u16, req: &RequestView<'_>) {
+        let key = entry.key(host_spec);
+        // Cheap key comparison first: header/query evaluation only for entries that could win.
+        if !beats(key, entry, &self.0) {
+            return;
+        }
+        if entry.route.matches[entry.match_idx].matches_rest(req) {
+            self.0 = Some((key, entry));
+        }
+    }
+}

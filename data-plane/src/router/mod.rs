@@ -1,0 +1,168 @@
+//! Request routing, pure logic: compiled routes, the per-port host/path index and match evaluation.
+
+pub mod backend;
+pub mod host;
+pub mod index;
+pub mod matcher;
+pub mod rewrite;
+pub mod route;
+#[cfg(test)]
+mod tests;
+
+pub use host::{HostPattern, NormalizedHost};
+pub use index::{Entry, Lookup, PortIndex};
+pub use matcher::{PathMatcher, RequestView};
+pub use route::{CompiledRoute, RouteAction};
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// What routing needs to know about a Listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub port: u16,
+    pub hostname: HostPattern,
+}
+
+/// Routes indexed per port. Cloning shares the per-host tables.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    ports: HashMap<u16, PortIndex>,
+}
+
+impl RouteTable {
+    /// Indexes `routes` from scratch (see [`IndexBuilder`] for incremental updates).
+    pub fn build<'a>(
+        listeners: &[ListenerInfo],
+        routes: impl IntoIterator<Item = &'a Arc<CompiledRoute>>,
+    ) -> RouteTable {
+        let routes: Vec<_> = routes.into_iter().cloned().collect();
+        IndexBuilder::default().build(listeners, &routes)
+    }
+
+    pub fn port(&self, port: u16) -> Option<&PortIndex> {
+        self.ports.get(&port)
+    }
+}
+
+/// Where a route is indexed: a port and a host pattern.
+type Placement = (u16, HostPattern);
+
+/// Builds route tables incrementally: it remembers which routes sit under each (port, host)
+/// and, when listeners are unchanged, rebuilds only the tables of hosts whose routes changed.
+#[derive(Default)]
+pub struct IndexBuilder {
+    listeners: Vec<ListenerInfo>,
+    routes: HashMap<Arc<str>, Arc<CompiledRoute>>,
+    /// Routes per placement, by name (the final precedence tie-break needs no global order).
+    members: HashMap<Placement, BTreeMap<Arc<str>, Arc<CompiledRoute>>>,
+    table: RouteTable,
+}
+
+impl IndexBuilder {
+    /// The table for `routes` reachable through `listeners`.
+    pub fn build(
+        &mut self,
+        listeners: &[ListenerInfo],
+        routes: &[Arc<CompiledRoute>],
+    ) -> RouteTable {
+        if listeners != self.listeners.as_slice() {
+            // Listener changes are rare and can move every route: rebuild everything.
+            *self = IndexBuilder {
+                listeners: listeners.to_vec(),
+                ..IndexBuilder::default()
+            };
+            for l in listeners {
+                self.table.ports.entry(l.port).or_default();
+            }
+        }
+        let by_name: HashMap<&str, &ListenerInfo> =
+            listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+        let mut dirty: HashSet<Placement> = HashSet::new();
+        for route in routes {
+            match self.routes.get(&route.name) {
+                Some(old) if Arc::ptr_eq(old, route) => continue,
+                Some(old) => {
+                    let old = old.clone();
+                    self.unplace(&old, &by_name, &mut dirty);
+                }
+                None => {}
+            }
+            for p in placements(route, &by_name) {
+                self.members
+                    .entry(p.clone())
+                    .or_default()
+                    .insert(route.name.clone(), route.clone());
+                dirty.insert(p);
+            }
+            self.routes.insert(route.name.clone(), route.clone());
+        }
+        // Every current route is now known, so stale ones exist only if there are more known
+        // than current: skip the O(n) set building in the common no-removal case.
+        let removed: Vec<Arc<CompiledRoute>> = if self.routes.len() > routes.len() {
+            let current: HashSet<&str> = routes.iter().map(|r| &*r.name).collect();
+            self.routes
+                .values()
+                .filter(|r| !current.contains(&*r.name))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for old in removed {
+            self.unplace(&old, &by_name, &mut dirty);
+            self.routes.remove(&old.name);
+        }
+        for placement in dirty {
+            let (port, host) = &placement;
+            let members = self.members.get(&placement);
+            let index = self.table.ports.entry(*port).or_default();
+            index.set_table(host, members.into_iter().flat_map(|m| m.values()));
+            if members.is_some_and(BTreeMap::is_empty) {
+                self.members.remove(&placement);
+            }
+        }
+        self.table.clone()
+    }
+
+    fn unplace(
+        &mut self,
+        route: &CompiledRoute,
+        by_name: &HashMap<&str, &ListenerInfo>,
+        dirty: &mut HashSet<Placement>,
+    ) {
+        for p in placements(route, by_name) {
+            if let Some(m) = self.members.get_mut(&p) {
+                m.remove(&route.name);
+            }
+            dirty.insert(p);
+        }
+    }
+}
+
+/// The (port, host pattern) pairs a route is reachable under: through every listener it names,
+/// restricted to the hosts both the route and that listener accept.
+fn placements(route: &CompiledRoute, by_name: &HashMap<&str, &ListenerInfo>) -> Vec<Placement> {
+    let mut out: Vec<Placement> = Vec::new();
+    for listener in route
+        .listeners
+        .iter()
+        .filter_map(|n| by_name.get(n.as_str()))
+    {
+        if route.hostnames.is_empty() {
+            out.push((listener.port, listener.hostname.clone()));
+        } else {
+            out.extend(
+                route
+                    .hostnames
+                    .iter()
+                    .filter_map(|h| h.intersect(&listener.hostname))
+                    .map(|h| (listener.port, h)),
+            );
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,177 @@
+//! A compiled Route: hostnames, matches, allowed methods and its action, built once per resource
+//! version and shared by every snapshot while the resource is unchanged.
+
+use super::backend::{Backend, BackendSet};
+use super::host::{HostPattern, validate_hostname};
+use super::matcher::{CompiledMatch, parse_method};
+use super::rewrite::Rewrite;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use sluice_proto::config as pb;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct CompiledRoute {
+    pub name: Arc<str>,
+    pub priority: i32,
+    pub listeners: Vec<String>,
+    /// Empty means any host.
+    pub hostnames: Vec<HostPattern>,
+    /// Never empty: a route without matches gets one match-everything entry.
+    pub matches: Vec<CompiledMatch>,
+    pub allowed_methods: Vec<Method>,
+    /// Precomputed `Allow` header for 405 answers.
+    pub allow: Option<HeaderValue>,
+    pub action: RouteAction,
+}
+
+#[derive(Debug)]
+pub enum RouteAction {
+    Direct(DirectResponse),
+    Forward(Forward),
+}
+
+#[derive(Debug)]
+pub struct DirectResponse {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+}
+
+#[derive(Debug)]
+pub struct Forward {
+    pub backends: BackendSet,
+    pub rewrite: Option<Rewrite>,
+    pub preserve_host: bool,
+    pub timeout: Option<Duration>,
+}
+
+impl CompiledRoute {
+    /// Compiles everything that depends on the route alone; references are checked elsewhere.
+    /// Errors name the offending field.
+    pub fn compile(r: &pb::Route) -> Result<CompiledRoute, String> {
+        if r.name.is_empty() {
+            return Err("name: empty".into());
+        }
+        let mut hostnames = Vec::with_capacity(r.hostnames.len());
+        for (i, h) in r.hostnames.iter().enumerate() {
+            validate_hostname(h).map_err(|e| format!("hostnames[{i}]: {e}"))?;
+            if h.is_empty() {
+                return Err(format!("hostnames[{i}]: empty"));
+            }
+            hostnames.push(HostPattern::parse(h));
+        }
+        let mut matches = Vec::with_capacity(r.matches.len().max(1));
+        for (i, m) in r.matches.iter().enumerate() {
+            matches.push(CompiledMatch::compile(m).map_err(|e| format!("matches[{i}].{e}"))?);
+        }
+        if matches.is_empty() {
+            matches.push(CompiledMatch::match_all());
+        }
+        let mut allowed_methods = Vec::with_capacity(r.allowed_methods.len());
+        for (i, m) in r.allowed_methods.iter().enumerate() {
+            allowed_methods
+                .push(parse_method(m).map_err(|e| format!("allowed_methods[{i}]: {e}"))?);
+        }
+        let allow = if allowed_methods.is_empty() {
+            None
+        } else {
+            let joined: Vec<&str> = allowed_methods.iter().map(Method::as_str).collect();
+            Some(
+                HeaderValue::from_str(&joined.join(", "))
+                    .map_err(|_| "allowed_methods: not a valid header value".to_string())?,
+            )
+        };
+        let action = match &r.action {
+            None => return Err("action: not set (forward or direct_response required)".into()),
+            Some(pb::route::Action::DirectResponse(d)) => {
+                RouteAction::Direct(compile_direct(d).map_err(|e| format!("direct_response.{e}"))?)
+            }
+            Some(pb::route::Action::Forward(f)) => {
+                RouteAction::Forward(compile_forward(f).map_err(|e| format!("forward.{e}"))?)
+            }
+        };
+        Ok(CompiledRoute {
+            name: r.name.as_str().into(),
+            priority: r.priority,
+            listeners: r.listeners.clone(),
+            hostnames,
+            matches,
+            allowed_methods,
+            allow,
+            action,
+        })
+    }
+
+    pub fn allows(&self, method: &Method) -> bool {
+        self.allowed_methods.is_empty() || self.allowed_methods.contains(method)
+    }
+
+    /// The cluster names this route forwards to.
+    pub fn clusters(&self) -> impl Iterator<Item = &str> {
+        let backends: &[Backend] = match &self.action {
+            RouteAction::Forward(f) => &f.backends.backends,
+            RouteAction::Direct(_) => &[],
+        };
+        backends.iter().map(|b| &*b.cluster)
+    }
+}
+
+fn compile_direct(d: &pb::DirectResponse) -> Result<DirectResponse, String> {
+    let status = u16::try_from(d.status)
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or(format!("status: {} is not in 100..=599", d.status))?;
+    let content_type = if d.content_type.is_empty() {
+        HeaderValue::from_static("text/plain; charset=utf-8")
+    } else {
+        HeaderValue::from_str(&d.content_type).map_err(|_| {
+            format!(
+                "content_type: {:?} is not a valid header value",
+                d.content_type
+            )
+        })?
+    };
+    Ok(DirectResponse {
+        status,
+        body: Bytes::from(d.body.clone()),
+        content_type,
+    })
+}
+
+fn compile_forward(f: &pb::ForwardAction) -> Result<Forward, String> {
+    if f.backends.is_empty() {
+        return Err("backends: empty".into());
+    }
+    let mut backends = Vec::with_capacity(f.backends.len());
+    for (i, b) in f.backends.iter().enumerate() {
+        backends.push(Backend::compile(b).map_err(|e| format!("backends[{i}].{e}"))?);
+    }
+    let rewrite = match &f.path_rewrite {
+        Some(r) => Rewrite::compile(r).map_err(|e| format!("path_rewrite.{e}"))?,
+        None => None,
+    };
+    // A zero timeout is treated as unset rather than failing every request.
+    let timeout = match &f.timeout {
+        None => None,
+        Some(d) => {
+            Some(to_duration(d).map_err(|e| format!("timeout: {e}"))?).filter(|d| !d.is_zero())
+        }
+    };
+    Ok(Forward {
+        backends: BackendSet::new(backends),
+        rewrite,
+        preserve_host: f.preserve_host,
+        timeout,
+    })
+}
+
+/// Converts a protobuf Duration, rejecting negative or out-of-range values.
+pub fn to_duration(d: &prost_types::Duration) -> Result<Duration, String> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(format!("invalid duration {}s {}ns", d.seconds, d.nanos));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}

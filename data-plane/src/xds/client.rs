@@ -1,0 +1,159 @@
+//! The connection loop: connect, subscribe to every type with what is already held, apply and
+//! ACK each response, and reconnect with exponential backoff and jitter when the stream ends.
+
+use super::state::{ConfigState, acknowledgement};
+use crate::listeners::ProxyRuntime;
+use sluice_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use sluice_proto::discovery::{DeltaDiscoveryRequest, Node};
+use sluice_proto::type_url;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// e.g. "http://127.0.0.1:18000".
+    pub endpoint: String,
+    pub node_id: String,
+    /// "namespace/name".
+    pub gateway: String,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Why one connection attempt ended.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("control plane closed the stream")]
+    Closed,
+}
+
+/// Runs until the process ends. `ready` becomes true once the initial state of every type has
+/// been applied and is serving, and stays true across reconnects (the last good config serves).
+pub async fn run(opts: ClientOptions, runtime: Arc<ProxyRuntime>, ready: watch::Sender<bool>) {
+    let mut state = ConfigState::new();
+    let mut backoff = opts.backoff_initial;
+    loop {
+        let mut got_response = false;
+        let end = match session(&opts, &runtime, &ready, &mut state, &mut got_response).await {
+            Ok(()) => StreamEnd::Closed,
+            Err(e) => e,
+        };
+        if got_response {
+            backoff = opts.backoff_initial;
+        }
+        // Full jitter: a fleet reconnecting after a control-plane restart spreads out.
+        let delay = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+        tracing::warn!(error = %end, retry_in_ms = delay.as_millis() as u64, "xDS stream down; serving last good config");
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(opts.backoff_max);
+    }
+}
+
+/// One connection: returns when the stream ends.
+async fn session(
+    opts: &ClientOptions,
+    runtime: &Arc<ProxyRuntime>,
+    ready: &watch::Sender<bool>,
+    state: &mut ConfigState,
+    got_response: &mut bool,
+) -> Result<(), StreamEnd> {
+    let channel = tonic::transport::Endpoint::from_shared(opts.endpoint.clone())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect()
+        .await?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(16 << 20);
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+    let node = Node {
+        id: opts.node_id.clone(),
+        gateway: opts.gateway.clone(),
+        metadata: Default::default(),
+        build_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    // The first request of every type carries the node and what is already held, so the
+    // server sends only what differs.
+    for (t, url) in type_url::ALL.iter().enumerate() {
+        let req = DeltaDiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: url.to_string(),
+            resource_names_subscribe: vec!["*".into()],
+            initial_resource_versions: state
+                .versions(t)
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            ..Default::default()
+        };
+        if tx.send(req).await.is_err() {
+            return Err(StreamEnd::Closed);
+        }
+    }
+    let mut inbound = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    tracing::info!(endpoint = %opts.endpoint, gateway = %opts.gateway, "xDS stream open");
+    let mut initial_seen = [false; type_url::ALL.len()];
+    while let Some(resp) = inbound.message().await? {
+        *got_response = true;
+        let started = std::time::Instant::now();
+        let mut applied = state.apply(&resp);
+        if applied.changed {
+            let snapshot = state.compile();
+            let failed = runtime.apply(snapshot).await;
+            if !failed.is_empty() {
+                let names: Vec<String> = failed.iter().map(|(n, _)| n.clone()).collect();
+                state.drop_listeners(&names);
+                let snapshot = state.compile();
+                runtime.apply(snapshot).await;
+                applied.rejected.extend(failed);
+            }
+        }
+        if !resp.resources.is_empty() || !resp.removed_resources.is_empty() {
+            tracing::info!(
+                type_url = %resp.type_url,
+                resources = resp.resources.len(),
+                removed = resp.removed_resources.len(),
+                rejected = applied.rejected.len(),
+                apply_us = started.elapsed().as_micros() as u64,
+                "applied update"
+            );
+        }
+        for (name, reason) in &applied.rejected {
+            tracing::warn!(type_url = %resp.type_url, resource = %name, %reason, "rejected resource");
+        }
+        tracing::debug!(
+            type_url = %resp.type_url,
+            nonce = %resp.nonce,
+            resources = resp.resources.len(),
+            removed = resp.removed_resources.len(),
+            rejected = applied.rejected.len(),
+            apply_us = started.elapsed().as_micros() as u64,
+            "applied response"
+        );
+        if let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) {
+            initial_seen[t] = true;
+        }
+        if initial_seen.iter().all(|s| *s) && !*ready.borrow() {
+            tracing::info!(gateway = %opts.gateway, "initial configuration applied; ready");
+            ready.send_replace(true);
+        }
+        // ACK only now: the snapshot is swapped in and serving.
+        if tx
+            .send(acknowledgement(&resp, &applied.rejected))
+            .await
+            .is_err()
+        {
+            return Err(StreamEnd::Closed);
+        }
+    }
+    Ok(())
+}

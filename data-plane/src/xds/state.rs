@@ -1,0 +1,208 @@
+//! Applying one `DeltaDiscoveryResponse` to the held resources: per-resource validation, so valid
+//! resources apply while invalid ones are rejected with reasons (gRFC A46 semantics).
+
+use crate::resources::Resources;
+use crate::snapshot::{Compiler, Snapshot};
+use prost::Message;
+use sluice_proto::config as pb;
+use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, ResourceError};
+use sluice_proto::google::rpc::Status;
+use sluice_proto::type_url;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+const TYPES: usize = type_url::ALL.len();
+const SECRET: usize = 0;
+const CLUSTER: usize = 1;
+const LISTENER: usize = 2;
+const ROUTE: usize = 3;
+
+/// Outcome of one response, before the snapshot is swapped in.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Did the held resources change (a new snapshot is needed)?
+    pub changed: bool,
+    /// (resource name, reason) for every rejected resource.
+    pub rejected: Vec<(String, String)>,
+}
+
+pub struct ConfigState {
+    pub resources: Resources,
+    /// name -> version of every accepted resource, per type (reported on reconnect).
+    versions: [BTreeMap<String, String>; TYPES],
+    compiler: Compiler,
+}
+
+impl Default for ConfigState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigState {
+    pub fn new() -> Self {
+        Self {
+            resources: Resources::default(),
+            versions: Default::default(),
+            compiler: Compiler::new(),
+        }
+    }
+
+    pub fn versions(&self, type_index: usize) -> &BTreeMap<String, String> {
+        &self.versions[type_index]
+    }
+
+    /// Validates and applies `resp` to the held resources. A response with duplicate names is
+    /// rejected whole; otherwise each resource is accepted or rejected on its own.
+    pub fn apply(&mut self, resp: &DeltaDiscoveryResponse) -> Applied {
+        let mut out = Applied::default();
+        let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) else {
+            out.rejected.push((
+                String::new(),
+                format!("unknown type_url {:?}", resp.type_url),
+            ));
+            return out;
+        };
+        let mut names = HashSet::new();
+        for r in &resp.resources {
+            if !names.insert(r.name.as_str()) {
+                out.rejected.push((
+                    r.name.clone(),
+                    "duplicate resource name in one response; response rejected".into(),
+                ));
+            }
+        }
+        if !out.rejected.is_empty() {
+            return out;
+        }
+        for r in &resp.resources {
+            match self.accept(t, &resp.type_url, r) {
+                Ok(()) => {
+                    self.versions[t].insert(r.name.clone(), r.version.clone());
+                    out.changed = true;
+                }
+                Err(reason) => out.rejected.push((r.name.clone(), reason)),
+            }
+        }
+        // Only `removed_resources` deletes; absent names stay.
+        for name in &resp.removed_resources {
+            let removed = match t {
+                SECRET => self.resources.secrets.remove(name).is_some(),
+                CLUSTER => self.resources.clusters.remove(name).is_some(),
+                LISTENER => self.resources.listeners.remove(name).is_some(),
+                _ => self.resources.routes.remove(name).is_some(),
+            };
+            self.versions[t].remove(name);
+            out.changed |= removed;
+        }
+        out
+    }
+
+    fn accept(
+        &mut self,
+        t: usize,
+        type_url: &str,
+        r: &sluice_proto::discovery::Resource,
+    ) -> Result<(), String> {
+        let any = r.resource.as_ref().ok_or("resource has no body")?;
+        if any.type_url != type_url {
+            return Err(format!(
+                "resource type {:?} does not match the response type {:?}",
+                any.type_url, type_url
+            ));
+        }
+        fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, String> {
+            M::decode(bytes).map_err(|e| format!("cannot decode: {e}"))
+        }
+        fn same_name(inner: &str, outer: &str) -> Result<(), String> {
+            if inner == outer {
+                Ok(())
+            } else {
+                Err(format!(
+                    "name {inner:?} does not match the resource name {outer:?}"
+                ))
+            }
+        }
+        let res = &mut self.resources;
+        match t {
+            SECRET => {
+                let m: pb::Secret = decode(&any.value)?;
+                same_name(&m.name, &r.name)?;
+                self.compiler.validate_secret(&m)?;
+                res.secrets.insert(r.name.clone(), Arc::new(m));
+            }
+            CLUSTER => {
+                let m: pb::Cluster = decode(&any.value)?;
+                same_name(&m.name, &r.name)?;
+                self.compiler.validate_cluster(&m)?;
+                res.clusters.insert(r.name.clone(), Arc::new(m));
+            }
+            LISTENER => {
+                let m: pb::Listener = decode(&any.value)?;
+                same_name(&m.name, &r.name)?;
+                self.compiler.validate_listener(&m)?;
+                res.listeners.insert(r.name.clone(), Arc::new(m));
+            }
+            ROUTE => {
+                let m: pb::Route = decode(&any.value)?;
+                same_name(&m.name, &r.name)?;
+                self.compiler.validate_route(&m, res)?;
+                res.routes.insert(r.name.clone(), Arc::new(m));
+            }
+            _ => return Err("unknown type".into()),
+        }
+        Ok(())
+    }
+
+    /// Drops listeners the runtime could not bind, so they are not reported as held.
+    pub fn drop_listeners(&mut self, names: &[String]) {
+        for n in names {
+            self.resources.listeners.remove(n);
+            self.versions[LISTENER].remove(n);
+        }
+    }
+
+    pub fn compile(&mut self) -> Arc<Snapshot> {
+        self.compiler.compile(&self.resources)
+    }
+}
+
+/// The ACK (no rejections) or NACK (with per-resource reasons) for a response.
+pub fn acknowledgement(
+    resp: &DeltaDiscoveryResponse,
+    rejected: &[(String, String)],
+) -> DeltaDiscoveryRequest {
+    let mut req = DeltaDiscoveryRequest {
+        type_url: resp.type_url.clone(),
+        response_nonce: resp.nonce.clone(),
+        ..Default::default()
+    };
+    if !rejected.is_empty() {
+        let summary: Vec<String> = rejected
+            .iter()
+            .map(|(n, reason)| format!("{n}: {reason}"))
+            .collect();
+        req.error_detail = Some(Status {
+            code: tonic::Code::InvalidArgument as i32,
+            message: format!(
+                "{} of {} resources rejected: {}",
+                rejected.len(),
+                resp.resources.len(),
+                summary.join("; ")
+            ),
+            details: vec![],
+        });
+        req.resource_errors = rejected
+            .iter()
+            .map(|(name, reason)| ResourceError {
+                name: name.clone(),
+                error_detail: Some(Status {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: reason.clone(),
+                    details: vec![],
+                }),
+            })
+            .collect();
+    }
+    req
+}

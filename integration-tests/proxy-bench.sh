@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Whole-proxy throughput of the sluice data plane beside nginx, haproxy and a bare hyper proxy,
+# with the shared harness (../shared/bench): same origins, same pinning (proxy on CPU 1, load
+# and origins on CPU 0), one worker thread each, interleaved rounds, ratios from one run.
+#
+#   integration-tests/proxy-bench.sh                 # h1 suite, 3 rounds
+#   SUITES="h1 h1-4k h2c" ROUNDS=5 integration-tests/proxy-bench.sh
+#
+# Writes the tables to stdout and to $RUN_DIR/results/sluice-<stamp>/summary.md.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH="${BENCH:-$ROOT/../shared/bench}"
+source "$BENCH/lib.sh"
+SUITES="${SUITES:-h1}"
+P_SLUICE=8085 P_SLUICE_XDS=18085 P_SLUICE_ADMIN=9985
+
+"$BENCH/setup.sh" >/dev/null
+[[ -x "$HYPER_BIN" ]] || "$BENCH/build.sh" hyper
+(cd "$ROOT" && cargo build --release --quiet)
+SLUICE="$ROOT/target/release/sluice"
+
+CONF="$RUN_DIR/sluice-conf"
+rm -rf "$CONF" && mkdir -p "$CONF"
+cat >"$CONF/bench.yaml" <<YAML
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Gateway
+metadata: {name: bench, namespace: default}
+spec:
+  service: {httpPort: $P_SLUICE}
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {name: origins, namespace: default}
+spec:
+  gateways: [bench]
+  path: /
+  backends:
+    - endpoint: http://127.0.0.1:$P_ORIGIN1
+    - endpoint: http://127.0.0.1:$P_ORIGIN2
+YAML
+
+cleanup() { "$BENCH/stack.sh" down || true; }
+trap cleanup EXIT INT TERM
+"$BENCH/stack.sh" up origin1 origin2 direct nginx haproxy hyper
+# The control plane is idle during the run; it sits with the load generator.
+start_pinned sluice-cp "$LOADGEN_CPUS" "$SLUICE" control-plane --config "$CONF" --listen "127.0.0.1:$P_SLUICE_XDS"
+RUST_LOG=warn start_pinned sluice "$SUT_CPUS" "$SLUICE" --worker-threads 1 data-plane --gateway default/bench \
+  --xds "http://127.0.0.1:$P_SLUICE_XDS" --bind 127.0.0.1 --admin "127.0.0.1:$P_SLUICE_ADMIN"
+for _ in $(seq 1 100); do
+  curl -fsS "127.0.0.1:$P_SLUICE_ADMIN/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fsS "127.0.0.1:$P_SLUICE/" >/dev/null
+
+STAMP="$(date +%Y%m%dT%H%M%S)"
+OUT="$RUN_DIR/results/sluice-$STAMP"
+mkdir -p "$OUT"
+for s in $SUITES; do
+  case "$s" in
+    h1) mode=h1 path=/ targets=(direct=127.0.0.1:$P_DIRECT@direct) ;;
+    h1-4k) mode=h1 path=/4k targets=(direct=127.0.0.1:$P_DIRECT@direct) ;;
+    h2c) mode=h2c path=/ targets=(direct=127.0.0.1:$P_DIRECT_H2C@direct) ;;
+    *) echo "unknown suite $s (TLS suites arrive with data-plane TLS)" >&2; continue ;;
+  esac
+  if [[ $mode == h2c ]]; then
+    targets+=(nginx=127.0.0.1:$P_NGINX_H2C@nginx-proxy haproxy=127.0.0.1:$P_HAPROXY@haproxy)
+  else
+    targets+=(nginx=127.0.0.1:$P_NGINX@nginx-proxy haproxy=127.0.0.1:$P_HAPROXY@haproxy)
+  fi
+  targets+=(hyper-proxy=127.0.0.1:$P_HYPER@hyper-proxy sluice=127.0.0.1:$P_SLUICE@sluice)
+  MODE=$mode REQ_PATH=$path OUT="$OUT" "$BENCH/proxy-compare.sh" -T "$s: sluice vs anchors" "${targets[@]}" | tee -a "$OUT/summary.md"
+done
+echo "raw results: $OUT"
