@@ -58,30 +58,8 @@ async fn run_size(routes: usize, changes: usize) -> Result_ {
         dir.write("chunk-last.yaml", &chunk);
     }
     dir.write("hot.yaml", &route_yaml("hot", "gw", "/hot", port_a, ""));
-    let _cp = Proc::start(
-        &[
-            "control-plane",
-            "--config",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{xds}"),
-        ],
-        &[("RUST_LOG", "warn")],
-    );
-    let _dp = Proc::start(
-        &[
-            "data-plane",
-            "--gateway",
-            "default/gw",
-            "--xds",
-            &format!("http://127.0.0.1:{xds}"),
-            "--bind",
-            "127.0.0.1",
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
-        &[("RUST_LOG", "warn")],
-    );
+    let _cp = control_plane(dir.path(), xds, &[("RUST_LOG", "warn")]);
+    let _dp = data_plane("default/gw", xds, admin, &[], &[("RUST_LOG", "warn")]);
     wait_ready(admin).await;
 
     // A raw subscriber: every response is timestamped and its size recorded; ACKed at once.

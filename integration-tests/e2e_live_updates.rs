@@ -215,26 +215,12 @@ async fn data_plane_serves_through_a_control_plane_restart_and_resyncs_without_r
             &route_yaml(&format!("r{i}"), "gw", &format!("/r{i}"), port_a, ""),
         );
     }
-    let cp_args = [
-        "control-plane",
-        "--config",
-        dir.path().to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{xds}"),
-    ];
-    let mut cp = Proc::start(&cp_args, &[]);
-    let dp = Proc::start(
-        &[
-            "data-plane",
-            "--gateway",
-            "default/gw",
-            "--xds",
-            &format!("http://127.0.0.1:{xds}"),
-            "--bind",
-            "127.0.0.1",
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
+    let mut cp = control_plane(dir.path(), xds, &[]);
+    let dp = data_plane(
+        "default/gw",
+        xds,
+        admin,
+        &[],
         &[("RUST_LOG", "info,sluice_data_plane=debug")],
     );
     wait_ready(admin).await;
@@ -244,7 +230,7 @@ async fn data_plane_serves_through_a_control_plane_restart_and_resyncs_without_r
     tokio::time::sleep(Duration::from_millis(100)).await;
     cp.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cp = Proc::start(&cp_args, &[]);
+    let cp = control_plane(dir.path(), xds, &[]);
     cp.wait_log("data plane connected", Duration::from_secs(10));
     // After the reconnect the data plane gets one (empty) answer per type: nothing unchanged is
     // resent, because it reported what it holds in initial_resource_versions.

@@ -139,16 +139,7 @@ fn two_gateway_dir(port_a: u16) -> TempDir {
 async fn control_plane_keeps_the_server_rules() {
     let dir = two_gateway_dir(9);
     let xds = free_port();
-    let cp = Proc::start(
-        &[
-            "control-plane",
-            "--config",
-            dir.path().to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{xds}"),
-        ],
-        &[],
-    );
+    let cp = control_plane(dir.path(), xds, &[]);
     cp.wait_log("xDS server listening", Duration::from_secs(10));
 
     // A stream whose first message has no node is refused.
@@ -396,22 +387,7 @@ async fn data_plane_keeps_the_client_rules() {
     );
     let gw_port = free_port();
     let admin = free_port();
-    let _dp = Proc::start(
-        &[
-            "data-plane",
-            "--gateway",
-            "default/gw",
-            "--node-id",
-            "pod-7",
-            "--xds",
-            &format!("http://127.0.0.1:{xds}"),
-            "--bind",
-            "127.0.0.1",
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ],
-        &[],
-    );
+    let _dp = data_plane("default/gw", xds, admin, &["--node-id", "pod-7"], &[]);
     let (mut rx, tx) = srx.recv().await.unwrap();
 
     // The first request of every type carries the node; nothing is held yet.

@@ -47,6 +47,17 @@ pub fn type_index(type_url: &str) -> Option<usize> {
         .position(|t| *t == type_url)
 }
 
+/// A listener resource for tests.
+#[cfg(test)]
+pub(crate) fn test_listener(name: &str, port: u32) -> Arc<Encoded> {
+    let l = sluice_proto::config::Listener {
+        name: name.into(),
+        port,
+        ..Default::default()
+    };
+    Encoded::new(sluice_proto::type_url::LISTENER, name.into(), &l)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

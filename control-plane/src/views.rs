@@ -211,19 +211,7 @@ impl Views {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_proto::config as pb;
-
-    fn listener(name: &str, port: u32) -> Arc<Encoded> {
-        Encoded::new(
-            type_url::LISTENER,
-            name.into(),
-            &pb::Listener {
-                name: name.into(),
-                port,
-                ..Default::default()
-            },
-        )
-    }
+    use crate::resource::test_listener as listener;
 
     #[test]
     fn log_reports_changes_since_a_revision() {

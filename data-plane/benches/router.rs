@@ -74,27 +74,8 @@ fn route(i: usize) -> pb::Route {
 
 fn resources(n: usize) -> Resources {
     let mut res = Resources::default();
-    res.listeners.insert(
-        "http".into(),
-        Arc::new(pb::Listener {
-            name: "http".into(),
-            port: u32::from(PORT),
-            protocol: pb::Protocol::Http as i32,
-            ..Default::default()
-        }),
-    );
-    res.clusters.insert(
-        "backend".into(),
-        Arc::new(pb::Cluster {
-            name: "backend".into(),
-            endpoints: vec![pb::Endpoint {
-                address: "127.0.0.1".into(),
-                port: 9000,
-                weight: 1,
-            }],
-            ..Default::default()
-        }),
-    );
+    res.add_http_listener("http", PORT)
+        .add_cluster("backend", &[("127.0.0.1", 9000)]);
     for i in 0..n {
         let r = route(i);
         res.routes.insert(r.name.clone(), Arc::new(r));

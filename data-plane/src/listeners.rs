@@ -297,39 +297,10 @@ mod tests {
 
     fn resources(proxy_port: u16, backend: SocketAddr, rewrite: &str) -> Resources {
         let mut res = Resources::default();
-        res.listeners.insert(
-            "http".into(),
-            Arc::new(pb::Listener {
-                name: "http".into(),
-                port: u32::from(proxy_port),
-                protocol: pb::Protocol::Http as i32,
-                ..Default::default()
-            }),
-        );
-        res.clusters.insert(
-            "echo".into(),
-            Arc::new(pb::Cluster {
-                name: "echo".into(),
-                endpoints: vec![pb::Endpoint {
-                    address: backend.ip().to_string(),
-                    port: u32::from(backend.port()),
-                    weight: 1,
-                }],
-                ..Default::default()
-            }),
-        );
-        res.clusters.insert(
-            "dead".into(),
-            Arc::new(pb::Cluster {
-                name: "dead".into(),
-                endpoints: vec![pb::Endpoint {
-                    address: "127.0.0.1".into(),
-                    port: u32::from(free_port()),
-                    weight: 1,
-                }],
-                ..Default::default()
-            }),
-        );
+        let backend_ip = backend.ip().to_string();
+        res.add_http_listener("http", proxy_port)
+            .add_cluster("echo", &[(&backend_ip, backend.port())])
+            .add_cluster("dead", &[("127.0.0.1", free_port())]);
         let forward = |cluster: &str, rewrite: Option<&str>| {
             Some(pb::route::Action::Forward(pb::ForwardAction {
                 backends: vec![pb::WeightedBackend {

@@ -228,27 +228,8 @@ mod tests {
 
     fn resources() -> Resources {
         let mut res = Resources::default();
-        res.listeners.insert(
-            "http".into(),
-            Arc::new(pb::Listener {
-                name: "http".into(),
-                port: 8080,
-                protocol: pb::Protocol::Http as i32,
-                ..Default::default()
-            }),
-        );
-        res.clusters.insert(
-            "backend".into(),
-            Arc::new(pb::Cluster {
-                name: "backend".into(),
-                endpoints: vec![pb::Endpoint {
-                    address: "127.0.0.1".into(),
-                    port: 9000,
-                    weight: 1,
-                }],
-                ..Default::default()
-            }),
-        );
+        res.add_http_listener("http", 8080)
+            .add_cluster("backend", &[("127.0.0.1", 9000)]);
         res
     }
 

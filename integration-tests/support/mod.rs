@@ -287,3 +287,43 @@ pub async fn standalone(dir: &Path, gateway: &str, admin_port: u16) -> (Proc, u1
     wait_ready(admin_port).await;
     (p, xds)
 }
+
+/// `sluice control-plane` on the manifests of `dir`, serving xDS on 127.0.0.1:`xds`.
+pub fn control_plane(dir: &Path, xds: u16, env: &[(&str, &str)]) -> Proc {
+    Proc::start(
+        &[
+            "control-plane",
+            "--config",
+            dir.to_str().expect("utf-8 path"),
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+        ],
+        env,
+    )
+}
+
+/// `sluice data-plane` for `gateway` ("ns/name") against 127.0.0.1:`xds`, listeners on loopback,
+/// admin on 127.0.0.1:`admin`; `extra` arguments are appended.
+pub fn data_plane(
+    gateway: &str,
+    xds: u16,
+    admin: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
+    let xds = format!("http://127.0.0.1:{xds}");
+    let admin = format!("127.0.0.1:{admin}");
+    let mut args = vec![
+        "data-plane",
+        "--gateway",
+        gateway,
+        "--xds",
+        &xds,
+        "--bind",
+        "127.0.0.1",
+        "--admin",
+        &admin,
+    ];
+    args.extend_from_slice(extra);
+    Proc::start(&args, env)
+}

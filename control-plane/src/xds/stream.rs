@@ -358,6 +358,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource::test_listener as listener;
     use crate::views::{GatewayView, ViewChanges, Views};
     use sluice_proto::config as pb;
     use sluice_proto::discovery::{Node, ResourceError};
@@ -367,17 +368,6 @@ mod tests {
     const C: usize = 1;
     const R: usize = 3;
 
-    fn listener(name: &str, port: u32) -> Arc<Encoded> {
-        Encoded::new(
-            type_url::LISTENER,
-            name.into(),
-            &pb::Listener {
-                name: name.into(),
-                port,
-                ..Default::default()
-            },
-        )
-    }
     fn cluster(name: &str) -> Arc<Encoded> {
         Encoded::new(
             type_url::CLUSTER,

@@ -217,34 +217,10 @@ mod tests {
 
     fn snapshot(silent: SocketAddr, routes: Vec<pb::Route>) -> Arc<Snapshot> {
         let mut res = Resources::default();
-        res.listeners.insert(
-            "http".into(),
-            Arc::new(pb::Listener {
-                name: "http".into(),
-                port: u32::from(PORT),
-                protocol: pb::Protocol::Http as i32,
-                ..Default::default()
-            }),
-        );
-        res.clusters.insert(
-            "silent".into(),
-            Arc::new(pb::Cluster {
-                name: "silent".into(),
-                endpoints: vec![pb::Endpoint {
-                    address: silent.ip().to_string(),
-                    port: u32::from(silent.port()),
-                    weight: 1,
-                }],
-                ..Default::default()
-            }),
-        );
-        res.clusters.insert(
-            "empty".into(),
-            Arc::new(pb::Cluster {
-                name: "empty".into(),
-                ..Default::default()
-            }),
-        );
+        let silent_ip = silent.ip().to_string();
+        res.add_http_listener("http", PORT)
+            .add_cluster("silent", &[(&silent_ip, silent.port())])
+            .add_cluster("empty", &[]);
         for r in routes {
             res.routes.insert(r.name.clone(), Arc::new(r));
         }

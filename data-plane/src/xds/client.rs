@@ -117,7 +117,9 @@ async fn session(
                 applied.rejected.extend(failed);
             }
         }
-        if !resp.resources.is_empty() || !resp.removed_resources.is_empty() {
+        if resp.resources.is_empty() && resp.removed_resources.is_empty() {
+            tracing::debug!(type_url = %resp.type_url, nonce = %resp.nonce, "applied response (no changes)");
+        } else {
             tracing::info!(
                 type_url = %resp.type_url,
                 resources = resp.resources.len(),
@@ -130,15 +132,6 @@ async fn session(
         for (name, reason) in &applied.rejected {
             tracing::warn!(type_url = %resp.type_url, resource = %name, %reason, "rejected resource");
         }
-        tracing::debug!(
-            type_url = %resp.type_url,
-            nonce = %resp.nonce,
-            resources = resp.resources.len(),
-            removed = resp.removed_resources.len(),
-            rejected = applied.rejected.len(),
-            apply_us = started.elapsed().as_micros() as u64,
-            "applied response"
-        );
         if let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) {
             initial_seen[t] = true;
         }
