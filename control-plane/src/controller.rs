@@ -9,14 +9,7 @@ use crate::views::{ViewChanges, Views};
 use sluice_proto::type_url;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
-
-/// A batch is applied once no event arrived for this long...
-const DEBOUNCE_QUIET: Duration = Duration::from_millis(1);
-/// ...or this long after its first event, whichever comes first.
-const DEBOUNCE_MAX: Duration = Duration::from_millis(10);
 
 /// What one translated object contributes to the views.
 #[derive(Default, Clone)]
@@ -54,17 +47,14 @@ impl Controller {
         }
     }
 
-    /// Applies provider batches until the channel closes, debouncing bursts. Marks the views
-    /// ready after the providers' initial sync has been translated in full.
+    /// Applies provider batches until the channel closes. Everything already queued is applied
+    /// together: a burst that arrives while a batch is translated becomes the next batch, so
+    /// bursts are batched without adding a fixed delay to a lone change. Marks the views ready
+    /// after the providers' initial sync has been translated in full.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Vec<ProviderEvent>>) {
         while let Some(mut events) = rx.recv().await {
-            let deadline = Instant::now() + DEBOUNCE_MAX;
-            loop {
-                let wait = DEBOUNCE_QUIET.min(deadline.saturating_duration_since(Instant::now()));
-                match tokio::time::timeout(wait, rx.recv()).await {
-                    Ok(Some(more)) => events.extend(more),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(more) = rx.try_recv() {
+                events.extend(more);
             }
             let started = std::time::Instant::now();
             let count = events.len();

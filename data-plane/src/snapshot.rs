@@ -8,17 +8,32 @@ use crate::router::{
 };
 use crate::upstream::{Clients, ClusterState, CompiledCluster, cluster};
 use sluice_proto::config as pb;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Compiled, immutable configuration. Requests load it once and keep it to completion.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     table: RouteTable,
-    clusters: HashMap<Arc<str>, Arc<CompiledCluster>>,
+    /// Shared with the next snapshot until a cluster changes (copy on write).
+    clusters: Arc<HashMap<Arc<str>, Arc<CompiledCluster>>>,
     /// Port -> names of the listeners on it.
     ports: BTreeMap<u16, Vec<String>>,
     route_count: usize,
+}
+
+/// Names whose resources were upserted or removed since the previous compile.
+#[derive(Debug, Default, Clone)]
+pub struct Changed {
+    pub listeners: bool,
+    pub clusters: BTreeSet<String>,
+    pub routes: BTreeSet<String>,
+}
+
+impl Changed {
+    pub fn is_empty(&self) -> bool {
+        !self.listeners && self.clusters.is_empty() && self.routes.is_empty()
+    }
 }
 
 impl Snapshot {
@@ -56,6 +71,8 @@ pub struct Compiler {
     clients: Arc<Clients>,
     /// Rebuilds only the host tables a change touches.
     index: IndexBuilder,
+    /// The pieces of the last snapshot, reused by the next one.
+    last: Snapshot,
 }
 
 impl Default for Compiler {
@@ -72,6 +89,7 @@ impl Compiler {
             cluster_states: HashMap::new(),
             clients: Arc::new(Clients::default()),
             index: IndexBuilder::default(),
+            last: Snapshot::default(),
         }
     }
 
@@ -130,89 +148,126 @@ impl Compiler {
         Ok(())
     }
 
-    /// Builds a snapshot. Never panics: a resource that fails to compile (it should have been
-    /// rejected by validation) is left out and logged.
+    /// Builds a snapshot from scratch. Never panics: a resource that fails to compile (it
+    /// should have been rejected by validation) is left out and logged.
     pub fn compile(&mut self, resources: &Resources) -> Arc<Snapshot> {
-        // Clusters first: reuse by pointer identity, keep state by name.
-        self.clusters
-            .retain(|name, _| resources.clusters.contains_key(name));
-        self.cluster_states
-            .retain(|name, _| resources.clusters.contains_key(name));
-        let mut clusters = HashMap::with_capacity(resources.clusters.len());
-        for (name, pb_cluster) in &resources.clusters {
-            if let Some((old, compiled)) = self.clusters.get(name)
-                && Arc::ptr_eq(old, pb_cluster)
+        let mut all = Changed {
+            listeners: true,
+            clusters: resources.clusters.keys().cloned().collect(),
+            routes: resources.routes.keys().cloned().collect(),
+        };
+        all.clusters.extend(self.clusters.keys().cloned());
+        all.routes.extend(self.routes.keys().cloned());
+        self.compile_changes(resources, &all)
+    }
+
+    /// Builds the next snapshot when only the `changed` names differ from the previous compile:
+    /// the cost follows the size of the change, not of the configuration (unchanged clusters
+    /// and host tables are shared with the previous snapshot).
+    pub fn compile_changes(&mut self, resources: &Resources, changed: &Changed) -> Arc<Snapshot> {
+        let mut clusters = self.last.clusters.clone();
+        for name in &changed.clusters {
+            let key: Arc<str> = Arc::from(name.as_str());
+            let Some(pb_cluster) = resources.clusters.get(name) else {
+                self.clusters.remove(name);
+                self.cluster_states.remove(name);
+                Arc::make_mut(&mut clusters).remove(&key);
+                continue;
+            };
+            if self
+                .clusters
+                .get(name)
+                .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_cluster))
             {
-                clusters.insert(compiled.name.clone(), compiled.clone());
                 continue;
             }
             let state = self.cluster_states.entry(name.clone()).or_default().clone();
             match CompiledCluster::compile(pb_cluster, state, &self.clients) {
                 Ok(c) => {
                     let c = Arc::new(c);
-                    clusters.insert(Arc::from(name.as_str()), c.clone());
+                    Arc::make_mut(&mut clusters).insert(key, c.clone());
                     self.clusters.insert(name.clone(), (pb_cluster.clone(), c));
                 }
                 Err(error) => {
                     tracing::warn!(cluster = %name, %error, "cluster left out of snapshot");
                     self.clusters.remove(name);
+                    Arc::make_mut(&mut clusters).remove(&key);
                 }
             }
         }
 
-        let mut routes = Vec::with_capacity(resources.routes.len());
-        // BTreeMap iteration gives name order, the final precedence tie-break.
-        for (name, pb_route) in &resources.routes {
-            if let Some((old, compiled)) = self.routes.get(name)
-                && Arc::ptr_eq(old, pb_route)
+        let mut upserted = Vec::new();
+        let mut removed: Vec<Arc<str>> = Vec::new();
+        for name in &changed.routes {
+            let Some(pb_route) = resources.routes.get(name) else {
+                if self.routes.remove(name).is_some() {
+                    removed.push(Arc::from(name.as_str()));
+                }
+                continue;
+            };
+            if self
+                .routes
+                .get(name)
+                .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_route))
             {
-                routes.push(compiled.clone());
                 continue;
             }
             match CompiledRoute::compile(pb_route) {
                 Ok(r) => {
                     let r = Arc::new(r);
-                    routes.push(r.clone());
+                    upserted.push(r.clone());
                     self.routes.insert(name.clone(), (pb_route.clone(), r));
                 }
                 Err(error) => {
                     tracing::warn!(route = %name, %error, "route left out of snapshot");
-                    self.routes.remove(name);
+                    if self.routes.remove(name).is_some() {
+                        removed.push(Arc::from(name.as_str()));
+                    }
                 }
             }
         }
 
-        // Every compiled route is memoised, so stale entries exist only if the memo is larger:
-        // skip the O(n) scan in the common no-removal case.
-        if self.routes.len() > routes.len() {
-            self.routes
-                .retain(|name, _| resources.routes.contains_key(name));
-        }
-
-        let mut listeners = Vec::with_capacity(resources.listeners.len());
-        let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-        for (name, l) in &resources.listeners {
-            if let Err(error) = self.validate_listener(l) {
-                tracing::warn!(listener = %name, %error, "listener left out of snapshot");
-                continue;
+        let (table, ports) = if changed.listeners {
+            let mut listeners = Vec::with_capacity(resources.listeners.len());
+            let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+            for (name, l) in &resources.listeners {
+                if let Err(error) = self.validate_listener(l) {
+                    tracing::warn!(listener = %name, %error, "listener left out of snapshot");
+                    continue;
+                }
+                let Ok(port) = u16::try_from(l.port) else {
+                    continue;
+                };
+                ports.entry(port).or_default().push(name.clone());
+                listeners.push(ListenerInfo {
+                    name: name.clone(),
+                    port,
+                    hostname: HostPattern::parse(&l.hostname),
+                });
             }
-            let Ok(port) = u16::try_from(l.port) else {
-                continue;
-            };
-            ports.entry(port).or_default().push(name.clone());
-            listeners.push(ListenerInfo {
-                name: name.clone(),
-                port,
-                hostname: HostPattern::parse(&l.hostname),
-            });
-        }
-
-        let table: RouteTable = self.index.build(&listeners, &routes);
-        Arc::new(Snapshot {
+            // Listener changes can move every route: index them all (rare).
+            let routes: Vec<Arc<CompiledRoute>> =
+                self.routes.values().map(|(_, r)| r.clone()).collect();
+            (self.index.build(&listeners, &routes), ports)
+        } else if upserted.is_empty() && removed.is_empty() {
+            (self.last.table.clone(), self.last.ports.clone())
+        } else {
+            (
+                self.index.update(&upserted, &removed),
+                self.last.ports.clone(),
+            )
+        };
+        self.last = Snapshot {
             table,
             clusters,
             ports,
-            route_count: routes.len(),
+            route_count: self.routes.len(),
+        };
+        Arc::new(Snapshot {
+            table: self.last.table.clone(),
+            clusters: self.last.clusters.clone(),
+            ports: self.last.ports.clone(),
+            route_count: self.last.route_count,
         })
     }
 
@@ -331,6 +386,110 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate_secret(&s).unwrap_err().starts_with("kind:"));
+    }
+
+    /// Which route and cluster endpoint serve `path` on port 8080 (or "404").
+    fn serve(snap: &Snapshot, path: &str) -> String {
+        let req = http::Request::builder().uri(path).body(()).unwrap();
+        let host = crate::router::NormalizedHost::new("example.com");
+        let view = crate::router::RequestView::new(&req, &host, [127, 0, 0, 1].into());
+        let Some(index) = snap.port(8080) else {
+            return "no port".into();
+        };
+        match index.lookup(&view) {
+            crate::router::Lookup::Matched(e) => {
+                let cluster = match &e.route.action {
+                    crate::router::RouteAction::Forward(f) => f
+                        .backends
+                        .select(&view, &mut fastrand::Rng::with_seed(1))
+                        .and_then(|b| snap.cluster(&b.cluster))
+                        .and_then(|c| c.pick())
+                        .map(|ep| ep.authority.to_string())
+                        .unwrap_or_else(|| "no endpoint".into()),
+                    _ => "direct".into(),
+                };
+                format!("{} -> {cluster}", e.route.name)
+            }
+            _ => "404".into(),
+        }
+    }
+
+    #[test]
+    fn incremental_compiles_match_full_compiles() {
+        let route = |name: &str, path: &str, cluster: &str| {
+            let mut r = forward_route(name, cluster);
+            r.matches = vec![pb::RouteMatch {
+                path: Some(pb::PathMatch {
+                    kind: pb::path_match::Kind::Prefix as i32,
+                    value: path.into(),
+                }),
+                ..Default::default()
+            }];
+            Arc::new(r)
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let mut incremental = Compiler::new();
+        let mut res = resources();
+        res.routes.insert("a".into(), route("a", "/a", "backend"));
+        res.routes.insert("b".into(), route("b", "/b", "backend"));
+        incremental.compile(&res);
+        // Each step: the incremental snapshot serves what is expected, and what a fresh full
+        // compile of the same resources serves.
+        let mut step = |res: &Resources, changed: Changed, expected: [&str; 4]| {
+            let inc = incremental.compile_changes(res, &changed);
+            let full = Compiler::new().compile(res);
+            for (path, want) in ["/a", "/b", "/c", "/"].into_iter().zip(expected) {
+                assert_eq!(serve(&inc, path), want, "{path} after {changed:?}");
+                assert_eq!(serve(&full, path), want, "{path} (full compile)");
+            }
+            assert_eq!(inc.route_count(), full.route_count());
+        };
+
+        // A cluster's endpoints change.
+        res.add_cluster("backend", &[("127.0.0.2", 9001)]);
+        let changed = Changed {
+            clusters: names(&["backend"]),
+            ..Default::default()
+        };
+        let ab = ["a -> 127.0.0.2:9001", "b -> 127.0.0.2:9001", "404", "404"];
+        step(&res, changed, ab);
+
+        // A route is added with a new cluster; another moves to another path.
+        res.add_cluster("other", &[("127.0.0.3", 9002)]);
+        res.routes.insert("c".into(), route("c", "/c", "other"));
+        res.routes.insert("b".into(), route("b", "/", "other"));
+        let changed = Changed {
+            clusters: names(&["other"]),
+            routes: names(&["b", "c"]),
+            ..Default::default()
+        };
+        let moved = [
+            "a -> 127.0.0.2:9001",
+            "b -> 127.0.0.3:9002",
+            "c -> 127.0.0.3:9002",
+            "b -> 127.0.0.3:9002",
+        ];
+        step(&res, changed.clone(), moved);
+
+        // The route and the cluster go away.
+        res.routes.remove("c");
+        res.routes.remove("b");
+        res.clusters.remove("other");
+        let only_a = ["a -> 127.0.0.2:9001", "404", "404", "404"];
+        step(&res, changed, only_a);
+
+        // The listener moves to another port and back: everything is re-indexed.
+        let listeners = Changed {
+            listeners: true,
+            ..Default::default()
+        };
+        res.add_http_listener("http", 8081);
+        step(&res, listeners.clone(), ["no port"; 4]);
+        res.add_http_listener("http", 8080);
+        step(&res, listeners, only_a);
+
+        // Nothing changed: the previous tables serve.
+        step(&res, Changed::default(), only_a);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::{Diagnostic, ProviderError, ProviderEvent};
 use crate::model::{DEFAULT_NAMESPACE, Kind, Object, ObjectKey, goma};
 
-/// Editors save in several syscalls; wait for this much quiet before reading.
+/// While a save is unfinished (written, not yet closed), wait for this much quiet before reading.
 const QUIET: Duration = Duration::from_millis(5);
 /// A file rewritten continuously must still be picked up eventually.
 const MAX_COALESCE: Duration = Duration::from_millis(100);
@@ -592,25 +592,36 @@ fn log_diagnostics(diagnostics: &[Diagnostic]) {
 struct Changes {
     paths: BTreeSet<PathBuf>,
     full: bool,
+    /// Paths written to but not yet closed: a save still in progress.
+    unfinished: BTreeSet<PathBuf>,
 }
 
 impl Changes {
     fn add(&mut self, event: notify::Result<notify::Event>) {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
         match event {
             Ok(event) => {
                 // Opening or reading (our own reads included) changes nothing; a close after
                 // writing is the end of a save.
                 if let EventKind::Access(kind) = event.kind
-                    && !matches!(
-                        kind,
-                        notify::event::AccessKind::Close(notify::event::AccessMode::Write)
-                    )
+                    && !matches!(kind, AccessKind::Close(AccessMode::Write))
                 {
                     return;
                 }
                 if event.need_rescan() {
                     self.full = true;
                 }
+                // A write is finished once closed, renamed into place or removed; until then
+                // the file may be half written.
+                let finished = matches!(
+                    event.kind,
+                    EventKind::Access(_)
+                        | EventKind::Remove(_)
+                        | EventKind::Create(CreateKind::Folder)
+                        | EventKind::Modify(ModifyKind::Name(
+                            RenameMode::To | RenameMode::From | RenameMode::Both
+                        ))
+                );
                 for path in event.paths {
                     // Kubernetes ConfigMap volumes swap a hidden `..data` symlink: rescan.
                     if path
@@ -618,6 +629,11 @@ impl Changes {
                         .is_some_and(|n| n.to_string_lossy().starts_with(".."))
                     {
                         self.full = true;
+                    }
+                    if finished {
+                        self.unfinished.remove(&path);
+                    } else {
+                        self.unfinished.insert(path.clone());
                     }
                     self.paths.insert(path);
                 }
@@ -708,8 +724,16 @@ impl FileProvider {
                 };
                 let Some(first) = first else { return Ok(()) };
                 changes.add(first);
+                // Take what is already queued; wait for quiet only while a save is unfinished
+                // (a complete save is read at once, so a change costs no fixed delay).
                 let cap = Instant::now() + MAX_COALESCE;
-                while Instant::now() < cap {
+                loop {
+                    while let Ok(event) = fs_rx.try_recv() {
+                        changes.add(event);
+                    }
+                    if changes.unfinished.is_empty() || Instant::now() >= cap {
+                        break;
+                    }
                     match tokio::time::timeout(QUIET, fs_rx.recv()).await {
                         Ok(Some(event)) => changes.add(event),
                         Ok(None) | Err(_) => break,

@@ -77,17 +77,41 @@ impl IndexBuilder {
                 self.table.ports.entry(l.port).or_default();
             }
         }
+        let upserted: Vec<Arc<CompiledRoute>> = routes
+            .iter()
+            .filter(|r| {
+                !self
+                    .routes
+                    .get(&r.name)
+                    .is_some_and(|old| Arc::ptr_eq(old, r))
+            })
+            .cloned()
+            .collect();
+        // Every current route is now known, so stale ones exist only if there are more known
+        // than current: skip the O(n) set building in the common no-removal case.
+        let removed: Vec<Arc<str>> = if self.routes.len() + upserted.len() > routes.len() {
+            let current: HashSet<&str> = routes.iter().map(|r| &*r.name).collect();
+            self.routes
+                .keys()
+                .filter(|n| !current.contains(&***n))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.update(&upserted, &removed)
+    }
+
+    /// Applies a delta under the current listeners: `upserted` routes are (re)placed and
+    /// `removed` names dropped; only the host tables they touch are rebuilt.
+    pub fn update(&mut self, upserted: &[Arc<CompiledRoute>], removed: &[Arc<str>]) -> RouteTable {
+        let listeners = std::mem::take(&mut self.listeners);
         let by_name: HashMap<&str, &ListenerInfo> =
             listeners.iter().map(|l| (l.name.as_str(), l)).collect();
         let mut dirty: HashSet<Placement> = HashSet::new();
-        for route in routes {
-            match self.routes.get(&route.name) {
-                Some(old) if Arc::ptr_eq(old, route) => continue,
-                Some(old) => {
-                    let old = old.clone();
-                    self.unplace(&old, &by_name, &mut dirty);
-                }
-                None => {}
+        for route in upserted {
+            if let Some(old) = self.routes.get(&route.name).cloned() {
+                self.unplace(&old, &by_name, &mut dirty);
             }
             for p in placements(route, &by_name) {
                 self.members
@@ -98,21 +122,10 @@ impl IndexBuilder {
             }
             self.routes.insert(route.name.clone(), route.clone());
         }
-        // Every current route is now known, so stale ones exist only if there are more known
-        // than current: skip the O(n) set building in the common no-removal case.
-        let removed: Vec<Arc<CompiledRoute>> = if self.routes.len() > routes.len() {
-            let current: HashSet<&str> = routes.iter().map(|r| &*r.name).collect();
-            self.routes
-                .values()
-                .filter(|r| !current.contains(&*r.name))
-                .cloned()
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for old in removed {
-            self.unplace(&old, &by_name, &mut dirty);
-            self.routes.remove(&old.name);
+        for name in removed {
+            if let Some(old) = self.routes.remove(name) {
+                self.unplace(&old, &by_name, &mut dirty);
+            }
         }
         for placement in dirty {
             let (port, host) = &placement;
@@ -123,6 +136,8 @@ impl IndexBuilder {
                 self.members.remove(&placement);
             }
         }
+        drop(by_name);
+        self.listeners = listeners;
         self.table.clone()
     }
 

@@ -106,13 +106,13 @@ async fn session(
         *got_response = true;
         let started = std::time::Instant::now();
         let mut applied = state.apply(&resp);
-        if applied.changed {
-            let snapshot = state.compile();
+        if !applied.changed.is_empty() {
+            let snapshot = state.compile(&applied.changed);
             let failed = runtime.apply(snapshot).await;
             if !failed.is_empty() {
                 let names: Vec<String> = failed.iter().map(|(n, _)| n.clone()).collect();
-                state.drop_listeners(&names);
-                let snapshot = state.compile();
+                let changed = state.drop_listeners(&names);
+                let snapshot = state.compile(&changed);
                 runtime.apply(snapshot).await;
                 applied.rejected.extend(failed);
             }

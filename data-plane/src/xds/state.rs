@@ -2,7 +2,7 @@
 //! resources apply while invalid ones are rejected with reasons (gRFC A46 semantics).
 
 use crate::resources::Resources;
-use crate::snapshot::{Compiler, Snapshot};
+use crate::snapshot::{Changed, Compiler, Snapshot};
 use prost::Message;
 use sluice_proto::config as pb;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, ResourceError};
@@ -20,8 +20,8 @@ const ROUTE: usize = 3;
 /// Outcome of one response, before the snapshot is swapped in.
 #[derive(Debug, Default)]
 pub struct Applied {
-    /// Did the held resources change (a new snapshot is needed)?
-    pub changed: bool,
+    /// What changed in the held resources (empty: no new snapshot is needed).
+    pub changed: Changed,
     /// (resource name, reason) for every rejected resource.
     pub rejected: Vec<(String, String)>,
 }
@@ -79,7 +79,7 @@ impl ConfigState {
             match self.accept(t, &resp.type_url, r) {
                 Ok(()) => {
                     self.versions[t].insert(r.name.clone(), r.version.clone());
-                    out.changed = true;
+                    out.changed.record(t, &r.name);
                 }
                 Err(reason) => out.rejected.push((r.name.clone(), reason)),
             }
@@ -93,7 +93,9 @@ impl ConfigState {
                 _ => self.resources.routes.remove(name).is_some(),
             };
             self.versions[t].remove(name);
-            out.changed |= removed;
+            if removed {
+                out.changed.record(t, name);
+            }
         }
         out
     }
@@ -155,15 +157,36 @@ impl ConfigState {
     }
 
     /// Drops listeners the runtime could not bind, so they are not reported as held.
-    pub fn drop_listeners(&mut self, names: &[String]) {
+    pub fn drop_listeners(&mut self, names: &[String]) -> Changed {
         for n in names {
             self.resources.listeners.remove(n);
             self.versions[LISTENER].remove(n);
         }
+        Changed {
+            listeners: true,
+            ..Changed::default()
+        }
     }
 
-    pub fn compile(&mut self) -> Arc<Snapshot> {
-        self.compiler.compile(&self.resources)
+    /// The next snapshot, given what changed since the previous one.
+    pub fn compile(&mut self, changed: &Changed) -> Arc<Snapshot> {
+        self.compiler.compile_changes(&self.resources, changed)
+    }
+}
+
+impl Changed {
+    fn record(&mut self, type_index: usize, name: &str) {
+        match type_index {
+            CLUSTER => {
+                self.clusters.insert(name.to_string());
+            }
+            LISTENER => self.listeners = true,
+            ROUTE => {
+                self.routes.insert(name.to_string());
+            }
+            // Secrets are not compiled into snapshots yet.
+            _ => {}
+        }
     }
 }
 
