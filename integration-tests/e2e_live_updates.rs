@@ -115,17 +115,22 @@ async fn routes_change_under_traffic_without_a_failed_request() {
     })
     .await;
 
-    // Disable the route: 404; enable again: served.
-    dir.write(
-        "svc.yaml",
-        &route_yaml("svc", "gw", "/svc2", port_b, "  enabled: false\n"),
-    );
+    // Replace the route without downtime: add the replacement, then disable and delete the
+    // original. Every request in between is served by one or the other.
     dir.write(
         "svc-copy.yaml",
-        &route_yaml("svc-copy", "gw", "/svc", port_b, ""),
+        &route_yaml("svc-copy", "gw", "/svc", port_c, ""),
     );
+    dir.write(
+        "svc.yaml",
+        &route_yaml("svc", "gw", "/svc", port_b, "  enabled: false\n"),
+    );
+    eventually("the copy serves", Duration::from_secs(5), || {
+        served_by(gw_port, "x", "/svc", "c")
+    })
+    .await;
     dir.remove("svc.yaml");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let (sent, failures) = traffic.finish().await;
     assert!(sent > 100, "traffic ran ({sent} requests)");
@@ -135,6 +140,15 @@ async fn routes_change_under_traffic_without_a_failed_request() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    // A disabled route is not served.
+    dir.write(
+        "svc-copy.yaml",
+        &route_yaml("svc-copy", "gw", "/svc", port_c, "  enabled: false\n"),
+    );
+    eventually("disabled route gives 404", Duration::from_secs(5), || async {
+        matches!(request(&client(), "GET", gw_port, "x", "/svc", &[]).await, Ok(r) if r.status == 404)
+    })
+    .await;
     assert!(!sluice.log().contains("panicked"));
 }
 

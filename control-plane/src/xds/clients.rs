@@ -2,8 +2,8 @@
 
 use super::stream::ClientLedger;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug)]
 pub struct ClientInfo {
@@ -11,7 +11,8 @@ pub struct ClientInfo {
     pub gateway: String,
     pub peer: String,
     pub build_version: String,
-    pub ledger: ClientLedger,
+    /// Shared with the stream that updates it.
+    pub ledger: Arc<Mutex<ClientLedger>>,
 }
 
 #[derive(Default)]
@@ -25,12 +26,6 @@ impl Clients {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, info);
         id
-    }
-
-    pub fn update_ledger(&self, id: u64, ledger: &ClientLedger) {
-        if let Some(c) = self.lock().get_mut(&id) {
-            c.ledger.clone_from(ledger);
-        }
     }
 
     pub fn remove(&self, id: u64) {

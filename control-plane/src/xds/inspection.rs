@@ -106,33 +106,34 @@ impl Inspection for InspectionService {
                     .clients
                     .of_gateway(&id)
                     .into_iter()
-                    .map(|c| ClientStatus {
-                        node_id: c.node_id,
-                        peer: c.peer,
-                        build_version: c.build_version,
-                        acked: c
-                            .ledger
-                            .acked
-                            .iter()
-                            .map(|((t, name), version)| ResourceVersion {
-                                type_url: type_url::ALL[*t].to_string(),
-                                name: name.clone(),
-                                version: version.clone(),
-                            })
-                            .collect(),
-                        nacked: c
-                            .ledger
-                            .nacked
-                            .iter()
-                            .map(|((t, name), reason)| ResourceError {
-                                name: format!("{}/{}", type_url::ALL[*t], name),
-                                error_detail: Some(RpcStatus {
-                                    code: tonic::Code::InvalidArgument as i32,
-                                    message: reason.clone(),
-                                    details: vec![],
-                                }),
-                            })
-                            .collect(),
+                    .map(|c| {
+                        let ledger = c.ledger.lock().unwrap_or_else(|e| e.into_inner());
+                        ClientStatus {
+                            node_id: c.node_id.clone(),
+                            peer: c.peer.clone(),
+                            build_version: c.build_version.clone(),
+                            acked: ledger
+                                .acked
+                                .iter()
+                                .map(|((t, name), version)| ResourceVersion {
+                                    type_url: type_url::ALL[*t].to_string(),
+                                    name: name.clone(),
+                                    version: version.clone(),
+                                })
+                                .collect(),
+                            nacked: ledger
+                                .nacked
+                                .iter()
+                                .map(|((t, name), reason)| ResourceError {
+                                    name: format!("{}/{}", type_url::ALL[*t], name),
+                                    error_detail: Some(RpcStatus {
+                                        code: tonic::Code::InvalidArgument as i32,
+                                        message: reason.clone(),
+                                        details: vec![],
+                                    }),
+                                })
+                                .collect(),
+                        }
                     })
                     .collect();
                 GatewayStatus {

@@ -69,18 +69,19 @@ impl AggregatedDiscoveryService for AdsService {
             )));
         }
         tracing::info!(node = %node.id, gateway = %node.gateway, %peer, "data plane connected");
+        let ledger = Arc::new(std::sync::Mutex::new(Default::default()));
         let id = self.clients.register(ClientInfo {
             node_id: node.id.clone(),
             gateway: node.gateway.clone(),
             peer,
             build_version: node.build_version.clone(),
-            ledger: Default::default(),
+            ledger: ledger.clone(),
         });
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let views = self.views.clone();
         let clients = self.clients.clone();
         tokio::spawn(async move {
-            run_stream(&views, &clients, id, node, first, inbound, tx).await;
+            run_stream(&views, node, ledger, first, inbound, tx).await;
             clients.remove(id);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -89,9 +90,8 @@ impl AggregatedDiscoveryService for AdsService {
 
 async fn run_stream(
     views: &Views,
-    clients: &Clients,
-    id: u64,
     node: sluice_proto::discovery::Node,
+    ledger: Arc<std::sync::Mutex<super::stream::ClientLedger>>,
     first: DeltaDiscoveryRequest,
     mut inbound: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -100,7 +100,7 @@ async fn run_stream(
     views.wait_ready().await;
     let view = views.gateway(&node.gateway);
     let mut revisions = view.subscribe();
-    let mut state = StreamState::new(node.id.clone());
+    let mut state = StreamState::new(node.id.clone(), ledger);
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take() {
@@ -118,7 +118,6 @@ async fn run_stream(
                     return;
                 }
             }
-            clients.update_ledger(id, &state.ledger);
             for (t, name, reason) in state.take_new_nacks() {
                 tracing::warn!(node = %node.id, gateway = %node.gateway, type_url = sluice_proto::type_url::ALL[t], resource = %name, %reason, "data plane rejected a resource");
             }

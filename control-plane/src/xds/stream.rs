@@ -6,8 +6,8 @@ use crate::views::ViewState;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use sluice_proto::type_url;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 const TYPES: usize = type_url::ALL.len();
 /// Responses are split so none exceeds this (gRPC's default limit is 4 MiB).
@@ -19,7 +19,8 @@ fn next_nonce() -> String {
     NONCE.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
-/// What one client holds and has rejected, for inspection and status.
+/// What one client holds and has rejected, for inspection and status. Shared between the stream
+/// (which updates it per ACK/NACK, in O(entries settled)) and the client registry (which reads it).
 #[derive(Default, Clone, Debug)]
 pub struct ClientLedger {
     /// (type index, name) -> version the client ACKed.
@@ -63,18 +64,18 @@ pub struct StreamState {
     types: [TypeState; TYPES],
     /// The view revision this stream has caught up with.
     revision: u64,
-    pub ledger: ClientLedger,
+    ledger: Arc<Mutex<ClientLedger>>,
     /// NACKed resources not yet reported: (type index, name, reason).
     new_nacks: Vec<(usize, String, String)>,
 }
 
 impl StreamState {
-    pub fn new(node_id: String) -> Self {
+    pub fn new(node_id: String, ledger: Arc<Mutex<ClientLedger>>) -> Self {
         Self {
             node_id,
             types: Default::default(),
             revision: 0,
-            ledger: ClientLedger::default(),
+            ledger,
             new_nacks: Vec::new(),
         }
     }
@@ -110,11 +111,17 @@ impl StreamState {
                 ts.sent.insert(name, version);
             }
         }
+        // Only what this request can have changed is diffed: everything on the first request or
+        // a new wildcard, the newly subscribed names otherwise, nothing for a plain ACK.
+        let mut full = first;
+        let mut check: Vec<String> = Vec::new();
         for name in req.resource_names_subscribe {
             if name == "*" {
+                full |= !ts.wildcard;
                 ts.wildcard = true;
             } else {
                 ts.force.insert(name.clone());
+                check.push(name.clone());
                 ts.names.insert(name);
             }
         }
@@ -134,7 +141,14 @@ impl StreamState {
             let names = &ts.names;
             ts.sent.retain(|n, _| names.contains(n));
         }
-        let (upserts, removals) = self.diff_type(t, view, None);
+        let (upserts, removals) = if full {
+            self.diff_type(t, view, None)
+        } else if check.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let names: Vec<&str> = check.iter().map(String::as_str).collect();
+            self.diff_type(t, view, Some(&names))
+        };
         let mut out = self.respond(t, upserts, removals);
         if first && out.is_empty() {
             // Always answer the first request of a type, so the client knows its initial state
@@ -321,6 +335,7 @@ impl StreamState {
             })
             .collect();
         let whole = req.error_detail.as_ref().filter(|_| rejected.is_empty());
+        let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
         for (name, version) in entries {
             let key = (t, name);
             let reason = rejected
@@ -330,18 +345,23 @@ impl StreamState {
             match reason {
                 Some(reason) => {
                     self.new_nacks.push((t, key.1.clone(), reason.clone()));
-                    self.ledger.nacked.insert(key, reason);
+                    ledger.nacked.insert(key, reason);
                 }
                 None if version.is_empty() => {
-                    self.ledger.acked.remove(&key);
-                    self.ledger.nacked.remove(&key);
+                    ledger.acked.remove(&key);
+                    ledger.nacked.remove(&key);
                 }
                 None => {
-                    self.ledger.nacked.remove(&key);
-                    self.ledger.acked.insert(key, version);
+                    ledger.nacked.remove(&key);
+                    ledger.acked.insert(key, version);
                 }
             }
         }
+    }
+
+    /// What the client has ACKed and rejected.
+    pub fn ledger(&self) -> MutexGuard<'_, ClientLedger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Rejections reported by the client since the last call, for logging and metrics.
@@ -427,7 +447,7 @@ mod tests {
     #[test]
     fn wildcard_gets_everything_with_unique_nonces() {
         let v = view_with(vec![listener("a", 1), listener("b", 2)]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let out = v.read(|vs| s.on_request(req(L), vs)).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(names(&out[0]), ["a", "b"]);
@@ -441,7 +461,7 @@ mod tests {
     #[test]
     fn node_id_may_not_change() {
         let v = view_with(vec![]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let mut r = req(L);
         r.node.as_mut().unwrap().id = "pod-2".into();
         assert!(matches!(
@@ -453,7 +473,7 @@ mod tests {
     #[test]
     fn unknown_type_is_an_error() {
         let v = view_with(vec![]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let mut r = req(L);
         r.type_url = "type.googleapis.com/other.Thing".into();
         assert!(matches!(
@@ -467,7 +487,7 @@ mod tests {
         let a = listener("a", 1);
         let b = listener("b", 2);
         let v = view_with(vec![a.clone(), b]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let mut r = req(L);
         r.initial_resource_versions
             .insert("a".into(), a.version.clone());
@@ -486,7 +506,7 @@ mod tests {
     fn up_to_date_reconnect_sends_an_empty_answer_only() {
         let a = listener("a", 1);
         let v = view_with(vec![a.clone()]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let mut r = req(L);
         r.initial_resource_versions
             .insert("a".into(), a.version.clone());
@@ -498,7 +518,7 @@ mod tests {
     #[test]
     fn only_changes_are_sent_and_make_before_break_order_holds() {
         let v = view_with(vec![listener("l", 1), cluster("c1"), route("r1")]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         for t in 0..TYPES {
             v.read(|vs| s.on_request(req(t), vs)).unwrap();
         }
@@ -536,7 +556,7 @@ mod tests {
     fn explicit_subscription_is_answered_even_if_held_and_missing_names_are_removed() {
         let a = listener("a", 1);
         let v = view_with(vec![a.clone()]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let mut r = req(L);
         r.resource_names_subscribe = vec!["a".into(), "nope".into()];
         r.initial_resource_versions
@@ -559,7 +579,7 @@ mod tests {
     #[test]
     fn subscription_changes_apply_with_a_stale_nonce() {
         let v = view_with(vec![listener("a", 1), listener("b", 2)]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let mut r = req(L);
         r.resource_names_subscribe = vec!["a".into()];
         v.read(|vs| s.on_request(r, vs)).unwrap();
@@ -576,7 +596,7 @@ mod tests {
     #[test]
     fn nack_is_recorded_per_resource_and_not_repushed() {
         let v = view_with(vec![listener("a", 1), listener("b", 2)]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let out = v.read(|vs| s.on_request(req(L), vs)).unwrap();
         let nack = DeltaDiscoveryRequest {
             type_url: type_url::LISTENER.into(),
@@ -599,10 +619,10 @@ mod tests {
         let out = v.read(|vs| s.on_request(nack, vs)).unwrap();
         assert!(out.is_empty(), "a NACK does not trigger a re-push");
         assert_eq!(
-            s.ledger.nacked.get(&(L, "b".into())).unwrap(),
+            s.ledger().nacked.get(&(L, "b".into())).unwrap(),
             "port in use"
         );
-        assert!(s.ledger.acked.contains_key(&(L, "a".into())));
+        assert!(s.ledger().acked.contains_key(&(L, "a".into())));
         assert!(v.read(|vs| s.on_view_change(vs)).is_empty());
         // New content for b is pushed.
         v.apply(ViewChanges {
@@ -614,14 +634,36 @@ mod tests {
         let _ = v
             .read(|vs| s.on_request(ack(L, &out[0].nonce), vs))
             .unwrap();
-        assert!(s.ledger.nacked.is_empty());
+        assert!(s.ledger().nacked.is_empty());
         assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn a_wildcard_added_later_sends_the_rest_and_an_ack_sends_nothing() {
+        let v = view_with(vec![listener("a", 1), listener("b", 2)]);
+        let mut s = StreamState::new("pod-1".into(), Default::default());
+        let mut r = req(L);
+        r.resource_names_subscribe = vec!["a".into()];
+        let out = v.read(|vs| s.on_request(r, vs)).unwrap();
+        assert_eq!(out.iter().flat_map(names).collect::<Vec<_>>(), ["a"]);
+        assert!(
+            v.read(|vs| s.on_request(ack(L, &out[0].nonce), vs))
+                .unwrap()
+                .is_empty()
+        );
+        let star = DeltaDiscoveryRequest {
+            type_url: type_url::LISTENER.into(),
+            resource_names_subscribe: vec!["*".into()],
+            ..Default::default()
+        };
+        let out = v.read(|vs| s.on_request(star, vs)).unwrap();
+        assert_eq!(out.iter().flat_map(names).collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]
     fn unsubscribe_stops_updates() {
         let v = view_with(vec![listener("a", 1)]);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let mut r = req(L);
         r.resource_names_subscribe = vec!["a".into()];
         v.read(|vs| s.on_request(r, vs)).unwrap();
@@ -654,7 +696,7 @@ mod tests {
             })
             .collect();
         let v = view_with(big);
-        let mut s = StreamState::new("pod-1".into());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
         let out = v.read(|vs| s.on_request(req(R), vs)).unwrap();
         assert!(out.len() >= 3);
         let mut seen = HashSet::new();
