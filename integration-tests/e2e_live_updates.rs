@@ -282,3 +282,49 @@ async fn data_plane_serves_through_a_control_plane_restart_and_resyncs_without_r
     );
     assert_eq!(dp.log().matches("xDS stream open").count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_each_process_cleanly_and_the_data_plane_outlives_the_control_plane() {
+    let (_a, port_a) = echo("a");
+    let gw_port = free_port();
+    let admin = free_port();
+    let xds = free_port();
+    let dir = TempDir::new("sigterm");
+    dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
+    dir.write("svc.yaml", &route_yaml("svc", "gw", "/svc", port_a, ""));
+    let mut cp = control_plane(dir.path(), xds, &[]);
+    let mut dp = data_plane("default/gw", xds, admin, &[], &[]);
+    wait_ready(admin).await;
+    // Open an inspection watch too: a long-lived stream must not hold the shutdown either.
+    let mut inspect = sluice_proto::discovery::inspection_client::InspectionClient::connect(
+        format!("http://127.0.0.1:{xds}"),
+    )
+    .await
+    .unwrap();
+    let mut watch = inspect
+        .watch_resources(sluice_proto::discovery::GetResourcesRequest {
+            gateway: "default/gw".into(),
+            type_url: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+
+    // The control plane ends its streams and exits although a data plane is connected.
+    let status = cp.terminate(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "control plane exit: {status:?}\n{}",
+        cp.log()
+    );
+    // The data plane keeps serving its last good config.
+    assert!(served_by(gw_port, "x", "/svc", "a").await);
+    let status = dp.terminate(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "data plane exit: {status:?}\n{}",
+        dp.log()
+    );
+    assert!(dp.log().contains("shutting down"));
+}

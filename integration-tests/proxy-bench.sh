@@ -41,7 +41,7 @@ YAML
 
 cleanup() { "$BENCH/stack.sh" down || true; }
 trap cleanup EXIT INT TERM
-"$BENCH/stack.sh" up origin1 origin2 direct nginx haproxy hyper
+"$BENCH/stack.sh" up origins direct nginx haproxy hyper
 # The control plane is idle during the run; it sits with the load generator.
 start_pinned sluice-cp "$LOADGEN_CPUS" "$SLUICE" control-plane --config "$CONF" --listen "127.0.0.1:$P_SLUICE_XDS"
 RUST_LOG=warn start_pinned sluice "$SUT_CPUS" "$SLUICE" --worker-threads 1 data-plane --gateway default/bench \

@@ -2,7 +2,7 @@
 //! and each gateway's resources (fetched once or watched).
 
 use super::clients::Clients;
-use super::server::valid_gateway_id;
+use super::server::{Closing, closed, valid_gateway_id};
 use crate::views::{GatewayView, Views};
 use futures::Stream;
 use sluice_proto::discovery::inspection_server::Inspection;
@@ -22,11 +22,16 @@ use tonic::{Request, Response, Status};
 pub struct InspectionService {
     views: Arc<Views>,
     clients: Arc<Clients>,
+    closing: Closing,
 }
 
 impl InspectionService {
-    pub fn new(views: Arc<Views>, clients: Arc<Clients>) -> Self {
-        Self { views, clients }
+    pub fn new(views: Arc<Views>, clients: Arc<Clients>, closing: Closing) -> Self {
+        Self {
+            views,
+            clients,
+            closing,
+        }
     }
 
     fn view(&self, req: &GetResourcesRequest) -> Result<(Arc<GatewayView>, Option<usize>), Status> {
@@ -169,44 +174,58 @@ impl Inspection for InspectionService {
         let (view, filter) = self.view(&req)?;
         let (tx, rx) = mpsc::channel(4);
         let gateway = req.gateway;
+        let closing = self.closing.clone();
         tokio::spawn(async move {
-            let mut revisions = view.subscribe();
-            let (resources, mut seen) = collect(&view, filter);
-            let first = WatchResourcesResponse {
-                gateway: gateway.clone(),
-                resources,
-                removed: vec![],
-            };
-            if tx.send(Ok(first)).await.is_err() {
-                return;
-            }
-            while revisions.changed().await.is_ok() {
-                let (all, now) = collect(&view, filter);
-                let resources: Vec<Resource> = all
-                    .into_iter()
-                    .zip(now.iter())
-                    .filter(|(_, (key, version))| seen.get(*key) != Some(*version))
-                    .map(|(r, _)| r)
-                    .collect();
-                let removed: Vec<String> = seen
-                    .keys()
-                    .filter(|k| !now.contains_key(*k))
-                    .map(|(t, name)| format!("{}/{}", type_url::ALL[*t], name))
-                    .collect();
-                seen = now;
-                if resources.is_empty() && removed.is_empty() {
-                    continue;
-                }
-                let msg = WatchResourcesResponse {
-                    gateway: gateway.clone(),
-                    resources,
-                    removed,
-                };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
+            tokio::select! {
+                _ = watch(view, filter, gateway, tx) => {}
+                _ = closed(closing) => {}
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams the view's resources, then every change, until the client goes away.
+async fn watch(
+    view: Arc<GatewayView>,
+    filter: Option<usize>,
+    gateway: String,
+    tx: mpsc::Sender<Result<WatchResourcesResponse, Status>>,
+) {
+    let mut revisions = view.subscribe();
+    let (resources, mut seen) = collect(&view, filter);
+    let first = WatchResourcesResponse {
+        gateway: gateway.clone(),
+        resources,
+        removed: vec![],
+    };
+    if tx.send(Ok(first)).await.is_err() {
+        return;
+    }
+    while revisions.changed().await.is_ok() {
+        let (all, now) = collect(&view, filter);
+        let resources: Vec<Resource> = all
+            .into_iter()
+            .zip(now.iter())
+            .filter(|(_, (key, version))| seen.get(*key) != Some(*version))
+            .map(|(r, _)| r)
+            .collect();
+        let removed: Vec<String> = seen
+            .keys()
+            .filter(|k| !now.contains_key(*k))
+            .map(|(t, name)| format!("{}/{}", type_url::ALL[*t], name))
+            .collect();
+        seen = now;
+        if resources.is_empty() && removed.is_empty() {
+            continue;
+        }
+        let msg = WatchResourcesResponse {
+            gateway: gateway.clone(),
+            resources,
+            removed,
+        };
+        if tx.send(Ok(msg)).await.is_err() {
+            return;
+        }
     }
 }

@@ -25,12 +25,25 @@ const STREAM_BUFFER: usize = 16;
 pub struct AdsService {
     views: Arc<Views>,
     clients: Arc<Clients>,
+    closing: Closing,
 }
 
 impl AdsService {
-    pub fn new(views: Arc<Views>, clients: Arc<Clients>) -> Self {
-        Self { views, clients }
+    pub fn new(views: Arc<Views>, clients: Arc<Clients>, closing: Closing) -> Self {
+        Self {
+            views,
+            clients,
+            closing,
+        }
     }
+}
+
+/// Becomes true when the server shuts down: long-lived streams end so connections can close.
+pub type Closing = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves once the server is shutting down.
+pub async fn closed(mut closing: Closing) {
+    let _ = closing.wait_for(|c| *c).await;
 }
 
 /// A gateway id is "namespace/name" with both parts non-empty.
@@ -80,8 +93,12 @@ impl AggregatedDiscoveryService for AdsService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let views = self.views.clone();
         let clients = self.clients.clone();
+        let closing = self.closing.clone();
         tokio::spawn(async move {
-            run_stream(&views, node, ledger, first, inbound, tx).await;
+            tokio::select! {
+                _ = run_stream(&views, node, ledger, first, inbound, tx) => {}
+                _ = closed(closing) => {}
+            }
             clients.remove(id);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -179,6 +196,11 @@ pub async fn serve(
     let v1alpha = reflection()
         .build_v1alpha()
         .expect("embedded descriptor sets are valid");
+    let (close_tx, closing) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        close_tx.send_replace(true);
+    };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "xDS server listening");
     tonic::transport::Server::builder()
@@ -187,11 +209,15 @@ pub async fn serve(
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(
-            AggregatedDiscoveryServiceServer::new(AdsService::new(views.clone(), clients.clone()))
-                .max_decoding_message_size(16 << 20),
+            AggregatedDiscoveryServiceServer::new(AdsService::new(
+                views.clone(),
+                clients.clone(),
+                closing.clone(),
+            ))
+            .max_decoding_message_size(16 << 20),
         )
         .add_service(InspectionServer::new(InspectionService::new(
-            views, clients,
+            views, clients, closing,
         )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
