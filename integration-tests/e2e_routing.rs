@@ -176,3 +176,142 @@ async fn validate_reports_problems_with_file_object_and_field() {
         String::from_utf8_lossy(&ok.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goma_backend_matching_and_route_options_through_the_binary() {
+    let (_s, stable) = echo("stable");
+    let (_c, canary) = echo("canary");
+    let (_b, beta) = echo("beta");
+    let gw_port = free_port();
+    let admin = free_port();
+    let dir = TempDir::new("goma-match");
+    dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
+    dir.write(
+        "routes.yaml",
+        &format!(
+            r#"apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {{name: shop}}
+spec:
+  gateways: [gw]
+  path: /shop
+  backends:
+    - endpoint: http://127.0.0.1:{stable}
+    - endpoint: http://127.0.0.1:{canary}
+      exclusive: true
+      match:
+        - {{source: cookie, name: track, operator: in, value: "canary, early"}}
+    - endpoint: http://127.0.0.1:{beta}
+      exclusive: true
+      priority: 5
+      match:
+        - {{source: query, name: version, operator: regex, value: "^2\\.[0-9]+$"}}
+        - {{source: header, name: X-Team, operator: not_equals, value: ops}}
+    - endpoint: http://127.0.0.1:{canary}
+      exclusive: true
+      priority: 1
+      match:
+        - {{source: query, name: version, operator: starts_with, value: "2."}}
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {{name: internal-only}}
+spec:
+  gateways: [gw]
+  path: /internal
+  backends:
+    - endpoint: http://127.0.0.1:{stable}
+    - endpoint: http://127.0.0.1:{beta}
+      exclusive: true
+      match:
+        - {{source: ip, operator: equals, value: 127.0.0.1}}
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {{name: rewrite-host}}
+spec:
+  gateways: [gw]
+  path: /own-host
+  target: http://127.0.0.1:{stable}
+  security:
+    forwardHostHeaders: false
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {{name: off}}
+spec:
+  gateways: [gw]
+  path: /off
+  enabled: false
+  target: http://127.0.0.1:{stable}
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {{name: broad-but-first}}
+spec:
+  gateways: [gw]
+  path: /
+  priority: 100
+  hosts: [priority.test]
+  target: http://127.0.0.1:{beta}
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {{name: narrow}}
+spec:
+  gateways: [gw]
+  path: /narrow/path
+  hosts: [priority.test]
+  target: http://127.0.0.1:{canary}
+"#
+        ),
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", admin).await;
+    let c = client();
+    let via = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let c = c.clone();
+        async move {
+            request(&c, "GET", gw_port, "shop.test", path, headers)
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+                .backend()
+        }
+    };
+
+    // Unmatched traffic never reaches exclusive backends.
+    for _ in 0..10 {
+        assert_eq!(via("/shop", &[]).await, "stable");
+    }
+    // cookie `in` list.
+    assert_eq!(
+        via("/shop", &[("cookie", "a=1; track=early")]).await,
+        "canary"
+    );
+    assert_eq!(via("/shop", &[("cookie", "track=late")]).await, "stable");
+    // Two exclusive matches: the higher priority wins; all conditions of a backend must hold.
+    assert_eq!(via("/shop?version=2.3", &[]).await, "beta");
+    assert_eq!(
+        via("/shop?version=2.3", &[("x-team", "ops")]).await,
+        "canary"
+    );
+    assert_eq!(
+        via("/shop?version=2.x", &[]).await,
+        "canary",
+        "regex fails, starts_with holds"
+    );
+    assert_eq!(via("/shop?version=3.0", &[]).await, "stable");
+    // Client IP source.
+    assert_eq!(via("/internal", &[]).await, "beta");
+
+    // forwardHostHeaders: false sends the backend's own authority as Host.
+    let r = get(&c, gw_port, "shop.test", "/own-host").await;
+    assert_eq!(r.json()["host"], format!("127.0.0.1:{stable}"));
+    assert_eq!(r.json()["headers"]["x-forwarded-host"], "shop.test");
+
+    // A disabled route is not served.
+    assert_eq!(get(&c, gw_port, "shop.test", "/off").await.status, 404);
+
+    // Priority beats path length (higher first, as the CRD docs say).
+    let r = get(&c, gw_port, "priority.test", "/narrow/path").await;
+    assert_eq!(r.backend(), "beta");
+}
