@@ -5,6 +5,7 @@ use crate::model::{Kind, Object, ObjectKey};
 use crate::provider::ProviderEvent;
 use crate::resource::{Encoded, type_index};
 use crate::translate::goma::{translate_gateway, translate_route};
+use crate::translate::secret::translate_secret;
 use crate::views::{ViewChanges, Views};
 use sluice_proto::type_url;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,7 +18,12 @@ struct Contribution {
     /// Gateways ("ns/name") the object attaches to.
     gateways: BTreeSet<String>,
     resources: Vec<Arc<Encoded>>,
+    /// Secret resources it references.
+    secrets: BTreeSet<String>,
 }
+
+/// Index of the Secret type in make-before-break order.
+const SECRET: usize = 0;
 
 pub struct Controller {
     views: Arc<Views>,
@@ -28,6 +34,13 @@ pub struct Controller {
     routes: HashMap<ObjectKey, Contribution>,
     /// Routes naming each gateway in their spec, whether or not the gateway exists yet.
     routes_by_gateway: HashMap<String, BTreeSet<ObjectKey>>,
+    /// Last good translation of each Secret, by resource name ("ns/name").
+    secrets: HashMap<String, Arc<Encoded>>,
+    /// Per gateway: Secret resource name -> how many of its listeners and routes reference it.
+    /// A Secret reaches a gateway only while this count is positive.
+    secret_refs: HashMap<String, HashMap<String, usize>>,
+    /// Secrets referenced by each gateway's own listeners.
+    listener_secrets: HashMap<String, BTreeSet<String>>,
     synced: bool,
 }
 
@@ -43,6 +56,9 @@ impl Controller {
             gateways: HashMap::new(),
             routes: HashMap::new(),
             routes_by_gateway: HashMap::new(),
+            secrets: HashMap::new(),
+            secret_refs: HashMap::new(),
+            listener_secrets: HashMap::new(),
             synced: false,
         }
     }
@@ -86,7 +102,11 @@ impl Controller {
                 ProviderEvent::Synced => self.synced = true,
             }
         }
-        // Gateways first, so routes changed in the same batch attach to gateways that now exist.
+        // Secrets, then gateways, then routes: what is referenced is current before its users.
+        for key in dirty.iter().filter(|k| k.kind == Kind::Secret) {
+            self.secret_changed(key);
+        }
+        // Gateways before routes, so routes changed in the same batch attach to gateways that now exist.
         for key in dirty.iter().filter(|k| k.kind == Kind::GomaGateway) {
             self.gateway_changed(key);
         }
@@ -128,19 +148,27 @@ impl Controller {
                         removals,
                     },
                 );
+                self.secret_refs.remove(&id);
+                self.listener_secrets.remove(&id);
                 tracing::info!(gateway = %id, "gateway removed");
             }
             return;
         };
-        let listeners = match translate_gateway(gw) {
+        let (listeners, secrets) = match translate_gateway(gw) {
             Ok((listeners, warnings)) => {
                 for w in warnings {
                     tracing::warn!(object = %key, "{w}");
                 }
-                listeners
+                let secrets: BTreeSet<String> = listeners
+                    .iter()
+                    .filter_map(|l| l.tls.as_ref())
+                    .flat_map(|t| t.certificate_secrets.iter().cloned())
+                    .collect();
+                let listeners = listeners
                     .into_iter()
                     .map(|l| Encoded::new(type_url::LISTENER, l.name.clone(), &l))
-                    .collect::<Vec<_>>()
+                    .collect::<Vec<_>>();
+                (listeners, secrets)
             }
             Err(e) => {
                 tracing::error!(object = %key, error = %e, kept_last_good = self.gateways.contains_key(&id), "invalid gateway");
@@ -161,14 +189,27 @@ impl Controller {
             }
             None => false,
         };
+        let old_secrets = self.listener_secrets.insert(id.clone(), secrets.clone());
+        self.reference_secrets(
+            &id,
+            &old_secrets.unwrap_or_default(),
+            &secrets,
+            &mut changes,
+        );
         if !existed {
             // A new gateway picks up every valid route that already names it.
-            for rk in self.routes_by_gateway.get(&id).into_iter().flatten() {
-                if let Some(c) = self.routes.get(rk)
-                    && c.gateways.contains(&id)
-                {
-                    changes.upserts.extend(c.resources.iter().cloned());
-                }
+            let attached: Vec<Contribution> = self
+                .routes_by_gateway
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter_map(|rk| self.routes.get(rk))
+                .filter(|c| c.gateways.contains(&id))
+                .cloned()
+                .collect();
+            for c in attached {
+                changes.upserts.extend(c.resources.iter().cloned());
+                self.reference_secrets(&id, &BTreeSet::new(), &c.secrets, &mut changes);
             }
         }
         changes.upserts.extend(listeners);
@@ -201,9 +242,14 @@ impl Controller {
                             t.route.name.clone(),
                             &t.route,
                         ));
+                        let secrets = Some(t.route.certificate_secret.clone())
+                            .filter(|s| !s.is_empty())
+                            .into_iter()
+                            .collect();
                         Contribution {
                             gateways: named,
                             resources,
+                            secrets,
                         }
                     }
                     Ok(None) => Contribution::default(),
@@ -245,12 +291,93 @@ impl Controller {
                 }
             }
             changes.upserts.extend(keep.iter().cloned());
+            let empty = BTreeSet::new();
+            let before = if old.gateways.contains(gw) {
+                &old.secrets
+            } else {
+                &empty
+            };
+            let after = if new.gateways.contains(gw) {
+                &new.secrets
+            } else {
+                &empty
+            };
+            self.reference_secrets(gw, before, after, &mut changes);
             self.views.apply(gw, changes);
         }
         if new.resources.is_empty() && new.gateways.is_empty() {
             self.routes.remove(key);
         } else {
             self.routes.insert(key.clone(), new);
+        }
+    }
+
+    /// A Secret object changed: re-translate it and update the gateways that reference it. An
+    /// invalid new version keeps the last good one serving (a bad rotation breaks nothing).
+    fn secret_changed(&mut self, key: &ObjectKey) {
+        let name = crate::translate::goma::secret_resource_name(&key.namespace, &key.name);
+        let current = match self.objects.get(key) {
+            Some(Object::Other { body, .. }) => match translate_secret(key, body) {
+                Ok(s) => Some(Encoded::new(type_url::SECRET, name.clone(), &s)),
+                Err(e) => {
+                    tracing::error!(object = %key, error = %e, kept_last_good = self.secrets.contains_key(&name), "invalid secret");
+                    return;
+                }
+            },
+            _ => None,
+        };
+        match &current {
+            Some(s) => self.secrets.insert(name.clone(), s.clone()),
+            None => self.secrets.remove(&name),
+        };
+        let users: Vec<String> = self
+            .secret_refs
+            .iter()
+            .filter(|(_, refs)| refs.contains_key(&name))
+            .map(|(gw, _)| gw.clone())
+            .collect();
+        for gw in users {
+            let changes = match &current {
+                Some(s) => ViewChanges {
+                    upserts: vec![s.clone()],
+                    removals: vec![],
+                },
+                None => ViewChanges {
+                    upserts: vec![],
+                    removals: vec![(SECRET, name.clone())],
+                },
+            };
+            self.views.apply(&gw, changes);
+        }
+    }
+
+    /// Moves `gw`'s references from `before` to `after`, queueing each Secret that becomes used
+    /// (if it exists) or unused. Only gateways that reference a Secret ever receive it.
+    fn reference_secrets(
+        &mut self,
+        gw: &str,
+        before: &BTreeSet<String>,
+        after: &BTreeSet<String>,
+        changes: &mut ViewChanges,
+    ) {
+        let refs = self.secret_refs.entry(gw.to_string()).or_default();
+        for s in after {
+            let n = refs.entry(s.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1
+                && let Some(r) = self.secrets.get(s)
+            {
+                changes.upserts.push(r.clone());
+            }
+        }
+        for s in before {
+            if let Some(n) = refs.get_mut(s) {
+                *n -= 1;
+                if *n == 0 {
+                    refs.remove(s);
+                    changes.removals.push((SECRET, s.clone()));
+                }
+            }
         }
     }
 
@@ -267,5 +394,119 @@ impl Controller {
                 .or_default()
                 .insert(key.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::file::parse_manifests;
+    use std::path::Path;
+
+    fn apply(c: &mut Controller, yaml: &str) {
+        let (objects, diags) = parse_manifests(Path::new("test.yaml"), yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        c.apply(objects.into_iter().map(ProviderEvent::Apply).collect());
+    }
+
+    fn delete(c: &mut Controller, kind: Kind, name: &str) {
+        c.apply(vec![ProviderEvent::Delete(ObjectKey::new(
+            kind, "default", name,
+        ))]);
+    }
+
+    /// Secret name -> version in a gateway's view.
+    fn secrets(views: &Views, gw: &str) -> BTreeMap<String, String> {
+        views.gateway(gw).read(|v| {
+            v.resources[SECRET]
+                .iter()
+                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .collect()
+        })
+    }
+
+    fn secret(name: &str, cert: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: {cert}, tls.key: key}}\n---\n"
+        )
+    }
+
+    const GATEWAYS: &str = "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {name: tls}\nspec:\n  server: {tls: [{secretName: site}]}\n---\napiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {name: plain}\nspec: {}\n---\n";
+
+    fn route(gateway: &str) -> String {
+        format!(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Route\nmetadata: {{name: r}}\nspec:\n  gateways: [{gateway}]\n  path: /\n  hosts: [a.test]\n  target: http://127.0.0.1:1\n  tls: {{secretName: own}}\n"
+        )
+    }
+
+    #[test]
+    fn secrets_reach_only_the_gateways_that_reference_them() {
+        let views = Arc::new(Views::default());
+        let mut c = Controller::new(views.clone());
+        let all = format!(
+            "{GATEWAYS}{}{}{}{}",
+            secret("site", "v1"),
+            secret("own", "o1"),
+            secret("unused", "u1"),
+            route("plain")
+        );
+        apply(&mut c, &all);
+        let tls = secrets(&views, "default/tls");
+        assert_eq!(tls.keys().collect::<Vec<_>>(), ["default/site"]);
+        assert_eq!(
+            secrets(&views, "default/plain").keys().collect::<Vec<_>>(),
+            ["default/own"]
+        );
+
+        // Rotation reaches the gateway that uses the Secret, and only it.
+        let plain_rev = views.gateway("default/plain").read(|v| v.revision);
+        apply(&mut c, &secret("site", "v2"));
+        assert_ne!(
+            secrets(&views, "default/tls")["default/site"],
+            tls["default/site"]
+        );
+        assert_eq!(
+            views.gateway("default/plain").read(|v| v.revision),
+            plain_rev
+        );
+
+        // An invalid rotation keeps the last good version.
+        let good = secrets(&views, "default/tls");
+        apply(
+            &mut c,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: site}\ntype: kubernetes.io/tls\nstringData: {tls.crt: only}\n",
+        );
+        assert_eq!(secrets(&views, "default/tls"), good);
+
+        // The route moves: its certificate moves with it.
+        apply(&mut c, &route("tls"));
+        assert_eq!(
+            secrets(&views, "default/tls").keys().collect::<Vec<_>>(),
+            ["default/own", "default/site"]
+        );
+        assert!(secrets(&views, "default/plain").is_empty());
+
+        // The Secret is deleted: gone from the gateway; created again: back.
+        delete(&mut c, Kind::Secret, "own");
+        assert_eq!(
+            secrets(&views, "default/tls").keys().collect::<Vec<_>>(),
+            ["default/site"]
+        );
+        apply(&mut c, &secret("own", "o2"));
+        assert!(secrets(&views, "default/tls").contains_key("default/own"));
+
+        // The gateway stops using TLS: its listener certificate leaves, the route's stays.
+        apply(
+            &mut c,
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {name: tls}\nspec: {}\n",
+        );
+        assert_eq!(
+            secrets(&views, "default/tls").keys().collect::<Vec<_>>(),
+            ["default/own"]
+        );
+        let listeners = views
+            .gateway("default/tls")
+            .read(|v| v.resources[2].keys().cloned().collect::<Vec<_>>());
+        assert_eq!(listeners, ["http"]);
     }
 }

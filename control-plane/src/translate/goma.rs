@@ -12,8 +12,9 @@ use super::{Errors, TranslateError};
 use crate::model::goma::{self, MatchOperator, MatchSource};
 use crate::model::{Kind, ObjectKey};
 
-/// The listener every Goma route attaches to.
+/// The listeners every Goma route attaches to (the HTTPS one exists when the Gateway has TLS).
 pub const HTTP_LISTENER: &str = "http";
+pub const HTTPS_LISTENER: &str = "https";
 
 const CONNECT_TIMEOUT_SECS: i64 = 5;
 
@@ -40,7 +41,8 @@ pub fn cluster_resource_name(namespace: &str, name: &str, index: usize) -> Strin
     format!("route/{namespace}/{name}/backend-{index}")
 }
 
-/// A Gateway's listeners: HTTP on `spec.service.httpPort` (8080 by default).
+/// A Gateway's listeners: HTTP on `spec.service.httpPort` (8080 by default), and HTTPS on
+/// `spec.service.httpsPort` (8443) serving the `spec.server.tls` certificates when there are any.
 pub fn translate_gateway(
     gw: &goma::Gateway,
 ) -> Result<(Vec<pb::Listener>, Vec<String>), TranslateError> {
@@ -57,25 +59,61 @@ pub fn translate_gateway(
             format!("{} is not a port (1-65535)", spec.service.http_port),
         );
     }
-    if !spec.server.tls.is_empty() {
-        warnings.push(format!(
-            "spec.server.tls: the HTTPS listener on port {} is not served yet; only HTTP is",
-            spec.service.https_port
-        ));
+    let https_port = port_in_range(spec.service.https_port);
+    if !spec.server.tls.is_empty() && https_port.is_none() {
+        errors.push(
+            "spec.service.httpsPort",
+            format!("{} is not a port (1-65535)", spec.service.https_port),
+        );
+    }
+    if https_port.is_some() && https_port == port && !spec.server.tls.is_empty() {
+        errors.push(
+            "spec.service.httpsPort",
+            "must differ from spec.service.httpPort",
+        );
+    }
+    for (i, t) in spec.server.tls.iter().enumerate() {
+        if t.secret_name.is_empty() {
+            errors.push(format!("spec.server.tls[{i}].secretName"), "required");
+        }
     }
     if spec.cert_manager.is_some() {
         warnings.push("spec.certManager: ACME certificates are not issued yet".to_owned());
     }
     errors.into_result(&source)?;
 
-    let listener = pb::Listener {
+    let mut listeners = vec![pb::Listener {
         name: HTTP_LISTENER.to_owned(),
         port: port.map_or(0, u32::from),
         protocol: pb::Protocol::Http as i32,
         hostname: String::new(),
-        source,
-    };
-    Ok((vec![listener], warnings))
+        source: source.clone(),
+        tls: None,
+    }];
+    if !spec.server.tls.is_empty() {
+        let ns = &gw.metadata.namespace;
+        listeners.push(pb::Listener {
+            name: HTTPS_LISTENER.to_owned(),
+            port: https_port.map_or(0, u32::from),
+            protocol: pb::Protocol::Https as i32,
+            hostname: String::new(),
+            source,
+            tls: Some(pb::ListenerTls {
+                certificate_secrets: spec
+                    .server
+                    .tls
+                    .iter()
+                    .map(|t| secret_resource_name(ns, &t.secret_name))
+                    .collect(),
+            }),
+        });
+    }
+    Ok((listeners, warnings))
+}
+
+/// `<ns>/<name>`: the Secret resource name of a Kubernetes Secret.
+pub fn secret_resource_name(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 fn port_in_range(port: i32) -> Option<u16> {
@@ -239,7 +277,12 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
     let route = pb::Route {
         name: route_resource_name(ns, name),
         source,
-        listeners: vec![HTTP_LISTENER.to_owned()],
+        listeners: vec![HTTP_LISTENER.to_owned(), HTTPS_LISTENER.to_owned()],
+        certificate_secret: spec
+            .tls
+            .as_ref()
+            .map(|t| secret_resource_name(ns, &t.secret_name))
+            .unwrap_or_default(),
         hostnames,
         matches: vec![pb::RouteMatch {
             path: Some(pb::PathMatch {
@@ -279,15 +322,10 @@ fn fail_closed(spec: &goma::RouteSpec, errors: &mut Errors) {
             "upstream TLS is not supported yet (it arrives with the data-plane TLS work); refusing to serve the route",
         );
     }
-    if let Some(tls) = &spec.tls {
-        errors.push_fail_closed(
-            "spec.tls.secretName",
-            if tls.secret_name.is_empty() {
-                "required when spec.tls is set (and per-route certificates are not supported yet)"
-            } else {
-                "per-route TLS certificates are not supported yet; refusing to serve the route"
-            },
-        );
+    if let Some(tls) = &spec.tls
+        && tls.secret_name.is_empty()
+    {
+        errors.push("spec.tls.secretName", "required when spec.tls is set");
     }
 }
 
@@ -628,8 +666,9 @@ mod tests {
             pb::Route {
                 name: "route/default/api".into(),
                 source: "Route default/api".into(),
-                listeners: vec!["http".into()],
+                listeners: vec!["http".into(), "https".into()],
                 hostnames: vec!["api.example.com".into()],
+                certificate_secret: String::new(),
                 matches: vec![pb::RouteMatch {
                     path: Some(pb::PathMatch {
                         kind: pb::path_match::Kind::Prefix as i32,
@@ -1059,10 +1098,6 @@ mod tests {
                 "  security: {tls: {insecureSkipVerify: true}}\n",
                 "spec.security.tls: upstream TLS is not supported yet",
             ),
-            (
-                "  tls: {secretName: cert}\n",
-                "spec.tls.secretName: per-route TLS certificates are not supported yet",
-            ),
         ] {
             let error = translate_route(&route(&format!("{BASE}  target: http://a\n{extra}")))
                 .expect_err(field);
@@ -1080,6 +1115,25 @@ mod tests {
     }
 
     #[test]
+    fn route_certificate_is_a_secret_reference() {
+        let t = translate_route(&route(&format!(
+            "{BASE}  target: http://a\n  tls: {{secretName: cert}}\n"
+        )))
+        .expect("ok")
+        .expect("enabled");
+        assert_eq!(t.route.certificate_secret, "default/cert");
+        assert_eq!(t.route.listeners, ["http", "https"]);
+        let e = translate_route(&route(&format!(
+            "{BASE}  target: http://a\n  tls: {{secretName: \"\"}}\n"
+        )))
+        .expect_err("empty");
+        assert!(
+            e.to_string().contains("spec.tls.secretName: required"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn all_field_errors_are_collected() {
         let error = translate_route(&route("  path: x\n  target: https://a\n  hosts: ['a:1']\n"))
             .expect_err("bad");
@@ -1091,7 +1145,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_gateway_translates_to_an_http_listener_with_warnings() {
+    fn seed_gateway_translates_to_http_and_https_listeners() {
         let (objects, diags) = parse_manifests(
             Path::new("seed.yaml"),
             include_str!("../../tests/fixtures/goma-seed-gateways.yaml"),
@@ -1110,11 +1164,12 @@ mod tests {
             ("http", 80, "Gateway default/gateway")
         );
         assert_eq!(
+            (listeners[1].name.as_str(), listeners[1].port),
+            ("https", 443)
+        );
+        assert_eq!(
             warnings,
-            [
-                "spec.server.tls: the HTTPS listener on port 443 is not served yet; only HTTP is",
-                "spec.certManager: ACME certificates are not issued yet",
-            ]
+            ["spec.certManager: ACME certificates are not issued yet"]
         );
     }
 
@@ -1136,18 +1191,38 @@ mod tests {
                 protocol: pb::Protocol::Http as i32,
                 hostname: String::new(),
                 source: "Gateway edge/gw".into(),
+                tls: None,
             }]
         );
         assert!(warnings.is_empty());
 
         let (listeners, warnings) = translate_gateway(&gateway(
-            "  service: {httpPort: 80, httpsPort: 443}\n  server: {tls: [{secretName: c}]}\n",
+            "  service: {httpPort: 80, httpsPort: 443}\n  server: {tls: [{secretName: c}, {secretName: d}]}\n",
         ))
         .expect("ok");
         assert_eq!(listeners[0].port, 80);
         assert_eq!(
-            warnings,
-            ["spec.server.tls: the HTTPS listener on port 443 is not served yet; only HTTP is"]
+            listeners[1],
+            pb::Listener {
+                name: "https".into(),
+                port: 443,
+                protocol: pb::Protocol::Https as i32,
+                hostname: String::new(),
+                source: "Gateway edge/gw".into(),
+                tls: Some(pb::ListenerTls {
+                    certificate_secrets: vec!["edge/c".into(), "edge/d".into()],
+                }),
+            }
+        );
+        assert!(warnings.is_empty());
+
+        let e = translate_gateway(&gateway(
+            "  service: {httpPort: 80, httpsPort: 80}\n  server: {tls: [{secretName: \"\"}]}\n",
+        ))
+        .expect_err("same ports, empty name");
+        assert_eq!(
+            e.to_string(),
+            "Gateway edge/gw: spec.service.httpsPort: must differ from spec.service.httpPort; spec.server.tls[0].secretName: required"
         );
 
         let e =

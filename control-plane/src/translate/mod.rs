@@ -3,6 +3,7 @@
 use std::fmt;
 
 pub mod goma;
+pub mod secret;
 
 /// One invalid field: `spec.backends[1].endpoint: <reason>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
