@@ -7,5 +7,6 @@ pub mod proxy;
 pub mod resources;
 pub mod router;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

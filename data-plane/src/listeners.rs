@@ -1,9 +1,11 @@
 //! The proxy runtime: owns the current snapshot and the listening sockets, reconciles sockets
 //! against each new snapshot (bind new ports, stop removed ones, never reopen a kept one) and
-//! serves every accepted connection (HTTP/1.1 and h2c) on its own task.
+//! serves every accepted connection (HTTP/1.1 and h2c, or TLS with h2/http1.1 by ALPN on HTTPS
+//! ports) on its own task.
 
 use crate::proxy;
 use crate::snapshot::Snapshot;
+use crate::tls::{self, TlsConnection};
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,14 +16,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
+use tokio_rustls::TlsAcceptor;
 
 const ACCEPT_BACKLOG: u32 = 1024;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by the runtime, its accept loops and its connections.
 struct Shared {
-    current: ArcSwap<Snapshot>,
+    /// Also read by the TLS certificate resolvers at each handshake.
+    current: Arc<ArcSwap<Snapshot>>,
     builder: auto::Builder<TokioExecutor>,
     /// Open connections, for a bounded drain on shutdown.
     connections: AtomicUsize,
@@ -33,6 +40,8 @@ struct PortHandle {
     stop: watch::Sender<bool>,
     /// Identifies this bind (logged), so a kept socket can be told from a reopened one.
     generation: u64,
+    /// Whether this socket terminates TLS; switching protocol rebinds the port.
+    tls: bool,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -51,7 +60,7 @@ impl ProxyRuntime {
         Arc::new(ProxyRuntime {
             bind_ip,
             shared: Arc::new(Shared {
-                current: ArcSwap::from_pointee(Snapshot::empty()),
+                current: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
                 builder,
                 connections: AtomicUsize::new(0),
                 drained: Notify::new(),
@@ -73,10 +82,11 @@ impl ProxyRuntime {
         let mut ports = self.ports.lock().await;
         self.shared.current.store(snapshot.clone());
         let wanted: HashMap<u16, &[String]> = snapshot.ports().collect();
+        // A port switching between HTTP and HTTPS is closed and rebound (rare).
         let removed: Vec<u16> = ports
-            .keys()
-            .filter(|p| !wanted.contains_key(p))
-            .copied()
+            .iter()
+            .filter(|(p, h)| !wanted.contains_key(p) || h.tls != snapshot.tls(**p).is_some())
+            .map(|(p, _)| *p)
             .collect();
         for port in removed {
             if let Some(handle) = ports.remove(&port) {
@@ -98,18 +108,37 @@ impl ProxyRuntime {
             if ports.contains_key(&port) {
                 continue;
             }
+            let is_tls = snapshot.tls(port).is_some();
+            let acceptor = if is_tls {
+                match tls::server_config(self.shared.current.clone(), port) {
+                    Ok(config) => Some(TlsAcceptor::from(config)),
+                    Err(error) => {
+                        let reason = format!("cannot configure TLS on port {port}: {error}");
+                        failures.extend(names.iter().map(|n| (n.clone(), reason.clone())));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             match bind(SocketAddr::new(self.bind_ip, port)) {
                 Ok(listener) => {
                     let (stop, stop_rx) = watch::channel(false);
-                    let accept_loop =
-                        tokio::spawn(accept_loop(listener, port, stop_rx, self.shared.clone()));
+                    let accept_loop = tokio::spawn(accept_loop(
+                        listener,
+                        port,
+                        acceptor,
+                        stop_rx,
+                        self.shared.clone(),
+                    ));
                     let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(port, generation, listeners = ?names, "listening");
+                    tracing::info!(port, generation, tls = is_tls, listeners = ?names, "listening");
                     ports.insert(
                         port,
                         PortHandle {
                             stop,
                             generation,
+                            tls: is_tls,
                             accept_loop,
                         },
                     );
@@ -171,6 +200,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
+    acceptor: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) {
@@ -180,7 +210,14 @@ async fn accept_loop(
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    tokio::spawn(serve_connection(stream, remote, port, stop.clone(), shared.clone()));
+                    tokio::spawn(serve_connection(
+                        stream,
+                        remote,
+                        port,
+                        acceptor.clone(),
+                        stop.clone(),
+                        shared.clone(),
+                    ));
                 }
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning on the error.
@@ -208,7 +245,8 @@ async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
     port: u16,
-    mut stop: watch::Receiver<bool>,
+    acceptor: Option<TlsAcceptor>,
+    stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) {
     shared.connections.fetch_add(1, Ordering::AcqRel);
@@ -216,15 +254,59 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set TCP_NODELAY failed");
     }
+    let Some(acceptor) = acceptor else {
+        return serve_http(stream, remote, port, None, stop, shared).await;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%remote, port, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, port, "TLS handshake timed out");
+            return;
+        }
+    };
+    let connection = TlsConnection::new(
+        stream.get_ref().1.server_name(),
+        &shared.current.load(),
+        port,
+    );
+    // hyper-util's auto builder reads the HTTP/2 preface, so ALPN h2 and http/1.1 both work.
+    serve_http(
+        stream,
+        remote,
+        port,
+        Some(Arc::new(connection)),
+        stop,
+        shared,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on an accepted (plain or TLS) stream until it closes or `stop`.
+async fn serve_http<I>(
+    io: I,
+    remote: SocketAddr,
+    port: u16,
+    tls: Option<Arc<TlsConnection>>,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service_shared = shared.clone();
     let service = service_fn(move |req| {
         // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
         let snapshot = service_shared.current.load_full();
-        async move { Ok::<_, Infallible>(proxy::handle(snapshot, port, remote, req).await) }
+        let tls = tls.clone();
+        async move {
+            let response = proxy::handle(snapshot, port, remote, tls.as_deref(), req).await;
+            Ok::<_, Infallible>(response)
+        }
     });
-    let conn = shared
-        .builder
-        .serve_connection(TokioIo::new(stream), service);
+    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -251,7 +333,8 @@ mod tests {
     use hyper_util::client::legacy::connect::HttpConnector;
     use sluice_proto::config as pb;
 
-    /// A backend that echoes what it received: `path|x-forwarded-for|host|x-forwarded-host`.
+    /// A backend that echoes what it received:
+    /// `path|x-forwarded-for|host|x-forwarded-host|x-forwarded-proto`.
     async fn echo_backend() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -270,11 +353,12 @@ mod tests {
                                 .to_string()
                         };
                         let body = format!(
-                            "{}|{}|{}|{}",
+                            "{}|{}|{}|{}|{}",
                             req.uri(),
                             h("x-forwarded-for"),
                             h("host"),
-                            h("x-forwarded-host")
+                            h("x-forwarded-host"),
+                            h("x-forwarded-proto")
                         );
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                     });
@@ -398,7 +482,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             body,
-            format!("/users?id=7|203.0.113.9, 127.0.0.1|{backend}|App.Example.com:1234")
+            format!("/users?id=7|203.0.113.9, 127.0.0.1|{backend}|App.Example.com:1234|http")
         );
         let (status, body) = get(&client, port, "other.example.com", "/api/users").await;
         assert_eq!(
@@ -474,5 +558,281 @@ mod tests {
         assert_eq!(names, ["http", "http-2"]);
         assert!(failures[0].1.contains(&port.to_string()), "{failures:?}");
         runtime.shutdown(Duration::from_secs(1)).await;
+    }
+
+    mod tls {
+        use super::*;
+        use crate::tls::test_certs::{TestCert, self_signed};
+        use rustls::client::danger::{
+            HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+        };
+        use rustls::crypto::CryptoProvider;
+        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+        use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+        use tokio_rustls::TlsConnector;
+        use tokio_rustls::client::TlsStream;
+
+        fn provider() -> Arc<CryptoProvider> {
+            Arc::new(rustls::crypto::ring::default_provider())
+        }
+
+        /// Accepts any server certificate (to see which one an unknown name gets).
+        #[derive(Debug)]
+        struct AcceptAny(Arc<CryptoProvider>);
+
+        impl ServerCertVerifier for AcceptAny {
+            fn verify_server_cert(
+                &self,
+                _: &CertificateDer<'_>,
+                _: &[CertificateDer<'_>],
+                _: &ServerName<'_>,
+                _: &[u8],
+                _: UnixTime,
+            ) -> Result<ServerCertVerified, rustls::Error> {
+                Ok(ServerCertVerified::assertion())
+            }
+            fn verify_tls12_signature(
+                &self,
+                message: &[u8],
+                cert: &CertificateDer<'_>,
+                dss: &DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                let algs = &self.0.signature_verification_algorithms;
+                rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+            }
+            fn verify_tls13_signature(
+                &self,
+                message: &[u8],
+                cert: &CertificateDer<'_>,
+                dss: &DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, rustls::Error> {
+                let algs = &self.0.signature_verification_algorithms;
+                rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+            }
+            fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+                self.0.signature_verification_algorithms.supported_schemes()
+            }
+        }
+
+        /// A fresh client config each time, so no session is resumed across handshakes.
+        fn client_config(roots: Option<&[&TestCert]>, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap();
+            let mut config = match roots {
+                Some(roots) => {
+                    let mut store = rustls::RootCertStore::empty();
+                    for c in roots {
+                        store.add(CertificateDer::from(c.der.clone())).unwrap();
+                    }
+                    builder.with_root_certificates(store).with_no_client_auth()
+                }
+                None => builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+                    .with_no_client_auth(),
+            };
+            config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Arc::new(config)
+        }
+
+        async fn connect(
+            port: u16,
+            sni: &str,
+            config: Arc<ClientConfig>,
+        ) -> Result<TlsStream<TcpStream>, std::io::Error> {
+            let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = ServerName::try_from(sni.to_string()).unwrap();
+            TlsConnector::from(config).connect(name, tcp).await
+        }
+
+        fn peer_leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {
+            stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+        }
+
+        type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+        async fn h2_client(stream: TlsStream<TcpStream>) -> H2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender
+        }
+
+        async fn h2_get(sender: &mut H2, authority: &str, path: &str) -> (StatusCode, String) {
+            let req = Request::get(format!("https://{authority}{path}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = sender.send_request(req).await.expect("proxy answers");
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+
+        fn tls_resources(port: u16, backend: SocketAddr, a: &TestCert, b: &TestCert) -> Resources {
+            let mut res = Resources::default();
+            let backend_ip = backend.ip().to_string();
+            res.add_cluster("echo", &[(&backend_ip, backend.port())]);
+            res.secrets
+                .insert("cert-a".into(), Arc::new(a.secret("cert-a")));
+            res.secrets
+                .insert("cert-b".into(), Arc::new(b.secret("cert-b")));
+            res.listeners.insert(
+                "https".into(),
+                Arc::new(pb::Listener {
+                    name: "https".into(),
+                    port: u32::from(port),
+                    protocol: pb::Protocol::Https as i32,
+                    tls: Some(pb::ListenerTls {
+                        certificate_secrets: vec!["cert-a".into(), "cert-b".into()],
+                    }),
+                    ..Default::default()
+                }),
+            );
+            res.routes.insert(
+                "all".into(),
+                Arc::new(pb::Route {
+                    name: "all".into(),
+                    listeners: vec!["https".into()],
+                    action: Some(pb::route::Action::Forward(pb::ForwardAction {
+                        backends: vec![pb::WeightedBackend {
+                            cluster: "echo".into(),
+                            weight: 1,
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }),
+            );
+            res
+        }
+
+        #[tokio::test]
+        async fn terminates_tls_with_sni_rotation_and_421() {
+            let backend = echo_backend().await;
+            let a = self_signed(&["a.test"]);
+            let b = self_signed(&["b.test"]);
+            let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+            let mut compiler = Compiler::new();
+            let mut port = free_port();
+            let mut res = tls_resources(port, backend, &a, &b);
+            for _ in 0..5 {
+                if runtime.apply(compiler.compile(&res)).await.is_empty() {
+                    break;
+                }
+                port = free_port();
+                res = tls_resources(port, backend, &a, &b);
+            }
+            let generation = runtime.port_generation(port).await.expect("port bound");
+
+            // SNI picks the certificate; the client verifies it against its own roots.
+            let h2 = client_config(Some(&[&a, &b]), &[b"h2", b"http/1.1"]);
+            let stream_a = connect(port, "a.test", h2.clone()).await.expect("a.test");
+            assert_eq!(peer_leaf(&stream_a), a.der);
+            assert_eq!(stream_a.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            let stream_b = connect(port, "b.test", h2.clone()).await.expect("b.test");
+            assert_eq!(peer_leaf(&stream_b), b.der);
+            drop(stream_b);
+            // An unknown name gets the default (first listener certificate).
+            let any = client_config(None, &[b"http/1.1"]);
+            let unknown = connect(port, "unknown.test", any).await.expect("unknown");
+            assert_eq!(peer_leaf(&unknown), a.der);
+            drop(unknown);
+
+            // A request over h2; the backend sees X-Forwarded-Proto: https.
+            let mut sender = h2_client(stream_a).await;
+            let (status, body) = h2_get(&mut sender, "a.test", "/x").await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert!(body.starts_with("/x|127.0.0.1|"), "{body}");
+            assert!(body.ends_with("|a.test|https"), "{body}");
+            // b.test is served by another certificate than this connection's: 421.
+            let (status, body) = h2_get(&mut sender, "b.test", "/x").await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::MISDIRECTED_REQUEST, "misdirected request\n")
+            );
+
+            // HTTP/1.1 over TLS when the client offers only http/1.1.
+            let h1 = client_config(Some(&[&a, &b]), &[b"http/1.1"]);
+            let stream = connect(port, "b.test", h1).await.expect("b.test h1");
+            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+            let (mut h1_sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = Request::get("/y")
+                .header("host", "B.test:443")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = h1_sender.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.ends_with(b"|https"), "{body:?}");
+
+            // Rotation: a new certificate for cert-a serves new handshakes at once; the open
+            // connection keeps working; the socket is kept.
+            let a2 = self_signed(&["a.test"]);
+            res.secrets
+                .insert("cert-a".into(), Arc::new(a2.secret("cert-a")));
+            let changed = crate::snapshot::Changed {
+                secrets: ["cert-a".to_string()].into(),
+                ..Default::default()
+            };
+            let failures = runtime
+                .apply(compiler.compile_changes(&res, &changed))
+                .await;
+            assert!(failures.is_empty(), "{failures:?}");
+            assert_eq!(runtime.port_generation(port).await, Some(generation));
+            let fresh = client_config(Some(&[&a2, &b]), &[b"h2"]);
+            let stream = connect(port, "a.test", fresh)
+                .await
+                .expect("rotated a.test");
+            assert_eq!(peer_leaf(&stream), a2.der);
+            let (status, _) = h2_get(&mut sender, "a.test", "/still-open").await;
+            assert_eq!(status, StatusCode::OK);
+            let (status, _) = h2_get(&mut sender, "b.test", "/x").await;
+            assert_eq!(status, StatusCode::MISDIRECTED_REQUEST);
+            let mut rotated = h2_client(stream).await;
+            let (status, _) = h2_get(&mut rotated, "a.test", "/new").await;
+            assert_eq!(status, StatusCode::OK);
+            drop(rotated);
+            drop(sender);
+            drop(h1_sender);
+            runtime.shutdown(Duration::from_secs(5)).await;
+        }
+
+        #[tokio::test]
+        async fn switching_protocol_rebinds_and_no_certificate_refuses() {
+            let backend = echo_backend().await;
+            let a = self_signed(&["a.test"]);
+            let b = self_signed(&["b.test"]);
+            let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+            let mut compiler = Compiler::new();
+            let port = free_port();
+            let mut res = tls_resources(port, backend, &a, &b);
+            assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+            let tls_generation = runtime.port_generation(port).await;
+
+            // Every certificate gone: handshakes are refused (fail closed), the port stays.
+            res.secrets.clear();
+            runtime.apply(compiler.compile(&res)).await;
+            let config = client_config(None, &[b"h2"]);
+            assert!(connect(port, "a.test", config).await.is_err());
+            assert_eq!(runtime.port_generation(port).await, tls_generation);
+
+            // The same port as plain HTTP: rebound, and it answers without TLS.
+            res.listeners.clear();
+            res.add_http_listener("http", port);
+            assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+            assert_ne!(runtime.port_generation(port).await, tls_generation);
+            let client: TestClient = Client::builder(TokioExecutor::new()).build_http();
+            let (status, _) = get(&client, port, "x", "/").await;
+            assert_eq!(status, StatusCode::NOT_FOUND);
+            drop(client);
+            runtime.shutdown(Duration::from_secs(5)).await;
+        }
     }
 }

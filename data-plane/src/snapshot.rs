@@ -6,7 +6,9 @@ use crate::router::host::validate_hostname;
 use crate::router::{
     CompiledRoute, HostPattern, IndexBuilder, ListenerInfo, PortIndex, RouteTable,
 };
+use crate::tls::{self, SniIndex};
 use crate::upstream::{Clients, ClusterState, CompiledCluster, cluster};
+use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,6 +21,8 @@ pub struct Snapshot {
     clusters: Arc<HashMap<Arc<str>, Arc<CompiledCluster>>>,
     /// Port -> names of the listeners on it.
     ports: BTreeMap<u16, Vec<String>>,
+    /// TLS (HTTPS) ports -> certificate selection. Shared until a certificate input changes.
+    tls: Arc<HashMap<u16, Arc<SniIndex>>>,
     route_count: usize,
 }
 
@@ -28,11 +32,15 @@ pub struct Changed {
     pub listeners: bool,
     pub clusters: BTreeSet<String>,
     pub routes: BTreeSet<String>,
+    pub secrets: BTreeSet<String>,
 }
 
 impl Changed {
     pub fn is_empty(&self) -> bool {
-        !self.listeners && self.clusters.is_empty() && self.routes.is_empty()
+        !self.listeners
+            && self.clusters.is_empty()
+            && self.routes.is_empty()
+            && self.secrets.is_empty()
     }
 }
 
@@ -59,6 +67,61 @@ impl Snapshot {
     pub fn ports(&self) -> impl Iterator<Item = (u16, &[String])> {
         self.ports.iter().map(|(p, names)| (*p, names.as_slice()))
     }
+
+    /// Certificate selection of `port` when it terminates TLS (None: plain HTTP).
+    pub fn tls(&self, port: u16) -> Option<&SniIndex> {
+        self.tls.get(&port).map(|i| &**i)
+    }
+}
+
+/// What certificate selection needs to know about an accepted HTTPS listener.
+#[derive(Debug, Clone)]
+struct TlsListener {
+    name: String,
+    port: u16,
+    hostname: HostPattern,
+    certificate_secrets: Vec<String>,
+}
+
+/// Checks a listener's own fields (no references). HTTPS needs at least one certificate Secret.
+fn check_listener(l: &pb::Listener) -> Result<(), String> {
+    if l.name.is_empty() {
+        return Err("name: empty".into());
+    }
+    if l.port == 0 || l.port > 65535 {
+        return Err(format!("port: {} is not in 1..=65535", l.port));
+    }
+    match pb::Protocol::try_from(l.protocol) {
+        Ok(pb::Protocol::Http) => {}
+        Ok(pb::Protocol::Https) => {
+            if l.tls
+                .as_ref()
+                .is_none_or(|t| t.certificate_secrets.is_empty())
+            {
+                return Err(
+                    "tls.certificate_secrets: an HTTPS listener needs at least one certificate"
+                        .into(),
+                );
+            }
+        }
+        Ok(p) => {
+            return Err(format!(
+                "protocol {} is not supported by this data plane yet",
+                p.as_str_name()
+            ));
+        }
+        Err(_) => return Err(format!("protocol: unknown value {}", l.protocol)),
+    }
+    validate_hostname(&l.hostname).map_err(|e| format!("hostname: {e}"))
+}
+
+/// `name` is a TlsCertificate Secret among `resources` (which hold only validated Secrets).
+fn check_tls_secret(name: &str, resources: &Resources) -> Result<(), String> {
+    match resources.secrets.get(name).map(|s| &s.kind) {
+        None => Err(format!("secret {name:?} does not exist")),
+        Some(Some(pb::secret::Kind::TlsCertificate(_))) => Ok(()),
+        Some(_) => Err(format!("secret {name:?} is not a TlsCertificate")),
+    }
 }
 
 /// Validates resources and compiles snapshots, memoising compiled routes and clusters by name and
@@ -66,6 +129,12 @@ impl Snapshot {
 pub struct Compiler {
     routes: HashMap<String, (Arc<pb::Route>, Arc<CompiledRoute>)>,
     clusters: HashMap<String, (Arc<pb::Cluster>, Arc<CompiledCluster>)>,
+    /// Loaded keys of TlsCertificate Secrets (None: another kind, or it failed to load).
+    secrets: HashMap<String, (Arc<pb::Secret>, Option<Arc<CertifiedKey>>)>,
+    /// Routes that carry a certificate_secret, by name (inputs of the SNI indexes).
+    route_certs: BTreeMap<String, Arc<CompiledRoute>>,
+    /// Accepted HTTPS listeners in name order, as of the last listener change.
+    tls_listeners: Vec<TlsListener>,
     /// Survives cluster changes (round-robin position); dropped when the cluster is removed.
     cluster_states: HashMap<String, Arc<ClusterState>>,
     clients: Arc<Clients>,
@@ -86,6 +155,9 @@ impl Compiler {
         Compiler {
             routes: HashMap::new(),
             clusters: HashMap::new(),
+            secrets: HashMap::new(),
+            route_certs: BTreeMap::new(),
+            tls_listeners: Vec::new(),
             cluster_states: HashMap::new(),
             clients: Arc::new(Clients::default()),
             index: IndexBuilder::default(),
@@ -93,24 +165,16 @@ impl Compiler {
         }
     }
 
-    pub fn validate_listener(&self, l: &pb::Listener) -> Result<(), String> {
-        if l.name.is_empty() {
-            return Err("name: empty".into());
-        }
-        if l.port == 0 || l.port > 65535 {
-            return Err(format!("port: {} is not in 1..=65535", l.port));
-        }
-        match pb::Protocol::try_from(l.protocol) {
-            Ok(pb::Protocol::Http) => {}
-            Ok(p) => {
-                return Err(format!(
-                    "protocol {} is not supported by this data plane yet",
-                    p.as_str_name()
-                ));
+    /// Validates a listener, including that its certificate Secrets exist and are TlsCertificates.
+    pub fn validate_listener(&self, l: &pb::Listener, resources: &Resources) -> Result<(), String> {
+        check_listener(l)?;
+        if let Some(t) = &l.tls {
+            for (i, name) in t.certificate_secrets.iter().enumerate() {
+                check_tls_secret(name, resources)
+                    .map_err(|e| format!("tls.certificate_secrets[{i}]: {e}"))?;
             }
-            Err(_) => return Err(format!("protocol: unknown value {}", l.protocol)),
         }
-        validate_hostname(&l.hostname).map_err(|e| format!("hostname: {e}"))
+        Ok(())
     }
 
     pub fn validate_cluster(&self, c: &pb::Cluster) -> Result<(), String> {
@@ -121,18 +185,25 @@ impl Compiler {
         if s.name.is_empty() {
             return Err("name: empty".into());
         }
-        if s.kind.is_none() {
-            return Err("kind: not set (tls_certificate, ca_bundle or opaque required)".into());
+        match &s.kind {
+            None => Err("kind: not set (tls_certificate, ca_bundle or opaque required)".into()),
+            Some(pb::secret::Kind::TlsCertificate(t)) => tls::load_certified_key(t).map(drop),
+            Some(pb::secret::Kind::CaBundle(ca)) => tls::validate_ca_bundle(ca),
+            Some(pb::secret::Kind::Opaque(_)) => Ok(()),
         }
-        Ok(())
     }
 
     pub fn validate_route(&self, r: &pb::Route, resources: &Resources) -> Result<(), String> {
         let compiled = CompiledRoute::compile(r)?;
+        // A listener that does not exist (yet) is fine: the route is placed when it appears.
         for (i, l) in r.listeners.iter().enumerate() {
-            if !resources.listeners.contains_key(l) {
-                return Err(format!("listeners[{i}]: listener {l:?} does not exist"));
+            if l.is_empty() {
+                return Err(format!("listeners[{i}]: empty"));
             }
+        }
+        if !r.certificate_secret.is_empty() {
+            check_tls_secret(&r.certificate_secret, resources)
+                .map_err(|e| format!("certificate_secret: {e}"))?;
         }
         if let Some(pb::route::Action::Forward(f)) = &r.action {
             for (i, b) in f.backends.iter().enumerate() {
@@ -155,15 +226,22 @@ impl Compiler {
             listeners: true,
             clusters: resources.clusters.keys().cloned().collect(),
             routes: resources.routes.keys().cloned().collect(),
+            secrets: resources.secrets.keys().cloned().collect(),
         };
         all.clusters.extend(self.clusters.keys().cloned());
         all.routes.extend(self.routes.keys().cloned());
+        all.secrets.extend(self.secrets.keys().cloned());
         self.compile_changes(resources, &all)
     }
 
     /// Builds the next snapshot when only the `changed` names differ from the previous compile:
     /// the cost follows the size of the change, not of the configuration (unchanged clusters
     /// and host tables are shared with the previous snapshot).
+    ///
+    /// Listeners on one port must share a protocol (HTTP or HTTPS): when they do not, the ones
+    /// after the first by name are left out with a warning. A certificate Secret that is missing
+    /// or invalid at compile time is skipped with a warning; a TLS port with no certificate left
+    /// refuses handshakes (fail closed).
     pub fn compile_changes(&mut self, resources: &Resources, changed: &Changed) -> Arc<Snapshot> {
         let mut clusters = self.last.clusters.clone();
         for name in &changed.clusters {
@@ -196,9 +274,39 @@ impl Compiler {
             }
         }
 
+        // Any certificate input changing rebuilds the (small) SNI indexes.
+        let mut tls_dirty = changed.listeners || !changed.secrets.is_empty();
+        for name in &changed.secrets {
+            let Some(pb_secret) = resources.secrets.get(name) else {
+                self.secrets.remove(name);
+                continue;
+            };
+            if self
+                .secrets
+                .get(name)
+                .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_secret))
+            {
+                continue;
+            }
+            let key = match &pb_secret.kind {
+                Some(pb::secret::Kind::TlsCertificate(t)) => match tls::load_certified_key(t) {
+                    Ok(k) => Some(Arc::new(k)),
+                    Err(error) => {
+                        tracing::warn!(secret = %name, %error, "certificate left out of snapshot");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            self.secrets.insert(name.clone(), (pb_secret.clone(), key));
+        }
+
         let mut upserted = Vec::new();
         let mut removed: Vec<Arc<str>> = Vec::new();
         for name in &changed.routes {
+            if self.route_certs.remove(name).is_some() {
+                tls_dirty = true;
+            }
             let Some(pb_route) = resources.routes.get(name) else {
                 if self.routes.remove(name).is_some() {
                     removed.push(Arc::from(name.as_str()));
@@ -210,11 +318,20 @@ impl Compiler {
                 .get(name)
                 .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_route))
             {
+                if let Some((_, r)) = self.routes.get(name)
+                    && r.certificate_secret.is_some()
+                {
+                    self.route_certs.insert(name.clone(), r.clone());
+                }
                 continue;
             }
             match CompiledRoute::compile(pb_route) {
                 Ok(r) => {
                     let r = Arc::new(r);
+                    if r.certificate_secret.is_some() {
+                        tls_dirty = true;
+                        self.route_certs.insert(name.clone(), r.clone());
+                    }
                     upserted.push(r.clone());
                     self.routes.insert(name.clone(), (pb_route.clone(), r));
                 }
@@ -230,19 +347,47 @@ impl Compiler {
         let (table, ports) = if changed.listeners {
             let mut listeners = Vec::with_capacity(resources.listeners.len());
             let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+            let mut protocols: HashMap<u16, i32> = HashMap::new();
+            self.tls_listeners.clear();
             for (name, l) in &resources.listeners {
-                if let Err(error) = self.validate_listener(l) {
+                // Secret references are not checked here: a missing certificate is skipped
+                // when the SNI index is built (fail closed), the listener still serves routes.
+                if let Err(error) = check_listener(l) {
                     tracing::warn!(listener = %name, %error, "listener left out of snapshot");
                     continue;
                 }
                 let Ok(port) = u16::try_from(l.port) else {
                     continue;
                 };
+                // One protocol per port. Validation sees one listener at a time and cannot
+                // refuse this reliably, so the later listener by name order is left out.
+                let first = *protocols.entry(port).or_insert(l.protocol);
+                if first != l.protocol {
+                    tracing::warn!(
+                        listener = %name,
+                        port,
+                        "another listener on this port has a different protocol; listener left out of snapshot"
+                    );
+                    continue;
+                }
                 ports.entry(port).or_default().push(name.clone());
+                let hostname = HostPattern::parse(&l.hostname);
+                if l.protocol == pb::Protocol::Https as i32 {
+                    self.tls_listeners.push(TlsListener {
+                        name: name.clone(),
+                        port,
+                        hostname: hostname.clone(),
+                        certificate_secrets: l
+                            .tls
+                            .as_ref()
+                            .map(|t| t.certificate_secrets.clone())
+                            .unwrap_or_default(),
+                    });
+                }
                 listeners.push(ListenerInfo {
                     name: name.clone(),
                     port,
-                    hostname: HostPattern::parse(&l.hostname),
+                    hostname,
                 });
             }
             // Listener changes can move every route: index them all (rare).
@@ -257,18 +402,91 @@ impl Compiler {
                 self.last.ports.clone(),
             )
         };
+        let tls = if tls_dirty {
+            Arc::new(self.build_sni_indexes())
+        } else {
+            self.last.tls.clone()
+        };
         self.last = Snapshot {
             table,
             clusters,
             ports,
+            tls,
             route_count: self.routes.len(),
         };
         Arc::new(Snapshot {
             table: self.last.table.clone(),
             clusters: self.last.clusters.clone(),
             ports: self.last.ports.clone(),
+            tls: self.last.tls.clone(),
             route_count: self.last.route_count,
         })
+    }
+
+    /// One SNI index per HTTPS port: route certificates under the hosts each route is reachable
+    /// by through that port's listeners (route name order), then listener certificates.
+    fn build_sni_indexes(&self) -> HashMap<u16, Arc<SniIndex>> {
+        let key = |secret: &str, owner: &str| {
+            let found = self.secrets.get(secret).and_then(|(_, k)| k.clone());
+            if found.is_none() {
+                tracing::warn!(%owner, %secret, "certificate secret missing or not a valid TlsCertificate; skipped");
+            }
+            found
+        };
+        let mut indexes: HashMap<u16, SniIndex> = HashMap::new();
+        for l in &self.tls_listeners {
+            indexes.entry(l.port).or_default();
+        }
+        for (name, route) in &self.route_certs {
+            let Some(secret) = &route.certificate_secret else {
+                continue;
+            };
+            let listeners = self
+                .tls_listeners
+                .iter()
+                .filter(|l| route.listeners.contains(&l.name));
+            let mut cert = None;
+            for l in listeners {
+                let Some(k) = cert.get_or_insert_with(|| key(secret, name)) else {
+                    break;
+                };
+                let Some(index) = indexes.get_mut(&l.port) else {
+                    continue;
+                };
+                if route.hostnames.is_empty() {
+                    index.add_route_cert(&l.hostname, k);
+                }
+                for h in route
+                    .hostnames
+                    .iter()
+                    .filter_map(|h| h.intersect(&l.hostname))
+                {
+                    index.add_route_cert(&h, k);
+                }
+            }
+        }
+        for l in &self.tls_listeners {
+            let certs = l
+                .certificate_secrets
+                .iter()
+                .filter_map(|s| key(s, &l.name))
+                .collect();
+            if let Some(index) = indexes.get_mut(&l.port) {
+                index.add_listener(l.hostname.clone(), certs);
+            }
+        }
+        indexes
+            .into_iter()
+            .map(|(port, index)| {
+                if index.is_empty() {
+                    tracing::warn!(
+                        port,
+                        "no usable certificate: TLS handshakes on this port are refused"
+                    );
+                }
+                (port, Arc::new(index))
+            })
+            .collect()
     }
 
     /// The compiled form of a route currently memoised (for tests and diagnostics).
@@ -280,6 +498,7 @@ impl Compiler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::test_certs::self_signed;
 
     fn resources() -> Resources {
         let mut res = Resources::default();
@@ -339,10 +558,15 @@ mod tests {
         let err = c.validate_route(&no_action, &res).unwrap_err();
         assert!(err.starts_with("action:"), "{err}");
 
+        // A listener that does not exist yet is accepted (placed when it appears); an empty
+        // name is not.
+        let mut later_listener = forward_route("r", "backend");
+        later_listener.listeners = vec!["http".into(), "not-yet".into()];
+        assert_eq!(c.validate_route(&later_listener, &res), Ok(()));
         let mut bad_listener = forward_route("r", "backend");
-        bad_listener.listeners = vec!["http".into(), "nope".into()];
+        bad_listener.listeners = vec!["http".into(), String::new()];
         let err = c.validate_route(&bad_listener, &res).unwrap_err();
-        assert!(err.starts_with("listeners[1]:"), "{err}");
+        assert_eq!(err, "listeners[1]: empty");
 
         let mut bad_status = forward_route("r", "backend");
         bad_status.action = Some(pb::route::Action::DirectResponse(pb::DirectResponse {
@@ -356,6 +580,7 @@ mod tests {
     #[test]
     fn validate_listener_and_secret() {
         let c = Compiler::new();
+        let res = resources();
         let mut l = pb::Listener {
             name: "l".into(),
             port: 80,
@@ -363,21 +588,29 @@ mod tests {
             hostname: "*.example.com".into(),
             ..Default::default()
         };
-        assert_eq!(c.validate_listener(&l), Ok(()));
+        assert_eq!(c.validate_listener(&l, &res), Ok(()));
         l.port = 0;
-        assert!(c.validate_listener(&l).unwrap_err().starts_with("port:"));
+        assert!(
+            c.validate_listener(&l, &res)
+                .unwrap_err()
+                .starts_with("port:")
+        );
         l.port = 70000;
-        assert!(c.validate_listener(&l).unwrap_err().starts_with("port:"));
+        assert!(
+            c.validate_listener(&l, &res)
+                .unwrap_err()
+                .starts_with("port:")
+        );
         l.port = 80;
         l.protocol = pb::Protocol::Tcp as i32;
         assert_eq!(
-            c.validate_listener(&l).unwrap_err(),
+            c.validate_listener(&l, &res).unwrap_err(),
             "protocol PROTOCOL_TCP is not supported by this data plane yet"
         );
         l.protocol = pb::Protocol::Http as i32;
         l.hostname = "bad host".into();
         assert!(
-            c.validate_listener(&l)
+            c.validate_listener(&l, &res)
                 .unwrap_err()
                 .starts_with("hostname:")
         );
@@ -386,6 +619,222 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate_secret(&s).unwrap_err().starts_with("kind:"));
+    }
+
+    fn tls_resources() -> Resources {
+        let mut res = resources();
+        for (name, host) in [("cert-a", "a.test"), ("cert-b", "b.test")] {
+            let secret = self_signed(&[host]).secret(name);
+            res.secrets.insert(name.into(), Arc::new(secret));
+        }
+        res.secrets.insert(
+            "opaque".into(),
+            Arc::new(pb::Secret {
+                name: "opaque".into(),
+                kind: Some(pb::secret::Kind::Opaque(pb::Opaque::default())),
+                ..Default::default()
+            }),
+        );
+        res
+    }
+
+    fn https_listener(name: &str, port: u32, secrets: &[&str]) -> pb::Listener {
+        pb::Listener {
+            name: name.into(),
+            port,
+            protocol: pb::Protocol::Https as i32,
+            tls: Some(pb::ListenerTls {
+                certificate_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn validate_tls_secrets_listeners_and_routes() {
+        let c = Compiler::new();
+        let res = tls_resources();
+        let a = self_signed(&["a.test"]);
+        let b = self_signed(&["b.test"]);
+        assert_eq!(c.validate_secret(&a.secret("s")), Ok(()));
+        let mut mismatched = a.secret("s");
+        if let Some(pb::secret::Kind::TlsCertificate(t)) = &mut mismatched.kind {
+            t.private_key = b.key_pem.clone().into_bytes();
+        }
+        let err = c.validate_secret(&mismatched).unwrap_err();
+        assert!(
+            err.starts_with("tls_certificate.private_key: does not match"),
+            "{err}"
+        );
+        let mut no_key = a.secret("s");
+        if let Some(pb::secret::Kind::TlsCertificate(t)) = &mut no_key.kind {
+            t.private_key.clear();
+        }
+        assert_eq!(
+            c.validate_secret(&no_key).unwrap_err(),
+            "tls_certificate.private_key: no private key found"
+        );
+        let bad_pem = pb::Secret {
+            name: "s".into(),
+            kind: Some(pb::secret::Kind::TlsCertificate(pb::TlsCertificate {
+                certificate_chain: b"not pem".to_vec(),
+                private_key: a.key_pem.clone().into_bytes(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.validate_secret(&bad_pem).unwrap_err(),
+            "tls_certificate.certificate_chain: no certificate found"
+        );
+        let empty_ca = pb::Secret {
+            name: "ca".into(),
+            kind: Some(pb::secret::Kind::CaBundle(pb::CaBundle::default())),
+            ..Default::default()
+        };
+        assert!(
+            c.validate_secret(&empty_ca)
+                .unwrap_err()
+                .starts_with("ca_bundle.pem:")
+        );
+        assert_eq!(c.validate_secret(&res.secrets["opaque"]), Ok(()));
+
+        let ok = https_listener("l", 443, &["cert-a", "cert-b"]);
+        assert_eq!(c.validate_listener(&ok, &res), Ok(()));
+        for (listener, want) in [
+            (https_listener("l", 443, &[]), "tls.certificate_secrets: "),
+            (
+                pb::Listener {
+                    tls: None,
+                    ..https_listener("l", 443, &[])
+                },
+                "tls.certificate_secrets: ",
+            ),
+            (
+                https_listener("l", 443, &["cert-a", "missing"]),
+                "tls.certificate_secrets[1]: secret \"missing\" does not exist",
+            ),
+            (
+                https_listener("l", 443, &["opaque"]),
+                "tls.certificate_secrets[0]: secret \"opaque\" is not a TlsCertificate",
+            ),
+        ] {
+            let err = c.validate_listener(&listener, &res).unwrap_err();
+            assert!(err.starts_with(want), "{err}");
+        }
+
+        let mut route = forward_route("r", "backend");
+        route.certificate_secret = "cert-a".into();
+        assert_eq!(c.validate_route(&route, &res), Ok(()));
+        route.certificate_secret = "opaque".into();
+        let err = c.validate_route(&route, &res).unwrap_err();
+        assert!(err.starts_with("certificate_secret: "), "{err}");
+        route.certificate_secret = "missing".into();
+        let err = c.validate_route(&route, &res).unwrap_err();
+        assert!(err.starts_with("certificate_secret: "), "{err}");
+    }
+
+    /// The subject name of the certificate `port` serves for `sni` ("-" when none).
+    fn served(snap: &Snapshot, port: u16, sni: Option<&str>) -> String {
+        let Some(key) = snap.tls(port).and_then(|i| i.resolve(sni)) else {
+            return "-".into();
+        };
+        let cert = rustls::pki_types::CertificateDer::from(key.cert[0].to_vec());
+        ["a.test", "b.test", "c.test", "a2.test"]
+            .into_iter()
+            .find(|n| {
+                let name = rustls::pki_types::ServerName::try_from(*n).unwrap();
+                webpki::EndEntityCert::try_from(&cert)
+                    .unwrap()
+                    .verify_is_valid_for_subject_name(&name)
+                    .is_ok()
+            })
+            .unwrap_or("?")
+            .into()
+    }
+
+    #[test]
+    fn compiles_sni_indexes_incrementally() {
+        let mut c = Compiler::new();
+        let mut res = tls_resources();
+        res.listeners.insert(
+            "https".into(),
+            Arc::new(https_listener(
+                "https",
+                8443,
+                &["missing", "cert-a", "cert-b"],
+            )),
+        );
+        // Same port, other protocol: left out (it sorts after "https").
+        res.add_http_listener("plain", 8443);
+        let c_cert = self_signed(&["c.test"]);
+        res.secrets
+            .insert("cert-c".into(), Arc::new(c_cert.secret("cert-c")));
+        let mut route = forward_route("r", "backend");
+        route.listeners = vec!["https".into(), "http".into()];
+        route.hostnames = vec!["*.example.com".into()];
+        route.certificate_secret = "cert-c".into();
+        res.routes.insert("r".into(), Arc::new(route));
+        let snap = c.compile(&res);
+        assert_eq!(
+            snap.ports().collect::<Vec<_>>(),
+            vec![
+                (8080, &["http".to_string()][..]),
+                (8443, &["https".to_string()][..])
+            ]
+        );
+        assert!(snap.tls(8080).is_none());
+        // The missing secret is skipped: cert-a is the default.
+        assert_eq!(served(&snap, 8443, None), "a.test");
+        assert_eq!(served(&snap, 8443, Some("b.test")), "b.test");
+        assert_eq!(served(&snap, 8443, Some("x.example.com")), "c.test");
+        assert_eq!(served(&snap, 8443, Some("other.test")), "a.test");
+
+        // Rotating a secret changes what is served without a listener or route change.
+        let a2 = self_signed(&["a.test", "a2.test"]);
+        res.secrets
+            .insert("cert-a".into(), Arc::new(a2.secret("cert-a")));
+        let changed = Changed {
+            secrets: ["cert-a".to_string()].into(),
+            ..Default::default()
+        };
+        let snap2 = c.compile_changes(&res, &changed);
+        let old = snap.tls(8443).and_then(|i| i.resolve(None)).unwrap();
+        let new = snap2.tls(8443).and_then(|i| i.resolve(None)).unwrap();
+        assert!(!Arc::ptr_eq(old, new));
+        assert_eq!(served(&snap2, 8443, Some("a2.test")), "a.test");
+        // The untouched certificate keeps its key.
+        let b_old = snap
+            .tls(8443)
+            .and_then(|i| i.resolve(Some("b.test")))
+            .unwrap();
+        let b_new = snap2
+            .tls(8443)
+            .and_then(|i| i.resolve(Some("b.test")))
+            .unwrap();
+        assert!(Arc::ptr_eq(b_old, b_new));
+
+        // Dropping the route's certificate falls back to the listener certificates.
+        let mut route = (*res.routes["r"]).clone();
+        route.certificate_secret.clear();
+        res.routes.insert("r".into(), Arc::new(route));
+        let changed = Changed {
+            routes: ["r".to_string()].into(),
+            ..Default::default()
+        };
+        let snap3 = c.compile_changes(&res, &changed);
+        assert_eq!(served(&snap3, 8443, Some("x.example.com")), "a.test");
+        // Removing every certificate secret leaves the port with no certificate (fail closed).
+        let changed = Changed {
+            secrets: ["cert-a".to_string(), "cert-b".to_string()].into(),
+            ..Default::default()
+        };
+        res.secrets.remove("cert-a");
+        res.secrets.remove("cert-b");
+        let snap4 = c.compile_changes(&res, &changed);
+        assert_eq!(served(&snap4, 8443, None), "-");
+        assert_eq!(served(&snap4, 8443, Some("b.test")), "-");
+        let full = Compiler::new().compile(&res);
+        assert_eq!(served(&full, 8443, Some("b.test")), "-");
     }
 
     /// Which route and cluster endpoint serve `path` on port 8080 (or "404").

@@ -49,11 +49,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
     }
 }
 
-/// Adds X-Forwarded-For (appended), X-Forwarded-Host, X-Forwarded-Proto and X-Real-IP.
+/// Adds X-Forwarded-For (appended), X-Forwarded-Host, X-Forwarded-Proto (`https` when the
+/// client connection is TLS) and X-Real-IP.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
     original_host: Option<HeaderValue>,
+    https: bool,
 ) {
     let ip = client_ip.to_string();
     let xff = {
@@ -80,7 +82,8 @@ pub fn add_forwarded(
     if let Some(host) = original_host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(&ip) {
         headers.insert(X_REAL_IP.clone(), v);
     }
@@ -130,6 +133,7 @@ mod tests {
             &mut h,
             IpAddr::from([10, 0, 0, 1]),
             Some(HeaderValue::from_static("a.com")),
+            false,
         );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-host"], "a.com");
@@ -138,7 +142,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
-        add_forwarded(&mut h, IpAddr::from([10, 0, 0, 1]), None);
+        add_forwarded(&mut h, IpAddr::from([10, 0, 0, 1]), None, true);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 }

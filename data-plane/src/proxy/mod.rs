@@ -9,6 +9,7 @@ pub use response::ProxyBody;
 use crate::router::host::request_host;
 use crate::router::{Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
 use crate::snapshot::Snapshot;
+use crate::tls::TlsConnection;
 use crate::upstream::client::Protocol;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
@@ -19,10 +20,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Serves one request on `snapshot` (loaded once by the caller and kept for the whole request).
+/// `tls` describes the client connection when it is TLS.
 pub async fn handle<B>(
     snapshot: Arc<Snapshot>,
     port: u16,
     client: SocketAddr,
+    tls: Option<&TlsConnection>,
     req: Request<B>,
 ) -> Response<ProxyBody>
 where
@@ -37,6 +40,11 @@ where
     let (route, target) = {
         let raw_host = request_host(req.uri(), req.headers());
         let host = NormalizedHost::new(&raw_host);
+        if let Some(tls) = tls
+            && !tls.serves(&snapshot, port, host.as_str())
+        {
+            return response::misdirected();
+        }
         let view = RequestView::new(&req, &host, client_ip);
         let entry = match index.lookup(&view) {
             Lookup::Matched(e) => e,
@@ -97,7 +105,12 @@ where
 
     let (mut parts, body) = req.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    headers::add_forwarded(&mut parts.headers, client_ip, target.original_host.clone());
+    headers::add_forwarded(
+        &mut parts.headers,
+        client_ip,
+        target.original_host.clone(),
+        tls.is_some(),
+    );
     if forward.preserve_host {
         // HTTP/2 clients send no Host header; carry their :authority as Host.
         if let Some(h) = target.original_host {
@@ -241,7 +254,7 @@ mod tests {
             req = req.header(*k, *v);
         }
         let body = Full::new(Bytes::new()).map_err(|never: Infallible| match never {});
-        handle(snap.clone(), PORT, client(), req.body(body).unwrap()).await
+        handle(snap.clone(), PORT, client(), None, req.body(body).unwrap()).await
     }
 
     async fn body(resp: Response<ProxyBody>) -> String {
@@ -343,6 +356,7 @@ mod tests {
             snap.clone(),
             PORT + 1,
             client(),
+            None,
             Request::new(Full::new(Bytes::new()).map_err(|never: Infallible| match never {})),
         )
         .await;

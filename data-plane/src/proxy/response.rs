@@ -30,6 +30,11 @@ pub fn not_found() -> Response<ProxyBody> {
     text(StatusCode::NOT_FOUND, "no route\n")
 }
 
+/// The request's host is served by another certificate than this TLS connection's (RFC 9110 §15.5.20).
+pub fn misdirected() -> Response<ProxyBody> {
+    text(StatusCode::MISDIRECTED_REQUEST, "misdirected request\n")
+}
+
 pub fn method_not_allowed(allow: Option<&HeaderValue>) -> Response<ProxyBody> {
     let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     if let Some(allow) = allow {

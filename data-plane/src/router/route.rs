@@ -18,6 +18,8 @@ pub struct CompiledRoute {
     pub listeners: Vec<String>,
     /// Empty means any host.
     pub hostnames: Vec<HostPattern>,
+    /// TlsCertificate Secret served for this route's hostnames on TLS listeners.
+    pub certificate_secret: Option<Arc<str>>,
     /// Never empty: a route without matches gets one match-everything entry.
     pub matches: Vec<CompiledMatch>,
     pub allowed_methods: Vec<Method>,
@@ -97,6 +99,8 @@ impl CompiledRoute {
             priority: r.priority,
             listeners: r.listeners.clone(),
             hostnames,
+            certificate_secret: (!r.certificate_secret.is_empty())
+                .then(|| r.certificate_secret.as_str().into()),
             matches,
             allowed_methods,
             allow,

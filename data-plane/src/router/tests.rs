@@ -470,3 +470,18 @@ fn incremental_index_matches_full_rebuild() {
     let t3 = builder.build(&[listener("other", 81, "")], &[mk("a", "z.com", "/a")]);
     assert_eq!(lookup(&t3, "z.com", "/a"), "404");
 }
+
+#[test]
+fn routes_on_missing_listeners_are_placed_when_they_appear() {
+    let mut r = route("r");
+    r.listeners = vec!["http".into(), "later".into()];
+    let compiled = vec![Arc::new(CompiledRoute::compile(&r).expect("valid route"))];
+    let mut builder = IndexBuilder::default();
+    let before = Table(builder.build(&[listener("http", 80, "")], &compiled));
+    assert_eq!(before.at("h", "/"), "r");
+    assert!(before.0.port(81).is_none());
+    let both = [listener("http", 80, ""), listener("later", 81, "")];
+    let after = Table(builder.build(&both, &compiled));
+    assert_eq!(after.at("h", "/"), "r");
+    assert_eq!(after.get(81, Method::GET, "h", "/", &[]), "r");
+}

@@ -142,7 +142,7 @@ impl ConfigState {
             LISTENER => {
                 let m: pb::Listener = decode(&any.value)?;
                 same_name(&m.name, &r.name)?;
-                self.compiler.validate_listener(&m)?;
+                self.compiler.validate_listener(&m, res)?;
                 res.listeners.insert(r.name.clone(), Arc::new(m));
             }
             ROUTE => {
@@ -184,7 +184,9 @@ impl Changed {
             ROUTE => {
                 self.routes.insert(name.to_string());
             }
-            // Secrets are not compiled into snapshots yet.
+            SECRET => {
+                self.secrets.insert(name.to_string());
+            }
             _ => {}
         }
     }
@@ -228,4 +230,71 @@ pub fn acknowledgement(
             .collect();
     }
     req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::test_certs::self_signed;
+    use sluice_proto::discovery::Resource;
+
+    fn response<M: Message>(type_url: &str, resources: &[(&str, M)]) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: type_url.into(),
+            resources: resources
+                .iter()
+                .map(|(name, m)| Resource {
+                    name: (*name).into(),
+                    version: "1".into(),
+                    resource: Some(prost_types::Any {
+                        type_url: type_url.into(),
+                        value: m.encode_to_vec(),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            nonce: "n".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secrets_are_recorded_and_checked_by_listeners() {
+        let mut state = ConfigState::new();
+        let cert = self_signed(&["a.test"]).secret("cert");
+        let applied = state.apply(&response(type_url::SECRET, &[("cert", cert)]));
+        assert!(applied.rejected.is_empty(), "{:?}", applied.rejected);
+        assert!(applied.changed.secrets.contains("cert"));
+        assert!(!applied.changed.is_empty());
+        state.compile(&applied.changed);
+
+        let https = |name: &str, secret: &str| pb::Listener {
+            name: name.into(),
+            port: 8443,
+            protocol: pb::Protocol::Https as i32,
+            tls: Some(pb::ListenerTls {
+                certificate_secrets: vec![secret.into()],
+            }),
+            ..Default::default()
+        };
+        let applied = state.apply(&response(
+            type_url::LISTENER,
+            &[("ok", https("ok", "cert")), ("bad", https("bad", "nope"))],
+        ));
+        assert_eq!(applied.rejected.len(), 1);
+        assert_eq!(applied.rejected[0].0, "bad");
+        assert!(
+            applied.rejected[0]
+                .1
+                .starts_with("tls.certificate_secrets[0]:"),
+            "{:?}",
+            applied.rejected
+        );
+        let snapshot = state.compile(&applied.changed);
+        assert!(
+            snapshot
+                .tls(8443)
+                .is_some_and(|i| i.resolve(None).is_some())
+        );
+    }
 }

@@ -1,0 +1,238 @@
+//! TLS termination through the real binary: certificates from Secret manifests chosen per
+//! handshake by SNI (gateway certificates and a route's own), ALPN h2, 421 for a Host another
+//! certificate serves, and live rotation of a Secret file with no restart.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key"))
+            .expect("ca cert");
+        Self { ca }
+    }
+
+    /// A leaf for `names`: (PEM chain, PEM key, DER leaf).
+    fn leaf(&self, names: &[&str]) -> (String, String, CertificateDer<'static>) {
+        let key = KeyPair::generate().expect("leaf key");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let cert = CertificateParams::new(names)
+            .expect("leaf params")
+            .signed_by(&key, &self.ca)
+            .expect("leaf cert");
+        (cert.pem(), key.serialize_pem(), cert.der().clone())
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("ca root");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+fn tls_secret(name: &str, (cert, key, _): &(String, String, CertificateDer<'static>)) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert),
+        indent(key)
+    )
+}
+
+async fn handshake(connector: &TlsConnector, port: u16, sni: &str) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from(sni.to_string()).expect("server name");
+    tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .unwrap_or_else(|e| panic!("handshake for {sni}: {e}"))
+}
+
+fn served_cert(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("certificates")[0]
+        .clone()
+}
+
+/// Sends requests for `hosts` on one HTTP/1.1 connection; returns (status, body) for each.
+async fn http1_requests(stream: TlsStream<TcpStream>, hosts: &[&str]) -> Vec<(u16, String)> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http1 handshake");
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for host in hosts {
+        let req = http::Request::get("/hello")
+            .header("host", *host)
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        out.push((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_by_sni_with_route_certificates_alpn_and_live_rotation() {
+    let pki = Pki::new();
+    let site = pki.leaf(&["site.test", "*.site.test"]);
+    let own = pki.leaf(&["own.test"]);
+    let (_echo, echo_port) = echo("backend");
+    let (http_port, https_port, admin) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("tls");
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  service: {{httpPort: {http_port}, httpsPort: {https_port}}}\n  server:\n    tls: [{{secretName: site}}]\n"
+        ),
+    );
+    dir.write("site.yaml", &tls_secret("site", &site));
+    dir.write("own.yaml", &tls_secret("own", &own));
+    dir.write(
+        "routes.yaml",
+        &format!(
+            "{}---\n{}",
+            route_yaml(
+                "site",
+                "gw",
+                "/",
+                echo_port,
+                "  hosts: [site.test, api.site.test]\n"
+            ),
+            route_yaml(
+                "own",
+                "gw",
+                "/",
+                echo_port,
+                "  hosts: [own.test]\n  tls: {secretName: own}\n"
+            )
+        ),
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", admin).await;
+    let h1 = pki.client(&[b"http/1.1"]);
+
+    // SNI picks the gateway certificate (exact and wildcard name) or the route's own.
+    let s = handshake(&h1, https_port, "site.test").await;
+    assert_eq!(served_cert(&s), site.2);
+    let replies = http1_requests(s, &["site.test", "api.site.test", "own.test"]).await;
+    assert_eq!(replies[0].0, 200, "{replies:?}");
+    let echoed: serde_json::Value = serde_json::from_str(&replies[0].1).expect("json");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(
+        replies[1].0, 200,
+        "same certificate serves api.site.test: {replies:?}"
+    );
+    assert_eq!(
+        replies[2].0, 421,
+        "own.test is served by another certificate: {replies:?}"
+    );
+    let s = handshake(&h1, https_port, "own.test").await;
+    assert_eq!(served_cert(&s), own.2);
+    assert_eq!(http1_requests(s, &["own.test"]).await[0].0, 200);
+
+    // ALPN h2.
+    let h2 = pki.client(&[b"h2", b"http/1.1"]);
+    let s = handshake(&h2, https_port, "api.site.test").await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(s),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get("https://api.site.test/h2")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, http::Version::HTTP_2)
+    );
+
+    // Plain HTTP still serves on the HTTP listener.
+    assert_eq!(
+        get(&client(), http_port, "site.test", "/").await.status,
+        200
+    );
+
+    // Rotation: a new certificate in the Secret file serves new handshakes; an open connection
+    // keeps working.
+    let open = handshake(&h1, https_port, "site.test").await;
+    let (mut open_sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(open))
+        .await
+        .expect("http1 handshake");
+    tokio::spawn(conn);
+    let rotated = pki.leaf(&["site.test", "*.site.test"]);
+    dir.write("site.yaml", &tls_secret("site", &rotated));
+    eventually(
+        "new handshakes get the rotated certificate",
+        Duration::from_secs(5),
+        || {
+            let h1 = h1.clone();
+            let want = rotated.2.clone();
+            async move { served_cert(&handshake(&h1, https_port, "site.test").await) == want }
+        },
+    )
+    .await;
+    let req = http::Request::get("/still-open")
+        .header("host", "site.test")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    assert_eq!(
+        open_sender
+            .send_request(req)
+            .await
+            .expect("response")
+            .status(),
+        200
+    );
+
+    // A broken rotation is rejected and the last good certificate keeps serving.
+    dir.write(
+        "site.yaml",
+        &tls_secret(
+            "site",
+            &(rotated.0.clone(), own.1.clone(), rotated.2.clone()),
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = handshake(&h1, https_port, "site.test").await;
+    assert_eq!(served_cert(&s), rotated.2);
+}
