@@ -465,6 +465,7 @@ fn cluster(name: String, source: &str, address: String, port: u16) -> pb::Cluste
             seconds: CONNECT_TIMEOUT_SECS,
             nanos: 0,
         }),
+        tls: None,
     }
 }
 
@@ -706,6 +707,7 @@ mod tests {
                     seconds: 5,
                     nanos: 0
                 }),
+                tls: None,
             }]
         );
         assert!(t.warnings.is_empty());
