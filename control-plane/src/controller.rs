@@ -242,10 +242,15 @@ impl Controller {
                             t.route.name.clone(),
                             &t.route,
                         ));
-                        let secrets = Some(t.route.certificate_secret.clone())
-                            .filter(|s| !s.is_empty())
-                            .into_iter()
-                            .collect();
+                        // The route's certificate and its clusters' TLS Secrets travel with it.
+                        let secrets =
+                            std::iter::once(&t.route.certificate_secret)
+                                .chain(t.clusters.iter().filter_map(|c| c.tls.as_ref()).flat_map(
+                                    |tls| [&tls.ca_secret, &tls.client_certificate_secret],
+                                ))
+                                .filter(|s| !s.is_empty())
+                                .cloned()
+                                .collect();
                         Contribution {
                             gateways: named,
                             resources,
@@ -508,5 +513,53 @@ mod tests {
             .gateway("default/tls")
             .read(|v| v.resources[2].keys().cloned().collect::<Vec<_>>());
         assert_eq!(listeners, ["http"]);
+    }
+
+    fn upstream_tls_route(security: &str) -> String {
+        format!(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Route\nmetadata: {{name: up}}\nspec:\n  gateways: [plain]\n  path: /\n  target: https://backend.test\n{security}"
+        )
+    }
+
+    #[test]
+    fn upstream_tls_secrets_follow_the_route() {
+        let views = Arc::new(Views::default());
+        let mut c = Controller::new(views.clone());
+        let all = format!(
+            "{GATEWAYS}{}apiVersion: v1\nkind: Secret\nmetadata: {{name: ca}}\nstringData: {{ca.crt: pem}}\n---\n{}",
+            secret("client", "c1"),
+            upstream_tls_route(
+                "  security: {tls: {rootCAsSecret: ca, clientCertSecret: client}}\n"
+            )
+        );
+        apply(&mut c, &all);
+        assert_eq!(
+            secrets(&views, "default/plain").keys().collect::<Vec<_>>(),
+            ["default/ca", "default/client"]
+        );
+        assert!(!secrets(&views, "default/tls").contains_key("default/ca"));
+
+        // Rotating the CA reaches the gateway.
+        let before = secrets(&views, "default/plain");
+        apply(
+            &mut c,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: ca}\nstringData: {ca.crt: other}\n",
+        );
+        assert_ne!(
+            secrets(&views, "default/plain")["default/ca"],
+            before["default/ca"]
+        );
+
+        // Only the CA stays referenced; then nothing is.
+        apply(
+            &mut c,
+            &upstream_tls_route("  security: {tls: {rootCAsSecret: ca}}\n"),
+        );
+        assert_eq!(
+            secrets(&views, "default/plain").keys().collect::<Vec<_>>(),
+            ["default/ca"]
+        );
+        apply(&mut c, &upstream_tls_route(""));
+        assert!(secrets(&views, "default/plain").is_empty());
     }
 }

@@ -1,8 +1,9 @@
 //! Goma Gateway objects to config resources: a Gateway becomes its listeners, a Route one
 //! `Route` resource plus one `Cluster` per backend.
 //!
-//! Anything this version cannot enforce (middlewares, exploit protection, TLS) fails closed: the
-//! route is refused with an error naming the field rather than served without it.
+//! Anything this version cannot enforce (middlewares, exploit protection) fails closed: the route
+//! is refused with an error naming the field rather than served without it. `https://` backends
+//! become TLS clusters; `spec.security.tls` sets how they are verified and authenticated.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -183,6 +184,7 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
     });
 
     fail_closed(spec, &mut errors);
+    let upstream_tls = upstream_tls(ns, spec, &mut errors);
 
     if spec.health_check.is_some() {
         warnings.push(
@@ -212,13 +214,13 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
         (Some(target), true) => {
             let cluster_name = cluster_resource_name(ns, name, 0);
             match parse_endpoint(target) {
-                Ok((address, port)) => (
+                Ok(endpoint) => (
                     vec![pb::WeightedBackend {
                         cluster: cluster_name.clone(),
                         weight: 1,
                         ..Default::default()
                     }],
-                    vec![cluster(cluster_name, &source, address, port)],
+                    vec![cluster(cluster_name, &source, endpoint, &upstream_tls)],
                 ),
                 Err(reason) => {
                     errors.push("spec.target", reason);
@@ -231,10 +233,16 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
             name,
             &source,
             &spec.backends,
+            &upstream_tls,
             &mut errors,
             &mut warnings,
         ),
     };
+    if spec.security.tls.is_some() && !clusters.iter().any(|c| c.tls.is_some()) {
+        warnings.push(
+            "spec.security.tls is set but no backend uses https://; it has no effect".to_owned(),
+        );
+    }
 
     let action = match maintenance {
         Some(m) => {
@@ -316,16 +324,36 @@ fn fail_closed(spec: &goma::RouteSpec, errors: &mut Errors) {
             "exploit protection is not supported yet; refusing to serve the route without it",
         );
     }
-    if spec.security.tls.is_some() {
-        errors.push_fail_closed(
-            "spec.security.tls",
-            "upstream TLS is not supported yet (it arrives with the data-plane TLS work); refusing to serve the route",
-        );
-    }
     if let Some(tls) = &spec.tls
         && tls.secret_name.is_empty()
     {
         errors.push("spec.tls.secretName", "required when spec.tls is set");
+    }
+}
+
+/// The TLS settings `spec.security.tls` gives every https backend of the route (server names are
+/// filled in per backend). Each setting works on its own (unlike Goma, where rootCAs needed a
+/// client certificate too).
+fn upstream_tls(ns: &str, spec: &goma::RouteSpec, errors: &mut Errors) -> pb::UpstreamTls {
+    let Some(tls) = &spec.security.tls else {
+        return pb::UpstreamTls::default();
+    };
+    let mut secret = |field: &str, value: &Option<String>| match value.as_deref() {
+        None => String::new(),
+        Some(v) if v.trim().is_empty() || v.contains('/') => {
+            errors.push(
+                format!("spec.security.tls.{field}"),
+                format!("{v:?} is not a Secret name in the route's namespace"),
+            );
+            String::new()
+        }
+        Some(v) => secret_resource_name(ns, v.trim()),
+    };
+    pb::UpstreamTls {
+        server_name: String::new(),
+        ca_secret: secret("rootCAsSecret", &tls.root_cas_secret),
+        client_certificate_secret: secret("clientCertSecret", &tls.client_cert_secret),
+        insecure_skip_verify: tls.insecure_skip_verify,
     }
 }
 
@@ -334,6 +362,7 @@ fn translate_backends(
     name: &str,
     source: &str,
     backends: &[goma::Backend],
+    upstream_tls: &pb::UpstreamTls,
     errors: &mut Errors,
     warnings: &mut Vec<String>,
 ) -> (Vec<pb::WeightedBackend>, Vec<pb::Cluster>) {
@@ -344,9 +373,12 @@ fn translate_backends(
     for (i, backend) in backends.iter().enumerate() {
         let cluster_name = cluster_resource_name(ns, name, i);
         match parse_endpoint(&backend.endpoint) {
-            Ok((address, port)) => {
-                clusters.push(cluster(cluster_name.clone(), source, address, port))
-            }
+            Ok(endpoint) => clusters.push(cluster(
+                cluster_name.clone(),
+                source,
+                endpoint,
+                upstream_tls,
+            )),
             Err(reason) => errors.push(format!("spec.backends[{i}].endpoint"), reason),
         }
         let mut matches = Vec::new();
@@ -450,13 +482,38 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn cluster(name: String, source: &str, address: String, port: u16) -> pb::Cluster {
+/// A backend URL, parsed.
+struct ParsedEndpoint {
+    /// An IP (IPv6 without brackets) or a lowercased DNS name.
+    address: String,
+    port: u16,
+    https: bool,
+}
+
+/// `tls` is the route's upstream TLS template, used when the endpoint is https.
+fn cluster(
+    name: String,
+    source: &str,
+    endpoint: ParsedEndpoint,
+    tls: &pb::UpstreamTls,
+) -> pb::Cluster {
+    let tls = endpoint.https.then(|| pb::UpstreamTls {
+        // The certificate is checked against the DNS name; for an IP the data plane uses it.
+        server_name: if is_dns_name(&endpoint.address)
+            && endpoint.address.parse::<Ipv4Addr>().is_err()
+        {
+            endpoint.address.clone()
+        } else {
+            String::new()
+        },
+        ..tls.clone()
+    });
     pb::Cluster {
         name,
         source: source.to_owned(),
         endpoints: vec![pb::Endpoint {
-            address,
-            port: u32::from(port),
+            address: endpoint.address,
+            port: u32::from(endpoint.port),
             weight: 1,
         }],
         lb_policy: pb::LbPolicy::RoundRobin as i32,
@@ -465,7 +522,7 @@ fn cluster(name: String, source: &str, address: String, port: u16) -> pb::Cluste
             seconds: CONNECT_TIMEOUT_SECS,
             nanos: 0,
         }),
-        tls: None,
+        tls,
     }
 }
 
@@ -533,27 +590,22 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-/// `http://host[:port][/]` to (address, port). The address is an IP (IPv6 without brackets) or a
-/// lowercased DNS name.
-fn parse_endpoint(url: &str) -> Result<(String, u16), String> {
+/// `http[s]://host[:port][/]`; the port defaults to 80 (http) or 443 (https).
+fn parse_endpoint(url: &str) -> Result<ParsedEndpoint, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!(
-            "{url:?} is not a URL (expected http://host[:port])"
+            "{url:?} is not a URL (expected http[s]://host[:port])"
         ));
     };
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err(
-                "https upstreams are not supported yet (upstream TLS arrives with the data-plane TLS work)".to_owned(),
-            );
-        }
+    let https = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
         other => {
             return Err(format!(
-                "unsupported scheme {other:?} (expected http://host[:port])"
+                "unsupported scheme {other:?} (expected http[s]://host[:port])"
             ));
         }
-    }
+    };
     if url.contains(char::is_whitespace) {
         return Err(format!("{url:?} must not contain spaces"));
     }
@@ -607,13 +659,18 @@ fn parse_endpoint(url: &str) -> Result<(String, u16), String> {
         return Err(format!("{url:?}: {host:?} is not a valid host"));
     }
     let port = match port {
+        None if https => 443,
         None => 80,
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p != 0 => p,
             _ => return Err(format!("{url:?}: {p:?} is not a port (1-65535)")),
         },
     };
-    Ok((host, port))
+    Ok(ParsedEndpoint {
+        address: host,
+        port,
+        https,
+    })
 }
 
 #[cfg(test)]
@@ -949,11 +1006,10 @@ mod tests {
         assert_eq!(endpoint("http://10.0.0.1:9000/"), ("10.0.0.1".into(), 9000));
         assert_eq!(endpoint("HTTP://[::1]:8080"), ("::1".into(), 8080));
         assert_eq!(endpoint("http://[fe80::1]"), ("fe80::1".into(), 80));
+        assert_eq!(endpoint("https://Backend.NS"), ("backend.ns".into(), 443));
+        assert_eq!(endpoint("https://10.0.0.1:8443"), ("10.0.0.1".into(), 8443));
         for (url, reason) in [
-            (
-                "https://a",
-                "https upstreams are not supported yet (upstream TLS arrives with the data-plane TLS work)",
-            ),
+            ("https://a/v1", "use spec.rewrite"),
             ("http://a/v1", "use spec.rewrite"),
             ("http://a?x=1", "query string"),
             ("http://a#f", "fragment"),
@@ -972,11 +1028,97 @@ mod tests {
             assert!(e.contains(reason), "{url}: {e}");
         }
         let e = err(&format!(
-            "{BASE}  backends: [{{endpoint: http://ok}}, {{endpoint: 'https://b'}}]\n"
+            "{BASE}  backends: [{{endpoint: http://ok}}, {{endpoint: 'https://b:0'}}]\n"
         ));
         assert!(
-            e.starts_with("Route default/api: spec.backends[1].endpoint: https upstreams"),
+            e.starts_with("Route default/api: spec.backends[1].endpoint: "),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn https_backends_become_tls_clusters() {
+        let t = ok(&format!("{BASE}  target: https://API.example.com\n"));
+        assert_eq!(
+            t.clusters[0].tls,
+            Some(pb::UpstreamTls {
+                server_name: "api.example.com".into(),
+                ..Default::default()
+            })
+        );
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        // An IP is not a server name: the data plane verifies the IP itself.
+        for url in ["https://127.0.0.1:8443", "https://[::1]"] {
+            let t = ok(&format!("{BASE}  target: '{url}'\n"));
+            assert_eq!(t.clusters[0].tls, Some(pb::UpstreamTls::default()), "{url}");
+        }
+        assert_eq!(
+            ok(&format!("{BASE}  target: http://a\n")).clusters[0].tls,
+            None
+        );
+    }
+
+    #[test]
+    fn security_tls_applies_to_https_backends() {
+        let t = ok(&format!(
+            "{BASE}  backends: [{{endpoint: 'https://a'}}, {{endpoint: 'http://b'}}]\n  security: {{tls: {{rootCAsSecret: ca, clientCertSecret: client, insecureSkipVerify: true}}}}\n"
+        ));
+        assert_eq!(
+            t.clusters[0].tls,
+            Some(pb::UpstreamTls {
+                server_name: "a".into(),
+                ca_secret: "default/ca".into(),
+                client_certificate_secret: "default/client".into(),
+                insecure_skip_verify: true,
+            })
+        );
+        assert_eq!(t.clusters[1].tls, None);
+        // Each setting works alone (Goma ignored rootCAs without a client certificate).
+        let t = ok(&format!(
+            "{BASE}  target: https://a\n  security: {{tls: {{rootCAsSecret: ca}}}}\n"
+        ));
+        let tls = t.clusters[0].tls.clone().expect("tls");
+        assert_eq!(
+            (
+                tls.ca_secret.as_str(),
+                tls.client_certificate_secret.as_str()
+            ),
+            ("default/ca", "")
+        );
+        assert!(!tls.insecure_skip_verify);
+        let t = ok(&format!(
+            "{BASE}  target: https://a\n  security: {{tls: {{clientCertSecret: c}}}}\n"
+        ));
+        let tls = t.clusters[0].tls.clone().expect("tls");
+        assert_eq!(
+            (
+                tls.ca_secret.as_str(),
+                tls.client_certificate_secret.as_str()
+            ),
+            ("", "default/c")
+        );
+    }
+
+    #[test]
+    fn security_tls_without_https_backend_warns_and_bad_names_fail() {
+        let t = ok(&format!(
+            "{BASE}  target: http://a\n  security: {{tls: {{rootCAsSecret: ca}}}}\n"
+        ));
+        assert_eq!(t.clusters[0].tls, None);
+        assert_eq!(t.warnings.len(), 1);
+        assert!(t.warnings[0].starts_with("spec.security.tls is set but no backend uses https://"));
+        let e = translate_route(&route(&format!(
+            "{BASE}  target: https://a\n  security: {{tls: {{rootCAsSecret: '', clientCertSecret: other/c}}}}\n"
+        )))
+        .expect_err("bad names");
+        assert!(!e.fails_closed());
+        let fields: Vec<&str> = e.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.security.tls.rootCAsSecret",
+                "spec.security.tls.clientCertSecret"
+            ]
         );
     }
 
@@ -1096,10 +1238,6 @@ mod tests {
                 "  security: {enableExploitProtection: true}\n",
                 "spec.security.enableExploitProtection: ",
             ),
-            (
-                "  security: {tls: {insecureSkipVerify: true}}\n",
-                "spec.security.tls: upstream TLS is not supported yet",
-            ),
         ] {
             let error = translate_route(&route(&format!("{BASE}  target: http://a\n{extra}")))
                 .expect_err(field);
@@ -1112,7 +1250,7 @@ mod tests {
             );
         }
         let plain =
-            translate_route(&route(&format!("{BASE}  target: https://a\n"))).expect_err("https");
+            translate_route(&route(&format!("{BASE}  target: https://a:0\n"))).expect_err("port");
         assert!(!plain.fails_closed());
     }
 
@@ -1137,8 +1275,10 @@ mod tests {
 
     #[test]
     fn all_field_errors_are_collected() {
-        let error = translate_route(&route("  path: x\n  target: https://a\n  hosts: ['a:1']\n"))
-            .expect_err("bad");
+        let error = translate_route(&route(
+            "  path: x\n  target: https://a:0\n  hosts: ['a:1']\n",
+        ))
+        .expect_err("bad");
         let fields: Vec<&str> = error.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,

@@ -1,5 +1,7 @@
-//! Kubernetes Secrets to Secret resources: `kubernetes.io/tls` becomes a TlsCertificate, a Secret
-//! holding only `ca.crt` a CaBundle, anything else Opaque data. Pure: no I/O.
+//! Kubernetes Secrets to Secret resources: `kubernetes.io/tls` becomes a TlsCertificate, any other
+//! Secret with a `ca.crt` key a CaBundle (the form `spec.security.tls.rootCAsSecret` needs; other
+//! keys are dropped), anything else Opaque data. A `kubernetes.io/tls` Secret's `ca.crt` is not
+//! usable as a CA bundle: put the CA in an Opaque Secret. Pure: no I/O.
 
 use super::{Errors, TranslateError};
 use crate::model::ObjectKey;
@@ -39,9 +41,7 @@ pub fn translate_secret(
             certificate_chain,
             private_key,
         })
-    } else if data.len() == 1
-        && let Some(ca) = data.get("ca.crt")
-    {
+    } else if let Some(ca) = data.get("ca.crt") {
         pb::secret::Kind::CaBundle(pb::CaBundle { pem: ca.clone() })
     } else {
         pb::secret::Kind::Opaque(pb::Opaque { data })
@@ -126,6 +126,23 @@ mod tests {
     fn ca_bundle_and_opaque() {
         let ca = translate_secret(&key(), &json!({"stringData": {"ca.crt": "PEM"}})).unwrap();
         assert!(matches!(ca.kind, Some(pb::secret::Kind::CaBundle(_))));
+        // Extra keys (as cert-manager writes them) do not hide the CA.
+        let ca = translate_secret(
+            &key(),
+            &json!({"type": "Opaque", "stringData": {"ca.crt": "PEM", "note": "x"}}),
+        )
+        .unwrap();
+        assert_eq!(
+            ca.kind,
+            Some(pb::secret::Kind::CaBundle(pb::CaBundle {
+                pem: b"PEM".to_vec()
+            }))
+        );
+        let tls = json!({"type": "kubernetes.io/tls", "stringData": {"tls.crt": "C", "tls.key": "K", "ca.crt": "PEM"}});
+        assert!(matches!(
+            translate_secret(&key(), &tls).unwrap().kind,
+            Some(pb::secret::Kind::TlsCertificate(_))
+        ));
         let opaque =
             translate_secret(&key(), &json!({"stringData": {"user": "a", "pass": "b"}})).unwrap();
         let Some(pb::secret::Kind::Opaque(o)) = opaque.kind else {
