@@ -177,8 +177,10 @@ impl Compiler {
         Ok(())
     }
 
-    pub fn validate_cluster(&self, c: &pb::Cluster) -> Result<(), String> {
-        cluster::validate(c)
+    /// Validates a cluster, including that its TLS Secrets exist with the right kinds.
+    pub fn validate_cluster(&self, c: &pb::Cluster, resources: &Resources) -> Result<(), String> {
+        cluster::validate(c)?;
+        cluster::tls_inputs(c, &resources.secrets).map(drop)
     }
 
     pub fn validate_secret(&self, s: &pb::Secret) -> Result<(), String> {
@@ -244,7 +246,24 @@ impl Compiler {
     /// refuses handshakes (fail closed).
     pub fn compile_changes(&mut self, resources: &Resources, changed: &Changed) -> Arc<Snapshot> {
         let mut clusters = self.last.clusters.clone();
-        for name in &changed.clusters {
+        // A changed Secret recompiles the TLS clusters that use it (a rotated CA or client
+        // certificate needs a new client config); unchanged clusters are skipped below.
+        let mut cluster_names: Vec<String> = Vec::new();
+        if !changed.secrets.is_empty() {
+            cluster_names.extend(
+                self.clusters
+                    .iter()
+                    .filter(|(_, (pb_cluster, _))| {
+                        pb_cluster.tls.as_ref().is_some_and(|t| {
+                            changed.secrets.contains(&t.ca_secret)
+                                || changed.secrets.contains(&t.client_certificate_secret)
+                        })
+                    })
+                    .filter(|(name, _)| !changed.clusters.contains(*name))
+                    .map(|(name, _)| name.clone()),
+            );
+        }
+        for name in changed.clusters.iter().chain(&cluster_names) {
             let key: Arc<str> = Arc::from(name.as_str());
             let Some(pb_cluster) = resources.clusters.get(name) else {
                 self.clusters.remove(name);
@@ -252,15 +271,29 @@ impl Compiler {
                 Arc::make_mut(&mut clusters).remove(&key);
                 continue;
             };
-            if self
+            let tls = match cluster::tls_inputs(pb_cluster, &resources.secrets) {
+                Ok(tls) => tls,
+                Err(error) => {
+                    // A Secret went away under the cluster: fail closed, never downgrade.
+                    tracing::warn!(cluster = %name, %error, "cluster left out of snapshot");
+                    self.clusters.remove(name);
+                    Arc::make_mut(&mut clusters).remove(&key);
+                    continue;
+                }
+            };
+            let previous = self
                 .clusters
                 .get(name)
-                .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_cluster))
+                .map(|(old, c)| (old.clone(), c.clone()));
+            if previous
+                .as_ref()
+                .is_some_and(|(old, c)| Arc::ptr_eq(old, pb_cluster) && c.tls == tls)
             {
                 continue;
             }
             let state = self.cluster_states.entry(name.clone()).or_default().clone();
-            match CompiledCluster::compile(pb_cluster, state, &self.clients) {
+            let previous = previous.as_ref().map(|(_, c)| &**c);
+            match CompiledCluster::compile(pb_cluster, state, &self.clients, tls, previous) {
                 Ok(c) => {
                     let c = Arc::new(c);
                     Arc::make_mut(&mut clusters).insert(key, c.clone());
@@ -991,5 +1024,116 @@ mod tests {
         assert_eq!(snap.route_count(), 0);
         assert_eq!(snap.ports().count(), 1);
         assert_eq!(Snapshot::empty().route_count(), 0);
+    }
+
+    fn tls_cluster(ca: &str, client: &str) -> pb::Cluster {
+        pb::Cluster {
+            name: "up".into(),
+            endpoints: vec![pb::Endpoint {
+                address: "127.0.0.1".into(),
+                port: 8443,
+                weight: 1,
+            }],
+            tls: Some(pb::UpstreamTls {
+                ca_secret: ca.into(),
+                client_certificate_secret: client.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn ca_secret(name: &str) -> Arc<pb::Secret> {
+        Arc::new(pb::Secret {
+            name: name.into(),
+            kind: Some(pb::secret::Kind::CaBundle(pb::CaBundle {
+                pem: self_signed(&["ca"]).cert_pem.into_bytes(),
+            })),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn validate_cluster_tls_secrets() {
+        let c = Compiler::new();
+        let mut res = tls_resources();
+        res.secrets.insert("ca".into(), ca_secret("ca"));
+        assert_eq!(
+            c.validate_cluster(&tls_cluster("ca", "cert-a"), &res),
+            Ok(())
+        );
+        assert_eq!(c.validate_cluster(&tls_cluster("", ""), &res), Ok(()));
+        for (cluster, error) in [
+            (
+                tls_cluster("missing", ""),
+                "tls.ca_secret: secret \"missing\" does not exist",
+            ),
+            (
+                tls_cluster("cert-a", ""),
+                "tls.ca_secret: secret \"cert-a\" is not a CaBundle",
+            ),
+            (
+                tls_cluster("ca", "missing"),
+                "tls.client_certificate_secret: secret \"missing\" does not exist",
+            ),
+            (
+                tls_cluster("", "opaque"),
+                "tls.client_certificate_secret: secret \"opaque\" is not a TlsCertificate",
+            ),
+        ] {
+            assert_eq!(c.validate_cluster(&cluster, &res).unwrap_err(), error);
+        }
+        let mut bad_name = tls_cluster("", "");
+        if let Some(t) = &mut bad_name.tls {
+            t.server_name = "bad name".into();
+        }
+        assert!(
+            c.validate_cluster(&bad_name, &res)
+                .unwrap_err()
+                .starts_with("tls.server_name: ")
+        );
+    }
+
+    #[test]
+    fn tls_clusters_follow_their_secrets() {
+        let mut c = Compiler::new();
+        let mut res = resources();
+        res.secrets.insert("ca".into(), ca_secret("ca"));
+        res.clusters
+            .insert("up".into(), Arc::new(tls_cluster("ca", "")));
+        let snap = c.compile(&res);
+        let first = snap.cluster("up").expect("compiled").clone();
+        assert_eq!(first.scheme, http::uri::Scheme::HTTPS);
+        assert_eq!(
+            snap.cluster("backend").expect("plain").scheme,
+            http::uri::Scheme::HTTP
+        );
+
+        // Another Secret changing leaves the cluster (and its client) as it was.
+        res.secrets.insert("other".into(), ca_secret("other"));
+        let changed = Changed {
+            secrets: ["other".to_string()].into(),
+            ..Changed::default()
+        };
+        let snap = c.compile_changes(&res, &changed);
+        assert!(Arc::ptr_eq(snap.cluster("up").expect("kept"), &first));
+
+        // Rotating the CA recompiles it with the new bundle.
+        let rotated = ca_secret("ca");
+        res.secrets.insert("ca".into(), rotated.clone());
+        let changed = Changed {
+            secrets: ["ca".to_string()].into(),
+            ..Changed::default()
+        };
+        let snap = c.compile_changes(&res, &changed);
+        let second = snap.cluster("up").expect("recompiled");
+        assert!(!Arc::ptr_eq(second, &first));
+        let ca = second.tls.as_ref().and_then(|t| t.ca.as_ref()).expect("ca");
+        assert!(Arc::ptr_eq(ca, &rotated));
+
+        // The CA disappearing takes the cluster out (fail closed, never plaintext).
+        res.secrets.remove("ca");
+        let snap = c.compile_changes(&res, &changed);
+        assert!(snap.cluster("up").is_none());
     }
 }

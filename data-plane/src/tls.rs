@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 /// The one crypto provider: ring, never a process default (keeps aws-lc out of the build).
-static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+pub(crate) static PROVIDER: LazyLock<Arc<CryptoProvider>> =
     LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
 
 /// Parses a TlsCertificate Secret into a signing key with its chain. Checks that the chain holds at

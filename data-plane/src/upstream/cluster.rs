@@ -1,10 +1,13 @@
 //! Compiled clusters and endpoint selection (weighted round robin, random).
 
-use super::client::{Clients, DEFAULT_CONNECT_TIMEOUT, HttpClient, Protocol};
+use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, HttpClient, Protocol};
+use super::connector::parse_server_name;
+use super::tls::{Alpn, TlsInputs, client_config};
 use crate::router::route::to_duration;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use sluice_proto::config as pb;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,6 +43,8 @@ pub struct CompiledCluster {
     pub scheme: Scheme,
     pub connect_timeout: Duration,
     pub client: HttpClient,
+    /// What the TLS client was built from (None: plaintext); equal inputs keep the client.
+    pub tls: Option<TlsInputs>,
     pub state: Arc<ClusterState>,
 }
 
@@ -50,6 +55,7 @@ impl std::fmt::Debug for CompiledCluster {
             .field("endpoints", &self.endpoints)
             .field("lb", &self.lb)
             .field("protocol", &self.protocol)
+            .field("tls", &self.tls.as_ref().map(|t| &t.settings))
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +75,48 @@ pub fn validate(c: &pb::Cluster) -> Result<(), String> {
     for (i, e) in c.endpoints.iter().enumerate() {
         endpoint(e).map_err(|err| format!("endpoints[{i}].{err}"))?;
     }
+    if let Some(t) = &c.tls
+        && !t.server_name.is_empty()
+    {
+        parse_server_name(&t.server_name).map_err(|e| format!("tls.server_name: {e}"))?;
+    }
     Ok(())
+}
+
+/// The TLS inputs of `c` with its Secrets resolved in `secrets`; None for a plaintext cluster.
+/// `ca_secret` must name a CaBundle and `client_certificate_secret` a TlsCertificate.
+pub fn tls_inputs(
+    c: &pb::Cluster,
+    secrets: &BTreeMap<String, Arc<pb::Secret>>,
+) -> Result<Option<TlsInputs>, String> {
+    let Some(settings) = &c.tls else {
+        return Ok(None);
+    };
+    let lookup = |field: &str, name: &str, ca: bool| -> Result<Option<Arc<pb::Secret>>, String> {
+        if name.is_empty() {
+            return Ok(None);
+        }
+        let secret = secrets
+            .get(name)
+            .ok_or_else(|| format!("tls.{field}: secret {name:?} does not exist"))?;
+        match (&secret.kind, ca) {
+            (Some(pb::secret::Kind::CaBundle(_)), true)
+            | (Some(pb::secret::Kind::TlsCertificate(_)), false) => Ok(Some(secret.clone())),
+            (_, true) => Err(format!("tls.{field}: secret {name:?} is not a CaBundle")),
+            (_, false) => Err(format!(
+                "tls.{field}: secret {name:?} is not a TlsCertificate"
+            )),
+        }
+    };
+    Ok(Some(TlsInputs {
+        settings: settings.clone(),
+        ca: lookup("ca_secret", &settings.ca_secret, true)?,
+        client_certificate: lookup(
+            "client_certificate_secret",
+            &settings.client_certificate_secret,
+            false,
+        )?,
+    }))
 }
 
 fn endpoint(e: &pb::Endpoint) -> Result<Endpoint, String> {
@@ -104,11 +151,15 @@ fn endpoint(e: &pb::Endpoint) -> Result<Endpoint, String> {
 }
 
 impl CompiledCluster {
-    /// Compiles a validated cluster; `state` carries the round-robin position across versions.
+    /// Compiles a validated cluster; `state` carries the round-robin position across versions,
+    /// `tls` comes from [`tls_inputs`], and `previous` (the last compiled version) lends its TLS
+    /// client when nothing it was built from changed, so its pooled connections survive.
     pub fn compile(
         c: &pb::Cluster,
         state: Arc<ClusterState>,
         clients: &Clients,
+        tls: Option<TlsInputs>,
+        previous: Option<&CompiledCluster>,
     ) -> Result<Self, String> {
         validate(c)?;
         let endpoints = c
@@ -139,15 +190,51 @@ impl CompiledCluster {
         } else {
             connect_timeout
         };
+        let name: Arc<str> = c.name.as_str().into();
+        let (scheme, client) = match &tls {
+            None => (Scheme::HTTP, clients.get(protocol, connect_timeout)),
+            Some(inputs) => {
+                let kept = previous
+                    .filter(|p| {
+                        p.protocol == protocol
+                            && p.connect_timeout == connect_timeout
+                            && p.tls.as_ref() == Some(inputs)
+                    })
+                    .map(|p| p.client.clone());
+                let client = match kept {
+                    Some(client) => client,
+                    None => {
+                        if inputs.settings.insecure_skip_verify {
+                            tracing::warn!(cluster = %name, "upstream TLS certificate verification is off (insecure_skip_verify)");
+                        }
+                        // H2C over TLS is HTTP/2 negotiated by ALPN.
+                        let alpn = match protocol {
+                            Protocol::Http1 => Alpn::Http1,
+                            Protocol::H2c => Alpn::H2,
+                        };
+                        let config = client_config(inputs, alpn)?;
+                        client::tls_client(
+                            protocol,
+                            connect_timeout,
+                            config,
+                            &inputs.settings.server_name,
+                            name.clone(),
+                        )?
+                    }
+                };
+                (Scheme::HTTPS, client)
+            }
+        };
         Ok(CompiledCluster {
-            name: c.name.as_str().into(),
+            name,
             endpoints,
             cumulative,
             lb,
             protocol,
-            scheme: Scheme::HTTP,
+            scheme,
             connect_timeout,
-            client: clients.get(protocol, connect_timeout),
+            client,
+            tls,
             state,
         })
     }
@@ -216,14 +303,14 @@ mod tests {
         let clients = Clients::default();
         let state = Arc::new(ClusterState::default());
         let pb = cluster(&[("a", 80, 3), ("b", 80, 0)], pb::LbPolicy::RoundRobin);
-        let c = CompiledCluster::compile(&pb, state.clone(), &clients).unwrap();
+        let c = CompiledCluster::compile(&pb, state.clone(), &clients, None, None).unwrap();
         let picks: Vec<_> = (0..3)
             .map(|_| c.pick().unwrap().authority.host().to_string())
             .collect();
         assert_eq!(picks, ["a", "a", "a"]);
         // A recompile with the same state continues the rotation instead of restarting it;
         // weight 0 counts as 1.
-        let c2 = CompiledCluster::compile(&pb, state, &clients).unwrap();
+        let c2 = CompiledCluster::compile(&pb, state, &clients, None, None).unwrap();
         assert_eq!(c2.pick().unwrap().authority.host(), "b");
         assert_eq!(c2.pick().unwrap().authority.host(), "a");
         assert_eq!(c2.endpoints[0].authority.as_str(), "a:80");
@@ -231,6 +318,8 @@ mod tests {
             &cluster(&[], pb::LbPolicy::Random),
             Arc::default(),
             &clients,
+            None,
+            None,
         )
         .unwrap();
         assert!(empty.pick().is_none());
@@ -243,6 +332,8 @@ mod tests {
             &cluster(&[("a", 80, 1), ("b", 80, 1)], pb::LbPolicy::Random),
             Arc::default(),
             &clients,
+            None,
+            None,
         )
         .unwrap();
         let a = (0..1000)

@@ -1,7 +1,10 @@
-//! Upstream side: compiled clusters, endpoint selection and the shared pooled HTTP clients.
+//! Upstream side: compiled clusters, endpoint selection, the pooled HTTP clients and their
+//! (optionally TLS) connector.
 
 pub mod client;
 pub mod cluster;
+pub mod connector;
+pub mod tls;
 
 pub use client::{Clients, HttpClient, UpstreamBody};
 pub use cluster::{ClusterState, CompiledCluster};

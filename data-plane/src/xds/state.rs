@@ -136,7 +136,7 @@ impl ConfigState {
             CLUSTER => {
                 let m: pb::Cluster = decode(&any.value)?;
                 same_name(&m.name, &r.name)?;
-                self.compiler.validate_cluster(&m)?;
+                self.compiler.validate_cluster(&m, res)?;
                 res.clusters.insert(r.name.clone(), Arc::new(m));
             }
             LISTENER => {

@@ -1,0 +1,202 @@
+//! The upstream connector: hyper-util's `HttpConnector` for TCP, then a rustls handshake when the
+//! cluster uses TLS. One type for both, so every cluster's client has the same type.
+
+use hyper::Uri;
+use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an upstream connection could not be set up. hyper reports it as a connect error (502).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("tcp connect: {0}")]
+    Tcp(#[source] BoxError),
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] io::Error),
+}
+
+#[derive(Clone)]
+pub struct UpstreamConnector {
+    http: HttpConnector,
+    tls: Option<Arc<TlsConnect>>,
+}
+
+/// The TLS half of a connector: one per TLS cluster configuration.
+struct TlsConnect {
+    connector: TlsConnector,
+    /// Fixed SNI; None uses each endpoint's host.
+    server_name: Option<ServerName<'static>>,
+    /// For logs.
+    cluster: Arc<str>,
+}
+
+impl UpstreamConnector {
+    pub fn plain(http: HttpConnector) -> Self {
+        Self { http, tls: None }
+    }
+
+    /// TLS over `http`; `server_name` empty means each endpoint's host. Errors when the name is
+    /// not a DNS name or IP address.
+    pub fn tls(
+        mut http: HttpConnector,
+        config: ClientConfig,
+        server_name: &str,
+        cluster: Arc<str>,
+    ) -> Result<Self, ConnectError> {
+        // The request URIs of TLS clusters are https://; the TCP part is the same.
+        http.enforce_http(false);
+        let server_name = if server_name.is_empty() {
+            None
+        } else {
+            Some(parse_server_name(server_name)?)
+        };
+        Ok(Self {
+            http,
+            tls: Some(Arc::new(TlsConnect {
+                connector: TlsConnector::from(Arc::new(config)),
+                server_name,
+                cluster,
+            })),
+        })
+    }
+}
+
+pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, ConnectError> {
+    // IPv6 hosts come bracketed from URIs.
+    let bare = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    ServerName::try_from(bare.to_owned()).map_err(|_| ConnectError::ServerName(name.to_owned()))
+}
+
+impl tower_service::Service<Uri> for UpstreamConnector {
+    type Response = UpstreamStream;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<Uri>::poll_ready(&mut self.http, cx)
+            .map_err(|e| ConnectError::Tcp(e.into()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let host = uri.host().unwrap_or_default().to_owned();
+        let connecting = tower_service::Service::<Uri>::call(&mut self.http, uri);
+        Box::pin(async move {
+            let tcp = connecting.await.map_err(|e| ConnectError::Tcp(e.into()))?;
+            let Some(tls) = tls else {
+                return Ok(UpstreamStream::Plain(tcp));
+            };
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => parse_server_name(&host)?,
+            };
+            match tls.connector.connect(name, tcp.into_inner()).await {
+                Ok(stream) => Ok(UpstreamStream::Tls(Box::new(TokioIo::new(stream)))),
+                Err(error) => {
+                    // hyper's connect error hides the cause; say it here.
+                    tracing::warn!(cluster = %tls.cluster, %host, %error, "upstream TLS handshake failed");
+                    Err(ConnectError::Handshake(error))
+                }
+            }
+        })
+    }
+}
+
+/// A plain or TLS upstream connection.
+pub enum UpstreamStream {
+    Plain(TokioIo<TcpStream>),
+    /// Boxed: the TLS session state is large, plaintext connections should not pay for it.
+    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Plain(s) => s.connected(),
+            Self::Tls(s) => {
+                let (tcp, session) = s.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
+    }
+}
+
+impl Read for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl Write for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+}
