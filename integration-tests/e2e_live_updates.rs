@@ -328,3 +328,57 @@ async fn sigterm_stops_each_process_cleanly_and_the_data_plane_outlives_the_cont
     );
     assert!(dp.log().contains("shutting down"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_every_in_flight_request() {
+    let (_a, port_a) = echo("a");
+    let gw_port = free_port();
+    let admin = free_port();
+    let xds = free_port();
+    let dir = TempDir::new("drain");
+    dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
+    dir.write("svc.yaml", &route_yaml("svc", "gw", "/svc", port_a, ""));
+    let _cp = control_plane(dir.path(), xds, &[]);
+    let dp = data_plane("default/gw", xds, admin, &[], &[]);
+    wait_ready(admin).await;
+
+    // Slow requests in flight on their own connections (HTTP/1.1) and multiplexed on one HTTP/2
+    // connection, then SIGTERM.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut in_flight = Vec::new();
+    for i in 0..8 {
+        let h2 = h2.clone();
+        in_flight.push(tokio::spawn(async move {
+            let delay = [("x-echo-delay-ms", "600")];
+            if i % 2 == 0 {
+                request(&client(), "GET", gw_port, "x", "/svc", &delay).await
+            } else {
+                request(&h2, "GET", gw_port, "x", "/svc", &delay).await
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiter = tokio::task::spawn_blocking(move || {
+        let mut dp = dp;
+        let status = dp.terminate(Duration::from_secs(15));
+        (status, dp.log())
+    });
+    for (i, r) in in_flight.into_iter().enumerate() {
+        let r = r
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("in-flight request {i} failed: {e}"));
+        assert_eq!((r.status, r.backend().as_str()), (200, "a"), "request {i}");
+    }
+    let (status, log) = waiter.await.unwrap();
+    assert!(status.success(), "data plane exit {status:?}\n{log}");
+    assert!(log.contains("shutting down"), "{log}");
+    // It no longer accepts connections.
+    assert!(
+        request(&client(), "GET", gw_port, "x", "/svc", &[])
+            .await
+            .is_err()
+    );
+}
