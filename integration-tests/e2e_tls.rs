@@ -100,6 +100,8 @@ async fn http1_requests(stream: TlsStream<TcpStream>, hosts: &[&str]) -> Vec<(u1
             .header("host", *host)
             .body(Empty::<Bytes>::new())
             .expect("request");
+        // An HTTP/1 connection takes the next request only once the previous one is done.
+        sender.ready().await.expect("connection ready");
         let resp = sender.send_request(req).await.expect("response");
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.expect("body").to_bytes();

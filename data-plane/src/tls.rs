@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sluice_proto::config as pb;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 /// The one crypto provider: ring, never a process default (keeps aws-lc out of the build).
 pub(crate) static PROVIDER: LazyLock<Arc<CryptoProvider>> =
@@ -208,6 +208,10 @@ pub struct TlsConnection {
     sni: Option<Box<str>>,
     /// The certificate this connection negotiated (resolved right after the handshake).
     negotiated: Option<Arc<CertifiedKey>>,
+    /// The first Host approved on this connection that is not its SNI. The negotiated
+    /// certificate never changes, so the verdict holds for the connection's life; this spares
+    /// the certificate-name check on every request of clients that connect by IP (no SNI).
+    approved: OnceLock<Box<str>>,
 }
 
 impl TlsConnection {
@@ -218,7 +222,11 @@ impl TlsConnection {
             .tls(port)
             .and_then(|index| index.resolve(sni.as_deref()))
             .cloned();
-        TlsConnection { sni, negotiated }
+        TlsConnection {
+            sni,
+            negotiated,
+            approved: OnceLock::new(),
+        }
     }
 
     /// Whether a request for the normalised `host` may be served on this connection: the
@@ -228,7 +236,10 @@ impl TlsConnection {
     /// rotation, when their negotiated key is no longer the current one.
     pub fn serves(&self, snapshot: &Snapshot, port: u16, host: &str) -> bool {
         // No host (HTTP/1.0) names nothing another certificate could serve.
-        if host.is_empty() || self.sni.as_deref() == Some(host) {
+        if host.is_empty()
+            || self.sni.as_deref() == Some(host)
+            || self.approved.get().is_some_and(|h| **h == *host)
+        {
             return true;
         }
         let Some(index) = snapshot.tls(port) else {
@@ -237,12 +248,17 @@ impl TlsConnection {
         let Some(wanted) = index.resolve(Some(host)) else {
             return false;
         };
-        self.negotiated
+        let serves = self
+            .negotiated
             .as_ref()
             .is_some_and(|k| Arc::ptr_eq(k, wanted))
             || index
                 .resolve(self.sni.as_deref())
-                .is_some_and(|k| Arc::ptr_eq(k, wanted))
+                .is_some_and(|k| Arc::ptr_eq(k, wanted));
+        if serves {
+            let _ = self.approved.set(host.into());
+        }
+        serves
     }
 }
 
