@@ -563,55 +563,15 @@ mod tests {
     mod tls {
         use super::*;
         use crate::tls::test_certs::{TestCert, self_signed};
-        use rustls::client::danger::{
-            HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-        };
+        use crate::upstream::tls::AcceptAnyCertificate;
+        use rustls::ClientConfig;
         use rustls::crypto::CryptoProvider;
-        use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-        use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+        use rustls::pki_types::{CertificateDer, ServerName};
         use tokio_rustls::TlsConnector;
         use tokio_rustls::client::TlsStream;
 
         fn provider() -> Arc<CryptoProvider> {
             Arc::new(rustls::crypto::ring::default_provider())
-        }
-
-        /// Accepts any server certificate (to see which one an unknown name gets).
-        #[derive(Debug)]
-        struct AcceptAny(Arc<CryptoProvider>);
-
-        impl ServerCertVerifier for AcceptAny {
-            fn verify_server_cert(
-                &self,
-                _: &CertificateDer<'_>,
-                _: &[CertificateDer<'_>],
-                _: &ServerName<'_>,
-                _: &[u8],
-                _: UnixTime,
-            ) -> Result<ServerCertVerified, rustls::Error> {
-                Ok(ServerCertVerified::assertion())
-            }
-            fn verify_tls12_signature(
-                &self,
-                message: &[u8],
-                cert: &CertificateDer<'_>,
-                dss: &DigitallySignedStruct,
-            ) -> Result<HandshakeSignatureValid, rustls::Error> {
-                let algs = &self.0.signature_verification_algorithms;
-                rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
-            }
-            fn verify_tls13_signature(
-                &self,
-                message: &[u8],
-                cert: &CertificateDer<'_>,
-                dss: &DigitallySignedStruct,
-            ) -> Result<HandshakeSignatureValid, rustls::Error> {
-                let algs = &self.0.signature_verification_algorithms;
-                rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
-            }
-            fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-                self.0.signature_verification_algorithms.supported_schemes()
-            }
         }
 
         /// A fresh client config each time, so no session is resumed across handshakes.
@@ -629,7 +589,7 @@ mod tests {
                 }
                 None => builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAny(provider())))
+                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate))
                     .with_no_client_auth(),
             };
             config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

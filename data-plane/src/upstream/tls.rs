@@ -125,7 +125,7 @@ impl ResolvesClientCert for ClientCertificate {
 /// `insecure_skip_verify`: trusts any certificate, but the handshake signatures are still
 /// verified against it.
 #[derive(Debug)]
-struct AcceptAnyCertificate;
+pub(crate) struct AcceptAnyCertificate;
 
 impl ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
