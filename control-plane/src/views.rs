@@ -127,8 +127,6 @@ impl ViewChanges {
 pub struct Views {
     gateways: RwLock<HashMap<String, Arc<GatewayView>>>,
     ready: watch::Sender<bool>,
-    /// Bumped whenever any view changes (inspection watchers listen to it).
-    any_change: watch::Sender<u64>,
 }
 
 impl Default for Views {
@@ -136,7 +134,6 @@ impl Default for Views {
         Self {
             gateways: RwLock::new(HashMap::new()),
             ready: watch::channel(false).0,
-            any_change: watch::channel(0).0,
         }
     }
 }
@@ -172,7 +169,6 @@ impl Views {
             return;
         }
         self.gateway(id).apply(changes);
-        self.any_change.send_modify(|n| *n += 1);
     }
 
     pub fn ids(&self) -> Vec<String> {
@@ -201,10 +197,6 @@ impl Views {
         let mut rx = self.ready.subscribe();
         // The sender lives as long as `self`, so this only ends when ready.
         let _ = rx.wait_for(|r| *r).await;
-    }
-
-    pub fn subscribe_any(&self) -> watch::Receiver<u64> {
-        self.any_change.subscribe()
     }
 }
 
