@@ -58,6 +58,8 @@ pub fn add_forwarded(
     https: bool,
 ) {
     let ip = client_ip.to_string();
+    // One header value serves X-Real-IP and, when the client sent none, X-Forwarded-For.
+    let ip_value = HeaderValue::from_str(&ip).ok();
     let xff = {
         let mut previous = headers
             .get_all(&X_FORWARDED_FOR)
@@ -65,7 +67,7 @@ pub fn add_forwarded(
             .filter_map(|v| v.to_str().ok())
             .peekable();
         if previous.peek().is_none() {
-            HeaderValue::from_str(&ip)
+            ip_value.clone()
         } else {
             let mut joined = String::with_capacity(64);
             for v in previous {
@@ -73,10 +75,10 @@ pub fn add_forwarded(
                 joined.push_str(", ");
             }
             joined.push_str(&ip);
-            HeaderValue::from_str(&joined)
+            HeaderValue::from_str(&joined).ok()
         }
     };
-    if let Ok(v) = xff {
+    if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if let Some(host) = original_host {
@@ -84,7 +86,7 @@ pub fn add_forwarded(
     }
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(&ip) {
+    if let Some(v) = ip_value {
         headers.insert(X_REAL_IP.clone(), v);
     }
 }
