@@ -1,15 +1,16 @@
 //! Goma Gateway objects to config resources: a Gateway becomes its listeners, a Route one
 //! `Route` resource plus one `Cluster` per backend.
 //!
-//! Anything this version cannot enforce (middlewares, exploit protection) fails closed: the route
+//! Anything this version cannot enforce (middlewares) fails closed: the route
 //! is refused with an error naming the field rather than served without it. `https://` backends
 //! become TLS clusters; `spec.security.tls` sets how they are verified and authenticated.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use sluice_proto::config as pb;
 
-use super::{Errors, TranslateError};
+use super::{Errors, TranslateError, parse_go_duration, pb_duration};
 use crate::model::goma::{self, MatchOperator, MatchSource};
 use crate::model::{Kind, ObjectKey};
 
@@ -81,6 +82,7 @@ pub fn translate_gateway(
     if spec.cert_manager.is_some() {
         warnings.push("spec.certManager: ACME certificates are not issued yet".to_owned());
     }
+    let http = http_settings(&spec.server, &mut errors);
     errors.into_result(&source)?;
 
     let mut listeners = vec![pb::Listener {
@@ -90,6 +92,7 @@ pub fn translate_gateway(
         hostname: String::new(),
         source: source.clone(),
         tls: None,
+        http: Some(http.clone()),
     }];
     if !spec.server.tls.is_empty() {
         let ns = &gw.metadata.namespace;
@@ -107,9 +110,96 @@ pub fn translate_gateway(
                     .map(|t| secret_resource_name(ns, &t.secret_name))
                     .collect(),
             }),
+            http: Some(http),
         });
     }
     Ok((listeners, warnings))
+}
+
+/// `spec.server` timeouts (seconds, 0 = none), metrics endpoint and upstream networking.
+fn http_settings(server: &goma::ServerSpec, errors: &mut Errors) -> pb::HttpSettings {
+    let mut seconds = |field: &str, value: Option<i64>| {
+        let v = value?;
+        match u64::try_from(v) {
+            Ok(secs) => Some(pb_duration(Duration::from_secs(secs))),
+            Err(_) => {
+                errors.push(
+                    format!("spec.server.timeouts.{field}"),
+                    format!("{v} must not be negative"),
+                );
+                None
+            }
+        }
+    };
+    let timeouts = server.timeouts.clone().unwrap_or_default();
+    let read_timeout = seconds("read", timeouts.read);
+    let write_timeout = seconds("write", timeouts.write);
+    let idle_timeout = seconds("idle", timeouts.idle);
+
+    let metrics = server
+        .monitoring
+        .as_ref()
+        .filter(|m| m.enable_metrics)
+        .map(|m| {
+            let path = m.metrics_path.clone().unwrap_or_else(|| "/metrics".into());
+            if !path.starts_with('/') {
+                errors.push(
+                    "spec.server.monitoring.metricsPath",
+                    format!("{path:?} must start with \"/\""),
+                );
+            }
+            let host = match m.host.as_deref().map(str::trim) {
+                None | Some("") => String::new(),
+                Some(h) => normalize_host(h).unwrap_or_else(|reason| {
+                    errors.push("spec.server.monitoring.host", reason);
+                    String::new()
+                }),
+            };
+            pb::MetricsEndpoint { path, host }
+        });
+
+    let networking = server.networking.clone().unwrap_or_default();
+    let transport = networking.transport.unwrap_or_default();
+    let mut count = |field: &str, value: Option<i64>| match value {
+        None => 0,
+        Some(v) => u32::try_from(v).unwrap_or_else(|_| {
+            errors.push(
+                format!("spec.server.networking.transport.{field}"),
+                format!("{v} is not a count (0-4294967295)"),
+            );
+            0
+        }),
+    };
+    let pool = pb::ConnectionPool {
+        max_connections_per_endpoint: count("maxConnsPerHost", transport.max_conns_per_host),
+        max_idle_per_endpoint: count("maxIdleConnsPerHost", transport.max_idle_conns_per_host),
+        idle_timeout: None,
+    };
+    let dns_ttl =
+        networking
+            .dns_cache
+            .and_then(|d| d.ttl)
+            .and_then(|ttl| match u64::try_from(ttl) {
+                Ok(secs) => Some(pb_duration(Duration::from_secs(secs))),
+                Err(_) => {
+                    errors.push(
+                        "spec.server.networking.dnsCache.ttl",
+                        format!("{ttl} must not be negative"),
+                    );
+                    None
+                }
+            });
+    pb::HttpSettings {
+        read_timeout,
+        write_timeout,
+        idle_timeout,
+        trusted_proxies: Vec::new(),
+        metrics,
+        upstream_defaults: Some(pb::UpstreamDefaults {
+            pool: Some(pool),
+            dns_ttl,
+        }),
+    }
 }
 
 /// `<ns>/<name>`: the Secret resource name of a Kubernetes Secret.
@@ -185,13 +275,10 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
 
     fail_closed(spec, &mut errors);
     let upstream_tls = upstream_tls(ns, spec, &mut errors);
-
-    if spec.health_check.is_some() {
-        warnings.push(
-            "spec.healthCheck is accepted but active health checks are not performed yet"
-                .to_owned(),
-        );
-    }
+    let health_check = spec
+        .health_check
+        .as_ref()
+        .and_then(|hc| health_check(hc, &mut errors));
 
     let maintenance = spec.maintenance.as_ref().filter(|m| m.enabled);
     let (backends, clusters) = match (&spec.target, spec.backends.is_empty()) {
@@ -272,6 +359,8 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
             path_rewrite,
             preserve_host: spec.security.forward_host_headers,
             timeout: None,
+            backend_timeout: None,
+            retry: None,
         }),
     };
     errors.into_result(&source)?;
@@ -281,6 +370,12 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
         Vec::new()
     } else {
         clusters
+            .into_iter()
+            .map(|c| pb::Cluster {
+                health_check: health_check.clone(),
+                ..c
+            })
+            .collect()
     };
     let route = pb::Route {
         name: route_resource_name(ns, name),
@@ -301,6 +396,8 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
         }],
         priority: spec.priority,
         allowed_methods,
+        disable_metrics: spec.disable_metrics,
+        exploit_protection: spec.security.enable_exploit_protection,
         action: Some(action),
     };
     Ok(Some(TranslatedRoute {
@@ -316,12 +413,6 @@ fn fail_closed(spec: &goma::RouteSpec, errors: &mut Errors) {
         errors.push_fail_closed(
             "spec.middlewares",
             "middlewares are not enforced by this version; refusing to serve the route without them",
-        );
-    }
-    if spec.security.enable_exploit_protection {
-        errors.push_fail_closed(
-            "spec.security.enableExploitProtection",
-            "exploit protection is not supported yet; refusing to serve the route without it",
         );
     }
     if let Some(tls) = &spec.tls
@@ -523,7 +614,62 @@ fn cluster(
             nanos: 0,
         }),
         tls,
+        health_check: None,
+        outlier_detection: None,
+        pool: None,
     }
+}
+
+/// Goma has no thresholds (one result flips the state); these damp flapping.
+const HEALTHY_THRESHOLD: u32 = 1;
+const UNHEALTHY_THRESHOLD: u32 = 3;
+
+/// `spec.healthCheck`: interval defaults to 30s and timeout to 5s (Goma: no timeout at all).
+fn health_check(hc: &goma::HealthCheck, errors: &mut Errors) -> Option<pb::HealthCheck> {
+    let mut ok = true;
+    if !hc.path.starts_with('/') {
+        errors.push(
+            "spec.healthCheck.path",
+            format!("{:?} must be a path starting with \"/\"", hc.path),
+        );
+        ok = false;
+    }
+    let mut duration = |field: &str, value: &Option<String>, default: u64| match value {
+        None => Some(pb_duration(Duration::from_secs(default))),
+        Some(text) => match parse_go_duration(text) {
+            Ok(d) if !d.is_zero() => Some(pb_duration(d)),
+            Ok(_) => {
+                errors.push(format!("spec.healthCheck.{field}"), "must be more than 0");
+                None
+            }
+            Err(reason) => {
+                errors.push(format!("spec.healthCheck.{field}"), reason);
+                None
+            }
+        },
+    };
+    let interval = duration("interval", &hc.interval, 30);
+    let timeout = duration("timeout", &hc.timeout, 5);
+    for (i, status) in hc.healthy_statuses.iter().enumerate() {
+        if !(100..=599).contains(status) {
+            errors.push(
+                format!("spec.healthCheck.healthyStatuses[{i}]"),
+                format!("{status} is not an HTTP status (100-599)"),
+            );
+            ok = false;
+        }
+    }
+    if !ok || interval.is_none() || timeout.is_none() {
+        return None;
+    }
+    Some(pb::HealthCheck {
+        path: hc.path.clone(),
+        interval,
+        timeout,
+        healthy_statuses: hc.healthy_statuses.iter().map(|s| u32::from(*s)).collect(),
+        healthy_threshold: HEALTHY_THRESHOLD,
+        unhealthy_threshold: UNHEALTHY_THRESHOLD,
+    })
 }
 
 /// `/api/` -> `/api`; `/` stays.
@@ -744,8 +890,9 @@ mod tests {
                     }],
                     path_rewrite: None,
                     preserve_host: true,
-                    timeout: None,
+                    ..Default::default()
                 })),
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -764,6 +911,9 @@ mod tests {
                     seconds: 5,
                     nanos: 0
                 }),
+                health_check: None,
+                outlier_detection: None,
+                pool: None,
                 tls: None,
             }]
         );
@@ -815,10 +965,97 @@ mod tests {
             t.clusters[2].endpoints[0].address,
             "api-canary.default.svc.cluster.local"
         );
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        // The route's health check probes every backend.
+        for c in &t.clusters {
+            assert_eq!(
+                c.health_check,
+                Some(pb::HealthCheck {
+                    path: "/healthz".into(),
+                    interval: Some(pb_duration(Duration::from_secs(15))),
+                    timeout: Some(pb_duration(Duration::from_secs(3))),
+                    healthy_statuses: vec![200, 204],
+                    healthy_threshold: 1,
+                    unhealthy_threshold: 3,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn health_check_fields_are_checked() {
+        let e = translate_route(&route(&format!(
+            "{BASE}  target: http://a\n  healthCheck: {{path: health, interval: 10x, timeout: 0s, healthyStatuses: [200, 700]}}\n"
+        )))
+        .expect_err("invalid health check")
+        .to_string();
+        for field in [
+            "spec.healthCheck.path: \"health\" must be a path",
+            "spec.healthCheck.interval: \"10x\": unknown unit",
+            "spec.healthCheck.timeout: must be more than 0",
+            "spec.healthCheck.healthyStatuses[1]: 700 is not an HTTP status",
+        ] {
+            assert!(e.contains(field), "{field} in {e}");
+        }
+    }
+
+    #[test]
+    fn route_security_flags_reach_the_route() {
+        let t = translate_route(&route(&format!(
+            "{BASE}  target: http://a\n  disableMetrics: true\n  security: {{enableExploitProtection: true}}\n"
+        )))
+        .expect("ok")
+        .expect("enabled");
+        assert!(t.route.disable_metrics);
+        assert!(t.route.exploit_protection);
+    }
+
+    #[test]
+    fn gateway_server_settings() {
+        let (listeners, _) = translate_gateway(&gateway(
+            "  server:\n    timeouts: {read: 10, write: 0, idle: 120}\n    monitoring: {enableMetrics: true, host: Metrics.Example.com}\n    networking: {dnsCache: {ttl: 60}, transport: {maxConnsPerHost: 64, maxIdleConnsPerHost: 8}}\n",
+        ))
+        .expect("ok");
+        let http = listeners[0].http.clone().expect("http settings");
         assert_eq!(
-            t.warnings,
-            ["spec.healthCheck is accepted but active health checks are not performed yet"]
+            http.read_timeout,
+            Some(pb_duration(Duration::from_secs(10)))
         );
+        assert_eq!(http.write_timeout, Some(pb_duration(Duration::ZERO)));
+        assert_eq!(
+            http.idle_timeout,
+            Some(pb_duration(Duration::from_secs(120)))
+        );
+        assert_eq!(
+            http.metrics,
+            Some(pb::MetricsEndpoint {
+                path: "/metrics".into(),
+                host: "metrics.example.com".into()
+            })
+        );
+        let upstream = http.upstream_defaults.expect("defaults");
+        assert_eq!(upstream.dns_ttl, Some(pb_duration(Duration::from_secs(60))));
+        assert_eq!(
+            upstream.pool,
+            Some(pb::ConnectionPool {
+                max_connections_per_endpoint: 64,
+                max_idle_per_endpoint: 8,
+                idle_timeout: None
+            })
+        );
+
+        let e = translate_gateway(&gateway(
+            "  server:\n    timeouts: {read: -1}\n    monitoring: {enableMetrics: true, metricsPath: metrics}\n    networking: {transport: {maxConnsPerHost: -2}}\n",
+        ))
+        .expect_err("invalid settings")
+        .to_string();
+        for field in [
+            "spec.server.timeouts.read: -1 must not be negative",
+            "spec.server.monitoring.metricsPath: \"metrics\" must start with",
+            "spec.server.networking.transport.maxConnsPerHost: -2 is not a count",
+        ] {
+            assert!(e.contains(field), "{field} in {e}");
+        }
     }
 
     #[test]
@@ -1229,26 +1466,17 @@ mod tests {
 
     #[test]
     fn unenforceable_protection_fails_closed() {
-        for (extra, field) in [
-            (
-                "  middlewares: [auth]\n",
-                "spec.middlewares: middlewares are not enforced by this version",
+        let error = translate_route(&route(&format!(
+            "{BASE}  target: http://a\n  middlewares: [auth]\n"
+        )))
+        .expect_err("middlewares");
+        assert!(error.fails_closed(), "{error}");
+        assert!(
+            error.to_string().starts_with(
+                "Route default/api: spec.middlewares: middlewares are not enforced by this version"
             ),
-            (
-                "  security: {enableExploitProtection: true}\n",
-                "spec.security.enableExploitProtection: ",
-            ),
-        ] {
-            let error = translate_route(&route(&format!("{BASE}  target: http://a\n{extra}")))
-                .expect_err(field);
-            assert!(error.fails_closed(), "{error}");
-            assert!(
-                error
-                    .to_string()
-                    .starts_with(&format!("Route default/api: {field}")),
-                "{error}"
-            );
-        }
+            "{error}"
+        );
         let plain =
             translate_route(&route(&format!("{BASE}  target: https://a:0\n"))).expect_err("port");
         assert!(!plain.fails_closed());
@@ -1334,6 +1562,13 @@ mod tests {
                 hostname: String::new(),
                 source: "Gateway edge/gw".into(),
                 tls: None,
+                http: Some(pb::HttpSettings {
+                    upstream_defaults: Some(pb::UpstreamDefaults {
+                        pool: Some(pb::ConnectionPool::default()),
+                        dns_ttl: None,
+                    }),
+                    ..Default::default()
+                }),
             }]
         );
         assert!(warnings.is_empty());
@@ -1354,6 +1589,7 @@ mod tests {
                 tls: Some(pb::ListenerTls {
                     certificate_secrets: vec!["edge/c".into(), "edge/d".into()],
                 }),
+                http: listeners[0].http.clone(),
             }
         );
         assert!(warnings.is_empty());

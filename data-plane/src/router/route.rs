@@ -56,6 +56,10 @@ impl CompiledRoute {
         if r.name.is_empty() {
             return Err("name: empty".into());
         }
+        // Fail closed until the data plane enforces it: never serve the route unprotected.
+        if r.exploit_protection {
+            return Err("exploit_protection: not supported by this data plane".into());
+        }
         let mut hostnames = Vec::with_capacity(r.hostnames.len());
         for (i, h) in r.hostnames.iter().enumerate() {
             validate_hostname(h).map_err(|e| format!("hostnames[{i}]: {e}"))?;
