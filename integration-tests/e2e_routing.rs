@@ -315,3 +315,75 @@ spec:
     let r = get(&c, gw_port, "priority.test", "/narrow/path").await;
     assert_eq!(r.backend(), "beta");
 }
+
+/// `spec.server.networking.transport.maxConnsPerHost` caps upstream connections per endpoint:
+/// concurrent requests queue for the one connection instead of opening more, and raising the
+/// cap live lets them spread out again. The echo backend reports the connection's source port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connection_limit_from_the_gateway() {
+    let (_backend, backend_port) = echo("pooled");
+    let port = free_port();
+    let admin = free_port();
+    let dir = TempDir::new("pool-limit");
+    let gateway = |max: u32| {
+        format!(
+            "{}  server:\n    networking:\n      dnsCache: {{ttl: 30}}\n      transport: {{maxConnsPerHost: {max}}}\n",
+            gateway_yaml("gw", port)
+        )
+    };
+    dir.write("gateway.yaml", &gateway(1));
+    // A host name rather than an IP, so the caching resolver is on the path.
+    dir.write(
+        "route.yaml",
+        &route_yaml("slow", "gw", "/", backend_port, "").replace("127.0.0.1", "localhost"),
+    );
+    let (_sluice, _xds) = standalone(dir.path(), "gw", admin).await;
+    let c = client();
+
+    async fn burst(c: &HttpClient, port: u16) -> std::collections::BTreeSet<String> {
+        let replies = futures_burst(c, port).await;
+        replies
+            .iter()
+            .map(|r| {
+                assert_eq!(r.status, 200, "{r:?}");
+                r.json()["peer"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    }
+    async fn futures_burst(c: &HttpClient, port: u16) -> Vec<Reply> {
+        let calls = (0..4).map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                request(
+                    &c,
+                    "GET",
+                    port,
+                    "pool.example.com",
+                    "/",
+                    &[("x-echo-delay-ms", "150")],
+                )
+                .await
+                .expect("request")
+            })
+        });
+        let mut out = Vec::new();
+        for call in calls.collect::<Vec<_>>() {
+            out.push(call.await.expect("task"));
+        }
+        out
+    }
+
+    let peers = burst(&c, port).await;
+    assert_eq!(peers.len(), 1, "one connection at most: {peers:?}");
+
+    dir.write("gateway.yaml", &gateway(4));
+    eventually(
+        "a raised limit opens more connections",
+        Duration::from_secs(10),
+        || {
+            let c = c.clone();
+            async move { burst(&c, port).await.len() > 1 }
+        },
+    )
+    .await;
+}

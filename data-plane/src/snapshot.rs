@@ -7,7 +7,7 @@ use crate::router::{
     CompiledRoute, HostPattern, IndexBuilder, ListenerInfo, PortIndex, RouteTable,
 };
 use crate::tls::{self, SniIndex};
-use crate::upstream::{Clients, ClusterState, CompiledCluster, cluster};
+use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster};
 use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -138,6 +138,8 @@ pub struct Compiler {
     /// Survives cluster changes (round-robin position); dropped when the cluster is removed.
     cluster_states: HashMap<String, Arc<ClusterState>>,
     clients: Arc<Clients>,
+    /// The gateway's upstream defaults, as of the last listener change.
+    pool_defaults: PoolSettings,
     /// Rebuilds only the host tables a change touches.
     index: IndexBuilder,
     /// The pieces of the last snapshot, reused by the next one.
@@ -160,6 +162,7 @@ impl Compiler {
             tls_listeners: Vec::new(),
             cluster_states: HashMap::new(),
             clients: Arc::new(Clients::default()),
+            pool_defaults: PoolSettings::default(),
             index: IndexBuilder::default(),
             last: Snapshot::default(),
         }
@@ -249,6 +252,19 @@ impl Compiler {
         // A changed Secret recompiles the TLS clusters that use it (a rotated CA or client
         // certificate needs a new client config); unchanged clusters are skipped below.
         let mut cluster_names: Vec<String> = Vec::new();
+        if changed.listeners {
+            let defaults =
+                PoolSettings::gateway_defaults(resources.listeners.values().map(|l| &**l));
+            if defaults != self.pool_defaults {
+                self.pool_defaults = defaults;
+                cluster_names.extend(
+                    self.clusters
+                        .keys()
+                        .filter(|name| !changed.clusters.contains(*name))
+                        .cloned(),
+                );
+            }
+        }
         if !changed.secrets.is_empty() {
             cluster_names.extend(
                 self.clusters
@@ -260,7 +276,9 @@ impl Compiler {
                         })
                     })
                     .filter(|(name, _)| !changed.clusters.contains(*name))
-                    .map(|(name, _)| name.clone()),
+                    .filter(|(name, _)| !cluster_names.contains(name))
+                    .map(|(name, _)| name.clone())
+                    .collect::<Vec<_>>(),
             );
         }
         for name in changed.clusters.iter().chain(&cluster_names) {
@@ -285,15 +303,15 @@ impl Compiler {
                 .clusters
                 .get(name)
                 .map(|(old, c)| (old.clone(), c.clone()));
-            if previous
-                .as_ref()
-                .is_some_and(|(old, c)| Arc::ptr_eq(old, pb_cluster) && c.tls == tls)
-            {
+            let pool = cluster::pool_settings(pb_cluster, self.pool_defaults);
+            if previous.as_ref().is_some_and(|(old, c)| {
+                Arc::ptr_eq(old, pb_cluster) && c.tls == tls && c.pool == pool
+            }) {
                 continue;
             }
             let state = self.cluster_states.entry(name.clone()).or_default().clone();
             let previous = previous.as_ref().map(|(_, c)| &**c);
-            match CompiledCluster::compile(pb_cluster, state, &self.clients, tls, previous) {
+            match CompiledCluster::compile(pb_cluster, state, &self.clients, tls, pool, previous) {
                 Ok(c) => {
                     let c = Arc::new(c);
                     Arc::make_mut(&mut clusters).insert(key, c.clone());

@@ -2,6 +2,7 @@
 
 use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, HttpClient, Protocol};
 use super::connector::parse_server_name;
+use super::pool::{self, PoolSettings};
 use super::tls::{Alpn, TlsInputs, client_config};
 use crate::router::route::to_duration;
 use http::HeaderValue;
@@ -42,6 +43,8 @@ pub struct CompiledCluster {
     pub protocol: Protocol,
     pub scheme: Scheme,
     pub connect_timeout: Duration,
+    /// Resolved pool settings (the cluster's own over the gateway's defaults).
+    pub pool: PoolSettings,
     pub client: HttpClient,
     /// What the TLS client was built from (None: plaintext); equal inputs keep the client.
     pub tls: Option<TlsInputs>,
@@ -80,7 +83,18 @@ pub fn validate(c: &pb::Cluster) -> Result<(), String> {
     {
         parse_server_name(&t.server_name).map_err(|e| format!("tls.server_name: {e}"))?;
     }
+    if let Some(p) = &c.pool {
+        pool::validate(p).map_err(|e| format!("pool.{e}"))?;
+    }
     Ok(())
+}
+
+/// The pool settings `c` is compiled with, given the gateway's defaults.
+pub fn pool_settings(c: &pb::Cluster, defaults: PoolSettings) -> PoolSettings {
+    match &c.pool {
+        Some(p) => defaults.overridden_by(p),
+        None => defaults,
+    }
 }
 
 /// The TLS inputs of `c` with its Secrets resolved in `secrets`; None for a plaintext cluster.
@@ -152,13 +166,15 @@ fn endpoint(e: &pb::Endpoint) -> Result<Endpoint, String> {
 
 impl CompiledCluster {
     /// Compiles a validated cluster; `state` carries the round-robin position across versions,
-    /// `tls` comes from [`tls_inputs`], and `previous` (the last compiled version) lends its TLS
-    /// client when nothing it was built from changed, so its pooled connections survive.
+    /// `tls` comes from [`tls_inputs`], `pool` from [`pool_settings`], and `previous` (the last
+    /// compiled version) lends its TLS client when nothing it was built from changed, so its
+    /// pooled connections survive.
     pub fn compile(
         c: &pb::Cluster,
         state: Arc<ClusterState>,
         clients: &Clients,
         tls: Option<TlsInputs>,
+        pool: PoolSettings,
         previous: Option<&CompiledCluster>,
     ) -> Result<Self, String> {
         validate(c)?;
@@ -192,12 +208,13 @@ impl CompiledCluster {
         };
         let name: Arc<str> = c.name.as_str().into();
         let (scheme, client) = match &tls {
-            None => (Scheme::HTTP, clients.get(protocol, connect_timeout)),
+            None => (Scheme::HTTP, clients.get(protocol, connect_timeout, pool)),
             Some(inputs) => {
                 let kept = previous
                     .filter(|p| {
                         p.protocol == protocol
                             && p.connect_timeout == connect_timeout
+                            && p.pool == pool
                             && p.tls.as_ref() == Some(inputs)
                     })
                     .map(|p| p.client.clone());
@@ -216,6 +233,7 @@ impl CompiledCluster {
                         client::tls_client(
                             protocol,
                             connect_timeout,
+                            pool,
                             config,
                             &inputs.settings.server_name,
                             name.clone(),
@@ -233,6 +251,7 @@ impl CompiledCluster {
             protocol,
             scheme,
             connect_timeout,
+            pool,
             client,
             tls,
             state,
@@ -303,14 +322,24 @@ mod tests {
         let clients = Clients::default();
         let state = Arc::new(ClusterState::default());
         let pb = cluster(&[("a", 80, 3), ("b", 80, 0)], pb::LbPolicy::RoundRobin);
-        let c = CompiledCluster::compile(&pb, state.clone(), &clients, None, None).unwrap();
+        let c = CompiledCluster::compile(
+            &pb,
+            state.clone(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            None,
+        )
+        .unwrap();
         let picks: Vec<_> = (0..3)
             .map(|_| c.pick().unwrap().authority.host().to_string())
             .collect();
         assert_eq!(picks, ["a", "a", "a"]);
         // A recompile with the same state continues the rotation instead of restarting it;
         // weight 0 counts as 1.
-        let c2 = CompiledCluster::compile(&pb, state, &clients, None, None).unwrap();
+        let c2 =
+            CompiledCluster::compile(&pb, state, &clients, None, PoolSettings::default(), None)
+                .unwrap();
         assert_eq!(c2.pick().unwrap().authority.host(), "b");
         assert_eq!(c2.pick().unwrap().authority.host(), "a");
         assert_eq!(c2.endpoints[0].authority.as_str(), "a:80");
@@ -319,6 +348,7 @@ mod tests {
             Arc::default(),
             &clients,
             None,
+            PoolSettings::default(),
             None,
         )
         .unwrap();
@@ -333,6 +363,7 @@ mod tests {
             Arc::default(),
             &clients,
             None,
+            PoolSettings::default(),
             None,
         )
         .unwrap();

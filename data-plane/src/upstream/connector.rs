@@ -1,6 +1,9 @@
-//! The upstream connector: hyper-util's `HttpConnector` for TCP, then a rustls handshake when the
-//! cluster uses TLS. One type for both, so every cluster's client has the same type.
+//! The upstream connector: a connection slot (per-endpoint limit), hyper-util's `HttpConnector`
+//! for TCP with a caching resolver, then a rustls handshake when the cluster uses TLS. One type
+//! for both, so every cluster's client has the same type.
 
+use super::dns::CachingResolver;
+use super::pool::ConnectionLimit;
 use hyper::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -12,7 +15,9 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -27,12 +32,19 @@ pub enum ConnectError {
     ServerName(String),
     #[error("TLS handshake: {0}")]
     Handshake(#[source] io::Error),
+    #[error("no free connection slot to {0} within the connect timeout")]
+    Limit(String),
 }
+
+pub type TcpConnector = HttpConnector<CachingResolver>;
 
 #[derive(Clone)]
 pub struct UpstreamConnector {
-    http: HttpConnector,
+    http: TcpConnector,
     tls: Option<Arc<TlsConnect>>,
+    limit: Arc<ConnectionLimit>,
+    /// Bounds the wait for a connection slot.
+    connect_timeout: Duration,
 }
 
 /// The TLS half of a connector: one per TLS cluster configuration.
@@ -45,18 +57,24 @@ struct TlsConnect {
 }
 
 impl UpstreamConnector {
-    pub fn plain(http: HttpConnector) -> Self {
-        Self { http, tls: None }
+    pub fn plain(http: TcpConnector, limit: ConnectionLimit, connect_timeout: Duration) -> Self {
+        Self {
+            http,
+            tls: None,
+            limit: Arc::new(limit),
+            connect_timeout,
+        }
     }
 
     /// TLS over `http`; `server_name` empty means each endpoint's host. Errors when the name is
     /// not a DNS name or IP address.
     pub fn tls(
-        mut http: HttpConnector,
+        plain: Self,
         config: ClientConfig,
         server_name: &str,
         cluster: Arc<str>,
     ) -> Result<Self, ConnectError> {
+        let mut http = plain.http;
         // The request URIs of TLS clusters are https://; the TCP part is the same.
         http.enforce_http(false);
         let server_name = if server_name.is_empty() {
@@ -71,6 +89,8 @@ impl UpstreamConnector {
                 server_name,
                 cluster,
             })),
+            limit: plain.limit,
+            connect_timeout: plain.connect_timeout,
         })
     }
 }
@@ -96,19 +116,36 @@ impl tower_service::Service<Uri> for UpstreamConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
+        let limit = self.limit.clone();
+        let wait = self.connect_timeout;
         let host = uri.host().unwrap_or_default().to_owned();
-        let connecting = tower_service::Service::<Uri>::call(&mut self.http, uri);
+        let endpoint = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+        let mut http = self.http.clone();
         Box::pin(async move {
-            let tcp = connecting.await.map_err(|e| ConnectError::Tcp(e.into()))?;
+            let permit = tokio::time::timeout(wait, limit.acquire(&endpoint))
+                .await
+                .map_err(|_| ConnectError::Limit(endpoint))?;
+            let tcp = tower_service::Service::<Uri>::call(&mut http, uri)
+                .await
+                .map_err(|e| ConnectError::Tcp(e.into()))?;
             let Some(tls) = tls else {
-                return Ok(UpstreamStream::Plain(tcp));
+                return Ok(UpstreamStream {
+                    io: Io::Plain(tcp),
+                    _slot: permit,
+                });
             };
             let name = match &tls.server_name {
                 Some(n) => n.clone(),
                 None => parse_server_name(&host)?,
             };
             match tls.connector.connect(name, tcp.into_inner()).await {
-                Ok(stream) => Ok(UpstreamStream::Tls(Box::new(TokioIo::new(stream)))),
+                Ok(stream) => Ok(UpstreamStream {
+                    io: Io::Tls(Box::new(TokioIo::new(stream))),
+                    _slot: permit,
+                }),
                 Err(error) => {
                     // hyper's connect error hides the cause; say it here.
                     tracing::warn!(cluster = %tls.cluster, %host, %error, "upstream TLS handshake failed");
@@ -119,8 +156,13 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     }
 }
 
-/// A plain or TLS upstream connection.
-pub enum UpstreamStream {
+/// A plain or TLS upstream connection, holding its endpoint's connection slot until it closes.
+pub struct UpstreamStream {
+    io: Io,
+    _slot: OwnedSemaphorePermit,
+}
+
+enum Io {
     Plain(TokioIo<TcpStream>),
     /// Boxed: the TLS session state is large, plaintext connections should not pay for it.
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
@@ -128,9 +170,9 @@ pub enum UpstreamStream {
 
 impl Connection for UpstreamStream {
     fn connected(&self) -> Connected {
-        match self {
-            Self::Plain(s) => s.connected(),
-            Self::Tls(s) => {
+        match &self.io {
+            Io::Plain(s) => s.connected(),
+            Io::Tls(s) => {
                 let (tcp, session) = s.inner().get_ref();
                 let connected = tcp.connected();
                 if session.alpn_protocol() == Some(b"h2") {
@@ -149,9 +191,9 @@ impl Read for UpstreamStream {
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -162,30 +204,30 @@ impl Write for UpstreamStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -194,9 +236,9 @@ impl Write for UpstreamStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 }
