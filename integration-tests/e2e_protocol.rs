@@ -6,24 +6,18 @@ mod support;
 use prost::Message;
 use sluice_proto::config as pb;
 use sluice_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use sluice_proto::discovery::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use sluice_proto::discovery::inspection_client::InspectionClient;
 use sluice_proto::discovery::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, GetResourcesRequest, ListGatewaysRequest, Node,
-    Resource,
 };
 use sluice_proto::type_url;
 use std::collections::BTreeMap;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::xds::*;
 use support::*;
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
 struct RawStream {
     tx: mpsc::Sender<DeltaDiscoveryRequest>,
@@ -291,63 +285,6 @@ async fn control_plane_keeps_the_server_rules() {
     assert_eq!(removed, ["route/default/deleted-meanwhile"]);
 }
 
-/// One accepted stream: what the data plane sends, and where the test's responses go.
-type ScriptedStream = (
-    Streaming<DeltaDiscoveryRequest>,
-    mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-);
-
-/// A scripted xDS server: hands each new stream to the test, which sends responses and reads requests.
-#[derive(Clone, Default)]
-struct Scripted {
-    streams: Arc<Mutex<Option<mpsc::UnboundedSender<ScriptedStream>>>>,
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Scripted {
-    type DeltaAggregatedResourcesStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-    async fn delta_aggregated_resources(
-        &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(16);
-        if let Some(s) = self.streams.lock().unwrap().as_ref() {
-            let _ = s.send((req.into_inner(), tx));
-        }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-fn resource<M: Message + prost::Name>(name: &str, m: &M) -> Resource {
-    Resource {
-        name: name.into(),
-        version: format!("v-{name}-{}", m.encoded_len()),
-        resource: Some(prost_types::Any {
-            type_url: M::type_url(),
-            value: m.encode_to_vec(),
-        }),
-        ttl: None,
-    }
-}
-
-fn response(t: &str, nonce: &str, resources: Vec<Resource>) -> DeltaDiscoveryResponse {
-    DeltaDiscoveryResponse {
-        type_url: t.into(),
-        nonce: nonce.into(),
-        resources,
-        ..Default::default()
-    }
-}
-
-async fn next_request(rx: &mut Streaming<DeltaDiscoveryRequest>) -> DeltaDiscoveryRequest {
-    tokio::time::timeout(Duration::from_secs(5), rx.next())
-        .await
-        .expect("request within 5 s")
-        .expect("stream open")
-        .expect("valid request")
-}
-
 fn route(name: &str, path: &str, cluster: &str) -> pb::Route {
     pb::Route {
         name: name.into(),
@@ -375,16 +312,7 @@ fn route(name: &str, path: &str, cluster: &str) -> pb::Route {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_plane_keeps_the_client_rules() {
     let (_echo, echo_port) = echo("good");
-    let server = Scripted::default();
-    let (stx, mut srx) = mpsc::unbounded_channel();
-    *server.streams.lock().unwrap() = Some(stx);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds = listener.local_addr().unwrap().port();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (xds, mut srx) = Scripted::start().await;
     let gw_port = free_port();
     let admin = free_port();
     let _dp = data_plane("default/gw", xds, admin, &["--node-id", "pod-7"], &[]);

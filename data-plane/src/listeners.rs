@@ -647,6 +647,7 @@ mod tests {
                     protocol: pb::Protocol::Https as i32,
                     tls: Some(pb::ListenerTls {
                         certificate_secrets: vec!["cert-a".into(), "cert-b".into()],
+                        ..Default::default()
                     }),
                     ..Default::default()
                 }),
@@ -792,6 +793,168 @@ mod tests {
             let (status, _) = get(&client, port, "x", "/").await;
             assert_eq!(status, StatusCode::NOT_FOUND);
             drop(client);
+            runtime.shutdown(Duration::from_secs(5)).await;
+        }
+
+        /// A client config trusting `server` that presents `identity` (if any) as its certificate.
+        fn mtls_client(server: &TestCert, identity: Option<&TestCert>) -> Arc<ClientConfig> {
+            use rustls::pki_types::pem::PemObject;
+            let mut store = rustls::RootCertStore::empty();
+            store.add(CertificateDer::from(server.der.clone())).unwrap();
+            let builder = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(store);
+            let mut config = match identity {
+                None => builder.with_no_client_auth(),
+                Some(id) => builder
+                    .with_client_auth_cert(
+                        vec![CertificateDer::from(id.der.clone())],
+                        rustls::pki_types::PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
+                            .unwrap(),
+                    )
+                    .unwrap(),
+            };
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            Arc::new(config)
+        }
+
+        /// A request over a fresh connection; Err when the handshake or the exchange fails
+        /// (TLS 1.3 reports a refused client certificate after the handshake).
+        async fn mtls_get(port: u16, config: Arc<ClientConfig>) -> Result<StatusCode, String> {
+            let stream = connect(port, "a.test", config)
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(conn);
+            let req = Request::get("https://a.test/")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            Ok(resp.status())
+        }
+
+        #[tokio::test]
+        async fn client_certificates_are_verified_when_asked() {
+            let backend = echo_backend().await;
+            let a = self_signed(&["a.test"]);
+            let b = self_signed(&["b.test"]);
+            let trusted_client = self_signed(&["client.test"]);
+            let stranger = self_signed(&["stranger.test"]);
+            let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+            let mut compiler = Compiler::new();
+            let port = free_port();
+            let mut res = tls_resources(port, backend, &a, &b);
+            res.secrets.insert(
+                "client-ca".into(),
+                Arc::new(pb::Secret {
+                    name: "client-ca".into(),
+                    kind: Some(pb::secret::Kind::CaBundle(pb::CaBundle {
+                        pem: trusted_client.cert_pem.clone().into_bytes(),
+                    })),
+                    ..Default::default()
+                }),
+            );
+            let set_policy = |res: &mut Resources, ca: &str, optional: bool| {
+                let mut l = (*res.listeners["https"]).clone();
+                let tls = l.tls.as_mut().unwrap();
+                tls.client_ca_secret = ca.into();
+                tls.client_certificate_optional = optional;
+                res.listeners.insert("https".into(), Arc::new(l));
+            };
+            // Without a policy, no certificate is asked for.
+            assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+            assert_eq!(
+                mtls_get(port, mtls_client(&a, None)).await,
+                Ok(StatusCode::OK)
+            );
+
+            // Required: only a certificate from the CA gets in. Applied live, same socket.
+            let generation = runtime.port_generation(port).await;
+            set_policy(&mut res, "client-ca", false);
+            let listener = res.listeners["https"].clone();
+            assert_eq!(compiler.validate_listener(&listener, &res), Ok(()));
+            runtime.apply(compiler.compile(&res)).await;
+            assert_eq!(runtime.port_generation(port).await, generation);
+            assert_eq!(
+                mtls_get(port, mtls_client(&a, Some(&trusted_client))).await,
+                Ok(StatusCode::OK)
+            );
+            assert!(mtls_get(port, mtls_client(&a, None)).await.is_err());
+            assert!(
+                mtls_get(port, mtls_client(&a, Some(&stranger)))
+                    .await
+                    .is_err()
+            );
+
+            // Optional: anonymous clients get in, a presented certificate must still verify.
+            set_policy(&mut res, "client-ca", true);
+            runtime.apply(compiler.compile(&res)).await;
+            assert_eq!(
+                mtls_get(port, mtls_client(&a, None)).await,
+                Ok(StatusCode::OK)
+            );
+            assert!(
+                mtls_get(port, mtls_client(&a, Some(&stranger)))
+                    .await
+                    .is_err()
+            );
+
+            // A CA that is not a CaBundle is refused by validation; one that disappears after
+            // validation refuses every handshake instead of letting clients in unverified.
+            set_policy(&mut res, "cert-b", false);
+            let err = compiler
+                .validate_listener(&res.listeners["https"].clone(), &res)
+                .unwrap_err();
+            assert_eq!(
+                err,
+                "tls.client_ca_secret: secret \"cert-b\" is not a CaBundle"
+            );
+            set_policy(&mut res, "client-ca", false);
+            res.secrets.remove("client-ca");
+            runtime.apply(compiler.compile(&res)).await;
+            assert!(
+                mtls_get(port, mtls_client(&a, Some(&trusted_client)))
+                    .await
+                    .is_err()
+            );
+            runtime.shutdown(Duration::from_secs(5)).await;
+        }
+
+        #[tokio::test]
+        async fn sessions_resume() {
+            let backend = echo_backend().await;
+            let a = self_signed(&["a.test"]);
+            let b = self_signed(&["b.test"]);
+            let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+            let mut compiler = Compiler::new();
+            let port = free_port();
+            let res = tls_resources(port, backend, &a, &b);
+            assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+            // One client config keeps its session cache across connections.
+            let config = client_config(Some(&[&a]), &[b"http/1.1"]);
+            for (i, expected) in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
+                .into_iter()
+                .enumerate()
+            {
+                let mut stream = connect(port, "a.test", config.clone()).await.unwrap();
+                // TLS 1.3 tickets arrive after the handshake: read the response so they do.
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut buf = Vec::new();
+                let _ = stream.read_to_end(&mut buf).await;
+                assert_eq!(
+                    stream.get_ref().1.handshake_kind(),
+                    Some(expected),
+                    "connection {i}"
+                );
+            }
             runtime.shutdown(Duration::from_secs(5)).await;
         }
     }

@@ -6,7 +6,7 @@ use crate::router::host::validate_hostname;
 use crate::router::{
     CompiledRoute, HostPattern, IndexBuilder, ListenerInfo, PortIndex, RouteTable,
 };
-use crate::tls::{self, SniIndex};
+use crate::tls::{self, ClientAuth, SniIndex};
 use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster};
 use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
@@ -81,6 +81,9 @@ struct TlsListener {
     port: u16,
     hostname: HostPattern,
     certificate_secrets: Vec<String>,
+    /// CaBundle Secret client certificates must chain to; empty: none asked for.
+    client_ca_secret: String,
+    client_certificate_optional: bool,
 }
 
 /// Checks a listener's own fields (no references). HTTPS needs at least one certificate Secret.
@@ -175,6 +178,23 @@ impl Compiler {
             for (i, name) in t.certificate_secrets.iter().enumerate() {
                 check_tls_secret(name, resources)
                     .map_err(|e| format!("tls.certificate_secrets[{i}]: {e}"))?;
+            }
+            if !t.client_ca_secret.is_empty() {
+                match resources.secrets.get(&t.client_ca_secret).map(|s| &s.kind) {
+                    Some(Some(pb::secret::Kind::CaBundle(_))) => {}
+                    None => {
+                        return Err(format!(
+                            "tls.client_ca_secret: secret {:?} does not exist",
+                            t.client_ca_secret
+                        ));
+                    }
+                    Some(_) => {
+                        return Err(format!(
+                            "tls.client_ca_secret: secret {:?} is not a CaBundle",
+                            t.client_ca_secret
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -424,15 +444,14 @@ impl Compiler {
                 ports.entry(port).or_default().push(name.clone());
                 let hostname = HostPattern::parse(&l.hostname);
                 if l.protocol == pb::Protocol::Https as i32 {
+                    let tls = l.tls.clone().unwrap_or_default();
                     self.tls_listeners.push(TlsListener {
                         name: name.clone(),
                         port,
                         hostname: hostname.clone(),
-                        certificate_secrets: l
-                            .tls
-                            .as_ref()
-                            .map(|t| t.certificate_secrets.clone())
-                            .unwrap_or_default(),
+                        certificate_secrets: tls.certificate_secrets,
+                        client_ca_secret: tls.client_ca_secret,
+                        client_certificate_optional: tls.client_certificate_optional,
                     });
                 }
                 listeners.push(ListenerInfo {
@@ -524,6 +543,10 @@ impl Compiler {
                 .collect();
             if let Some(index) = indexes.get_mut(&l.port) {
                 index.add_listener(l.hostname.clone(), certs);
+                if !l.client_ca_secret.is_empty() && matches!(index.client_auth(), ClientAuth::None)
+                {
+                    index.set_client_auth(self.client_auth(l));
+                }
             }
         }
         indexes
@@ -538,6 +561,19 @@ impl Compiler {
                 (port, Arc::new(index))
             })
             .collect()
+    }
+
+    /// The client-certificate policy `l` asks for; a CA that cannot be loaded refuses every
+    /// handshake on the port (fail closed).
+    fn client_auth(&self, l: &TlsListener) -> ClientAuth {
+        let loaded = match self.secrets.get(&l.client_ca_secret) {
+            None => Err("secret does not exist".to_owned()),
+            Some((secret, _)) => ClientAuth::from_ca(secret, l.client_certificate_optional),
+        };
+        loaded.unwrap_or_else(|error| {
+            tracing::warn!(listener = %l.name, port = l.port, secret = %l.client_ca_secret, %error, "client CA unusable: TLS handshakes on this port are refused");
+            ClientAuth::Unavailable
+        })
     }
 
     /// The compiled form of a route currently memoised (for tests and diagnostics).
@@ -696,6 +732,7 @@ mod tests {
             protocol: pb::Protocol::Https as i32,
             tls: Some(pb::ListenerTls {
                 certificate_secrets: secrets.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
             }),
             ..Default::default()
         }

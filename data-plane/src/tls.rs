@@ -1,16 +1,19 @@
 //! TLS termination: loading certificate Secrets into rustls keys (ring provider only), the per-port
-//! SNI index (route certificates by hostname, then listener certificates), the rustls resolver that
-//! reads the current snapshot at each handshake, and the per-connection misdirected-request check.
+//! SNI index (route certificates by hostname, then listener certificates, and the port's client
+//! certificate policy), the rustls resolver and client verifier that read the current snapshot at
+//! each handshake, and the per-connection misdirected-request check.
 
 use crate::router::host::{HostPattern, NormalizedHost, wildcard_suffixes};
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme, version};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use sluice_proto::config as pb;
 use std::collections::HashMap;
 use std::fmt;
@@ -101,6 +104,44 @@ pub struct SniIndex {
     /// Most specific hostname first (stable: ties keep listener name order).
     listeners: Vec<ListenerCerts>,
     default: Option<Arc<CertifiedKey>>,
+    client_auth: ClientAuth,
+}
+
+/// Whether and how a TLS port verifies client certificates.
+#[derive(Clone, Default)]
+pub enum ClientAuth {
+    #[default]
+    None,
+    Verify(Arc<dyn ClientCertVerifier>),
+    /// Client certificates are required but the CA cannot be loaded: every handshake is refused
+    /// rather than letting clients in unverified.
+    Unavailable,
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Verify(v) => write!(f, "Verify(mandatory: {})", v.client_auth_mandatory()),
+            Self::Unavailable => f.write_str("Unavailable"),
+        }
+    }
+}
+
+impl ClientAuth {
+    /// Verification against the CaBundle `ca`; `optional` also admits clients without a
+    /// certificate.
+    pub fn from_ca(ca: &pb::Secret, optional: bool) -> Result<Self, String> {
+        let roots = crate::upstream::tls::ca_roots(ca)?;
+        let builder =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), PROVIDER.clone());
+        let builder = if optional {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        builder.build().map(Self::Verify).map_err(|e| e.to_string())
+    }
 }
 
 impl SniIndex {
@@ -132,9 +173,20 @@ impl SniIndex {
         self.default.is_none() && self.exact.is_empty() && self.wildcard.is_empty()
     }
 
+    pub fn set_client_auth(&mut self, auth: ClientAuth) {
+        self.client_auth = auth;
+    }
+
+    pub fn client_auth(&self) -> &ClientAuth {
+        &self.client_auth
+    }
+
     /// The certificate for a normalised server name (lowercase, no port, no trailing dot);
-    /// `None` or "" means no SNI. Allocation-free.
+    /// `None` or "" means no SNI. Allocation-free. None when the port's client CA is unusable.
     pub fn resolve(&self, name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        if matches!(self.client_auth, ClientAuth::Unavailable) {
+            return None;
+        }
         let Some(name) = name.filter(|n| !n.is_empty()) else {
             return self.default.as_ref();
         };
@@ -187,17 +239,115 @@ impl ResolvesServerCert for SnapshotResolver {
     }
 }
 
+/// Verifies client certificates by the policy of the snapshot current at each handshake, so a
+/// changed CA applies to new connections without rebinding the port.
+struct SnapshotClientVerifier {
+    current: Arc<ArcSwap<Snapshot>>,
+    port: u16,
+}
+
+impl fmt::Debug for SnapshotClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotClientVerifier")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotClientVerifier {
+    fn policy(&self) -> ClientAuth {
+        self.current
+            .load()
+            .tls(self.port)
+            .map(|i| i.client_auth().clone())
+            .unwrap_or_default()
+    }
+}
+
+impl ClientCertVerifier for SnapshotClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        !matches!(self.policy(), ClientAuth::None)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        match self.policy() {
+            ClientAuth::None => false,
+            ClientAuth::Verify(v) => v.client_auth_mandatory(),
+            ClientAuth::Unavailable => true,
+        }
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints would have to outlive the snapshot; an empty list lets clients pick any.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.policy() {
+            ClientAuth::Verify(v) => v.verify_client_cert(end_entity, intermediates, now),
+            // Offered by an earlier policy during this handshake: nothing to verify against.
+            _ => Err(rustls::Error::General(
+                "client certificates are not accepted on this port".into(),
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &PROVIDER.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &PROVIDER.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        PROVIDER
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// The ServerConfig of one TLS port, built once per bind: TLS 1.2 and 1.3, ALPN h2 then
-/// http/1.1, rustls' default in-memory session cache, certificates from the current snapshot.
+/// http/1.1, session resumption (rustls' in-memory session cache, plus stateless tickets),
+/// certificates and client-certificate policy from the current snapshot.
 pub fn server_config(
     current: Arc<ArcSwap<Snapshot>>,
     port: u16,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(PROVIDER.clone())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(SnapshotClientVerifier {
+            current: current.clone(),
+            port,
+        }))
         .with_cert_resolver(Arc::new(SnapshotResolver { current, port }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
 }
 

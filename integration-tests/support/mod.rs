@@ -2,6 +2,8 @@
 //! requests, and polling with deadlines (never fixed sleeps to wait for a condition).
 #![allow(dead_code)]
 
+pub mod xds;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;

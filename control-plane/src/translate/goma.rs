@@ -109,6 +109,7 @@ pub fn translate_gateway(
                     .iter()
                     .map(|t| secret_resource_name(ns, &t.secret_name))
                     .collect(),
+                ..Default::default()
             }),
             http: Some(http),
         });
@@ -1588,6 +1589,7 @@ mod tests {
                 source: "Gateway edge/gw".into(),
                 tls: Some(pb::ListenerTls {
                     certificate_secrets: vec!["edge/c".into(), "edge/d".into()],
+                    ..Default::default()
                 }),
                 http: listeners[0].http.clone(),
             }

@@ -84,7 +84,7 @@ pub fn client_config(inputs: &TlsInputs, alpn: Alpn) -> Result<ClientConfig, Str
     Ok(config)
 }
 
-fn ca_roots(secret: &pb::Secret) -> Result<RootCertStore, String> {
+pub(crate) fn ca_roots(secret: &pb::Secret) -> Result<RootCertStore, String> {
     let Some(pb::secret::Kind::CaBundle(ca)) = &secret.kind else {
         return Err(format!("secret {:?} is not a CaBundle", secret.name));
     };

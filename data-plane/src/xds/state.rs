@@ -274,6 +274,7 @@ mod tests {
             protocol: pb::Protocol::Https as i32,
             tls: Some(pb::ListenerTls {
                 certificate_secrets: vec![secret.into()],
+                ..Default::default()
             }),
             ..Default::default()
         };
