@@ -13,10 +13,12 @@ use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_rustls::TlsAcceptor;
@@ -241,6 +243,53 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// A client connection's stream, counted as open until it is dropped: when the HTTP connection
+/// ends, or, after a protocol upgrade (WebSocket), when the tunnel that took it over closes.
+struct Counted<I> {
+    io: I,
+    _guard: ConnectionGuard,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
@@ -250,11 +299,15 @@ async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     shared.connections.fetch_add(1, Ordering::AcqRel);
-    let _guard = ConnectionGuard(shared.clone());
+    let guard = ConnectionGuard(shared.clone());
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set TCP_NODELAY failed");
     }
     let Some(acceptor) = acceptor else {
+        let stream = Counted {
+            io: stream,
+            _guard: guard,
+        };
         return serve_http(stream, remote, port, None, stop, shared).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -273,6 +326,10 @@ async fn serve_connection(
         &shared.current.load(),
         port,
     );
+    let stream = Counted {
+        io: stream,
+        _guard: guard,
+    };
     // hyper-util's auto builder reads the HTTP/2 preface, so ALPN h2 and http/1.1 both work.
     serve_http(
         stream,
@@ -306,7 +363,11 @@ async fn serve_http<I>(
             Ok::<_, Infallible>(response)
         }
     });
-    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+    // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a
+    // config change cannot close it, and `Counted` keeps it in the drain count until it closes.
+    let conn = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
