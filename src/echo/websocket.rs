@@ -125,7 +125,7 @@ mod tests {
         // RFC 6455 §1.3.
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9zCzoq9+xOo="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
