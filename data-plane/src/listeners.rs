@@ -621,6 +621,90 @@ mod tests {
         runtime.shutdown(Duration::from_secs(1)).await;
     }
 
+    /// A backend that switches every request to a raw byte echo (`Upgrade: echo`).
+    async fn upgrading_backend() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(on_upgrade.await.unwrap());
+                        let mut buf = [0u8; 64];
+                        while let Ok(n @ 1..) = io.read(&mut buf).await {
+                            io.write_all(&buf[..n]).await.unwrap();
+                        }
+                    });
+                    let resp = Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("upgrade", "echo")
+                        .header("connection", "upgrade")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    Ok::<_, Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades(),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn upgraded_connections_outlive_config_changes_and_count_for_drain() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let backend = upgrading_backend().await;
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let mut compiler = Compiler::new();
+        let port = free_port();
+        let res = resources(port, backend, "/");
+        assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+
+        let mut tunnel = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tunnel
+            .write_all(b"GET /api HTTP/1.1\r\nHost: app.example.com\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tunnel.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: echo\r\n"), "{head}");
+        let mut echo = async |msg: &[u8]| {
+            tunnel.write_all(msg).await.unwrap();
+            let mut got = vec![0u8; msg.len()];
+            tunnel.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, msg);
+        };
+        echo(b"one").await;
+        // The HTTP connection handed its stream to the tunnel, which still counts as open.
+        assert_eq!(runtime.shared.connections.load(Ordering::Acquire), 1);
+
+        // A config change that drops the route the tunnel came through leaves it alone.
+        let mut changed = res.clone();
+        changed.routes.remove("api");
+        assert!(runtime.apply(compiler.compile(&changed)).await.is_empty());
+        echo(b"two").await;
+
+        drop(tunnel);
+        // Shutdown drains once the tunnel is closed (a dropped count would return at once too,
+        // hence the check above).
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            runtime.shutdown(Duration::from_secs(30)),
+        )
+        .await
+        .expect("drained when the tunnel closed");
+        assert_eq!(runtime.shared.connections.load(Ordering::Acquire), 0);
+    }
+
     mod tls {
         use super::*;
         use crate::tls::test_certs::{TestCert, self_signed};
