@@ -3,7 +3,9 @@
 //! `101 Switching Protocols` from the upstream turns the two connections into a byte tunnel.
 //!
 //! Only HTTP/1.1 requests on HTTP/1.1 upstreams are upgraded; everything else is forwarded as a
-//! plain request (the upgrade headers are stripped like any hop-by-hop header).
+//! plain request (the upgrade headers are stripped like any hop-by-hop header). `Upgrade: h2c` is
+//! never passed on: an HTTP/2 tunnel to the backend would carry requests the gateway never
+//! routed ("h2c smuggling").
 
 use super::response::ProxyBody;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -21,13 +23,15 @@ pub struct ClientUpgrade {
 }
 
 /// Takes the upgrade a request asks for: HTTP/1.1, an `Upgrade` header and `upgrade` listed in
-/// `Connection`. Costs two header lookups on requests that ask for none.
+/// `Connection`. Costs a header lookup on requests that ask for none.
 pub fn take_request(parts: &mut request::Parts) -> Option<ClientUpgrade> {
     if parts.version != Version::HTTP_11 {
         return None;
     }
     let protocols = parts.headers.get(header::UPGRADE)?;
-    if !connection_lists_upgrade(&parts.headers) {
+    if !has_token(parts.headers.get_all(header::CONNECTION), "upgrade")
+        || has_token(parts.headers.get_all(header::UPGRADE), "h2c")
+    {
         return None;
     }
     let protocols = protocols.clone();
@@ -38,11 +42,15 @@ pub fn take_request(parts: &mut request::Parts) -> Option<ClientUpgrade> {
     })
 }
 
-fn connection_lists_upgrade(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
+/// Whether a comma-separated header lists `token` (case-insensitively, ignoring a `/version`).
+fn has_token(values: header::GetAll<'_, HeaderValue>, token: &str) -> bool {
+    values.iter().any(|v| {
         v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            v.split(',').any(|t| {
+                let t = t.trim();
+                let name = t.split_once('/').map_or(t, |(name, _)| name);
+                name.eq_ignore_ascii_case(token)
+            })
         })
     })
 }
@@ -133,6 +141,11 @@ mod tests {
         // `Upgrade` without `Connection: upgrade` is not a request to switch (RFC 9110 §7.8).
         let mut p = parts(Version::HTTP_11, &[("upgrade", "websocket")], true);
         assert!(take_request(&mut p).is_none());
+        // h2c is refused wherever it is listed.
+        let h2c = [("upgrade", "foo/2, H2C"), ("connection", "Upgrade")];
+        assert!(take_request(&mut parts(Version::HTTP_11, &h2c, true)).is_none());
+        let other = [("upgrade", "foo/2, h2cx"), ("connection", "Upgrade")];
+        assert!(take_request(&mut parts(Version::HTTP_11, &other, true)).is_some());
         // HTTP/1.0 and HTTP/2 cannot upgrade this way.
         assert!(take_request(&mut parts(Version::HTTP_10, &ws, true)).is_none());
         assert!(take_request(&mut parts(Version::HTTP_2, &ws, true)).is_none());
