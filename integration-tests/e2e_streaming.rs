@@ -163,6 +163,23 @@ async fn websocket_is_tunnelled_and_survives_config_changes() {
         .expect("clean close");
     assert!(rest.is_empty(), "{rest:?}");
 
+    // `Upgrade: h2c` is not passed on (it would open an HTTP/2 tunnel past routing).
+    let r = request(
+        &c,
+        "GET",
+        port,
+        "x",
+        "/ws",
+        &[
+            ("upgrade", "h2c"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+        ],
+    )
+    .await
+    .expect("h2c upgrade request");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.json()["headers"].get("upgrade").is_none(), "{r:?}");
+
     // An upgrade the backend refuses comes back as a plain response, and the connection stays
     // usable for HTTP.
     let (mut refused, head) = ws_open(port, "/ws", "").await;
