@@ -13,10 +13,12 @@ use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_rustls::TlsAcceptor;
@@ -241,6 +243,53 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// A client connection's stream, counted as open until it is dropped: when the HTTP connection
+/// ends, or, after a protocol upgrade (WebSocket), when the tunnel that took it over closes.
+struct Counted<I> {
+    io: I,
+    _guard: ConnectionGuard,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Counted<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Counted<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
@@ -250,11 +299,15 @@ async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     shared.connections.fetch_add(1, Ordering::AcqRel);
-    let _guard = ConnectionGuard(shared.clone());
+    let guard = ConnectionGuard(shared.clone());
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set TCP_NODELAY failed");
     }
     let Some(acceptor) = acceptor else {
+        let stream = Counted {
+            io: stream,
+            _guard: guard,
+        };
         return serve_http(stream, remote, port, None, stop, shared).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -273,6 +326,10 @@ async fn serve_connection(
         &shared.current.load(),
         port,
     );
+    let stream = Counted {
+        io: stream,
+        _guard: guard,
+    };
     // hyper-util's auto builder reads the HTTP/2 preface, so ALPN h2 and http/1.1 both work.
     serve_http(
         stream,
@@ -306,7 +363,11 @@ async fn serve_http<I>(
             Ok::<_, Infallible>(response)
         }
     });
-    let conn = shared.builder.serve_connection(TokioIo::new(io), service);
+    // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a
+    // config change cannot close it, and `Counted` keeps it in the drain count until it closes.
+    let conn = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -558,6 +619,90 @@ mod tests {
         assert_eq!(names, ["http", "http-2"]);
         assert!(failures[0].1.contains(&port.to_string()), "{failures:?}");
         runtime.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// A backend that switches every request to a raw byte echo (`Upgrade: echo`).
+    async fn upgrading_backend() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = TokioIo::new(on_upgrade.await.unwrap());
+                        let mut buf = [0u8; 64];
+                        while let Ok(n @ 1..) = io.read(&mut buf).await {
+                            io.write_all(&buf[..n]).await.unwrap();
+                        }
+                    });
+                    let resp = Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("upgrade", "echo")
+                        .header("connection", "upgrade")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    Ok::<_, Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades(),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn upgraded_connections_outlive_config_changes_and_count_for_drain() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let backend = upgrading_backend().await;
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let mut compiler = Compiler::new();
+        let port = free_port();
+        let res = resources(port, backend, "/");
+        assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+
+        let mut tunnel = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        tunnel
+            .write_all(b"GET /api HTTP/1.1\r\nHost: app.example.com\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tunnel.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("upgrade: echo\r\n"), "{head}");
+        let mut echo = async |msg: &[u8]| {
+            tunnel.write_all(msg).await.unwrap();
+            let mut got = vec![0u8; msg.len()];
+            tunnel.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, msg);
+        };
+        echo(b"one").await;
+        // The HTTP connection handed its stream to the tunnel, which still counts as open.
+        assert_eq!(runtime.shared.connections.load(Ordering::Acquire), 1);
+
+        // A config change that drops the route the tunnel came through leaves it alone.
+        let mut changed = res.clone();
+        changed.routes.remove("api");
+        assert!(runtime.apply(compiler.compile(&changed)).await.is_empty());
+        echo(b"two").await;
+
+        drop(tunnel);
+        // Shutdown drains once the tunnel is closed (a dropped count would return at once too,
+        // hence the check above).
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            runtime.shutdown(Duration::from_secs(30)),
+        )
+        .await
+        .expect("drained when the tunnel closed");
+        assert_eq!(runtime.shared.connections.load(Ordering::Acquire), 0);
     }
 
     mod tls {

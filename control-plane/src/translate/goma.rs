@@ -580,6 +580,8 @@ struct ParsedEndpoint {
     address: String,
     port: u16,
     https: bool,
+    /// HTTP/2 to the backend (`h2c://`, `grpc://` prior knowledge; `grpcs://` h2 by ALPN).
+    http2: bool,
 }
 
 /// `tls` is the route's upstream TLS template, used when the endpoint is https.
@@ -609,7 +611,11 @@ fn cluster(
             weight: 1,
         }],
         lb_policy: pb::LbPolicy::RoundRobin as i32,
-        protocol: pb::UpstreamProtocol::Http1 as i32,
+        protocol: if endpoint.http2 {
+            pb::UpstreamProtocol::H2c
+        } else {
+            pb::UpstreamProtocol::Http1
+        } as i32,
         connect_timeout: Some(prost_types::Duration {
             seconds: CONNECT_TIMEOUT_SECS,
             nanos: 0,
@@ -737,20 +743,22 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-/// `http[s]://host[:port][/]`; the port defaults to 80 (http) or 443 (https).
+/// `scheme://host[:port][/]`. Goma's `http` and `https` speak HTTP/1.1 to the backend; the
+/// Sluice extensions `h2c` and `grpc` (plaintext HTTP/2 with prior knowledge) and `grpcs` (HTTP/2
+/// over TLS) select an HTTP/2 upstream, which gRPC needs. The port defaults to 443 with TLS,
+/// 80 without.
 fn parse_endpoint(url: &str) -> Result<ParsedEndpoint, String> {
+    const EXPECTED: &str = "expected http[s]://, h2c://, grpc[s]:// host[:port]";
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(format!(
-            "{url:?} is not a URL (expected http[s]://host[:port])"
-        ));
+        return Err(format!("{url:?} is not a URL ({EXPECTED})"));
     };
-    let https = match scheme.to_ascii_lowercase().as_str() {
-        "http" => false,
-        "https" => true,
+    let (https, http2) = match scheme.to_ascii_lowercase().as_str() {
+        "http" => (false, false),
+        "https" => (true, false),
+        "h2c" | "grpc" => (false, true),
+        "grpcs" => (true, true),
         other => {
-            return Err(format!(
-                "unsupported scheme {other:?} (expected http[s]://host[:port])"
-            ));
+            return Err(format!("unsupported scheme {other:?} ({EXPECTED})"));
         }
     };
     if url.contains(char::is_whitespace) {
@@ -817,6 +825,7 @@ fn parse_endpoint(url: &str) -> Result<ParsedEndpoint, String> {
         address: host,
         port,
         https,
+        http2,
     })
 }
 
@@ -1246,6 +1255,9 @@ mod tests {
         assert_eq!(endpoint("http://[fe80::1]"), ("fe80::1".into(), 80));
         assert_eq!(endpoint("https://Backend.NS"), ("backend.ns".into(), 443));
         assert_eq!(endpoint("https://10.0.0.1:8443"), ("10.0.0.1".into(), 8443));
+        assert_eq!(endpoint("h2c://10.0.0.1:50051"), ("10.0.0.1".into(), 50051));
+        assert_eq!(endpoint("GRPC://svc"), ("svc".into(), 80));
+        assert_eq!(endpoint("grpcs://svc"), ("svc".into(), 443));
         for (url, reason) in [
             ("https://a/v1", "use spec.rewrite"),
             ("http://a/v1", "use spec.rewrite"),
@@ -1272,6 +1284,29 @@ mod tests {
             e.starts_with("Route default/api: spec.backends[1].endpoint: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn http2_schemes_select_the_upstream_protocol() {
+        let protocol = |url: &str| {
+            let t = ok(&format!("{BASE}  target: '{url}'\n"));
+            let c = &t.clusters[0];
+            (
+                pb::UpstreamProtocol::try_from(c.protocol).unwrap(),
+                c.tls.is_some(),
+            )
+        };
+        assert_eq!(protocol("http://a"), (pb::UpstreamProtocol::Http1, false));
+        assert_eq!(protocol("https://a"), (pb::UpstreamProtocol::Http1, true));
+        assert_eq!(protocol("h2c://a:1"), (pb::UpstreamProtocol::H2c, false));
+        assert_eq!(protocol("grpc://a:1"), (pb::UpstreamProtocol::H2c, false));
+        // HTTP/2 over TLS: the data plane offers only h2 by ALPN on an H2C cluster with TLS.
+        assert_eq!(protocol("grpcs://a:1"), (pb::UpstreamProtocol::H2c, true));
+        let t = ok(&format!(
+            "{BASE}  backends: [{{endpoint: 'h2c://a:1'}}, {{endpoint: 'http://b:1'}}]\n"
+        ));
+        assert_eq!(t.clusters[0].protocol, pb::UpstreamProtocol::H2c as i32);
+        assert_eq!(t.clusters[1].protocol, pb::UpstreamProtocol::Http1 as i32);
     }
 
     #[test]

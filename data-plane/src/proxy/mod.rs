@@ -3,6 +3,7 @@
 
 pub mod headers;
 pub mod response;
+pub mod upgrade;
 
 pub use response::ProxyBody;
 
@@ -13,7 +14,7 @@ use crate::tls::TlsConnection;
 use crate::upstream::client::Protocol;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, Uri, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
@@ -104,7 +105,13 @@ where
     };
 
     let (mut parts, body) = req.into_parts();
+    // Only an HTTP/1.1 upstream can switch protocols; other clusters get a plain request.
+    let upgrade =
+        upgrade::take_request(&mut parts).filter(|_| target.cluster.protocol == Protocol::Http1);
     headers::strip_hop_by_hop(&mut parts.headers, true);
+    if let Some(upgrade) = &upgrade {
+        upgrade.restore_request_headers(&mut parts.headers);
+    }
     headers::add_forwarded(
         &mut parts.headers,
         client_ip,
@@ -139,6 +146,11 @@ where
     };
     match result {
         Ok(resp) => {
+            if let Some(upgrade) = upgrade
+                && resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                return upgrade.switch(resp, route.name.clone());
+            }
             let (mut parts, body) = resp.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, false);
             Response::from_parts(parts, body.boxed_unsync())

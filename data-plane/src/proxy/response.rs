@@ -4,7 +4,7 @@ use crate::router::route::DirectResponse;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
 
 /// Body of every response the proxy returns: upstream bodies streamed through, or local bytes.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -13,6 +13,11 @@ pub fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// No body (a `101 Switching Protocols` answer).
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// A plain-text local response.
