@@ -137,7 +137,9 @@ async fn start_sluice(routes: usize, backend_port: u16, dir: &TempDir) -> Sluice
         let last = format!("/r{}", routes - 1);
         eventually("every route serves", Duration::from_secs(60), || {
             let (c, last) = (c.clone(), last.clone());
-            async move { matches!(request(&c, "GET", port, "x", &last, &[]).await, Ok(r) if r.status == 200) }
+            async move {
+                matches!(request(&c, "GET", port, "x", &last, &[]).await, Ok(r) if r.status == 200)
+            }
         })
         .await;
     }

@@ -6,6 +6,7 @@
 use crate::proxy;
 use crate::snapshot::Snapshot;
 use crate::tls::{self, TlsConnection};
+use crate::upstream::HealthCheckers;
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -52,6 +53,8 @@ pub struct ProxyRuntime {
     shared: Arc<Shared>,
     ports: Mutex<HashMap<u16, PortHandle>>,
     next_generation: std::sync::atomic::AtomicU64,
+    /// Probe tasks of the clusters with active health checks, following each applied snapshot.
+    health: HealthCheckers,
 }
 
 impl ProxyRuntime {
@@ -69,6 +72,7 @@ impl ProxyRuntime {
             }),
             ports: Mutex::new(HashMap::new()),
             next_generation: std::sync::atomic::AtomicU64::new(1),
+            health: HealthCheckers::default(),
         })
     }
 
@@ -83,6 +87,7 @@ impl ProxyRuntime {
         // Lock before swapping so concurrent applies reconcile sockets in the order they swap.
         let mut ports = self.ports.lock().await;
         self.shared.current.store(snapshot.clone());
+        self.health.reconcile(snapshot.clusters());
         let wanted: HashMap<u16, &[String]> = snapshot.ports().collect();
         // A port switching between HTTP and HTTPS is closed and rebound (rare).
         let removed: Vec<u16> = ports
@@ -158,6 +163,7 @@ impl ProxyRuntime {
     /// Stops accepting on every port, asks connections to finish their in-flight requests and
     /// waits for them, at most `grace`.
     pub async fn shutdown(&self, grace: Duration) {
+        self.health.stop();
         let handles: Vec<PortHandle> = self.ports.lock().await.drain().map(|(_, h)| h).collect();
         for handle in &handles {
             let _ = handle.stop.send(true);

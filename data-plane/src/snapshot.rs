@@ -63,6 +63,12 @@ impl Snapshot {
         self.clusters.get(name)
     }
 
+    /// Every cluster by name; the map is shared with the previous snapshot when no cluster
+    /// changed, so its identity tells whether anything did.
+    pub fn clusters(&self) -> &Arc<HashMap<Arc<str>, Arc<CompiledCluster>>> {
+        &self.clusters
+    }
+
     /// Ports to listen on, each with the names of its listeners.
     pub fn ports(&self) -> impl Iterator<Item = (u16, &[String])> {
         self.ports.iter().map(|(p, names)| (*p, names.as_slice()))
@@ -138,7 +144,8 @@ pub struct Compiler {
     route_certs: BTreeMap<String, Arc<CompiledRoute>>,
     /// Accepted HTTPS listeners in name order, as of the last listener change.
     tls_listeners: Vec<TlsListener>,
-    /// Survives cluster changes (round-robin position); dropped when the cluster is removed.
+    /// Survives cluster changes (round-robin position, endpoint health, retry budget); dropped
+    /// when the cluster is removed.
     cluster_states: HashMap<String, Arc<ClusterState>>,
     clients: Arc<Clients>,
     /// The gateway's upstream defaults, as of the last listener change.

@@ -1,7 +1,10 @@
 //! The per-request proxy: route lookup on the request's snapshot, local answers (404, 405, direct
-//! responses), backend and endpoint selection, path rewrite, header handling and forwarding.
+//! responses), path rewrite and header handling; `forward` picks backends and endpoints and
+//! sends the attempts.
 
+pub mod forward;
 pub mod headers;
+mod lent_body;
 pub mod response;
 pub mod upgrade;
 
@@ -11,12 +14,10 @@ use crate::router::host::request_host;
 use crate::router::{Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
-use crate::upstream::client::Protocol;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Request, Response, Uri, header};
 use http_body::Body;
-use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,7 +31,7 @@ pub async fn handle<B>(
     req: Request<B>,
 ) -> Response<ProxyBody>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
     let client_ip = client.ip().to_canonical();
     let Some(index) = snapshot.port(port) else {
@@ -38,7 +39,7 @@ where
     };
 
     // Routing borrows the request; collect what forwarding needs, then release the borrow.
-    let (route, target) = {
+    let (route, pinned, path_and_query, original_host) = {
         let raw_host = request_host(req.uri(), req.headers());
         let host = NormalizedHost::new(&raw_host);
         if let Some(tls) = tls
@@ -57,19 +58,7 @@ where
             RouteAction::Direct(d) => return response::direct(d),
             RouteAction::Forward(f) => f,
         };
-        let mut rng = fastrand::Rng::new();
-        let Some(backend) = forward.backends.select(&view, &mut rng) else {
-            tracing::debug!(route = %route.name, "no eligible backend");
-            return response::no_upstream();
-        };
-        let Some(cluster) = snapshot.cluster(&backend.cluster) else {
-            tracing::warn!(route = %route.name, cluster = %backend.cluster, "backend cluster missing");
-            return response::no_upstream();
-        };
-        let Some(endpoint) = cluster.pick() else {
-            tracing::debug!(route = %route.name, cluster = %cluster.name, "cluster has no endpoints");
-            return response::no_upstream();
-        };
+        let pinned = forward.backends.pinned(&view);
         let path_and_query = match &forward.rewrite {
             None => req.uri().path_and_query().cloned(),
             Some(rw) => {
@@ -81,97 +70,43 @@ where
                 PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
             }
         };
-        let uri = Uri::builder()
-            .scheme(cluster.scheme.clone())
-            .authority(endpoint.authority.clone())
-            .path_and_query(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")))
-            .build();
-        let Ok(uri) = uri else {
-            return response::upstream_error();
-        };
         let original_host = (!raw_host.is_empty())
             .then(|| HeaderValue::from_str(&raw_host).ok())
             .flatten();
-        let target = Target {
-            uri,
-            original_host,
-            cluster: cluster.clone(),
-            authority: endpoint.host_header.clone(),
-        };
-        (route.clone(), target)
+        (route.clone(), pinned, path_and_query, original_host)
     };
     let RouteAction::Forward(forward) = &route.action else {
         return response::upstream_error();
     };
 
     let (mut parts, body) = req.into_parts();
-    // Only an HTTP/1.1 upstream can switch protocols; other clusters get a plain request.
-    let upgrade =
-        upgrade::take_request(&mut parts).filter(|_| target.cluster.protocol == Protocol::Http1);
+    // The upgrade headers go back in per attempt, for HTTP/1.1 upstreams only.
+    let upgrade = upgrade::take_request(&mut parts);
     headers::strip_hop_by_hop(&mut parts.headers, true);
-    if let Some(upgrade) = &upgrade {
-        upgrade.restore_request_headers(&mut parts.headers);
-    }
     headers::add_forwarded(
         &mut parts.headers,
         client_ip,
-        target.original_host.clone(),
+        original_host.clone(),
         tls.is_some(),
     );
-    if forward.preserve_host {
-        // HTTP/2 clients send no Host header; carry their :authority as Host.
-        if let Some(h) = target.original_host {
-            parts.headers.insert(header::HOST, h);
-        }
-    } else {
-        parts.headers.insert(header::HOST, target.authority);
+    // HTTP/2 clients send no Host header; carry their :authority as Host. Otherwise each attempt
+    // sets its endpoint's authority.
+    if forward.preserve_host
+        && let Some(h) = original_host
+    {
+        parts.headers.insert(header::HOST, h);
     }
-    parts.uri = target.uri;
-    parts.version = match target.cluster.protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::H2c => Version::HTTP_2,
-    };
-    let upstream_req = Request::from_parts(parts, body.boxed_unsync());
-
-    let fut = target.cluster.client.request(upstream_req);
-    let result = match forward.timeout {
-        Some(t) => match tokio::time::timeout(t, fut).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::warn!(route = %route.name, cluster = %target.cluster.name, timeout = ?t, "upstream timeout");
-                return response::timeout();
-            }
-        },
-        None => fut.await,
-    };
-    match result {
-        Ok(resp) => {
-            if let Some(upgrade) = upgrade
-                && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            {
-                return upgrade.switch(resp, route.name.clone());
-            }
-            let (mut parts, body) = resp.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, false);
-            Response::from_parts(parts, body.boxed_unsync())
-        }
-        Err(error) if error.is_connect() => {
-            tracing::warn!(route = %route.name, cluster = %target.cluster.name, %error, "upstream connect error");
-            response::connect_error()
-        }
-        Err(error) => {
-            tracing::warn!(route = %route.name, cluster = %target.cluster.name, %error, "upstream error");
-            response::upstream_error()
-        }
-    }
-}
-
-/// Where and how one request is forwarded, computed while the request is borrowed for routing.
-struct Target {
-    uri: Uri,
-    original_host: Option<HeaderValue>,
-    cluster: Arc<crate::upstream::CompiledCluster>,
-    authority: HeaderValue,
+    parts.uri = Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    forward::forward(
+        &snapshot,
+        &route.name,
+        forward,
+        pinned,
+        parts,
+        body,
+        upgrade,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -180,7 +115,7 @@ mod tests {
     use crate::resources::Resources;
     use crate::snapshot::Compiler;
     use http::{Method, StatusCode};
-    use http_body_util::Full;
+    use http_body_util::{BodyExt, Full};
     use sluice_proto::config as pb;
     use std::convert::Infallible;
     use tokio::io::AsyncReadExt;

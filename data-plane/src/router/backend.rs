@@ -107,14 +107,40 @@ impl BackendSet {
 
     /// Picks the backend for a request, or None when no backend may take it (503).
     pub fn select(&self, req: &RequestView<'_>, rng: &mut fastrand::Rng) -> Option<&Backend> {
-        // Evaluate conditions once; a route has a handful of backends, so a u64 mask suffices
-        // (backends past the 64th can only be reached through ordinary balancing).
+        self.choose(self.pinned(req), rng, |_| true)
+    }
+
+    /// The backends whose conditions all hold for `req`, as a mask (backends past the 64th can
+    /// only be reached through ordinary balancing). Computed once per request, so a retry
+    /// chooses again without the request.
+    pub fn pinned(&self, req: &RequestView<'_>) -> u64 {
         let mut pinned: u64 = 0;
-        let mut best_exclusive: Option<&Backend> = None;
         for (i, b) in self.backends.iter().enumerate().take(64) {
             if b.pinned(req) {
                 pinned |= 1 << i;
-                if b.exclusive && best_exclusive.is_none_or(|e| b.priority > e.priority) {
+            }
+        }
+        pinned
+    }
+
+    /// Picks among the backends `usable` admits (an unusable backend is treated as absent):
+    /// the highest-priority pinned exclusive backend, else a weighted pick over the pinned
+    /// non-exclusive ones, else over the ordinary (non-exclusive) ones.
+    pub fn choose(
+        &self,
+        pinned: u64,
+        rng: &mut fastrand::Rng,
+        usable: impl Fn(&Backend) -> bool,
+    ) -> Option<&Backend> {
+        let is_pinned = |i: usize| i < 64 && pinned & (1 << i) != 0;
+        let mut best_exclusive: Option<&Backend> = None;
+        if pinned != 0 {
+            for (i, b) in self.backends.iter().enumerate() {
+                if is_pinned(i)
+                    && b.exclusive
+                    && best_exclusive.is_none_or(|e| b.priority > e.priority)
+                    && usable(b)
+                {
                     best_exclusive = Some(b);
                 }
             }
@@ -122,18 +148,18 @@ impl BackendSet {
         if best_exclusive.is_some() {
             return best_exclusive;
         }
-        let non_exclusive_pinned = |i: usize, b: &Backend| !b.exclusive && pinned & (1 << i) != 0;
-        if self
-            .backends
-            .iter()
-            .enumerate()
-            .take(64)
-            .any(|(i, b)| non_exclusive_pinned(i, b))
+        let non_exclusive_pinned = |i: usize, b: &Backend| !b.exclusive && is_pinned(i);
+        if pinned != 0
+            && self
+                .backends
+                .iter()
+                .enumerate()
+                .any(|(i, b)| non_exclusive_pinned(i, b) && usable(b))
         {
             // Pinned backends receive traffic even at weight 0.
-            return self.pick(|i, b| i < 64 && non_exclusive_pinned(i, b), true, rng);
+            return self.pick(|i, b| non_exclusive_pinned(i, b) && usable(b), true, rng);
         }
-        self.pick(|_, b| !b.exclusive, false, rng)
+        self.pick(|_, b| !b.exclusive && usable(b), false, rng)
     }
 
     /// Weighted pick among the backends `eligible` admits: round robin when all weights are

@@ -46,7 +46,67 @@ pub struct Forward {
     pub backends: BackendSet,
     pub rewrite: Option<Rewrite>,
     pub preserve_host: bool,
+    /// The whole request, retries included.
     pub timeout: Option<Duration>,
+    /// One attempt, until the response headers.
+    pub backend_timeout: Option<Duration>,
+    pub retry: Retry,
+}
+
+/// A compiled `RetryPolicy`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Statuses retried when the request can be replayed (idempotent, empty body).
+    pub statuses: Vec<StatusCode>,
+    /// Wait before the first retry; doubled for each further one.
+    pub backoff: Duration,
+}
+
+/// More retries than this only prolong an outage (and the retry budget caps them anyway).
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+
+impl Default for Retry {
+    /// Without a policy a request whose connection failed is retried once (it never reached a
+    /// backend, so that is safe for every method); nothing else is.
+    fn default() -> Self {
+        Retry {
+            attempts: 1,
+            statuses: Vec::new(),
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+}
+
+impl Retry {
+    fn compile(p: &pb::RetryPolicy) -> Result<Retry, String> {
+        if p.attempts > MAX_RETRY_ATTEMPTS {
+            return Err(format!(
+                "attempts: {} is more than {MAX_RETRY_ATTEMPTS}",
+                p.attempts
+            ));
+        }
+        let mut statuses = Vec::with_capacity(p.statuses.len());
+        for (i, s) in p.statuses.iter().enumerate() {
+            let status = u16::try_from(*s)
+                .ok()
+                .filter(|s| (100..=599).contains(s))
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .ok_or(format!("statuses[{i}]: {s} is not in 100..=599"))?;
+            statuses.push(status);
+        }
+        let backoff = match &p.backoff {
+            None => DEFAULT_BACKOFF,
+            Some(d) => to_duration(d).map_err(|e| format!("backoff: {e}"))?,
+        };
+        Ok(Retry {
+            attempts: p.attempts,
+            statuses,
+            backoff,
+        })
+    }
 }
 
 impl CompiledRoute {
@@ -161,18 +221,29 @@ fn compile_forward(f: &pb::ForwardAction) -> Result<Forward, String> {
         Some(r) => Rewrite::compile(r).map_err(|e| format!("path_rewrite.{e}"))?,
         None => None,
     };
-    // A zero timeout is treated as unset rather than failing every request.
+    // A zero timeout is treated as unset rather than failing every request (both timeouts).
     let timeout = match &f.timeout {
         None => None,
         Some(d) => {
             Some(to_duration(d).map_err(|e| format!("timeout: {e}"))?).filter(|d| !d.is_zero())
         }
     };
+    let backend_timeout = match &f.backend_timeout {
+        None => None,
+        Some(d) => Some(to_duration(d).map_err(|e| format!("backend_timeout: {e}"))?)
+            .filter(|d| !d.is_zero()),
+    };
+    let retry = match &f.retry {
+        None => Retry::default(),
+        Some(p) => Retry::compile(p).map_err(|e| format!("retry.{e}"))?,
+    };
     Ok(Forward {
         backends: BackendSet::new(backends),
         rewrite,
         preserve_host: f.preserve_host,
         timeout,
+        backend_timeout,
+        retry,
     })
 }
 

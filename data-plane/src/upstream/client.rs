@@ -25,6 +25,16 @@ pub enum Protocol {
     H2c,
 }
 
+impl Protocol {
+    /// The version requests to this kind of upstream carry.
+    pub fn version(self) -> http::Version {
+        match self {
+            Protocol::Http1 => http::Version::HTTP_11,
+            Protocol::H2c => http::Version::HTTP_2,
+        }
+    }
+}
+
 /// Plaintext clients, one per (protocol, connect timeout, pool settings): those are connector
 /// and pool settings, and nearly every cluster uses the gateway's, so in practice there are one
 /// or two pools. TLS clusters get their own client instead (see `tls_client`).

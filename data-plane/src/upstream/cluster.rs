@@ -1,22 +1,52 @@
-//! Compiled clusters and endpoint selection (weighted round robin, random).
+//! Compiled clusters and endpoint selection (weighted round robin, random) over the endpoints
+//! currently available: healthy by the active check (when the cluster has one) and not ejected.
 
+use super::budget::RetryBudget;
 use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, HttpClient, Protocol};
 use super::connector::parse_server_name;
+use super::health::HealthCheck;
+use super::outlier::{EndpointHealth, Outcome, Outlier, now_ms};
 use super::pool::{self, PoolSettings};
 use super::tls::{Alpn, TlsInputs, client_config};
 use crate::router::route::to_duration;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use sluice_proto::config as pb;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Per-cluster state that must survive recompiles (kept by the Compiler by cluster name).
 #[derive(Debug, Default)]
 pub struct ClusterState {
     rr: AtomicU64,
+    /// Endpoint health by address; an endpoint keeps it while it stays in the cluster.
+    endpoints: Mutex<HashMap<Authority, Arc<EndpointHealth>>>,
+    pub budget: Arc<RetryBudget>,
+    /// Serialises ejection decisions, so concurrent failures cannot exceed the ejection cap.
+    ejecting: Mutex<()>,
+}
+
+impl ClusterState {
+    /// The health of each of `endpoints` (shared when an address appears twice); forgets the
+    /// addresses no longer listed.
+    fn endpoint_health(&self, endpoints: &[Authority]) -> Vec<Arc<EndpointHealth>> {
+        let mut known = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept: HashMap<Authority, Arc<EndpointHealth>> =
+            HashMap::with_capacity(endpoints.len());
+        let health = endpoints
+            .iter()
+            .map(|a| {
+                kept.entry(a.clone())
+                    .or_insert_with(|| known.remove(a).unwrap_or_default())
+                    .clone()
+            })
+            .collect();
+        *known = kept;
+        health
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -26,12 +56,24 @@ pub struct Endpoint {
     /// The authority as a Host header value, so forwarding does not rebuild it per request.
     pub host_header: HeaderValue,
     pub weight: u32,
+    /// Shared with the next compiled version while the address stays in the cluster.
+    pub health: Arc<EndpointHealth>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lb {
     RoundRobin,
     Random,
+}
+
+/// Which endpoints selection may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eligibility {
+    /// Healthy and not ejected.
+    Available,
+    /// Healthy, ejected or not: when every endpoint a request could use is ejected, serving
+    /// from an ejected one beats refusing (outlier detection must not take a route down).
+    IgnoreEjection,
 }
 
 pub struct CompiledCluster {
@@ -48,6 +90,9 @@ pub struct CompiledCluster {
     pub client: HttpClient,
     /// What the TLS client was built from (None: plaintext); equal inputs keep the client.
     pub tls: Option<TlsInputs>,
+    pub health_check: Option<Arc<HealthCheck>>,
+    /// None: passive outlier detection is off.
+    pub outlier: Option<Outlier>,
     pub state: Arc<ClusterState>,
 }
 
@@ -59,8 +104,30 @@ impl std::fmt::Debug for CompiledCluster {
             .field("lb", &self.lb)
             .field("protocol", &self.protocol)
             .field("tls", &self.tls.as_ref().map(|t| &t.settings))
+            .field("health_check", &self.health_check)
+            .field("outlier", &self.outlier)
             .finish_non_exhaustive()
     }
+}
+
+/// The clock read at most once per selection, and only when an ejection needs it.
+struct LazyNow(Cell<u64>);
+
+impl LazyNow {
+    fn new() -> Self {
+        LazyNow(Cell::new(0))
+    }
+    fn get(&self) -> u64 {
+        if self.0.get() == 0 {
+            self.0.set(now_ms());
+        }
+        self.0.get()
+    }
+}
+
+/// Whether endpoint `i` is in the `tried` mask (endpoints past the 64th are never excluded).
+fn in_mask(mask: u64, i: usize) -> bool {
+    i < 64 && mask & (1 << i) != 0
 }
 
 /// Checks a Cluster; errors name the field.
@@ -78,6 +145,10 @@ pub fn validate(c: &pb::Cluster) -> Result<(), String> {
     for (i, e) in c.endpoints.iter().enumerate() {
         endpoint(e).map_err(|err| format!("endpoints[{i}].{err}"))?;
     }
+    if let Some(h) = &c.health_check {
+        HealthCheck::compile(h)?;
+    }
+    Outlier::compile(c.outlier_detection.as_ref())?;
     if let Some(t) = &c.tls
         && !t.server_name.is_empty()
     {
@@ -133,7 +204,8 @@ pub fn tls_inputs(
     }))
 }
 
-fn endpoint(e: &pb::Endpoint) -> Result<Endpoint, String> {
+/// An endpoint's address, checked; its Host header value.
+fn endpoint(e: &pb::Endpoint) -> Result<(Authority, HeaderValue), String> {
     if e.address.is_empty() {
         return Err("address: empty".into());
     }
@@ -157,18 +229,14 @@ fn endpoint(e: &pb::Endpoint) -> Result<Endpoint, String> {
     }
     let host_header = HeaderValue::from_str(authority.as_str())
         .map_err(|_| format!("address: {:?} is not a valid Host header", e.address))?;
-    Ok(Endpoint {
-        authority,
-        host_header,
-        weight: e.weight.max(1),
-    })
+    Ok((authority, host_header))
 }
 
 impl CompiledCluster {
-    /// Compiles a validated cluster; `state` carries the round-robin position across versions,
-    /// `tls` comes from [`tls_inputs`], `pool` from [`pool_settings`], and `previous` (the last
-    /// compiled version) lends its TLS client when nothing it was built from changed, so its
-    /// pooled connections survive.
+    /// Compiles a validated cluster; `state` carries the round-robin position and endpoint
+    /// health across versions, `tls` comes from [`tls_inputs`], `pool` from [`pool_settings`],
+    /// and `previous` (the last compiled version) lends its TLS client when nothing it was built
+    /// from changed, so its pooled connections survive.
     pub fn compile(
         c: &pb::Cluster,
         state: Arc<ClusterState>,
@@ -178,11 +246,36 @@ impl CompiledCluster {
         previous: Option<&CompiledCluster>,
     ) -> Result<Self, String> {
         validate(c)?;
-        let endpoints = c
+        let addresses = c
             .endpoints
             .iter()
             .map(endpoint)
             .collect::<Result<Vec<_>, _>>()?;
+        let authorities: Vec<Authority> = addresses.iter().map(|(a, _)| a.clone()).collect();
+        let health = state.endpoint_health(&authorities);
+        let endpoints: Vec<Endpoint> = addresses
+            .into_iter()
+            .zip(health)
+            .zip(&c.endpoints)
+            .map(|(((authority, host_header), health), e)| Endpoint {
+                authority,
+                host_header,
+                weight: e.weight.max(1),
+                health,
+            })
+            .collect();
+        let health_check = match &c.health_check {
+            Some(h) => Some(Arc::new(HealthCheck::compile(h)?)),
+            None => None,
+        };
+        // Verdicts left from an earlier health check are stale: a check that (re)appears
+        // starts from healthy, so adding one never causes errors while the first probes run.
+        if health_check.is_some() && previous.is_none_or(|p| p.health_check.is_none()) {
+            for e in &endpoints {
+                e.health.set_healthy(true);
+            }
+        }
+        let outlier = Outlier::compile(c.outlier_detection.as_ref())?;
         let mut cumulative = Vec::with_capacity(endpoints.len());
         let mut sum = 0u64;
         for e in &endpoints {
@@ -254,12 +347,46 @@ impl CompiledCluster {
             pool,
             client,
             tls,
+            health_check,
+            outlier,
             state,
         })
     }
 
-    /// Picks an endpoint; None when the cluster has none.
+    /// Picks an available endpoint; None when the cluster has none.
     pub fn pick(&self) -> Option<&Endpoint> {
+        self.choose(0, Eligibility::Available)
+            .and_then(|i| self.endpoints.get(i))
+    }
+
+    /// Whether endpoint `i` may take a request.
+    fn usable(&self, i: usize, eligibility: Eligibility, now: &LazyNow) -> bool {
+        let Some(e) = self.endpoints.get(i) else {
+            return false;
+        };
+        if self.health_check.is_some() && !e.health.is_healthy() {
+            return false;
+        }
+        match e.health.ejection(|| now.get()) {
+            None => true,
+            Some(true) => eligibility == Eligibility::IgnoreEjection,
+            Some(false) => {
+                tracing::info!(cluster = %self.name, endpoint = %e.authority, "ejection ended: endpoint back in service");
+                true
+            }
+        }
+    }
+
+    /// Whether some endpoint outside `tried` (a mask of endpoint indexes) may take a request.
+    pub fn has_usable(&self, tried: u64, eligibility: Eligibility) -> bool {
+        let now = LazyNow::new();
+        (0..self.endpoints.len()).any(|i| !in_mask(tried, i) && self.usable(i, eligibility, &now))
+    }
+
+    /// Picks the index of an endpoint outside `tried` (a mask of endpoint indexes) by the
+    /// cluster's policy. When the policy's pick is unusable, picks by weight among the usable
+    /// ones, so the load of an endpoint out of service spreads over all the others.
+    pub fn choose(&self, tried: u64, eligibility: Eligibility) -> Option<usize> {
         let total = *self.cumulative.last()?;
         let point = match self.lb {
             Lb::RoundRobin => self.state.rr.fetch_add(1, Ordering::Relaxed) % total,
@@ -267,7 +394,76 @@ impl CompiledCluster {
         };
         // First endpoint whose running sum exceeds the point.
         let idx = self.cumulative.partition_point(|&c| c <= point);
-        self.endpoints.get(idx)
+        let now = LazyNow::new();
+        if !in_mask(tried, idx) && self.usable(idx, eligibility, &now) {
+            return Some(idx);
+        }
+        let eligible = |i: usize| !in_mask(tried, i) && self.usable(i, eligibility, &now);
+        let usable_total: u64 = (0..self.endpoints.len())
+            .filter(|&i| eligible(i))
+            .map(|i| u64::from(self.endpoints[i].weight))
+            .sum();
+        if usable_total == 0 {
+            return None;
+        }
+        let mut point = point % usable_total;
+        let mut last = None;
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !eligible(i) {
+                continue;
+            }
+            last = Some(i);
+            let w = u64::from(e.weight);
+            if point < w {
+                return Some(i);
+            }
+            point -= w;
+        }
+        // An endpoint went out of service between the two passes.
+        last
+    }
+
+    /// Feeds passive outlier detection with the outcome of a request to endpoint `idx`.
+    pub fn report(&self, idx: usize, outcome: Outcome) {
+        let (Some(outlier), Some(e)) = (&self.outlier, self.endpoints.get(idx)) else {
+            return;
+        };
+        match outcome {
+            Outcome::Success => e.health.record_success(outlier, now_ms),
+            Outcome::Failure => {
+                if e.health.record_failure(outlier) {
+                    self.eject(e, outlier);
+                }
+            }
+        }
+    }
+
+    /// Ejects `e` unless that would put more than the allowed share of the cluster out.
+    fn eject(&self, e: &Endpoint, outlier: &Outlier) {
+        let _serial = self
+            .state
+            .ejecting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = now_ms();
+        let ejected = self
+            .endpoints
+            .iter()
+            .filter(|e| e.health.is_ejected(now))
+            .count();
+        if !e.health.is_ejected(now) && ejected >= outlier.max_ejected(self.endpoints.len()) {
+            e.health.reset_failures();
+            tracing::debug!(cluster = %self.name, endpoint = %e.authority, ejected, "ejection cap reached; endpoint kept in service");
+            return;
+        }
+        if let Some(time) = e.health.eject(outlier, now) {
+            tracing::warn!(
+                cluster = %self.name,
+                endpoint = %e.authority,
+                ejection_ms = time.as_millis() as u64,
+                "endpoint ejected after consecutive failures"
+            );
+        }
     }
 }
 
