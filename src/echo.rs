@@ -7,6 +7,9 @@
 //! * WebSocket (`Upgrade: websocket`): every message is echoed back;
 //! * Server-Sent Events (`x-echo-sse: N`): N events, the last one held back until some request
 //!   carries `x-echo-sse-release`, so a test can tell streaming from buffering.
+//!
+//! [`Options`] make a whole backend fail: every answer with one status, or only its health
+//! endpoint while a file exists.
 
 mod sse;
 mod websocket;
@@ -16,6 +19,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -24,6 +28,19 @@ use tonic::codegen::Service;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
+
+/// Path answered 503 while [`Options::health_fail_file`] exists.
+pub const HEALTH_PATH: &str = "/healthz";
+
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Status of every answer unless the request sets `x-echo-status`.
+    pub status: Option<StatusCode>,
+    /// While this file exists, `GET /healthz` answers 503 (other paths still work), so a test
+    /// can fail a backend's active health check by creating the file and restore it by
+    /// removing it.
+    pub health_fail_file: Option<PathBuf>,
+}
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type EchoBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -35,9 +52,10 @@ struct Echo {
     grpc: HealthServer<HealthService>,
     /// One permit per `x-echo-sse-release` request; each SSE stream takes one before its last event.
     sse_release: Semaphore,
+    options: Options,
 }
 
-pub async fn serve(listener: TcpListener, name: String) {
+pub async fn serve(listener: TcpListener, name: String, options: Options) {
     let health = HealthReporter::new();
     health
         .set_service_status(&name, ServingStatus::Serving)
@@ -47,6 +65,7 @@ pub async fn serve(listener: TcpListener, name: String) {
         grpc: HealthServer::new(HealthService::from_health_reporter(health.clone())),
         health,
         sse_release: Semaphore::new(0),
+        options,
     });
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
@@ -100,10 +119,19 @@ impl Echo {
         if let Some(events) = header("x-echo-sse").and_then(|v| v.parse::<u32>().ok()) {
             return Ok(sse::events(self, events));
         }
+        if let Some(file) = &self.options.health_fail_file
+            && req.uri().path() == HEALTH_PATH
+            && tokio::fs::try_exists(file).await.unwrap_or(false)
+        {
+            let mut resp = Response::new(full("unhealthy\n"));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(resp);
+        }
         let delay = header("x-echo-delay-ms").and_then(|v| v.parse::<u64>().ok());
         let status = header("x-echo-status")
             .and_then(|v| v.parse::<u16>().ok())
             .and_then(|s| StatusCode::from_u16(s).ok())
+            .or(self.options.status)
             .unwrap_or(StatusCode::OK);
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers()

@@ -57,6 +57,14 @@ enum Command {
         /// Name reported in every response.
         #[arg(long, default_value = "echo")]
         name: String,
+        /// Status of every answer (a request's x-echo-status still wins), e.g. 500 for a
+        /// failing backend.
+        #[arg(long, value_parser = parse_status)]
+        status: Option<hyper::StatusCode>,
+        /// While this file exists, GET /healthz answers 503: fails the backend's active health
+        /// check without failing its traffic.
+        #[arg(long)]
+        health_fail_file: Option<PathBuf>,
     },
 }
 
@@ -120,6 +128,14 @@ struct StandaloneArgs {
     demo_backends: bool,
 }
 
+fn parse_status(text: &str) -> Result<hyper::StatusCode, String> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+        .and_then(|s| hyper::StatusCode::from_u16(s).ok())
+        .ok_or_else(|| format!("{text:?} is not an HTTP status (100-599)"))
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -177,13 +193,22 @@ fn main() -> anyhow::Result<()> {
             Command::ControlPlane(args) => control_plane(args).await,
             Command::DataPlane(args) => data_plane(args).await,
             Command::Validate { dir } => validate(dir),
-            Command::Echo { listen, name } => {
+            Command::Echo {
+                listen,
+                name,
+                status,
+                health_fail_file,
+            } => {
                 let l = TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;
                 tracing::info!(%listen, %name, "echo backend listening");
+                let options = echo::Options {
+                    status,
+                    health_fail_file,
+                };
                 tokio::select! {
-                    _ = echo::serve(l, name) => {}
+                    _ = echo::serve(l, name, options) => {}
                     _ = shutdown_signal() => {}
                 }
                 Ok(())
@@ -274,7 +299,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("starting the demo backend on {addr}"))?;
             tracing::info!(%addr, "demo echo backend listening");
-            tokio::spawn(echo::serve(l, addr.to_string()));
+            tokio::spawn(echo::serve(l, addr.to_string(), echo::Options::default()));
         }
     }
     let listener = TcpListener::bind(args.xds_listen)

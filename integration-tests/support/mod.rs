@@ -149,17 +149,16 @@ impl Drop for Proc {
 
 /// An echo backend (the binary's `echo` subcommand) reporting `name`.
 pub fn echo(name: &str) -> (Proc, u16) {
+    echo_with(name, &[])
+}
+
+/// An echo backend with extra `sluice echo` flags (e.g. `--status 500`).
+pub fn echo_with(name: &str, extra: &[&str]) -> (Proc, u16) {
     let port = free_port();
-    let p = Proc::start(
-        &[
-            "echo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--name",
-            name,
-        ],
-        &[],
-    );
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["echo", "--listen", &listen, "--name", name];
+    args.extend_from_slice(extra);
+    let p = Proc::start(&args, &[]);
     p.wait_log("echo backend listening", Duration::from_secs(10));
     (p, port)
 }
