@@ -672,6 +672,93 @@ mod tests {
     }
 
     #[test]
+    fn validate_resilience_settings_names_the_field() {
+        let c = Compiler::new();
+        let res = resources();
+        let with_forward = |edit: &dyn Fn(&mut pb::ForwardAction)| {
+            let mut r = forward_route("r", "backend");
+            if let Some(pb::route::Action::Forward(f)) = &mut r.action {
+                edit(f);
+            }
+            c.validate_route(&r, &res)
+        };
+        let bad_duration = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
+        assert_eq!(
+            with_forward(&|f| {
+                f.retry = Some(pb::RetryPolicy {
+                    attempts: 2,
+                    statuses: vec![502, 503],
+                    backoff: None,
+                });
+                f.backend_timeout = Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                });
+            }),
+            Ok(())
+        );
+        for (edit, error) in [
+            (
+                &(|f: &mut pb::ForwardAction| f.backend_timeout = Some(bad_duration))
+                    as &dyn Fn(&mut pb::ForwardAction),
+                "forward.backend_timeout: invalid duration -1s 0ns",
+            ),
+            (
+                &|f: &mut pb::ForwardAction| {
+                    f.retry = Some(pb::RetryPolicy {
+                        statuses: vec![503, 600],
+                        ..Default::default()
+                    })
+                },
+                "forward.retry.statuses[1]: 600 is not in 100..=599",
+            ),
+            (
+                &|f: &mut pb::ForwardAction| {
+                    f.retry = Some(pb::RetryPolicy {
+                        attempts: 11,
+                        ..Default::default()
+                    })
+                },
+                "forward.retry.attempts: 11 is more than 10",
+            ),
+            (
+                &|f: &mut pb::ForwardAction| {
+                    f.retry = Some(pb::RetryPolicy {
+                        backoff: Some(bad_duration),
+                        ..Default::default()
+                    })
+                },
+                "forward.retry.backoff: invalid duration -1s 0ns",
+            ),
+        ] {
+            assert_eq!(with_forward(edit).unwrap_err(), error);
+        }
+
+        let mut cluster = (*res.clusters["backend"]).clone();
+        cluster.health_check = Some(pb::HealthCheck {
+            path: "/healthz".into(),
+            interval: Some(bad_duration),
+            ..Default::default()
+        });
+        assert_eq!(
+            c.validate_cluster(&cluster, &res).unwrap_err(),
+            "health_check.interval: invalid duration -1s 0ns"
+        );
+        cluster.health_check = None;
+        cluster.outlier_detection = Some(pb::OutlierDetection {
+            consecutive_failures: 5000,
+            ..Default::default()
+        });
+        assert_eq!(
+            c.validate_cluster(&cluster, &res).unwrap_err(),
+            "outlier_detection.consecutive_failures: 5000 is more than 1000"
+        );
+    }
+
+    #[test]
     fn validate_listener_and_secret() {
         let c = Compiler::new();
         let res = resources();

@@ -408,6 +408,217 @@ fn choose_target(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::Resources;
+    use crate::snapshot::Compiler;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use sluice_proto::config as pb;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use tokio::net::TcpListener;
+
+    const PORT: u16 = 8080;
+
+    /// A backend answering every request with `status` and its `name`, after `delay`.
+    async fn backend(name: &'static str, status: u16, delay: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        let mut resp =
+                            Response::new(Full::new(Bytes::from_static(name.as_bytes())));
+                        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn ms(ms: u64) -> Option<prost_types::Duration> {
+        Some(prost_types::Duration {
+            seconds: (ms / 1000) as i64,
+            nanos: ((ms % 1000) * 1_000_000) as i32,
+        })
+    }
+
+    /// One route on `/` forwarding to a cluster of `endpoints` (address, weight).
+    fn snapshot(
+        endpoints: &[(SocketAddr, u32)],
+        outlier: Option<pb::OutlierDetection>,
+        forward: pb::ForwardAction,
+    ) -> Arc<Snapshot> {
+        let mut res = Resources::default();
+        res.add_http_listener("http", PORT);
+        let cluster = pb::Cluster {
+            name: "c".into(),
+            endpoints: endpoints
+                .iter()
+                .map(|(a, weight)| pb::Endpoint {
+                    address: a.ip().to_string(),
+                    port: u32::from(a.port()),
+                    weight: *weight,
+                })
+                .collect(),
+            outlier_detection: outlier,
+            ..Default::default()
+        };
+        res.clusters.insert("c".into(), Arc::new(cluster));
+        let route = pb::Route {
+            name: "r".into(),
+            listeners: vec!["http".into()],
+            action: Some(pb::route::Action::Forward(pb::ForwardAction {
+                backends: vec![pb::WeightedBackend {
+                    cluster: "c".into(),
+                    weight: 1,
+                    ..Default::default()
+                }],
+                ..forward
+            })),
+            ..Default::default()
+        };
+        res.routes.insert("r".into(), Arc::new(route));
+        Compiler::new().compile(&res)
+    }
+
+    /// (status, body) of `method` on the snapshot's route, with `body`.
+    async fn call(snap: &Arc<Snapshot>, method: Method, body: &'static str) -> (u16, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
+            .header("host", "h.test")
+            .body(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}))
+            .unwrap();
+        let client: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let resp = super::super::handle(snap.clone(), PORT, client, None, req).await;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn retry(attempts: u32, statuses: &[u32]) -> Option<pb::RetryPolicy> {
+        Some(pb::RetryPolicy {
+            attempts,
+            statuses: statuses.to_vec(),
+            backoff: ms(1),
+        })
+    }
+
+    #[tokio::test]
+    async fn listed_statuses_are_retried_on_another_endpoint_when_replayable() {
+        let bad = backend("bad", 503, Duration::ZERO).await;
+        let good = backend("good", 200, Duration::ZERO).await;
+        // Detection off: "bad" must keep receiving first attempts.
+        let off = Some(pb::OutlierDetection {
+            disabled: true,
+            ..Default::default()
+        });
+        // Round robin by weight sends three in four first attempts to "bad", and would send
+        // the retry there too if it did not exclude the endpoint that failed.
+        let snap = snapshot(
+            &[(bad, 3), (good, 1)],
+            off.clone(),
+            pb::ForwardAction {
+                retry: retry(1, &[503]),
+                ..Default::default()
+            },
+        );
+        for method in [Method::GET, Method::PUT, Method::GET, Method::DELETE] {
+            assert_eq!(call(&snap, method, "").await, (200, "good".into()));
+        }
+        // Not idempotent, or a body that would have to be replayed: the 503 is the answer.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(call(&snap, Method::POST, "").await.0);
+            seen.push(call(&snap, Method::PUT, "payload").await.0);
+        }
+        assert!(seen.contains(&503) && seen.contains(&200), "{seen:?}");
+
+        // Without a policy only connect failures are retried.
+        let plain = snapshot(&[(bad, 1), (good, 1)], off, pb::ForwardAction::default());
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(call(&plain, Method::GET, "").await.0);
+        }
+        assert!(statuses.contains(&503), "{statuses:?}");
+    }
+
+    #[tokio::test]
+    async fn backend_timeout_fails_an_attempt() {
+        let slow = backend("slow", 200, Duration::from_secs(30)).await;
+        let fast = backend("fast", 200, Duration::ZERO).await;
+        let only_slow = snapshot(
+            &[(slow, 1)],
+            None,
+            pb::ForwardAction {
+                backend_timeout: ms(100),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            call(&only_slow, Method::GET, "").await,
+            (504, "upstream timeout\n".into())
+        );
+        // Listing 504 retries attempts that timed out, on another endpoint.
+        let both = snapshot(
+            &[(slow, 1), (fast, 1)],
+            None,
+            pb::ForwardAction {
+                backend_timeout: ms(100),
+                retry: retry(1, &[504]),
+                ..Default::default()
+            },
+        );
+        for _ in 0..4 {
+            assert_eq!(call(&both, Method::GET, "").await, (200, "fast".into()));
+        }
+        // The whole-request timeout bounds the request, retries included: of two requests
+        // (round robin) the one that meets "slow" first times out, where the per-attempt
+        // timeout alone would have retried it on "fast".
+        let bounded = snapshot(
+            &[(slow, 1), (fast, 1)],
+            None,
+            pb::ForwardAction {
+                timeout: ms(100),
+                backend_timeout: ms(5000),
+                retry: retry(1, &[504]),
+                ..Default::default()
+            },
+        );
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(call(&bounded, Method::GET, "").await);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            [(200, "fast".into()), (504, "upstream timeout\n".into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn ejection_never_takes_a_route_down() {
+        let failing = backend("failing", 500, Duration::ZERO).await;
+        let snap = snapshot(&[(failing, 1)], None, pb::ForwardAction::default());
+        // Ejected after five failures, but as the only endpoint it keeps serving: the
+        // upstream's own answer beats a gateway 503.
+        for _ in 0..10 {
+            assert_eq!(call(&snap, Method::GET, "").await, (500, "failing".into()));
+        }
+        let cluster = snap.cluster("c").unwrap();
+        assert!(
+            cluster.endpoints[0]
+                .health
+                .is_ejected(crate::upstream::outlier::now_ms())
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_and_a_cap() {

@@ -443,4 +443,47 @@ mod tests {
         assert_eq!(pick(&only_exclusive, &[], None, &mut rng), None);
         assert_eq!(pick(&zero, &[], None, &mut rng), None);
     }
+
+    #[test]
+    fn unusable_backends_are_treated_as_absent() {
+        let set = BackendSet::new(vec![
+            backend("a", 1, vec![], false, 0),
+            backend("b", 1, vec![], false, 0),
+            backend(
+                "canary",
+                1,
+                vec![exact("x-canary", Source::Header, "1")],
+                true,
+                0,
+            ),
+        ]);
+        let mut map = HeaderMap::new();
+        map.insert("x-canary", "1".parse().unwrap());
+        let host = NormalizedHost::new("h");
+        let view = RequestView {
+            host: host.as_str(),
+            path: "/",
+            query: None,
+            method: &Method::GET,
+            headers: &map,
+            client_ip: IpAddr::from([10, 0, 0, 7]),
+        };
+        let pinned = set.pinned(&view);
+        assert_eq!(pinned, 0b100);
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut choose = |usable: &dyn Fn(&Backend) -> bool| {
+            set.choose(pinned, &mut rng, usable)
+                .map(|b| b.cluster.to_string())
+        };
+        assert_eq!(choose(&|_| true).as_deref(), Some("canary"));
+        // A pinned canary that cannot serve falls back to ordinary balancing, which skips
+        // unusable backends too.
+        for _ in 0..4 {
+            assert_eq!(
+                choose(&|b| !matches!(&*b.cluster, "canary" | "a")).as_deref(),
+                Some("b")
+            );
+        }
+        assert_eq!(choose(&|_| false), None);
+    }
 }

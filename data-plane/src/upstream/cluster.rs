@@ -384,8 +384,8 @@ impl CompiledCluster {
     }
 
     /// Picks the index of an endpoint outside `tried` (a mask of endpoint indexes) by the
-    /// cluster's policy. When the policy's pick is unusable, picks by weight among the usable
-    /// ones, so the load of an endpoint out of service spreads over all the others.
+    /// cluster's policy. When the policy's pick is unusable, picks at random by weight among
+    /// the usable ones, so the load of an endpoint out of service spreads over all the others.
     pub fn choose(&self, tried: u64, eligibility: Eligibility) -> Option<usize> {
         let total = *self.cumulative.last()?;
         let point = match self.lb {
@@ -406,7 +406,9 @@ impl CompiledCluster {
         if usable_total == 0 {
             return None;
         }
-        let mut point = point % usable_total;
+        // A fresh random point: the policy's point is biased towards the unusable endpoint's
+        // neighbours.
+        let mut point = fastrand::u64(0..usable_total);
         let mut last = None;
         for (i, e) in self.endpoints.iter().enumerate() {
             if !eligible(i) {
@@ -567,5 +569,215 @@ mod tests {
             .filter(|_| c.pick().unwrap().authority.host() == "a")
             .count();
         assert!((300..=700).contains(&a), "{a}");
+    }
+
+    fn hosts(c: &CompiledCluster, n: usize, tried: u64, e: Eligibility) -> Vec<String> {
+        (0..n)
+            .map(|_| match c.choose(tried, e) {
+                Some(i) => c.endpoints[i].authority.host().to_string(),
+                None => "-".into(),
+            })
+            .collect()
+    }
+
+    fn checked(mut c: pb::Cluster) -> pb::Cluster {
+        c.health_check = Some(pb::HealthCheck {
+            path: "/healthz".into(),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[tokio::test]
+    async fn selection_skips_unavailable_endpoints() {
+        use Eligibility::*;
+        let clients = Clients::default();
+        let state = Arc::new(ClusterState::default());
+        let pb = checked(cluster(
+            &[("a", 80, 1), ("b", 80, 1), ("c", 80, 2)],
+            pb::LbPolicy::RoundRobin,
+        ));
+        let c = CompiledCluster::compile(
+            &pb,
+            state.clone(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(hosts(&c, 4, 0, Available), ["a", "b", "c", "c"]);
+        // An unhealthy endpoint's share spreads over the others by weight.
+        c.endpoints[1].health.set_healthy(false);
+        assert!(c.has_usable(0, Available));
+        let picks = hosts(&c, 300, 0, Available);
+        let count = |h: &str| picks.iter().filter(|p| *p == h).count();
+        // 75 picks fall on b and move: about a third to a, two thirds to c.
+        assert_eq!(count("b"), 0);
+        assert!((80..=125).contains(&count("a")), "{}", count("a"));
+        // Ejected endpoints are skipped unless ejection is ignored; unhealthy ones never serve.
+        let outlier = c.outlier.unwrap();
+        c.endpoints[2].health.eject(&outlier, now_ms());
+        assert_eq!(hosts(&c, 3, 0, Available), ["a", "a", "a"]);
+        // Endpoints already tried are skipped (a mask of indexes).
+        assert_eq!(hosts(&c, 2, 0b001, Available), ["-", "-"]);
+        assert!(!c.has_usable(0b001, Available));
+        assert_eq!(hosts(&c, 2, 0b001, IgnoreEjection), ["c", "c"]);
+        c.endpoints[0].health.set_healthy(false);
+        assert_eq!(hosts(&c, 2, 0, Available), ["-", "-"]);
+        assert_eq!(hosts(&c, 2, 0, IgnoreEjection), ["c", "c"]);
+        assert!(c.pick().is_none());
+
+        // Verdicts survive a recompile for the addresses that stay; a new address starts
+        // healthy, and a removed one is forgotten.
+        let moved = checked(cluster(
+            &[("a", 80, 1), ("d", 80, 1)],
+            pb::LbPolicy::RoundRobin,
+        ));
+        let c2 = CompiledCluster::compile(
+            &moved,
+            state.clone(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            Some(&c),
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&c.endpoints[0].health, &c2.endpoints[0].health));
+        assert_eq!(hosts(&c2, 2, 0, Available), ["d", "d"]);
+        let back = CompiledCluster::compile(
+            &pb,
+            state.clone(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            Some(&c2),
+        )
+        .unwrap();
+        assert!(back.endpoints[1].health.is_healthy());
+        assert!(!back.endpoints[0].health.is_healthy());
+
+        // Without a health check the verdict is not consulted; a check that comes back starts
+        // from healthy.
+        let unchecked = cluster(&[("a", 80, 1)], pb::LbPolicy::RoundRobin);
+        let c3 = CompiledCluster::compile(
+            &unchecked,
+            state.clone(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            Some(&back),
+        )
+        .unwrap();
+        assert_eq!(hosts(&c3, 1, 0, Available), ["a"]);
+        let c4 = CompiledCluster::compile(
+            &checked(unchecked),
+            state,
+            &clients,
+            None,
+            PoolSettings::default(),
+            Some(&c3),
+        )
+        .unwrap();
+        assert!(c4.endpoints[0].health.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn outlier_detection_ejects_within_the_cap() {
+        let clients = Clients::default();
+        let mut pb = cluster(
+            &[("a", 80, 1), ("b", 80, 1), ("c", 80, 1), ("d", 80, 1)],
+            pb::LbPolicy::RoundRobin,
+        );
+        pb.outlier_detection = Some(pb::OutlierDetection {
+            consecutive_failures: 2,
+            ..Default::default()
+        });
+        let c = CompiledCluster::compile(
+            &pb,
+            Arc::default(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            None,
+        )
+        .unwrap();
+        let ejected = || {
+            let now = now_ms();
+            c.endpoints
+                .iter()
+                .filter(|e| e.health.is_ejected(now))
+                .map(|e| e.authority.host().to_string())
+                .collect::<Vec<_>>()
+        };
+        // A success between failures resets the streak.
+        c.report(0, Outcome::Failure);
+        c.report(0, Outcome::Success);
+        c.report(0, Outcome::Failure);
+        assert!(ejected().is_empty());
+        c.report(0, Outcome::Failure);
+        assert_eq!(ejected(), ["a"]);
+        for i in 1..4 {
+            c.report(i, Outcome::Failure);
+            c.report(i, Outcome::Failure);
+        }
+        // At most 50% of four endpoints are out at once.
+        assert_eq!(ejected(), ["a", "b"]);
+
+        // A single-endpoint cluster may lose its endpoint (the route's other backends take
+        // over); with detection disabled nothing is ejected.
+        let mut single = cluster(&[("a", 80, 1)], pb::LbPolicy::Random);
+        let c = CompiledCluster::compile(
+            &single,
+            Arc::default(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            None,
+        )
+        .unwrap();
+        for _ in 0..5 {
+            c.report(0, Outcome::Failure);
+        }
+        assert!(c.pick().is_none());
+        single.outlier_detection = Some(pb::OutlierDetection {
+            disabled: true,
+            ..Default::default()
+        });
+        let c = CompiledCluster::compile(
+            &single,
+            Arc::default(),
+            &clients,
+            None,
+            PoolSettings::default(),
+            None,
+        )
+        .unwrap();
+        for _ in 0..10 {
+            c.report(0, Outcome::Failure);
+        }
+        assert!(c.pick().is_some());
+    }
+
+    #[test]
+    fn validates_health_check_and_outlier_detection() {
+        let mut c = checked(cluster(&[("a", 80, 1)], pb::LbPolicy::RoundRobin));
+        assert_eq!(validate(&c), Ok(()));
+        if let Some(h) = &mut c.health_check {
+            h.healthy_statuses = vec![99];
+        }
+        assert_eq!(
+            validate(&c).unwrap_err(),
+            "health_check.healthy_statuses[0]: 99 is not in 100..=599"
+        );
+        let mut c = cluster(&[("a", 80, 1)], pb::LbPolicy::RoundRobin);
+        c.outlier_detection = Some(pb::OutlierDetection {
+            max_ejection_percent: 150,
+            ..Default::default()
+        });
+        assert_eq!(
+            validate(&c).unwrap_err(),
+            "outlier_detection.max_ejection_percent: 150 is more than 100"
+        );
     }
 }
