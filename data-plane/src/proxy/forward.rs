@@ -524,7 +524,7 @@ mod tests {
         // the retry there too if it did not exclude the endpoint that failed.
         let snap = snapshot(
             &[(bad, 3), (good, 1)],
-            off.clone(),
+            off,
             pb::ForwardAction {
                 retry: retry(1, &[503]),
                 ..Default::default()

@@ -79,7 +79,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.body {
             Some(body) => body.size_hint(),
-            None => self.size_hint.clone(),
+            None => self.size_hint,
         }
     }
 }

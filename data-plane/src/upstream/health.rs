@@ -295,6 +295,143 @@ async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::Resources;
+    use crate::snapshot::Compiler;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use tokio::net::TcpListener;
+
+    /// A backend answering `status` and recording the (path, user agent) of each request.
+    async fn backend(
+        status: Arc<AtomicU16>,
+        seen: Arc<Mutex<Vec<(String, String)>>>,
+    ) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (status, seen) = (status.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let agent = req
+                                .headers()
+                                .get(header::USER_AGENT)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or_default()
+                                .to_string();
+                            seen.lock()
+                                .unwrap()
+                                .push((req.uri().path().to_string(), agent));
+                            let mut resp = http::Response::new(Full::new(Bytes::new()));
+                            *resp.status_mut() =
+                                StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap();
+                            async move { Ok::<_, Infallible>(resp) }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn wait_for(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn cluster_with_check(addr: SocketAddr, interval_ms: i32) -> pb::Cluster {
+        pb::Cluster {
+            name: "checked".into(),
+            endpoints: vec![pb::Endpoint {
+                address: addr.ip().to_string(),
+                port: u32::from(addr.port()),
+                weight: 1,
+            }],
+            health_check: Some(pb::HealthCheck {
+                path: "/healthz".into(),
+                interval: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: interval_ms * 1_000_000,
+                }),
+                unhealthy_threshold: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn probes_follow_the_clusters_of_applied_snapshots() {
+        let status = Arc::new(AtomicU16::new(200));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let addr = backend(status.clone(), seen.clone()).await;
+        let mut res = Resources::default();
+        res.add_http_listener("http", 8080)
+            .add_cluster("unchecked", &[("127.0.0.1", addr.port())]);
+        res.clusters
+            .insert("checked".into(), Arc::new(cluster_with_check(addr, 10)));
+        let mut compiler = Compiler::new();
+        let checkers = HealthCheckers::default();
+        let snap = compiler.compile(&res);
+        checkers.reconcile(snap.clusters());
+        assert_eq!(checkers.probed(), ["checked"]);
+        let endpoint = || snap.cluster("checked").unwrap().endpoints[0].health.clone();
+        wait_for("a probe", || !seen.lock().unwrap().is_empty()).await;
+        assert_eq!(
+            seen.lock().unwrap()[0],
+            ("/healthz".to_string(), USER_AGENT.to_string())
+        );
+        assert!(endpoint().is_healthy());
+
+        // Failing probes take the endpoint out; passing ones bring it back.
+        status.store(503, Ordering::Relaxed);
+        wait_for("unhealthy", || !endpoint().is_healthy()).await;
+        status.store(204, Ordering::Relaxed);
+        wait_for("healthy again", || endpoint().is_healthy()).await;
+
+        // A route-only change shares the cluster map: nothing restarts.
+        let again = compiler.compile_changes(
+            &res,
+            &crate::snapshot::Changed {
+                routes: ["none".to_string()].into(),
+                ..Default::default()
+            },
+        );
+        assert!(Arc::ptr_eq(again.clusters(), snap.clusters()));
+        checkers.reconcile(again.clusters());
+        assert_eq!(checkers.probed(), ["checked"]);
+
+        // A changed cluster restarts its probes (the old version's tasks end and release it);
+        // a removed one stops them.
+        let old = Arc::downgrade(snap.cluster("checked").unwrap());
+        res.clusters
+            .insert("checked".into(), Arc::new(cluster_with_check(addr, 20)));
+        let changed = crate::snapshot::Changed {
+            clusters: ["checked".to_string()].into(),
+            ..Default::default()
+        };
+        let snap2 = compiler.compile_changes(&res, &changed);
+        checkers.reconcile(snap2.clusters());
+        drop((snap, again));
+        wait_for("old probes stopped", || old.strong_count() == 0).await;
+        assert_eq!(checkers.probed(), ["checked"]);
+        let current = Arc::downgrade(snap2.cluster("checked").unwrap());
+        res.clusters.remove("checked");
+        let snap3 = compiler.compile_changes(&res, &changed);
+        checkers.reconcile(snap3.clusters());
+        assert!(checkers.probed().is_empty());
+        drop(snap2);
+        wait_for("probes stopped", || current.strong_count() == 0).await;
+    }
 
     const T: Thresholds = Thresholds {
         healthy: 2,
