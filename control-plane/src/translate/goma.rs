@@ -29,7 +29,7 @@ const STANDARD_METHODS: [&str; 9] = [
 pub struct TranslatedRoute {
     pub route: pb::Route,
     pub clusters: Vec<pb::Cluster>,
-    /// Accepted but not acted on (e.g. health checks); for logs and status.
+    /// Accepted but without effect (e.g. security.tls with no https backend); for logs and status.
     pub warnings: Vec<String>,
 }
 
