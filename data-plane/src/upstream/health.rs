@@ -304,16 +304,32 @@ mod tests {
     use std::sync::atomic::{AtomicU16, Ordering};
     use tokio::net::TcpListener;
 
-    /// A backend answering `status` and recording the (path, user agent) of each request.
-    async fn backend(
-        status: Arc<AtomicU16>,
-        seen: Arc<Mutex<Vec<(String, String)>>>,
-    ) -> SocketAddr {
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// A backend answering `status` and recording the (path, user agent) of each request; over
+    /// TLS (self-signed) with `tls`.
+    async fn backend(status: Arc<AtomicU16>, seen: Seen, tls: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let acceptor = tls.then(|| {
+            let cert = crate::tls::test_certs::self_signed(&["localhost"]);
+            let key = crate::tls::load_certified_key(&pb::TlsCertificate {
+                certificate_chain: cert.cert_pem.into_bytes(),
+                private_key: cert.key_pem.into_bytes(),
+            })
+            .unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (status, seen) = (status.clone(), seen.clone());
+                let (status, seen, acceptor) = (status.clone(), seen.clone(), acceptor.clone());
                 tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -331,9 +347,14 @@ mod tests {
                                 StatusCode::from_u16(status.load(Ordering::Relaxed)).unwrap();
                             async move { Ok::<_, Infallible>(resp) }
                         });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match acceptor {
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => http.serve_connection(TokioIo::new(tls), svc).await,
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -373,7 +394,7 @@ mod tests {
     async fn probes_follow_the_clusters_of_applied_snapshots() {
         let status = Arc::new(AtomicU16::new(200));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let addr = backend(status.clone(), seen.clone()).await;
+        let addr = backend(status.clone(), seen.clone(), false).await;
         let mut res = Resources::default();
         res.add_http_listener("http", 8080)
             .add_cluster("unchecked", &[("127.0.0.1", addr.port())]);
@@ -554,5 +575,28 @@ mod tests {
             let err = HealthCheck::compile(&bad).unwrap_err();
             assert!(err.starts_with(error), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn tls_clusters_are_probed_over_tls() {
+        let seen = Seen::default();
+        let addr = backend(Arc::new(AtomicU16::new(200)), seen.clone(), true).await;
+        let mut cluster = cluster_with_check(addr, 10);
+        cluster.tls = Some(pb::UpstreamTls {
+            insecure_skip_verify: true,
+            ..Default::default()
+        });
+        let mut res = Resources::default();
+        res.clusters.insert("checked".into(), Arc::new(cluster));
+        let snap = Compiler::new().compile(&res);
+        let checkers = HealthCheckers::default();
+        checkers.reconcile(snap.clusters());
+        // The backend only answers requests that came over TLS.
+        wait_for("a probe over TLS", || !seen.lock().unwrap().is_empty()).await;
+        assert!(
+            snap.cluster("checked").unwrap().endpoints[0]
+                .health
+                .is_healthy()
+        );
     }
 }
