@@ -132,32 +132,39 @@ where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
     let retry = &forward.retry;
+    let mut rng = fastrand::Rng::new();
+    let Some(mut target) = choose_target(snapshot, &forward.backends, pinned, &mut rng, &[], true)
+    else {
+        tracing::debug!(%route, "no available endpoint");
+        return response::no_upstream();
+    };
+    // Without a policy a retry needs another endpoint: a route with one backend of one endpoint
+    // (a Goma `target`) skips the preparations (copy of the head, lent body).
+    let may_retry = retry.attempts > 0
+        && (retry.reuse_endpoint
+            || forward.backends.backends.len() > 1
+            || target.cluster.endpoints.len() > 1);
     let empty = body.is_end_stream();
     // Statuses, timeouts and broken connections are retried only when resending is safe.
     let replayable = empty && is_idempotent(&parts.method);
     let mut body = if empty {
         RequestBody::Empty
-    } else if retry.attempts == 0 {
-        RequestBody::Once(Some(body))
-    } else {
+    } else if may_retry {
         RequestBody::Lent(Slot::new(body))
+    } else {
+        RequestBody::Once(Some(body))
     };
     let path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut rng = fastrand::Rng::new();
-    let Some(mut target) = choose_target(snapshot, &forward.backends, pinned, &mut rng, &[]) else {
-        tracing::debug!(%route, "no available endpoint");
-        return response::no_upstream();
-    };
     let mut tried: Vec<(Arc<CompiledCluster>, usize)> = Vec::new();
     let mut retries = 0;
     // Held for the duration of the retry it was taken for.
     let mut _token: Option<RetryToken> = None;
     loop {
-        let more = retries < retry.attempts;
+        let more = may_retry && retries < retry.attempts;
         // The last attempt takes the head; earlier ones send a copy in case of a retry.
         let head = if more {
             parts.clone()
@@ -205,7 +212,14 @@ where
         };
         let next = if more && retryable {
             tried.push((target.cluster.clone(), target.endpoint));
-            choose_target(snapshot, &forward.backends, pinned, &mut rng, &tried)
+            choose_target(
+                snapshot,
+                &forward.backends,
+                pinned,
+                &mut rng,
+                &tried,
+                retry.reuse_endpoint,
+            )
         } else {
             None
         };
@@ -351,15 +365,16 @@ fn relay(resp: Response<Incoming>) -> Response<ProxyBody> {
 }
 
 /// Chooses where an attempt goes, preferring in order: an available endpoint not tried yet, an
-/// available endpoint already tried, then the same two ignoring outlier ejection (ejection
-/// shifts load to other endpoints but never takes a route's last ones out). Endpoints that fail
-/// their active health check are never chosen. None: 503.
+/// available endpoint already tried (when `reuse` allows), then the same ignoring outlier
+/// ejection (ejection shifts load to other endpoints but never takes a route's last ones out).
+/// Endpoints that fail their active health check are never chosen. None: 503.
 fn choose_target(
     snapshot: &Snapshot,
     backends: &BackendSet,
     pinned: u64,
     rng: &mut fastrand::Rng,
     tried: &[(Arc<CompiledCluster>, usize)],
+    reuse: bool,
 ) -> Option<Target> {
     let tried_in = |cluster: &CompiledCluster| {
         tried
@@ -380,7 +395,7 @@ fn choose_target(
     }
     for eligibility in [Eligibility::Available, Eligibility::IgnoreEjection] {
         for avoid_tried in [true, false] {
-            if !avoid_tried && tried.is_empty() {
+            if !avoid_tried && (tried.is_empty() || !reuse) {
                 continue;
             }
             let skip = |c: &CompiledCluster| if avoid_tried { tried_in(c) } else { 0 };

@@ -62,6 +62,8 @@ pub struct Retry {
     pub statuses: Vec<StatusCode>,
     /// Wait before the first retry; doubled for each further one.
     pub backoff: Duration,
+    /// Whether a retry may go back to an endpoint already tried when no other is left.
+    pub reuse_endpoint: bool,
 }
 
 /// More retries than this only prolong an outage (and the retry budget caps them anyway).
@@ -69,13 +71,14 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 
 impl Default for Retry {
-    /// Without a policy a request whose connection failed is retried once (it never reached a
-    /// backend, so that is safe for every method); nothing else is.
+    /// Without a policy a request whose connection failed is retried once on another endpoint
+    /// (it never reached a backend, so that is safe for every method); nothing else is.
     fn default() -> Self {
         Retry {
             attempts: 1,
             statuses: Vec::new(),
             backoff: DEFAULT_BACKOFF,
+            reuse_endpoint: false,
         }
     }
 }
@@ -105,6 +108,7 @@ impl Retry {
             attempts: p.attempts,
             statuses,
             backoff,
+            reuse_endpoint: true,
         })
     }
 }
