@@ -384,7 +384,7 @@ fn choose_target(
     };
     // The common case first: the policy's backend has an available endpoint.
     if tried.is_empty()
-        && let Some(b) = backends.choose(pinned, rng, |_| true)
+        && let Some(b) = backends.choose(pinned, rng, true, |_| true)
         && let Some(cluster) = snapshot.cluster(&b.cluster)
         && let Some(endpoint) = cluster.choose(0, Eligibility::Available)
     {
@@ -404,7 +404,7 @@ fn choose_target(
                     .cluster(&b.cluster)
                     .is_some_and(|c| c.has_usable(skip(c), eligibility))
             };
-            let Some(b) = backends.choose(pinned, rng, usable) else {
+            let Some(b) = backends.choose(pinned, rng, tried.is_empty(), usable) else {
                 continue;
             };
             if let Some(cluster) = snapshot.cluster(&b.cluster)
@@ -616,6 +616,54 @@ mod tests {
             seen,
             [(200, "fast".into()), (504, "upstream timeout\n".into())]
         );
+    }
+
+    #[tokio::test]
+    async fn connect_failures_are_retried_on_another_endpoint() {
+        let dead: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let live = backend("live", 200, Duration::ZERO).await;
+        // Failures are counted per attempt; nothing gets ejected here.
+        let patient = Some(pb::OutlierDetection {
+            consecutive_failures: 100,
+            ..Default::default()
+        });
+        let attempts =
+            |snap: &Arc<Snapshot>| snap.cluster("c").unwrap().endpoints[0].health.failures();
+        // Without a policy: once, on another endpoint, whatever the method and body.
+        let both = snapshot(
+            &[(dead, 1), (live, 1)],
+            patient,
+            pb::ForwardAction::default(),
+        );
+        for _ in 0..4 {
+            assert_eq!(
+                call(&both, Method::POST, "payload").await,
+                (200, "live".into())
+            );
+        }
+        assert_eq!(attempts(&both), 2);
+        // ...and not at all when there is no other endpoint.
+        let alone = snapshot(&[(dead, 1)], patient, pb::ForwardAction::default());
+        assert_eq!(call(&alone, Method::GET, "").await.0, 502);
+        assert_eq!(attempts(&alone), 1);
+        // A policy may go back to the same endpoint; zero attempts turn retries off.
+        let policy = |attempts| pb::ForwardAction {
+            retry: retry(attempts, &[]),
+            ..Default::default()
+        };
+        let again = snapshot(&[(dead, 1)], patient, policy(2));
+        assert_eq!(call(&again, Method::GET, "").await.0, 502);
+        assert_eq!(attempts(&again), 3);
+        let never = snapshot(&[(dead, 1), (live, 1)], patient, policy(0));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(call(&never, Method::GET, "").await.0);
+        }
+        seen.sort();
+        assert_eq!(seen, [200, 502]);
     }
 
     #[tokio::test]

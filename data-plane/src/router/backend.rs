@@ -107,7 +107,7 @@ impl BackendSet {
 
     /// Picks the backend for a request, or None when no backend may take it (503).
     pub fn select(&self, req: &RequestView<'_>, rng: &mut fastrand::Rng) -> Option<&Backend> {
-        self.choose(self.pinned(req), rng, |_| true)
+        self.choose(self.pinned(req), rng, true, |_| true)
     }
 
     /// The backends whose conditions all hold for `req`, as a mask (backends past the 64th can
@@ -125,11 +125,14 @@ impl BackendSet {
 
     /// Picks among the backends `usable` admits (an unusable backend is treated as absent):
     /// the highest-priority pinned exclusive backend, else a weighted pick over the pinned
-    /// non-exclusive ones, else over the ordinary (non-exclusive) ones.
+    /// non-exclusive ones, else over the ordinary (non-exclusive) ones. `rotate`: equal weights
+    /// take turns; otherwise (a retry) the pick is random, so retries do not shift the turns of
+    /// first attempts.
     pub fn choose(
         &self,
         pinned: u64,
         rng: &mut fastrand::Rng,
+        rotate: bool,
         usable: impl Fn(&Backend) -> bool,
     ) -> Option<&Backend> {
         let is_pinned = |i: usize| i < 64 && pinned & (1 << i) != 0;
@@ -157,17 +160,24 @@ impl BackendSet {
                 .any(|(i, b)| non_exclusive_pinned(i, b) && usable(b))
         {
             // Pinned backends receive traffic even at weight 0.
-            return self.pick(|i, b| non_exclusive_pinned(i, b) && usable(b), true, rng);
+            return self.pick(
+                |i, b| non_exclusive_pinned(i, b) && usable(b),
+                true,
+                rotate,
+                rng,
+            );
         }
-        self.pick(|_, b| !b.exclusive && usable(b), false, rng)
+        self.pick(|_, b| !b.exclusive && usable(b), false, rotate, rng)
     }
 
-    /// Weighted pick among the backends `eligible` admits: round robin when all weights are
-    /// equal, weighted random otherwise (weight 0 never chosen). Two passes, no allocation.
+    /// Weighted pick among the backends `eligible` admits: round robin (with `rotate`) when all
+    /// weights are equal, weighted random otherwise (weight 0 never chosen). Two passes, no
+    /// allocation.
     fn pick(
         &self,
         eligible: impl Fn(usize, &Backend) -> bool,
         zero_ok: bool,
+        rotate: bool,
         rng: &mut fastrand::Rng,
     ) -> Option<&Backend> {
         let mut count = 0usize;
@@ -193,7 +203,11 @@ impl BackendSet {
             .enumerate()
             .filter(|(i, b)| eligible(*i, b));
         if equal || total == 0 {
-            let n = self.rr.fetch_add(1, Ordering::Relaxed) % count;
+            let n = if rotate {
+                self.rr.fetch_add(1, Ordering::Relaxed) % count
+            } else {
+                rng.usize(0..count)
+            };
             return eligible_iter.map(|(_, b)| b).nth(n);
         }
         let mut point = rng.u64(0..total);
@@ -472,7 +486,7 @@ mod tests {
         assert_eq!(pinned, 0b100);
         let mut rng = fastrand::Rng::with_seed(5);
         let mut choose = |usable: &dyn Fn(&Backend) -> bool| {
-            set.choose(pinned, &mut rng, usable)
+            set.choose(pinned, &mut rng, true, usable)
                 .map(|b| b.cluster.to_string())
         };
         assert_eq!(choose(&|_| true).as_deref(), Some("canary"));

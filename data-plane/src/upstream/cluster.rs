@@ -386,11 +386,13 @@ impl CompiledCluster {
     /// Picks the index of an endpoint outside `tried` (a mask of endpoint indexes) by the
     /// cluster's policy. When the policy's pick is unusable, picks at random by weight among
     /// the usable ones, so the load of an endpoint out of service spreads over all the others.
+    /// Retries (`tried` not empty) pick at random too: they must not shift the round robin of
+    /// first attempts (or every first attempt would meet the endpoint that keeps failing).
     pub fn choose(&self, tried: u64, eligibility: Eligibility) -> Option<usize> {
         let total = *self.cumulative.last()?;
         let point = match self.lb {
-            Lb::RoundRobin => self.state.rr.fetch_add(1, Ordering::Relaxed) % total,
-            Lb::Random => fastrand::u64(0..total),
+            Lb::RoundRobin if tried == 0 => self.state.rr.fetch_add(1, Ordering::Relaxed) % total,
+            _ => fastrand::u64(0..total),
         };
         // First endpoint whose running sum exceeds the point.
         let idx = self.cumulative.partition_point(|&c| c <= point);

@@ -202,6 +202,11 @@ impl EndpointHealth {
         Some(length)
     }
 
+    /// The current streak of failed requests.
+    pub fn failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// Gives up an ejection attempt that the cap refused: the streak starts over.
     pub fn reset_failures(&self) {
         self.failures.store(0, Ordering::Relaxed);
