@@ -2,23 +2,28 @@
 //! responses), path rewrite and header handling; `forward` picks backends and endpoints and
 //! sends the attempts.
 
+pub mod exploit;
 pub mod forward;
 pub mod headers;
 mod lent_body;
+mod prefix;
 pub mod response;
 pub mod upgrade;
 
+use prefix::PrefixedBody;
 pub use response::ProxyBody;
 
 use crate::router::host::request_host;
-use crate::router::{Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
+use crate::router::{
+    CompiledRoute, Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction,
+};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body::Body;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Serves one request on `snapshot` (loaded once by the caller and kept for the whole request).
@@ -54,6 +59,12 @@ where
             Lookup::NotFound => return response::not_found(),
         };
         let route = &entry.route;
+        if route.exploit_protection
+            && let Some(found) = exploit::check_uri(view.path, view.query)
+        {
+            log_blocked(route, client_ip, found);
+            return response::blocked();
+        }
         let forward = match &route.action {
             RouteAction::Direct(d) => return response::direct(d),
             RouteAction::Forward(f) => f,
@@ -97,6 +108,14 @@ where
         parts.headers.insert(header::HOST, h);
     }
     parts.uri = Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    let body = if route.exploit_protection {
+        match inspect_body(&route, client_ip, &parts.headers, body).await {
+            Ok(body) => body,
+            Err(resp) => return resp,
+        }
+    } else {
+        PrefixedBody::unread(body)
+    };
     forward::forward(
         &snapshot,
         &route.name,
@@ -107,6 +126,48 @@ where
         upgrade,
     )
     .await
+}
+
+fn log_blocked(route: &CompiledRoute, client_ip: IpAddr, found: exploit::Finding) {
+    tracing::warn!(
+        route = %route.name,
+        client = %client_ip,
+        check = found.check,
+        location = found.location,
+        "request blocked by exploit protection"
+    );
+}
+
+/// Checks the first [`exploit::BODY_PREFIX_LIMIT`] bytes of a form, JSON, text or XML body; the
+/// body then streams on whole. Other bodies pass unread.
+async fn inspect_body<B>(
+    route: &CompiledRoute,
+    client_ip: IpAddr,
+    headers: &http::HeaderMap,
+    body: B,
+) -> Result<PrefixedBody<B>, Response<ProxyBody>>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    let kind = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(exploit::BodyKind::of);
+    let Some(kind) = kind.filter(|_| !body.is_end_stream()) else {
+        return Ok(PrefixedBody::unread(body));
+    };
+    let (seen, body) = match prefix::read_prefix(body, exploit::BODY_PREFIX_LIMIT).await {
+        Ok(read) => read,
+        Err(error) => {
+            tracing::debug!(route = %route.name, %error, "request body read failed");
+            return Err(response::bad_request());
+        }
+    };
+    if let Some(found) = exploit::check_body(kind, &seen) {
+        log_blocked(route, client_ip, found);
+        return Err(response::blocked());
+    }
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -48,6 +48,15 @@ pub fn method_not_allowed(allow: Option<&HeaderValue>) -> Response<ProxyBody> {
     resp
 }
 
+/// Refused by exploit protection.
+pub fn blocked() -> Response<ProxyBody> {
+    text(StatusCode::FORBIDDEN, "request blocked\n")
+}
+
+pub fn bad_request() -> Response<ProxyBody> {
+    text(StatusCode::BAD_REQUEST, "bad request\n")
+}
+
 pub fn no_upstream() -> Response<ProxyBody> {
     text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
 }

@@ -26,6 +26,8 @@ pub struct CompiledRoute {
     /// Precomputed `Allow` header for 405 answers.
     pub allow: Option<HeaderValue>,
     pub action: RouteAction,
+    /// Block SQL injection, XSS and path traversal attempts (see `proxy::exploit`).
+    pub exploit_protection: bool,
 }
 
 #[derive(Debug)]
@@ -120,10 +122,6 @@ impl CompiledRoute {
         if r.name.is_empty() {
             return Err("name: empty".into());
         }
-        // Fail closed until the data plane enforces it: never serve the route unprotected.
-        if r.exploit_protection {
-            return Err("exploit_protection: not supported by this data plane".into());
-        }
         let mut hostnames = Vec::with_capacity(r.hostnames.len());
         for (i, h) in r.hostnames.iter().enumerate() {
             validate_hostname(h).map_err(|e| format!("hostnames[{i}]: {e}"))?;
@@ -173,6 +171,7 @@ impl CompiledRoute {
             allowed_methods,
             allow,
             action,
+            exploit_protection: r.exploit_protection,
         })
     }
 
