@@ -5,6 +5,7 @@
 
 use crate::proxy;
 use crate::snapshot::Snapshot;
+use crate::timeouts::{Activity, WriteStallBound};
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
 use arc_swap::ArcSwap;
@@ -25,6 +26,8 @@ use tokio::sync::{Mutex, Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 const ACCEPT_BACKLOG: u32 = 1024;
+/// Bound on a request's header bytes (HTTP/1: start line included).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -60,8 +63,16 @@ pub struct ProxyRuntime {
 impl ProxyRuntime {
     pub fn new(bind_ip: IpAddr) -> Arc<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
-        builder.http2().timer(TokioTimer::new());
+        // A request head larger than this gets 431 (HTTP/1: hyper answers when its read buffer
+        // fills before the head is complete).
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_HEADER_BYTES as u32);
         Arc::new(ProxyRuntime {
             bind_ip,
             shared: Arc::new(Shared {
@@ -309,12 +320,22 @@ async fn serve_connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%error, "set TCP_NODELAY failed");
     }
+    // Timeouts are fixed when the connection is accepted; later changes apply to new ones.
+    let timeouts = {
+        let settings = shared.current.load().server_settings(port).clone();
+        ConnTimeouts {
+            read: settings.read_timeout,
+            write: settings.write_timeout,
+            idle: settings.idle_timeout,
+        }
+    };
+    let stream = WriteStallBound::new(stream, timeouts.write);
     let Some(acceptor) = acceptor else {
         let stream = Counted {
             io: stream,
             _guard: guard,
         };
-        return serve_http(stream, remote, port, None, stop, shared).await;
+        return serve_http(stream, remote, port, None, timeouts, stop, shared).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -342,10 +363,19 @@ async fn serve_connection(
         remote,
         port,
         Some(Arc::new(connection)),
+        timeouts,
         stop,
         shared,
     )
     .await;
+}
+
+/// The timeouts of one connection (`None`: disabled).
+#[derive(Debug, Clone, Copy)]
+struct ConnTimeouts {
+    read: Option<Duration>,
+    write: Option<Duration>,
+    idle: Option<Duration>,
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on an accepted (plain or TLS) stream until it closes or `stop`.
@@ -354,38 +384,60 @@ async fn serve_http<I>(
     remote: SocketAddr,
     port: u16,
     tls: Option<Arc<TlsConnection>>,
+    timeouts: ConnTimeouts,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Arc::new(Activity::default());
     let service_shared = shared.clone();
+    let service_activity = activity.clone();
     let service = service_fn(move |req| {
         // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
         let snapshot = service_shared.current.load_full();
         let tls = tls.clone();
+        let in_flight = service_activity.begin();
         async move {
             let response = proxy::handle(snapshot, port, remote, tls.as_deref(), req).await;
+            drop(in_flight);
             Ok::<_, Infallible>(response)
         }
     });
     // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a
     // config change cannot close it, and `Counted` keeps it in the drain count until it closes.
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    // hyper starts the HTTP/1 head timer when it begins waiting for a request, so it bounds
+    // both a slow head (slowloris) and the wait for the next request on a kept-alive connection.
+    let mut builder = shared.builder.clone();
+    builder.http1().header_read_timeout(timeouts.read);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stop.changed() => {
-            // Finish in-flight requests, then close (HTTP/1 Connection: close, HTTP/2 GOAWAY).
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let result = loop {
+        let idle_at = timeouts.idle.map(|idle| activity.idle_deadline(idle));
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = stop.changed() => {
+                // Finish in-flight requests, then close (HTTP/1 Connection: close, HTTP/2 GOAWAY).
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            _ = tokio::time::sleep_until(idle_at.unwrap_or_else(far_future)), if idle_at.is_some() => {
+                if timeouts.idle.is_some_and(|idle| activity.is_idle(idle)) {
+                    tracing::debug!(%remote, port, "idle connection closed");
+                    // Graceful: a response still streaming is finished first.
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+            }
         }
     };
     if let Err(error) = result {
         tracing::debug!(%remote, port, %error, "connection ended with error");
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
 }
 
 #[cfg(test)]
@@ -547,9 +599,10 @@ mod tests {
 
         let (status, body) = get(&client, port, "App.Example.com:1234", "/api/users?id=7").await;
         assert_eq!(status, StatusCode::OK);
+        // The client is no trusted proxy: its X-Forwarded-For is replaced by its address.
         assert_eq!(
             body,
-            format!("/users?id=7|203.0.113.9, 127.0.0.1|{backend}|App.Example.com:1234|http")
+            format!("/users?id=7|127.0.0.1|{backend}|App.Example.com:1234|http")
         );
         let (status, body) = get(&client, port, "other.example.com", "/api/users").await;
         assert_eq!(

@@ -6,6 +6,7 @@ use crate::router::host::validate_hostname;
 use crate::router::{
     CompiledRoute, HostPattern, IndexBuilder, ListenerInfo, PortIndex, RouteTable,
 };
+use crate::server::{self, ServerSettings};
 use crate::tls::{self, ClientAuth, SniIndex};
 use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster};
 use rustls::sign::CertifiedKey;
@@ -23,6 +24,8 @@ pub struct Snapshot {
     ports: BTreeMap<u16, Vec<String>>,
     /// TLS (HTTPS) ports -> certificate selection. Shared until a certificate input changes.
     tls: Arc<HashMap<u16, Arc<SniIndex>>>,
+    /// Ports whose settings differ from the defaults (from the port's first listener by name).
+    server: Arc<HashMap<u16, Arc<ServerSettings>>>,
     route_count: usize,
 }
 
@@ -72,6 +75,11 @@ impl Snapshot {
     /// Ports to listen on, each with the names of its listeners.
     pub fn ports(&self) -> impl Iterator<Item = (u16, &[String])> {
         self.ports.iter().map(|(p, names)| (*p, names.as_slice()))
+    }
+
+    /// Timeouts and trusted proxies of `port`.
+    pub fn server_settings(&self, port: u16) -> &ServerSettings {
+        self.server.get(&port).map_or(&*server::DEFAULT, |s| &**s)
     }
 
     /// Certificate selection of `port` when it terminates TLS (None: plain HTTP).
@@ -181,6 +189,7 @@ impl Compiler {
     /// Validates a listener, including that its certificate Secrets exist and are TlsCertificates.
     pub fn validate_listener(&self, l: &pb::Listener, resources: &Resources) -> Result<(), String> {
         check_listener(l)?;
+        ServerSettings::of_listener(l)?;
         if let Some(t) = &l.tls {
             for (i, name) in t.certificate_secrets.iter().enumerate() {
                 check_tls_secret(name, resources)
@@ -422,7 +431,9 @@ impl Compiler {
             }
         }
 
+        let mut server = self.last.server.clone();
         let (table, ports) = if changed.listeners {
+            let mut settings: HashMap<u16, Arc<ServerSettings>> = HashMap::new();
             let mut listeners = Vec::with_capacity(resources.listeners.len());
             let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
             let mut protocols: HashMap<u16, i32> = HashMap::new();
@@ -449,6 +460,17 @@ impl Compiler {
                     continue;
                 }
                 ports.entry(port).or_default().push(name.clone());
+                if let std::collections::hash_map::Entry::Vacant(slot) = settings.entry(port) {
+                    match ServerSettings::of_listener(l) {
+                        Ok(s) if s == *server::DEFAULT => {}
+                        Ok(s) => {
+                            slot.insert(Arc::new(s));
+                        }
+                        Err(error) => {
+                            tracing::warn!(listener = %name, %error, "listener settings invalid; defaults used");
+                        }
+                    }
+                }
                 let hostname = HostPattern::parse(&l.hostname);
                 if l.protocol == pb::Protocol::Https as i32 {
                     let tls = l.tls.clone().unwrap_or_default();
@@ -470,6 +492,7 @@ impl Compiler {
             // Listener changes can move every route: index them all (rare).
             let routes: Vec<Arc<CompiledRoute>> =
                 self.routes.values().map(|(_, r)| r.clone()).collect();
+            server = Arc::new(settings);
             (self.index.build(&listeners, &routes), ports)
         } else if upserted.is_empty() && removed.is_empty() {
             (self.last.table.clone(), self.last.ports.clone())
@@ -489,6 +512,7 @@ impl Compiler {
             clusters,
             ports,
             tls,
+            server,
             route_count: self.routes.len(),
         };
         Arc::new(Snapshot {
@@ -496,6 +520,7 @@ impl Compiler {
             clusters: self.last.clusters.clone(),
             ports: self.last.ports.clone(),
             tls: self.last.tls.clone(),
+            server: self.last.server.clone(),
             route_count: self.last.route_count,
         })
     }

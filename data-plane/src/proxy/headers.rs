@@ -1,14 +1,15 @@
 //! Header handling between client and upstream: hop-by-hop removal and forwarding headers.
 
+use super::client_ip::{X_FORWARDED_FOR, X_REAL_IP};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Goma's request id header, sent upstream and back to the client.
+pub static X_GOMA_REQUEST_ID: HeaderName = HeaderName::from_static("x-goma-request-id");
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): Connection and the names it lists, Keep-Alive,
 /// Proxy-Connection, Transfer-Encoding, Upgrade and TE. On requests `TE: trailers` is kept, as
@@ -49,34 +50,49 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
     }
 }
 
-/// Adds X-Forwarded-For (appended), X-Forwarded-Host, X-Forwarded-Proto (`https` when the
-/// client connection is TLS) and X-Real-IP.
+/// Who sent a request: the TCP peer, whether it is a trusted proxy, and the client address
+/// derived from both (see [`super::client_ip`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub client: IpAddr,
+}
+
+/// Adds X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto (`https` when the client
+/// connection is TLS) and X-Real-IP (the client). A trusted proxy's X-Forwarded-For is kept and
+/// the peer appended, as every hop does; anyone else's is replaced by the peer, since an
+/// untrusted client could have written anything there.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    origin: Origin,
     original_host: Option<HeaderValue>,
     https: bool,
 ) {
-    let ip = client_ip.to_string();
-    // One header value serves X-Real-IP and, when the client sent none, X-Forwarded-For.
-    let ip_value = HeaderValue::from_str(&ip).ok();
+    let peer = origin.peer.to_string();
     let xff = {
         let mut previous = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .peekable();
-        if previous.peek().is_none() {
-            ip_value.clone()
+        if !origin.peer_trusted || previous.peek().is_none() {
+            HeaderValue::from_str(&peer).ok()
         } else {
             let mut joined = String::with_capacity(64);
             for v in previous {
                 joined.push_str(v);
                 joined.push_str(", ");
             }
-            joined.push_str(&ip);
+            joined.push_str(&peer);
             HeaderValue::from_str(&joined).ok()
         }
+    };
+    // Untrusted: the client is the peer, whose value was just built.
+    let real_ip = if origin.peer_trusted {
+        HeaderValue::from_str(&origin.client.to_string()).ok()
+    } else {
+        xff.clone()
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -86,9 +102,31 @@ pub fn add_forwarded(
     }
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(v) = ip_value {
+    if let Some(v) = real_ip {
         headers.insert(X_REAL_IP.clone(), v);
     }
+}
+
+/// The request id of a request: the one a trusted proxy sent when it is sane (1 to 128 visible
+/// ASCII characters), else a new random 128-bit id in hex.
+pub fn request_id(supplied: Option<&HeaderValue>, peer_trusted: bool) -> HeaderValue {
+    if peer_trusted
+        && let Some(v) = supplied
+        && (1..=128).contains(&v.len())
+        && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))
+    {
+        return v.clone();
+    }
+    new_request_id(fastrand::u128(..))
+}
+
+fn new_request_id(n: u128) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]
@@ -130,10 +168,15 @@ mod tests {
 
     #[test]
     fn forwarded_headers() {
+        let direct = |ip: [u8; 4]| Origin {
+            peer: IpAddr::from(ip),
+            peer_trusted: false,
+            client: IpAddr::from(ip),
+        };
         let mut h = HeaderMap::new();
         add_forwarded(
             &mut h,
-            IpAddr::from([10, 0, 0, 1]),
+            direct([10, 0, 0, 1]),
             Some(HeaderValue::from_static("a.com")),
             false,
         );
@@ -141,11 +184,60 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "a.com");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-real-ip"], "10.0.0.1");
+
+        // An untrusted client's X-Forwarded-For and X-Real-IP are replaced.
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.insert("x-real-ip", "1.1.1.1".parse().unwrap());
+        add_forwarded(&mut h, direct([10, 0, 0, 1]), None, true);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-real-ip"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+
+        // A trusted proxy's list is kept and the proxy appended; X-Real-IP is the client.
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
-        add_forwarded(&mut h, IpAddr::from([10, 0, 0, 1]), None, true);
+        let origin = Origin {
+            peer: IpAddr::from([10, 0, 0, 1]),
+            peer_trusted: true,
+            client: IpAddr::from([2, 2, 2, 2]),
+        };
+        add_forwarded(&mut h, origin, None, false);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-real-ip"], "2.2.2.2");
+        // A trusted proxy that sent no list: the peer starts one.
+        let mut h = HeaderMap::new();
+        let origin = Origin {
+            client: IpAddr::from([10, 0, 0, 1]),
+            ..origin
+        };
+        add_forwarded(&mut h, origin, None, false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-real-ip"], "10.0.0.1");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(
+            new_request_id(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            "0123456789abcdef0011223344556677"
+        );
+        assert_eq!(new_request_id(1), "00000000000000000000000000000001");
+        let fresh = request_id(None, false);
+        assert_eq!(fresh.len(), 32);
+        assert_ne!(fresh, request_id(None, false));
+        let supplied = HeaderValue::from_static("trace-abc_123");
+        assert_eq!(request_id(Some(&supplied), true), supplied);
+        // Only a trusted proxy's id is kept, and only a sane one.
+        assert_ne!(request_id(Some(&supplied), false), supplied);
+        for bad in ["", "has space", "\u{e9}t\u{e9}"] {
+            let v = HeaderValue::from_bytes(bad.as_bytes()).unwrap();
+            assert_eq!(request_id(Some(&v), true).len(), 32, "{bad:?}");
+        }
+        let long = HeaderValue::from_str(&"a".repeat(129)).unwrap();
+        assert_eq!(request_id(Some(&long), true).len(), 32);
+        let max = HeaderValue::from_str(&"a".repeat(128)).unwrap();
+        assert_eq!(request_id(Some(&max), true), max);
     }
 }

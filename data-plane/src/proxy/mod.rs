@@ -2,6 +2,7 @@
 //! responses), path rewrite and header handling; `forward` picks backends and endpoints and
 //! sends the attempts.
 
+pub mod client_ip;
 pub mod exploit;
 pub mod forward;
 pub mod headers;
@@ -26,6 +27,9 @@ use http_body::Body;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+/// Longer request targets get 414 (well below the 64 KiB header bound, which gives 431).
+pub const MAX_URI_LEN: usize = 16 * 1024;
+
 /// Serves one request on `snapshot` (loaded once by the caller and kept for the whole request).
 /// `tls` describes the client connection when it is TLS.
 pub async fn handle<B>(
@@ -38,10 +42,27 @@ pub async fn handle<B>(
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
-    let client_ip = client.ip().to_canonical();
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_LEN {
+        return response::uri_too_long();
+    }
     let Some(index) = snapshot.port(port) else {
         return response::not_found();
     };
+    let origin = {
+        let peer = client.ip().to_canonical();
+        let trusted = &snapshot.server_settings(port).trusted_proxies;
+        let peer_trusted = trusted.contains(peer);
+        headers::Origin {
+            peer,
+            peer_trusted,
+            client: if peer_trusted {
+                trusted.client_ip(peer, req.headers())
+            } else {
+                peer
+            },
+        }
+    };
+    let client_ip = origin.client;
 
     // Routing borrows the request; collect what forwarding needs, then release the borrow.
     let (route, pinned, path_and_query, original_host) = {
@@ -96,10 +117,17 @@ where
     headers::strip_hop_by_hop(&mut parts.headers, true);
     headers::add_forwarded(
         &mut parts.headers,
-        client_ip,
+        origin,
         original_host.clone(),
         tls.is_some(),
     );
+    let request_id = headers::request_id(
+        parts.headers.get(&headers::X_GOMA_REQUEST_ID),
+        origin.peer_trusted,
+    );
+    parts
+        .headers
+        .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id.clone());
     // HTTP/2 clients send no Host header; carry their :authority as Host. Otherwise each attempt
     // sets its endpoint's authority.
     if forward.preserve_host
@@ -116,7 +144,7 @@ where
     } else {
         PrefixedBody::unread(body)
     };
-    forward::forward(
+    let mut resp = forward::forward(
         &snapshot,
         &route.name,
         forward,
@@ -125,7 +153,11 @@ where
         body,
         upgrade,
     )
-    .await
+    .await;
+    // Upstream answers and forwarding errors alike: the client can quote the id.
+    resp.headers_mut()
+        .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
+    resp
 }
 
 fn log_blocked(route: &CompiledRoute, client_ip: IpAddr, found: exploit::Finding) {

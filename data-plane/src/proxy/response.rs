@@ -53,6 +53,10 @@ pub fn blocked() -> Response<ProxyBody> {
     text(StatusCode::FORBIDDEN, "request blocked\n")
 }
 
+pub fn uri_too_long() -> Response<ProxyBody> {
+    text(StatusCode::URI_TOO_LONG, "URI too long\n")
+}
+
 pub fn bad_request() -> Response<ProxyBody> {
     text(StatusCode::BAD_REQUEST, "bad request\n")
 }
