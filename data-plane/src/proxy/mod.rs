@@ -402,4 +402,121 @@ mod tests {
         .await;
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
+
+    /// Answers `name|x-forwarded-for|x-real-ip|x-goma-request-id`.
+    async fn header_echo(name: &'static str) -> SocketAddr {
+        use hyper_util::rt::TokioIo;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string()
+                    };
+                    let body = format!(
+                        "{name}|{}|{}|{}",
+                        h("x-forwarded-for"),
+                        h("x-real-ip"),
+                        h("x-goma-request-id")
+                    );
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn client_ip_behind_trusted_proxies() {
+        let (main, pinned) = (header_echo("main").await, header_echo("pinned").await);
+        let mut res = Resources::default();
+        let mut listener = pb::Listener {
+            name: "http".into(),
+            port: u32::from(PORT),
+            protocol: pb::Protocol::Http as i32,
+            ..Default::default()
+        };
+        listener.http = Some(pb::HttpSettings {
+            trusted_proxies: vec!["192.0.2.0/24".into(), "10.0.0.0/8".into()],
+            ..Default::default()
+        });
+        res.listeners.insert("http".into(), Arc::new(listener));
+        res.add_cluster("main", &[("127.0.0.1", main.port())])
+            .add_cluster("pinned", &[("127.0.0.1", pinned.port())]);
+        let pin = pb::WeightedBackend {
+            cluster: "pinned".into(),
+            weight: 1,
+            exclusive: true,
+            r#match: vec![pb::BackendMatch {
+                source: pb::backend_match::Source::Ip as i32,
+                value: Some(pb::StringMatch {
+                    value: "203.0.113.7".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let r = route("all", "/", forward(vec![backend("main", false), pin], None));
+        res.routes.insert(r.name.clone(), Arc::new(r));
+        let snap = Compiler::new().compile(&res);
+
+        let send = |peer: &str, headers: &[(&str, &str)]| {
+            let mut req = Request::get("/x").header("host", "h.example.com");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let body = Full::new(Bytes::new()).map_err(|never: Infallible| match never {});
+            handle(
+                snap.clone(),
+                PORT,
+                peer.parse().unwrap(),
+                None,
+                req.body(body).unwrap(),
+            )
+        };
+        let spoofed = [
+            ("x-forwarded-for", "6.6.6.6, 203.0.113.7"),
+            ("x-forwarded-for", "10.1.1.1"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-goma-request-id", "from-the-edge-42"),
+        ];
+
+        // Through a trusted proxy (two hops, both trusted): the client is the right-most
+        // untrusted address; it drives backend selection; the proxy's id is kept.
+        let resp = send("192.0.2.10:5555", &spoofed).await;
+        assert_eq!(resp.headers()["x-goma-request-id"], "from-the-edge-42");
+        assert_eq!(
+            body(resp).await,
+            "pinned|6.6.6.6, 203.0.113.7, 10.1.1.1, 192.0.2.10|203.0.113.7|from-the-edge-42"
+        );
+
+        // The same headers from anyone else are not believed.
+        let resp = send("198.51.100.1:5555", &spoofed).await;
+        let id = resp.headers()["x-goma-request-id"].clone();
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, "from-the-edge-42");
+        let id = id.to_str().unwrap().to_string();
+        assert_eq!(
+            body(resp).await,
+            format!("main|198.51.100.1|198.51.100.1|{id}")
+        );
+
+        // Every request gets its own id.
+        let first = send("198.51.100.1:5555", &[]).await;
+        let second = send("198.51.100.1:5555", &[]).await;
+        assert_ne!(
+            first.headers()["x-goma-request-id"],
+            second.headers()["x-goma-request-id"]
+        );
+    }
 }

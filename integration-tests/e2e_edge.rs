@@ -1,0 +1,224 @@
+//! The gateway's edge as a client meets it, through the real binary: exploit protection, the
+//! request id, server timeouts (slow headers, idle keep-alive) and header size limits.
+
+mod support;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A Goma Gateway on `port` with `server:` settings.
+fn gateway_with_server(name: &str, port: u16, server: &str) -> String {
+    format!("{}  server: {server}\n", gateway_yaml(name, port))
+}
+
+/// Starts `sluice standalone` on a config with one gateway and one plain route to an echo backend.
+async fn edge(tag: &str, server: &str) -> (TempDir, Proc, Proc, u16) {
+    let (echo, echo_port) = echo("e1");
+    let dir = TempDir::new(tag);
+    let port = free_port();
+    dir.write("gateway.yaml", &gateway_with_server("edge", port, server));
+    dir.write("route.yaml", &route_yaml("all", "edge", "/", echo_port, ""));
+    let (sluice, _) = standalone(dir.path(), "edge", free_port()).await;
+    let c = client();
+    eventually("route served", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move { matches!(request(&c, "GET", port, "x", "/", &[]).await, Ok(r) if r.status == 200) }
+    })
+    .await;
+    (dir, sluice, echo, port)
+}
+
+/// Reads until the server closes the connection (EOF or reset); panics after `timeout`.
+async fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let result = tokio::time::timeout(timeout, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "connection still open after {timeout:?}");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exploit_protection_and_request_ids() {
+    let (echo, echo_port) = echo("e1");
+    let dir = TempDir::new("edge-exploit");
+    let port = free_port();
+    dir.write("gateway.yaml", &gateway_yaml("edge", port));
+    dir.write(
+        "guarded.yaml",
+        &route_yaml(
+            "guarded",
+            "edge",
+            "/guarded",
+            echo_port,
+            "  security: {enableExploitProtection: true}\n",
+        ),
+    );
+    dir.write("open.yaml", &route_yaml("open", "edge", "/open", echo_port, ""));
+    let admin = free_port();
+    let (sluice, _) = standalone(dir.path(), "edge", admin).await;
+    let c = client();
+    eventually("routes served", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move {
+            matches!(request(&c, "GET", port, "x", "/guarded", &[]).await, Ok(r) if r.status == 200)
+                && matches!(request(&c, "GET", port, "x", "/open", &[]).await, Ok(r) if r.status == 200)
+        }
+    })
+    .await;
+
+    let attacks = [
+        "/guarded/items?id=1%20UNION%20SELECT%20password%20FROM%20users",
+        "/guarded/login?user=admin%27--",
+        "/guarded/search?q=%3Cscript%3Ealert(1)%3C/script%3E",
+        "/guarded/files/%252e%252e/%252e%252e/etc/passwd",
+    ];
+    for path in attacks {
+        let r = get(&c, port, "x", path).await;
+        assert_eq!((r.status, r.body.as_str()), (403, "request blocked\n"), "{path}");
+        // An unprotected route forwards the same request.
+        let open = path.replacen("/guarded", "/open", 1);
+        assert_eq!(get(&c, port, "x", &open).await.status, 200, "{open}");
+    }
+    for path in [
+        "/guarded/search?q=update+my+profile&name=O%27Brien",
+        "/guarded/items?sort=created_at--desc&ids=1;2;3",
+        "/guarded/calc?expr=a%2Bb%3Dc",
+    ] {
+        let r = get(&c, port, "x", path).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+    }
+    sluice.wait_log("request blocked by exploit protection", Duration::from_secs(5));
+    let log = sluice.log();
+    assert!(
+        log.contains("route=default/guarded") || log.contains("guarded"),
+        "the log names the route"
+    );
+    assert!(log.contains("sql-injection: union select"), "the log names the check");
+
+    // Bodies: a form field is checked like a query; the body still reaches the backend whole.
+    let body_client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let post = |body: &'static str, content_type: &'static str| {
+        let body_client = body_client.clone();
+        async move {
+            let req = http::Request::post(format!("http://127.0.0.1:{port}/guarded/login"))
+                .header("host", "x")
+                .header("content-type", content_type)
+                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                .unwrap();
+            let resp = body_client.request(req).await.expect("proxy answers");
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let form = "application/x-www-form-urlencoded";
+    assert_eq!(post("user=admin%27--&pw=x", form).await.0, 403);
+    assert_eq!(
+        post(r#"{"q":"<img src=x onerror=alert(1)>"}"#, "application/json")
+            .await
+            .0,
+        403
+    );
+    let (status, body) = post("user=O%27Brien&note=1%3B2%3B3", form).await;
+    assert_eq!(status, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["body_bytes"], 29);
+    // Binary bodies are not inspected.
+    assert_eq!(post("<script>", "application/octet-stream").await.0, 200);
+
+    // X-Goma-Request-ID: one per request, sent upstream and returned; a client's own is
+    // replaced (the client is no trusted proxy).
+    let r = request(&c, "GET", port, "x", "/open", &[("x-goma-request-id", "mine")])
+        .await
+        .unwrap();
+    let id = r.headers["x-goma-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(r.json()["headers"]["x-goma-request-id"], id.as_str());
+    let again = get(&c, port, "x", "/open").await;
+    assert_ne!(again.headers["x-goma-request-id"], id.as_str());
+    drop(echo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_after_the_read_timeout() {
+    let (_dir, _sluice, _echo, port) = edge("edge-read", "{timeouts: {read: 1}}").await;
+    // A client that starts a request and never finishes its headers.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    closed_by_server(&mut slow, Duration::from_secs(10)).await;
+
+    // A normal request on the same gateway is unaffected.
+    let mut ok = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    ok.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = closed_by_server(&mut ok, Duration::from_secs(10)).await;
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&reply));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    // The read timeout stays at its 30s default: only the idle timeout can close the connection.
+    let (_dir, _sluice, _echo, port) = edge("edge-idle", "{timeouts: {idle: 1}}").await;
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = closed_by_server(&mut conn, Duration::from_secs(10)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        !reply.to_ascii_lowercase().contains("connection: close"),
+        "a keep-alive response, closed later for idleness: {reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431_and_long_uris_414() {
+    let (_dir, _sluice, _echo, port) = edge("edge-limits", "{}").await;
+    let send = |head: String| async move {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        let reply = closed_by_server(&mut conn, Duration::from_secs(10)).await;
+        String::from_utf8_lossy(&reply).into_owned()
+    };
+    let big = "a".repeat(70 * 1024);
+    let reply = send(format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{}", &reply[..reply.len().min(200)]);
+
+    let long = "a".repeat(20 * 1024);
+    let reply = send(format!(
+        "GET /?q={long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ))
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 414"), "{}", &reply[..reply.len().min(200)]);
+
+    // Large but within bounds: served.
+    let fine = "a".repeat(32 * 1024);
+    let reply = send(format!(
+        "GET /?q={} HTTP/1.1\r\nHost: x\r\nX-Fine: {fine}\r\nConnection: close\r\n\r\n",
+        &long[..8 * 1024]
+    ))
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{}", &reply[..reply.len().min(200)]);
+}
