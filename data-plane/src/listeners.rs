@@ -5,7 +5,7 @@
 
 use crate::proxy;
 use crate::snapshot::Snapshot;
-use crate::timeouts::{Activity, WriteStallBound};
+use crate::timeouts::{Activity, ClientIo, Protocol};
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
 use arc_swap::ArcSwap;
@@ -68,6 +68,9 @@ impl ProxyRuntime {
         builder
             .http1()
             .timer(TokioTimer::new())
+            // It would also run while a kept-alive connection waits for its next request,
+            // cutting it at the read timeout instead of the idle one (see `timeouts`).
+            .header_read_timeout(None)
             .max_buf_size(MAX_HEADER_BYTES);
         builder
             .http2()
@@ -329,13 +332,19 @@ async fn serve_connection(
             idle: settings.idle_timeout,
         }
     };
-    let stream = WriteStallBound::new(stream, timeouts.write);
+    let activity = Arc::new(Activity::default());
     let Some(acceptor) = acceptor else {
-        let stream = Counted {
-            io: stream,
+        let io = Counted {
+            io: ClientIo::new(
+                stream,
+                activity.clone(),
+                Protocol::Sniff,
+                timeouts.read,
+                timeouts.write,
+            ),
             _guard: guard,
         };
-        return serve_http(stream, remote, port, None, timeouts, stop, shared).await;
+        return serve_http(io, remote, port, None, timeouts, activity, stop, shared).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -353,17 +362,29 @@ async fn serve_connection(
         &shared.current.load(),
         port,
     );
-    let stream = Counted {
-        io: stream,
+    // hyper-util's auto builder reads the HTTP/2 preface, so ALPN h2 and http/1.1 both work.
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        Some(_) => Protocol::Http1,
+        None => Protocol::Sniff,
+    };
+    let io = Counted {
+        io: ClientIo::new(
+            stream,
+            activity.clone(),
+            protocol,
+            timeouts.read,
+            timeouts.write,
+        ),
         _guard: guard,
     };
-    // hyper-util's auto builder reads the HTTP/2 preface, so ALPN h2 and http/1.1 both work.
     serve_http(
-        stream,
+        io,
         remote,
         port,
         Some(Arc::new(connection)),
         timeouts,
+        activity,
         stop,
         shared,
     )
@@ -385,12 +406,12 @@ async fn serve_http<I>(
     port: u16,
     tls: Option<Arc<TlsConnection>>,
     timeouts: ConnTimeouts,
+    activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::default());
     let service_shared = shared.clone();
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
@@ -406,11 +427,10 @@ async fn serve_http<I>(
     });
     // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a
     // config change cannot close it, and `Counted` keeps it in the drain count until it closes.
-    // hyper starts the HTTP/1 head timer when it begins waiting for a request, so it bounds
-    // both a slow head (slowloris) and the wait for the next request on a kept-alive connection.
-    let mut builder = shared.builder.clone();
-    builder.http1().header_read_timeout(timeouts.read);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // The head bound is ClientIo's; hyper's HTTP/1 head timer is off in the shared builder.
+    let conn = shared
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = loop {
         let idle_at = timeouts.idle.map(|idle| activity.idle_deadline(idle));

@@ -1,5 +1,8 @@
-//! Client connection timeouts that hyper does not provide: a bound on a stalled write (a client
-//! that stops reading) and idle tracking (no request in flight) for keep-alive connections.
+//! Client connection timeouts, per connection: the HTTP/1 request-head bound (slowloris), a
+//! bound on a stalled write (a client that stops reading) and idle tracking (no request in
+//! flight). hyper's own head timer also runs while a kept-alive connection waits for its next
+//! request, which would make the idle timeout unreachable; this one starts at the first byte of
+//! a request instead, as Go's net/http does.
 
 use std::io;
 use std::pin::Pin;
@@ -10,45 +13,133 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Fails a write (or flush) that makes no progress for `timeout`, so a client that stops reading
-/// cannot hold a connection and its buffers forever. Progress re-arms the bound: a long, slowly
-/// read stream is fine.
-pub struct WriteStallBound<T> {
-    inner: T,
-    timeout: Option<Duration>,
-    /// Allocated on the first stall only; reused after.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection speaks, as far as the head bound cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Not known yet: decided by the first bytes (the HTTP/2 preface or not).
+    Sniff,
+    Http1,
+    /// HTTP/2 frames (pings, settings) arrive without requests: no head bound.
+    Http2,
+}
+
+/// A lazily allocated, reusable deadline.
+#[derive(Default)]
+struct Deadline {
     timer: Option<Pin<Box<Sleep>>>,
     armed: bool,
 }
 
-impl<T> WriteStallBound<T> {
-    pub fn new(inner: T, timeout: Option<Duration>) -> Self {
-        WriteStallBound {
+impl Deadline {
+    fn arm(&mut self, after: Duration) {
+        let deadline = Instant::now() + after;
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.armed = true;
+    }
+
+    /// Whether the armed deadline has passed (registering for a wake-up if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.armed
+            && self
+                .timer
+                .as_mut()
+                .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+    }
+}
+
+/// The client side of a connection (above TLS), enforcing the head and write bounds.
+pub struct ClientIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    protocol: Protocol,
+    /// Bytes of the preface matched so far while sniffing.
+    sniffed: usize,
+    head_timeout: Option<Duration>,
+    head: Deadline,
+    /// `Activity::started` when the head bound was armed: a new request ends it.
+    head_of: u64,
+    write_timeout: Option<Duration>,
+    write: Deadline,
+}
+
+impl<T> ClientIo<T> {
+    pub fn new(
+        inner: T,
+        activity: Arc<Activity>,
+        protocol: Protocol,
+        head_timeout: Option<Duration>,
+        write_timeout: Option<Duration>,
+    ) -> Self {
+        ClientIo {
             inner,
-            timeout,
-            timer: None,
-            armed: false,
+            activity,
+            protocol,
+            sniffed: 0,
+            head_timeout,
+            head: Deadline::default(),
+            head_of: 0,
+            write_timeout,
+            write: Deadline::default(),
         }
     }
 
+    fn sniff(&mut self, data: &[u8]) {
+        let want = &H2_PREFACE[self.sniffed..];
+        let n = want.len().min(data.len());
+        if data[..n] != want[..n] {
+            self.protocol = Protocol::Http1;
+        } else if n == want.len() {
+            self.protocol = Protocol::Http2;
+        } else {
+            self.sniffed += n;
+        }
+    }
+
+    /// Bytes arrived: with no request in flight they start a request head, which must be
+    /// complete (the request begun) within the head timeout.
+    fn on_read(&mut self, data: &[u8]) {
+        if self.protocol == Protocol::Sniff {
+            self.sniff(data);
+        }
+        let Some(timeout) = self.head_timeout else {
+            return;
+        };
+        if self.protocol == Protocol::Http2 {
+            self.head.armed = false;
+            return;
+        }
+        let started = self.activity.started();
+        if self.head.armed && started != self.head_of {
+            self.head.armed = false;
+        }
+        if !self.head.armed && self.activity.in_flight() == 0 {
+            self.head.arm(timeout);
+            self.head_of = started;
+        }
+    }
+
+    /// A read is pending: fails once an unfinished head has outlived its bound.
+    fn head_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.head.armed && self.activity.started() != self.head_of {
+            self.head.armed = false;
+        }
+        self.head.expired(cx)
+    }
+
     /// Called when the inner write is pending: starts the bound, or fails once it has passed.
-    fn stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        let Some(timeout) = self.timeout else {
+    fn write_stalled<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        let Some(timeout) = self.write_timeout else {
             return Poll::Pending;
         };
-        if !self.armed {
-            let deadline = Instant::now() + timeout;
-            match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-            self.armed = true;
+        if !self.write.armed {
+            self.write.arm(timeout);
         }
-        let expired = self
-            .timer
-            .as_mut()
-            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
-        if expired {
+        if self.write.expired(cx) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "client stopped reading (write timeout)",
@@ -57,31 +148,45 @@ impl<T> WriteStallBound<T> {
         Poll::Pending
     }
 
-    fn progressed<R>(&mut self, result: io::Result<R>) -> Poll<io::Result<R>> {
-        self.armed = false;
+    fn wrote<R>(&mut self, result: io::Result<R>) -> Poll<io::Result<R>> {
+        self.write.armed = false;
         Poll::Ready(result)
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for WriteStallBound<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let data = &buf.filled()[before..];
+                if !data.is_empty() {
+                    self.on_read(data);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.head_expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not received in time (read timeout)",
+            ))),
+            other => other,
+        }
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStallBound<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => self.stalled(cx),
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.write_stalled(cx),
+            Poll::Ready(r) => self.wrote(r),
         }
     }
 
@@ -91,8 +196,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStallBound<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.stalled(cx),
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.write_stalled(cx),
+            Poll::Ready(r) => self.wrote(r),
         }
     }
 
@@ -102,15 +207,15 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStallBound<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self.stalled(cx),
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.write_stalled(cx),
+            Poll::Ready(r) => self.wrote(r),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match Pin::new(&mut self.inner).poll_shutdown(cx) {
-            Poll::Pending => self.stalled(cx),
-            Poll::Ready(r) => self.progressed(r),
+            Poll::Pending => self.write_stalled(cx),
+            Poll::Ready(r) => self.wrote(r),
         }
     }
 }
@@ -119,6 +224,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteStallBound<T> {
 pub struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
+    /// Requests begun so far.
+    started: AtomicU64,
     /// Nanoseconds after `start` when the last request finished.
     idle_since: AtomicU64,
 }
@@ -128,6 +235,7 @@ impl Default for Activity {
         Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
         }
     }
@@ -139,13 +247,22 @@ pub struct InFlight(Arc<Activity>);
 impl Activity {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn started(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
     }
 
     /// When the connection will have been idle for `idle`, if nothing starts meanwhile; while
     /// requests are in flight, a time to look again.
     pub fn idle_deadline(&self, idle: Duration) -> Instant {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
+        if self.in_flight() > 0 {
             return Instant::now() + idle;
         }
         self.start + Duration::from_nanos(self.idle_since.load(Ordering::Acquire)) + idle
@@ -157,7 +274,7 @@ impl Activity {
     }
 
     fn is_idle_at(&self, idle: Duration, now: Instant) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0 && self.idle_deadline(idle) <= now
+        self.in_flight() == 0 && self.idle_deadline(idle) <= now
     }
 }
 
@@ -175,11 +292,81 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn writer<T>(io: T, write_timeout: Option<Duration>) -> ClientIo<T> {
+        let activity = Arc::new(Activity::default());
+        ClientIo::new(io, activity, Protocol::Http1, None, write_timeout)
+    }
+
+    /// A server side with a 300ms head bound, and its client end.
+    fn reader(protocol: Protocol) -> (tokio::io::DuplexStream, ClientIo<tokio::io::DuplexStream>, Arc<Activity>) {
+        let (client, server) = tokio::io::duplex(1024);
+        let activity = Arc::new(Activity::default());
+        let io = ClientIo::new(
+            server,
+            activity.clone(),
+            protocol,
+            Some(Duration::from_millis(300)),
+            None,
+        );
+        (client, io, activity)
+    }
+
+    /// Reads until an error; returns it.
+    async fn read_error(io: &mut ClientIo<tokio::io::DuplexStream>) -> io::Error {
+        let mut buf = [0u8; 64];
+        loop {
+            if let Err(e) = io.read(&mut buf).await {
+                return e;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unfinished_head_fails_after_the_bound() {
+        let (mut client, mut io, _activity) = reader(Protocol::Sniff);
+        // Waiting with nothing sent is idleness, not a slow head: no failure.
+        let mut buf = [0u8; 64];
+        let waited = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "idle wait is not bounded by the head timeout");
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let started = Instant::now();
+        assert_eq!(read_error(&mut io).await.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_begun_request_ends_the_head_bound() {
+        let (mut client, mut io, activity) = reader(Protocol::Sniff);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        // hyper parsed the head and called the service.
+        let request = activity.begin();
+        drop(request);
+        let waited = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "no failure once the request began");
+    }
+
+    #[tokio::test]
+    async fn http2_has_no_head_bound() {
+        let (mut client, mut io, _activity) = reader(Protocol::Sniff);
+        // The preface split across reads, then a frame that is no request.
+        client.write_all(&H2_PREFACE[..10]).await.unwrap();
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).await.unwrap();
+        client.write_all(&H2_PREFACE[10..]).await.unwrap();
+        client.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0]).await.unwrap();
+        io.read(&mut buf).await.unwrap();
+        assert_eq!(io.protocol, Protocol::Http2);
+        let waited = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;
+        assert!(waited.is_err(), "pings and settings without requests are fine");
+    }
+
     #[tokio::test]
     async fn a_write_stalled_past_the_bound_fails() {
         let (client, server) = tokio::io::duplex(64);
         let bound = Duration::from_millis(300);
-        let mut io = WriteStallBound::new(server, Some(bound));
+        let mut io = writer(server, Some(bound));
         // The peer never reads: the buffer fills, then the write stalls.
         let started = Instant::now();
         let error = loop {
@@ -195,7 +382,7 @@ mod tests {
     #[tokio::test]
     async fn progress_rearms_the_bound() {
         let (mut client, server) = tokio::io::duplex(64);
-        let mut io = WriteStallBound::new(server, Some(Duration::from_secs(2)));
+        let mut io = writer(server, Some(Duration::from_secs(2)));
         io.write_all(&[1u8; 64]).await.unwrap();
         // Two stalls of 1.2s each: longer than the bound together, each shorter alone.
         let reader = tokio::spawn(async move {
@@ -214,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn no_bound_never_fails() {
         let (_client, server) = tokio::io::duplex(8);
-        let mut io = WriteStallBound::new(server, None);
+        let mut io = writer(server, None);
         io.write_all(&[0u8; 8]).await.unwrap();
         let stalled = tokio::time::timeout(Duration::from_millis(300), io.write(&[0u8; 8])).await;
         assert!(stalled.is_err(), "still pending, not failed");
