@@ -67,7 +67,10 @@ async fn exploit_protection_and_request_ids() {
             "  security: {enableExploitProtection: true}\n",
         ),
     );
-    dir.write("open.yaml", &route_yaml("open", "edge", "/open", echo_port, ""));
+    dir.write(
+        "open.yaml",
+        &route_yaml("open", "edge", "/open", echo_port, ""),
+    );
     let admin = free_port();
     let (sluice, _) = standalone(dir.path(), "edge", admin).await;
     let c = client();
@@ -88,7 +91,11 @@ async fn exploit_protection_and_request_ids() {
     ];
     for path in attacks {
         let r = get(&c, port, "x", path).await;
-        assert_eq!((r.status, r.body.as_str()), (403, "request blocked\n"), "{path}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (403, "request blocked\n"),
+            "{path}"
+        );
         // An unprotected route forwards the same request.
         let open = path.replacen("/guarded", "/open", 1);
         assert_eq!(get(&c, port, "x", &open).await.status, 200, "{open}");
@@ -101,13 +108,19 @@ async fn exploit_protection_and_request_ids() {
         let r = get(&c, port, "x", path).await;
         assert_eq!(r.status, 200, "{path}: {r:?}");
     }
-    sluice.wait_log("request blocked by exploit protection", Duration::from_secs(5));
+    sluice.wait_log(
+        "request blocked by exploit protection",
+        Duration::from_secs(5),
+    );
     let log = sluice.log();
     assert!(
         log.contains("route=default/guarded") || log.contains("guarded"),
         "the log names the route"
     );
-    assert!(log.contains("sql-injection: union select"), "the log names the check");
+    assert!(
+        log.contains("sql-injection: union select"),
+        "the log names the check"
+    );
 
     // Bodies: a form field is checked like a query; the body still reaches the backend whole.
     let body_client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -128,9 +141,12 @@ async fn exploit_protection_and_request_ids() {
     let form = "application/x-www-form-urlencoded";
     assert_eq!(post("user=admin%27--&pw=x", form).await.0, 403);
     assert_eq!(
-        post(r#"{"q":"<img src=x onerror=alert(1)>"}"#, "application/json")
-            .await
-            .0,
+        post(
+            r#"{"q":"<img src=x onerror=alert(1)>"}"#,
+            "application/json"
+        )
+        .await
+        .0,
         403
     );
     let (status, body) = post("user=O%27Brien&note=1%3B2%3B3", form).await;
@@ -142,9 +158,16 @@ async fn exploit_protection_and_request_ids() {
 
     // X-Goma-Request-ID: one per request, sent upstream and returned; a client's own is
     // replaced (the client is no trusted proxy).
-    let r = request(&c, "GET", port, "x", "/open", &[("x-goma-request-id", "mine")])
-        .await
-        .unwrap();
+    let r = request(
+        &c,
+        "GET",
+        port,
+        "x",
+        "/open",
+        &[("x-goma-request-id", "mine")],
+    )
+    .await
+    .unwrap();
     let id = r.headers["x-goma-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 32, "{id}");
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -170,7 +193,11 @@ async fn slow_headers_are_cut_after_the_read_timeout() {
         .await
         .unwrap();
     let reply = closed_by_server(&mut ok, Duration::from_secs(10)).await;
-    assert!(reply.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
 
     // Waiting for the next request is idleness (90s by default), not a slow head: a kept-alive
     // connection outlives the 1s read timeout. (The sleep is the client being idle.)
@@ -222,14 +249,22 @@ async fn oversized_headers_get_431_and_long_uris_414() {
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
     ))
     .await;
-    assert!(reply.starts_with("HTTP/1.1 431"), "{}", &reply[..reply.len().min(200)]);
+    assert!(
+        reply.starts_with("HTTP/1.1 431"),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
 
     let long = "a".repeat(20 * 1024);
     let reply = send(format!(
         "GET /?q={long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     ))
     .await;
-    assert!(reply.starts_with("HTTP/1.1 414"), "{}", &reply[..reply.len().min(200)]);
+    assert!(
+        reply.starts_with("HTTP/1.1 414"),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
 
     // Large but within bounds: served.
     let fine = "a".repeat(32 * 1024);
@@ -238,5 +273,9 @@ async fn oversized_headers_get_431_and_long_uris_414() {
         &long[..8 * 1024]
     ))
     .await;
-    assert!(reply.starts_with("HTTP/1.1 200"), "{}", &reply[..reply.len().min(200)]);
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "{}",
+        &reply[..reply.len().min(200)]
+    );
 }

@@ -344,7 +344,11 @@ async fn serve_connection(
             ),
             _guard: guard,
         };
-        return serve_http(io, remote, port, None, timeouts, activity, stop, shared).await;
+        let idle = IdleWatch {
+            timeout: timeouts.idle,
+            activity,
+        };
+        return serve_http(io, remote, port, None, idle, stop, shared).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -383,8 +387,10 @@ async fn serve_connection(
         remote,
         port,
         Some(Arc::new(connection)),
-        timeouts,
-        activity,
+        IdleWatch {
+            timeout: timeouts.idle,
+            activity,
+        },
         stop,
         shared,
     )
@@ -399,21 +405,26 @@ struct ConnTimeouts {
     idle: Option<Duration>,
 }
 
+/// Closes a connection gracefully once no request has been in flight for `timeout`.
+struct IdleWatch {
+    timeout: Option<Duration>,
+    activity: Arc<Activity>,
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on an accepted (plain or TLS) stream until it closes or `stop`.
 async fn serve_http<I>(
     io: I,
     remote: SocketAddr,
     port: u16,
     tls: Option<Arc<TlsConnection>>,
-    timeouts: ConnTimeouts,
-    activity: Arc<Activity>,
+    idle: IdleWatch,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_shared = shared.clone();
-    let service_activity = activity.clone();
+    let service_activity = idle.activity.clone();
     let service = service_fn(move |req| {
         // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
         let snapshot = service_shared.current.load_full();
@@ -433,7 +444,7 @@ async fn serve_http<I>(
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = loop {
-        let idle_at = timeouts.idle.map(|idle| activity.idle_deadline(idle));
+        let idle_at = idle.timeout.map(|t| idle.activity.idle_deadline(t));
         tokio::select! {
             result = conn.as_mut() => break result,
             _ = stop.changed() => {
@@ -442,7 +453,7 @@ async fn serve_http<I>(
                 break conn.await;
             }
             _ = tokio::time::sleep_until(idle_at.unwrap_or_else(far_future)), if idle_at.is_some() => {
-                if timeouts.idle.is_some_and(|idle| activity.is_idle(idle)) {
+                if idle.timeout.is_some_and(|t| idle.activity.is_idle(t)) {
                     tracing::debug!(%remote, port, "idle connection closed");
                     // Graceful: a response still streaming is finished first.
                     conn.as_mut().graceful_shutdown();

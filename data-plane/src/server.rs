@@ -126,7 +126,10 @@ mod tests {
             idle_timeout: dur(i64::MAX, 0),
             ..Default::default()
         });
-        assert!(e.starts_with("http.idle_timeout: ") && e.contains("maximum"), "{e}");
+        assert!(
+            e.starts_with("http.idle_timeout: ") && e.contains("maximum"),
+            "{e}"
+        );
         let e = err(pb::HttpSettings {
             write_timeout: dur(1, 2_000_000_000),
             ..Default::default()

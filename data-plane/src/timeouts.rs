@@ -298,7 +298,13 @@ mod tests {
     }
 
     /// A server side with a 300ms head bound, and its client end.
-    fn reader(protocol: Protocol) -> (tokio::io::DuplexStream, ClientIo<tokio::io::DuplexStream>, Arc<Activity>) {
+    fn reader(
+        protocol: Protocol,
+    ) -> (
+        tokio::io::DuplexStream,
+        ClientIo<tokio::io::DuplexStream>,
+        Arc<Activity>,
+    ) {
         let (client, server) = tokio::io::duplex(1024);
         let activity = Arc::new(Activity::default());
         let io = ClientIo::new(
@@ -327,8 +333,14 @@ mod tests {
         // Waiting with nothing sent is idleness, not a slow head: no failure.
         let mut buf = [0u8; 64];
         let waited = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;
-        assert!(waited.is_err(), "idle wait is not bounded by the head timeout");
-        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        assert!(
+            waited.is_err(),
+            "idle wait is not bounded by the head timeout"
+        );
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         let started = Instant::now();
         assert_eq!(read_error(&mut io).await.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() >= Duration::from_millis(300));
@@ -339,7 +351,7 @@ mod tests {
         let (mut client, mut io, activity) = reader(Protocol::Sniff);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        io.read_exact(&mut buf[..18]).await.unwrap();
         // hyper parsed the head and called the service.
         let request = activity.begin();
         drop(request);
@@ -353,13 +365,19 @@ mod tests {
         // The preface split across reads, then a frame that is no request.
         client.write_all(&H2_PREFACE[..10]).await.unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        io.read_exact(&mut buf[..10]).await.unwrap();
         client.write_all(&H2_PREFACE[10..]).await.unwrap();
-        client.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0]).await.unwrap();
-        io.read(&mut buf).await.unwrap();
+        client
+            .write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        io.read_exact(&mut buf[..23]).await.unwrap();
         assert_eq!(io.protocol, Protocol::Http2);
         let waited = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;
-        assert!(waited.is_err(), "pings and settings without requests are fine");
+        assert!(
+            waited.is_err(),
+            "pings and settings without requests are fine"
+        );
     }
 
     #[tokio::test]

@@ -48,7 +48,9 @@ impl Cidr {
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.network, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(n) & mask == u32::from(a) & mask
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
@@ -159,9 +161,17 @@ mod tests {
 
     #[test]
     fn parses_and_matches_ranges() {
-        let t = trusted(&["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", " 172.16.0.0/12 "]);
+        let t = trusted(&[
+            "10.0.0.0/8",
+            "192.0.2.7",
+            "2001:db8::/32",
+            " 172.16.0.0/12 ",
+        ]);
         assert!(t.contains(ip("10.200.3.4")));
-        assert!(t.contains(ip("::ffff:10.1.1.1")), "IPv4-mapped peers match IPv4 ranges");
+        assert!(
+            t.contains(ip("::ffff:10.1.1.1")),
+            "IPv4-mapped peers match IPv4 ranges"
+        );
         assert!(t.contains(ip("192.0.2.7")));
         assert!(!t.contains(ip("192.0.2.8")));
         assert!(t.contains(ip("2001:db8:ffff::1")));

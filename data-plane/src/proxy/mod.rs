@@ -15,9 +15,7 @@ use prefix::PrefixedBody;
 pub use response::ProxyBody;
 
 use crate::router::host::request_host;
-use crate::router::{
-    CompiledRoute, Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction,
-};
+use crate::router::{CompiledRoute, Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
 use bytes::Bytes;
