@@ -219,6 +219,30 @@ async fn slow_headers_are_cut_after_the_read_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_are_cut_but_slow_upstreams_are_not() {
+    let (_dir, _sluice, _echo, port) = edge("edge-body", "{timeouts: {read: 1}}").await;
+    // A body announced as 100 bytes, of which 10 arrive.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stalled
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    closed_by_server(&mut stalled, Duration::from_secs(10)).await;
+
+    // A complete request to a backend slower than the read timeout is answered.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    slow.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nX-Echo-Delay-Ms: 2500\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let reply = closed_by_server(&mut slow, Duration::from_secs(10)).await;
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"body_bytes\":10"), "{reply}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed() {
     // The read timeout stays at its 30s default: only the idle timeout can close the connection.
     let (_dir, _sluice, _echo, port) = edge("edge-idle", "{timeouts: {idle: 1}}").await;

@@ -5,10 +5,11 @@
 
 use crate::proxy;
 use crate::snapshot::Snapshot;
-use crate::timeouts::{Activity, ClientIo, Protocol};
+use crate::timeouts::{Activity, ClientIo, Protocol, WaitingBody};
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
 use arc_swap::ArcSwap;
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -425,11 +426,15 @@ async fn serve_http<I>(
 {
     let service_shared = shared.clone();
     let service_activity = idle.activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: http::Request<Incoming>| {
         // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
         let snapshot = service_shared.current.load_full();
         let tls = tls.clone();
         let in_flight = service_activity.begin();
+        // HTTP/1 bodies are bounded by the read timeout while they wait for the client.
+        let bounded = (req.version() < http::Version::HTTP_2 && !req.body().is_end_stream())
+            .then(|| service_activity.clone());
+        let req = req.map(|body| WaitingBody::new(body, bounded));
         async move {
             let response = proxy::handle(snapshot, port, remote, tls.as_deref(), req).await;
             drop(in_flight);

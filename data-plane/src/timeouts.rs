@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -63,6 +66,8 @@ pub struct ClientIo<T> {
     head: Deadline,
     /// `Activity::started` when the head bound was armed: a new request ends it.
     head_of: u64,
+    /// Bound on an HTTP/1 request body waiting for bytes (the read timeout too).
+    body: Deadline,
     write_timeout: Option<Duration>,
     write: Deadline,
 }
@@ -83,6 +88,7 @@ impl<T> ClientIo<T> {
             head_timeout,
             head: Deadline::default(),
             head_of: 0,
+            body: Deadline::default(),
             write_timeout,
             write: Deadline::default(),
         }
@@ -103,6 +109,7 @@ impl<T> ClientIo<T> {
     /// Bytes arrived: with no request in flight they start a request head, which must be
     /// complete (the request begun) within the head timeout.
     fn on_read(&mut self, data: &[u8]) {
+        self.body.armed = false;
         if self.protocol == Protocol::Sniff {
             self.sniff(data);
         }
@@ -123,12 +130,29 @@ impl<T> ClientIo<T> {
         }
     }
 
-    /// A read is pending: fails once an unfinished head has outlived its bound.
-    fn head_expired(&mut self, cx: &mut Context<'_>) -> bool {
+    /// A read is pending: whether an unfinished head, or a body that waits for bytes, has
+    /// outlived its bound.
+    fn read_expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
         if self.head.armed && self.activity.started() != self.head_of {
             self.head.armed = false;
         }
-        self.head.expired(cx)
+        if self.head.expired(cx) {
+            return Some("request head not received in time (read timeout)");
+        }
+        let Some(timeout) = self.head_timeout else {
+            return None;
+        };
+        self.activity.reader.register(cx.waker());
+        if self.activity.bodies_waiting.load(Ordering::Acquire) == 0 {
+            self.body.armed = false;
+            return None;
+        }
+        if !self.body.armed {
+            self.body.arm(timeout);
+        }
+        self.body
+            .expired(cx)
+            .then_some("request body stalled (read timeout)")
     }
 
     /// Called when the inner write is pending: starts the bound, or fails once it has passed.
@@ -169,10 +193,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if self.head_expired(cx) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not received in time (read timeout)",
-            ))),
+            Poll::Pending => match self.read_expired(cx) {
+                Some(reason) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, reason))),
+                None => Poll::Pending,
+            },
             other => other,
         }
     }
@@ -220,6 +244,69 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 }
 
+/// An HTTP/1 request body that tells its connection while it waits for client bytes, so a
+/// stalled upload fails after the read timeout (as a read error, which hyper hands to the body's
+/// consumer) while a slow upstream never does.
+pub struct WaitingBody<B> {
+    inner: B,
+    /// None: not bounded (HTTP/2, or nothing to read).
+    activity: Option<Arc<Activity>>,
+    waiting: bool,
+}
+
+impl<B> WaitingBody<B> {
+    pub fn new(inner: B, activity: Option<Arc<Activity>>) -> Self {
+        WaitingBody {
+            inner,
+            activity,
+            waiting: false,
+        }
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting == waiting {
+            return;
+        }
+        self.waiting = waiting;
+        if let Some(activity) = &self.activity {
+            if waiting {
+                activity.bodies_waiting.fetch_add(1, Ordering::AcqRel);
+                activity.reader.wake();
+            } else {
+                activity.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl<B> Drop for WaitingBody<B> {
+    fn drop(&mut self) {
+        self.set_waiting(false);
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for WaitingBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.set_waiting(polled.is_pending());
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Requests in flight on one connection and since when it has had none.
 pub struct Activity {
     start: Instant,
@@ -228,6 +315,10 @@ pub struct Activity {
     started: AtomicU64,
     /// Nanoseconds after `start` when the last request finished.
     idle_since: AtomicU64,
+    /// HTTP/1 request bodies waiting for bytes from the client.
+    bodies_waiting: AtomicUsize,
+    /// The connection's reader, woken when a body starts waiting so it arms the body bound.
+    reader: AtomicWaker,
 }
 
 impl Default for Activity {
@@ -237,6 +328,8 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            bodies_waiting: AtomicUsize::new(0),
+            reader: AtomicWaker::new(),
         }
     }
 }
