@@ -198,6 +198,31 @@ async fn websocket_is_tunnelled_and_survives_config_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_outlives_the_read_timeout() {
+    // The request-head bound (1s here) must not apply to tunnelled bytes.
+    let (_echo, echo_port) = echo("ws");
+    let dir = TempDir::new("ws-read");
+    let port = free_port();
+    dir.write(
+        "gateway.yaml",
+        &format!(
+            "{}  server: {{timeouts: {{read: 1}}}}\n",
+            gateway_yaml("gw", port)
+        ),
+    );
+    dir.write("ws.yaml", &route_yaml("ws", "gw", "/ws", echo_port, ""));
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+    let (mut ws, head) = ws_open(port, "/ws", &format!("Sec-WebSocket-Key: {WS_KEY}\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for message in [&b"one"[..], b"two", b"three"] {
+        ws_send(&mut ws, 1, message).await;
+        assert_eq!(ws_recv(&mut ws).await, (1, message.to_vec()));
+        // The client is quiet for longer than the read timeout.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_stream_event_by_event() {
     let (_echo, echo_port) = echo("sse");
     let dir = TempDir::new("sse");

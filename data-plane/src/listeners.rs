@@ -437,6 +437,9 @@ async fn serve_http<I>(
         let req = req.map(|body| WaitingBody::new(body, bounded));
         async move {
             let response = proxy::handle(snapshot, port, remote, tls.as_deref(), req).await;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.upgrade();
+            }
             drop(in_flight);
             Ok::<_, Infallible>(response)
         }

@@ -4,15 +4,15 @@
 //! request, which would make the idle timeout unreachable; this one starts at the first byte of
 //! a request instead, as Go's net/http does.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -116,7 +116,7 @@ impl<T> ClientIo<T> {
         let Some(timeout) = self.head_timeout else {
             return;
         };
-        if self.protocol == Protocol::Http2 {
+        if self.protocol == Protocol::Http2 || self.activity.upgraded.load(Ordering::Acquire) {
             self.head.armed = false;
             return;
         }
@@ -317,6 +317,8 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// HTTP/1 request bodies waiting for bytes from the client.
     bodies_waiting: AtomicUsize,
+    /// The connection became a tunnel (101): its bytes are no longer requests.
+    upgraded: AtomicBool,
     /// The connection's reader, woken when a body starts waiting so it arms the body bound.
     reader: AtomicWaker,
 }
@@ -329,6 +331,7 @@ impl Default for Activity {
             started: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             bodies_waiting: AtomicUsize::new(0),
+            upgraded: AtomicBool::new(false),
             reader: AtomicWaker::new(),
         }
     }
@@ -368,6 +371,14 @@ impl Activity {
 
     fn is_idle_at(&self, idle: Duration, now: Instant) -> bool {
         self.in_flight() == 0 && self.idle_deadline(idle) <= now
+    }
+}
+
+impl InFlight {
+    /// Called before this request's `101 Switching Protocols` answer is written: from then on
+    /// the connection carries a tunnel, which only the write bound applies to.
+    pub fn upgrade(&self) {
+        self.0.upgraded.store(true, Ordering::Release);
     }
 }
 
