@@ -214,6 +214,10 @@ async fn websocket_outlives_the_read_timeout() {
     let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
     let (mut ws, head) = ws_open(port, "/ws", &format!("Sec-WebSocket-Key: {WS_KEY}\r\n")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-goma-request-id: "),
+        "{head}"
+    );
     for message in [&b"one"[..], b"two", b"three"] {
         ws_send(&mut ws, 1, message).await;
         assert_eq!(ws_recv(&mut ws).await, (1, message.to_vec()));
