@@ -139,9 +139,7 @@ impl<T> ClientIo<T> {
         if self.head.expired(cx) {
             return Some("request head not received in time (read timeout)");
         }
-        let Some(timeout) = self.head_timeout else {
-            return None;
-        };
+        let timeout = self.head_timeout?;
         self.activity.reader.register(cx.waker());
         if self.activity.bodies_waiting.load(Ordering::Acquire) == 0 {
             self.body.armed = false;
