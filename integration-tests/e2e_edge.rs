@@ -260,6 +260,50 @@ async fn idle_keep_alive_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_is_not_idle() {
+    let (_dir, _sluice, _echo, port) = edge("edge-stream-idle", "{timeouts: {idle: 1}}").await;
+    // One h2c connection: an SSE stream that outlasts the idle timeout, then another request.
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(conn);
+    let get = |headers: &[(&'static str, &'static str)]| {
+        let mut req = http::Request::get(format!("http://127.0.0.1:{port}/"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(Empty::<Bytes>::new()).unwrap()
+    };
+    let resp = h2.send_request(get(&[("x-echo-sse", "2")])).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.expect("first event").expect("frame");
+    assert!(first.is_data());
+    // The stream stays open, quiet, for twice the idle timeout (the backend holds the last
+    // event until released): the connection is busy, not idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let released = get(&[("x-echo-sse-release", "1")]);
+    let r = client()
+        .request(released.map(|_| Empty::new()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    body.collect().await.expect("the rest of the stream");
+    // The same connection takes a new request: no GOAWAY was sent while it streamed.
+    let resp = h2.send_request(get(&[])).await.expect("same connection");
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    // Idle now: the connection is closed (GOAWAY, then close).
+    tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("an idle h2 connection is closed")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_headers_get_431_and_long_uris_414() {
     let (_dir, _sluice, _echo, port) = edge("edge-limits", "{}").await;
     let send = |head: String| async move {

@@ -5,7 +5,7 @@
 
 use crate::proxy;
 use crate::snapshot::Snapshot;
-use crate::timeouts::{Activity, ClientIo, Protocol, WaitingBody};
+use crate::timeouts::{Activity, ClientIo, InFlightBody, Protocol, WaitingBody};
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
 use arc_swap::ArcSwap;
@@ -326,7 +326,8 @@ async fn serve_connection(
     }
     // Timeouts are fixed when the connection is accepted; later changes apply to new ones.
     let timeouts = {
-        let settings = shared.current.load().server_settings(port).clone();
+        let snapshot = shared.current.load();
+        let settings = snapshot.server_settings(port);
         ConnTimeouts {
             read: settings.read_timeout,
             write: settings.write_timeout,
@@ -440,8 +441,8 @@ async fn serve_http<I>(
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.upgrade();
             }
-            drop(in_flight);
-            Ok::<_, Infallible>(response)
+            // In flight until the response body is done, not just its head.
+            Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
         }
     });
     // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a

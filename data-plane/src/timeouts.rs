@@ -372,6 +372,42 @@ impl Activity {
     }
 }
 
+/// A response body that keeps its request in flight until it is finished or dropped, so a
+/// long stream (SSE, gRPC) counts as activity for the idle timeout.
+pub struct InFlightBody<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> InFlightBody<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        InFlightBody {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for InFlightBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl InFlight {
     /// Called before this request's `101 Switching Protocols` answer is written: from then on
     /// the connection carries a tunnel, which only the write bound applies to.
