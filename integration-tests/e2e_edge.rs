@@ -334,6 +334,27 @@ async fn oversized_headers_get_431_and_long_uris_414() {
         &reply[..reply.len().min(200)]
     );
 
+    // HTTP/2 (h2c): the header list limit answers 431 too.
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/"))
+        .header("x-big", &big)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.expect("an answer");
+    assert_eq!(resp.status(), 431);
+    // The same 64 KiB bound as HTTP/1 (hyper's HTTP/2 default is 16 KiB).
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/"))
+        .header("x-fine", "a".repeat(32 * 1024))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = h2.send_request(req).await.expect("an answer");
+    assert_eq!(resp.status(), 200);
+
     // Large but within bounds: served.
     let fine = "a".repeat(32 * 1024);
     let reply = send(format!(
