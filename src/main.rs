@@ -96,12 +96,15 @@ struct DataPlaneArgs {
     /// Address the traffic listeners bind to.
     #[arg(long, default_value = "0.0.0.0")]
     bind: IpAddr,
-    /// Admin endpoint (/healthz, /readyz).
+    /// Admin endpoint (/healthz, /readyz, /metrics, /config_dump).
     #[arg(long, default_value = "127.0.0.1:9901")]
     admin: SocketAddr,
     /// Longest time in-flight requests get to finish at shutdown, in seconds.
     #[arg(long, default_value_t = 10)]
     drain_seconds: u64,
+    /// Log one line per request (target "access", in the --log-format).
+    #[arg(long, env = "SLUICE_ACCESS_LOG")]
+    access_log: bool,
 }
 
 #[derive(clap::Args)]
@@ -126,6 +129,9 @@ struct StandaloneArgs {
     /// examples answer at once.
     #[arg(long)]
     demo_backends: bool,
+    /// Log one line per request (target "access", in the --log-format).
+    #[arg(long, env = "SLUICE_ACCESS_LOG")]
+    access_log: bool,
 }
 
 fn parse_status(text: &str) -> Result<hyper::StatusCode, String> {
@@ -261,6 +267,7 @@ async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         bind_ip: args.bind,
         admin_addr: args.admin,
         drain: Duration::from_secs(args.drain_seconds),
+        access_log: args.access_log,
     };
     pod::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -330,6 +337,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             bind_ip: args.bind,
             admin_addr: SocketAddr::new(args.bind, admin_port),
             drain: Duration::from_secs(10),
+            access_log: args.access_log,
         };
         tracing::info!(%gateway, admin = %opts.admin_addr, "starting data plane");
         pods.push(tokio::spawn(pod::run(opts, wait_stop(stop_rx.clone()))));

@@ -1,7 +1,11 @@
 //! Sluice data plane: compiled configuration snapshots, routing, upstream pools and the proxy.
 
+pub mod access_log;
 pub mod admin;
+pub mod config_dump;
 pub mod listeners;
+pub mod metrics;
+pub mod observe;
 pub mod pod;
 pub mod proxy;
 pub mod resources;

@@ -3,7 +3,7 @@
 //! serves every accepted connection (HTTP/1.1 and h2c, or TLS with h2/http1.1 by ALPN on HTTPS
 //! ports) on its own task.
 
-use crate::proxy;
+use crate::observe::Observer;
 use crate::snapshot::Snapshot;
 use crate::timeouts::{Activity, ClientIo, InFlightBody, Protocol, WaitingBody};
 use crate::tls::{self, TlsConnection};
@@ -40,6 +40,8 @@ struct Shared {
     /// Open connections, for a bounded drain on shutdown.
     connections: AtomicUsize,
     drained: Notify,
+    /// Metrics and access logs of every request.
+    observer: Arc<Observer>,
 }
 
 /// An open listening port: its accept loop stops (and its connections drain) when `stop` fires.
@@ -63,6 +65,10 @@ pub struct ProxyRuntime {
 
 impl ProxyRuntime {
     pub fn new(bind_ip: IpAddr) -> Arc<Self> {
+        Self::with_observer(bind_ip, Observer::default())
+    }
+
+    pub fn with_observer(bind_ip: IpAddr, observer: Observer) -> Arc<Self> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // A request head larger than this gets 431 (HTTP/1: hyper answers when its read buffer
         // fills before the head is complete).
@@ -84,11 +90,16 @@ impl ProxyRuntime {
                 builder,
                 connections: AtomicUsize::new(0),
                 drained: Notify::new(),
+                observer: Arc::new(observer),
             }),
             ports: Mutex::new(HashMap::new()),
             next_generation: std::sync::atomic::AtomicU64::new(1),
             health: HealthCheckers::default(),
         })
+    }
+
+    pub fn observer(&self) -> &Observer {
+        &self.shared.observer
     }
 
     /// The snapshot new requests are served from.
@@ -352,7 +363,10 @@ async fn serve_connection(
         };
         return serve_http(io, remote, port, None, idle, stop, shared).await;
     };
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+    let metrics = shared.observer.metrics();
+    metrics.tls_handshake(port, matches!(handshake, Ok(Ok(_))));
+    let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
             tracing::debug!(%remote, port, %error, "TLS handshake failed");
@@ -436,8 +450,11 @@ async fn serve_http<I>(
         let bounded = (req.version() < http::Version::HTTP_2 && !req.body().is_end_stream())
             .then(|| service_activity.clone());
         let req = req.map(|body| WaitingBody::new(body, bounded));
+        let observer = service_shared.observer.clone();
         async move {
-            let response = proxy::handle(snapshot, port, remote, tls.as_deref(), req).await;
+            let response = observer
+                .serve(snapshot, port, remote, tls.as_deref(), req)
+                .await;
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.upgrade();
             }

@@ -1,9 +1,14 @@
 //! What one gateway pod runs: the proxy runtime, the xDS client feeding it, and the admin
 //! endpoint, until a shutdown signal drains it.
 
+use crate::admin::Admin;
+use crate::config_dump::ActiveConfig;
 use crate::listeners::ProxyRuntime;
+use crate::metrics::Metrics;
+use crate::observe::Observer;
 use crate::xds::{self, ClientOptions};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -15,6 +20,8 @@ pub struct PodOptions {
     pub admin_addr: SocketAddr,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain: Duration,
+    /// Log every request (target "access").
+    pub access_log: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +44,22 @@ pub async fn run(
             addr: opts.admin_addr,
             source,
         })?;
-    let runtime = ProxyRuntime::new(opts.bind_ip);
+    let observer = Observer::new(Arc::new(Metrics::new()), opts.access_log);
+    let runtime = ProxyRuntime::with_observer(opts.bind_ip, observer);
+    let active = Arc::new(ActiveConfig::default());
     let (ready_tx, ready_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(crate::admin::serve(admin, ready_rx));
-    let client_task = tokio::spawn(xds::run(opts.xds.clone(), runtime.clone(), ready_tx));
+    let admin_state = Admin {
+        ready: ready_rx,
+        runtime: runtime.clone(),
+        config: active.clone(),
+    };
+    let admin_task = tokio::spawn(crate::admin::serve(admin, admin_state));
+    let client_task = tokio::spawn(xds::run(
+        opts.xds.clone(),
+        runtime.clone(),
+        ready_tx,
+        active,
+    ));
     shutdown.await;
     tracing::info!(gateway = %opts.xds.gateway, "shutting down: draining in-flight requests");
     client_task.abort();

@@ -1,6 +1,8 @@
 //! The immutable compiled configuration a request is served from, and the Compiler that validates
 //! resources and builds snapshots incrementally (unchanged routes and clusters are reused).
 
+use crate::metrics::Metrics;
+use crate::metrics::endpoint::MetricsEndpoint;
 use crate::resources::Resources;
 use crate::router::host::validate_hostname;
 use crate::router::{
@@ -26,6 +28,8 @@ pub struct Snapshot {
     tls: Arc<HashMap<u16, Arc<SniIndex>>>,
     /// Ports whose settings differ from the defaults (from the port's first listener by name).
     server: Arc<HashMap<u16, Arc<ServerSettings>>>,
+    /// Listener metrics endpoints (usually none).
+    metrics_endpoints: Arc<[MetricsEndpoint]>,
     route_count: usize,
 }
 
@@ -86,6 +90,11 @@ impl Snapshot {
     pub fn tls(&self, port: u16) -> Option<&SniIndex> {
         self.tls.get(&port).map(|i| &**i)
     }
+
+    /// The metrics endpoints listeners serve, answered before routing.
+    pub fn metrics_endpoints(&self) -> &[MetricsEndpoint] {
+        &self.metrics_endpoints
+    }
 }
 
 /// What certificate selection needs to know about an accepted HTTPS listener.
@@ -129,7 +138,8 @@ fn check_listener(l: &pb::Listener) -> Result<(), String> {
         }
         Err(_) => return Err(format!("protocol: unknown value {}", l.protocol)),
     }
-    validate_hostname(&l.hostname).map_err(|e| format!("hostname: {e}"))
+    validate_hostname(&l.hostname).map_err(|e| format!("hostname: {e}"))?;
+    MetricsEndpoint::from_listener(l, 0).map(drop)
 }
 
 /// `name` is a TlsCertificate Secret among `resources` (which hold only validated Secrets).
@@ -162,6 +172,8 @@ pub struct Compiler {
     index: IndexBuilder,
     /// The pieces of the last snapshot, reused by the next one.
     last: Snapshot,
+    /// Where compiled routes get their metric handles (None: routes record no metrics).
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for Compiler {
@@ -183,6 +195,15 @@ impl Compiler {
             pool_defaults: PoolSettings::default(),
             index: IndexBuilder::default(),
             last: Snapshot::default(),
+            metrics: None,
+        }
+    }
+
+    /// A compiler whose routes record per-route metrics in `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Compiler {
+            metrics: Some(metrics),
+            ..Self::new()
         }
     }
 
@@ -413,7 +434,14 @@ impl Compiler {
                 continue;
             }
             match CompiledRoute::compile(pb_route) {
-                Ok(r) => {
+                Ok(mut r) => {
+                    // Resolved while the previous version (if any) is still held, so its
+                    // series carry over.
+                    r.stats = self
+                        .metrics
+                        .as_ref()
+                        .filter(|_| !pb_route.disable_metrics)
+                        .map(|m| m.route(CompiledRoute::metrics_label(pb_route)));
                     let r = Arc::new(r);
                     if r.certificate_secret.is_some() {
                         tls_dirty = true;
@@ -432,8 +460,9 @@ impl Compiler {
         }
 
         let mut server = self.last.server.clone();
-        let (table, ports) = if changed.listeners {
+        let (table, ports, metrics_endpoints) = if changed.listeners {
             let mut settings: HashMap<u16, Arc<ServerSettings>> = HashMap::new();
+            let mut metrics_endpoints = Vec::new();
             let mut listeners = Vec::with_capacity(resources.listeners.len());
             let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
             let mut protocols: HashMap<u16, i32> = HashMap::new();
@@ -471,6 +500,9 @@ impl Compiler {
                         }
                     }
                 }
+                if let Ok(Some(endpoint)) = MetricsEndpoint::from_listener(l, port) {
+                    metrics_endpoints.push(endpoint);
+                }
                 let hostname = HostPattern::parse(&l.hostname);
                 if l.protocol == pb::Protocol::Https as i32 {
                     let tls = l.tls.clone().unwrap_or_default();
@@ -493,13 +525,23 @@ impl Compiler {
             let routes: Vec<Arc<CompiledRoute>> =
                 self.routes.values().map(|(_, r)| r.clone()).collect();
             server = Arc::new(settings);
-            (self.index.build(&listeners, &routes), ports)
+            metrics_endpoints.dedup();
+            (
+                self.index.build(&listeners, &routes),
+                ports,
+                metrics_endpoints.into(),
+            )
         } else if upserted.is_empty() && removed.is_empty() {
-            (self.last.table.clone(), self.last.ports.clone())
+            (
+                self.last.table.clone(),
+                self.last.ports.clone(),
+                self.last.metrics_endpoints.clone(),
+            )
         } else {
             (
                 self.index.update(&upserted, &removed),
                 self.last.ports.clone(),
+                self.last.metrics_endpoints.clone(),
             )
         };
         let tls = if tls_dirty {
@@ -513,6 +555,7 @@ impl Compiler {
             ports,
             tls,
             server,
+            metrics_endpoints,
             route_count: self.routes.len(),
         };
         Arc::new(Snapshot {
@@ -521,6 +564,7 @@ impl Compiler {
             ports: self.last.ports.clone(),
             tls: self.last.tls.clone(),
             server: self.last.server.clone(),
+            metrics_endpoints: self.last.metrics_endpoints.clone(),
             route_count: self.last.route_count,
         })
     }

@@ -398,6 +398,8 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
         priority: spec.priority,
         allowed_methods,
         disable_metrics: spec.disable_metrics,
+        // Goma's metrics name routes by their own name; dashboards keep showing "api".
+        metrics_name: name.clone(),
         exploit_protection: spec.security.enable_exploit_protection,
         action: Some(action),
     };
@@ -892,6 +894,7 @@ mod tests {
                 }],
                 priority: 0,
                 allowed_methods: vec!["GET".into(), "POST".into()],
+                metrics_name: "api".into(),
                 action: Some(pb::route::Action::Forward(pb::ForwardAction {
                     backends: vec![pb::WeightedBackend {
                         cluster: "route/default/api/backend-0".into(),

@@ -5,6 +5,7 @@
 
 use super::headers;
 use super::lent_body::Slot;
+use super::outcome::{Outcome as Seen, UpstreamFailure};
 use super::response::{self, ProxyBody};
 use super::upgrade::ClientUpgrade;
 use crate::router::backend::{Backend, BackendSet};
@@ -30,7 +31,8 @@ const MAX_BACKOFF_FACTOR: u32 = 10;
 /// Sends `parts` + `body` (headers already prepared; `parts.uri` holds the path and query) to
 /// an endpoint of one of `forward`'s backends. `pinned` is the mask of backends whose canary
 /// conditions hold for the request; `upgrade` the protocol switch the client asked for, offered
-/// to HTTP/1.1 upstreams.
+/// to HTTP/1.1 upstreams. What happened is reported into `seen` (metrics, access logs).
+#[allow(clippy::too_many_arguments)]
 pub async fn forward<B>(
     snapshot: &Snapshot,
     route: &Arc<str>,
@@ -39,17 +41,20 @@ pub async fn forward<B>(
     parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
+    seen: &mut Seen,
 ) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
-    let attempts = attempts(snapshot, route, forward, pinned, parts, body, upgrade);
+    let attempts = attempts(snapshot, route, forward, pinned, parts, body, upgrade, seen);
     let Some(limit) = forward.timeout else {
         return attempts.await;
     };
-    match tokio::time::timeout(limit, attempts).await {
+    let result = tokio::time::timeout(limit, attempts).await;
+    match result {
         Ok(resp) => resp,
         Err(_) => {
+            seen.failure = Some(UpstreamFailure::Timeout);
             tracing::warn!(%route, timeout = ?limit, "request timeout (retries included)");
             response::timeout()
         }
@@ -119,6 +124,7 @@ pub fn backoff(base: Duration, retry: u32, jitter: f64) -> Duration {
     capped.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 2.0)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempts<B>(
     snapshot: &Snapshot,
     route: &Arc<str>,
@@ -127,6 +133,7 @@ async fn attempts<B>(
     mut parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
+    seen: &mut Seen,
 ) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
@@ -186,8 +193,10 @@ where
             forward,
             upgrading,
         );
+        seen.forwarding(&target.cluster, &target.cluster.endpoints[target.endpoint]);
         let failure = match attempt(&target, request, forward.backend_timeout, retry).await {
             Ok(resp) => {
+                seen.upstream_responded = true;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && target.cluster.protocol == Protocol::Http1
                     && let Some(upgrade) = upgrade
@@ -225,7 +234,7 @@ where
         };
         let token = next.as_ref().and_then(|n| n.cluster.state.budget.retry());
         let (Some(next), Some(token)) = (next, token) else {
-            return give_up(route, &target, failure, more && retryable);
+            return give_up(route, &target, failure, more && retryable, seen);
         };
         retries += 1;
         tracing::debug!(
@@ -335,6 +344,7 @@ fn give_up(
     target: &Target,
     failure: Failure,
     retry_refused: bool,
+    seen: &mut Seen,
 ) -> Response<ProxyBody> {
     let cluster = &target.cluster.name;
     let endpoint = &target.cluster.endpoints[target.endpoint].authority;
@@ -342,12 +352,17 @@ fn give_up(
         tracing::debug!(%route, %cluster, "no retry: no endpoint left or retry budget exhausted");
     }
     match failure {
-        Failure::Status(resp) => relay(resp),
+        Failure::Status(resp) => {
+            seen.upstream_responded = true;
+            relay(resp)
+        }
         Failure::Connect(error) => {
+            seen.failure = Some(UpstreamFailure::Connect);
             tracing::warn!(%route, %cluster, %endpoint, %error, "upstream connect error");
             response::connect_error()
         }
         Failure::Timeout(limit) => {
+            seen.failure = Some(UpstreamFailure::Timeout);
             tracing::warn!(%route, %cluster, %endpoint, timeout = ?limit, "upstream timeout");
             response::timeout()
         }

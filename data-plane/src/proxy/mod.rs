@@ -7,10 +7,12 @@ pub mod exploit;
 pub mod forward;
 pub mod headers;
 mod lent_body;
+pub mod outcome;
 mod prefix;
 pub mod response;
 pub mod upgrade;
 
+pub use outcome::{Outcome, UpstreamFailure};
 use prefix::PrefixedBody;
 pub use response::ProxyBody;
 
@@ -40,6 +42,22 @@ pub async fn handle<B>(
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
+    let mut outcome = Outcome::default();
+    handle_reporting(snapshot, port, client, tls, req, &mut outcome).await
+}
+
+/// [`handle`], also reporting what it learned about the request into `outcome`.
+pub async fn handle_reporting<B>(
+    snapshot: Arc<Snapshot>,
+    port: u16,
+    client: SocketAddr,
+    tls: Option<&TlsConnection>,
+    req: Request<B>,
+    outcome: &mut Outcome,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+{
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_LEN {
         return response::uri_too_long();
     }
@@ -61,6 +79,7 @@ where
         }
     };
     let client_ip = origin.client;
+    outcome.client_ip = Some(client_ip);
 
     // Routing borrows the request; collect what forwarding needs, then release the borrow.
     let (route, pinned, path_and_query, original_host) = {
@@ -74,10 +93,14 @@ where
         let view = RequestView::new(&req, &host, client_ip);
         let entry = match index.lookup(&view) {
             Lookup::Matched(e) => e,
-            Lookup::MethodNotAllowed(r) => return response::method_not_allowed(r.allow.as_ref()),
+            Lookup::MethodNotAllowed(r) => {
+                outcome.matched(r);
+                return response::method_not_allowed(r.allow.as_ref());
+            }
             Lookup::NotFound => return response::not_found(),
         };
         let route = &entry.route;
+        outcome.matched(route);
         if route.exploit_protection
             && let Some(found) = exploit::check_uri(view.path, view.query)
         {
@@ -150,6 +173,7 @@ where
         parts,
         body,
         upgrade,
+        outcome,
     )
     .await;
     // Upstream answers and forwarding errors alike: the client can quote the id.

@@ -5,6 +5,7 @@ use super::backend::{Backend, BackendSet};
 use super::host::{HostPattern, validate_hostname};
 use super::matcher::{CompiledMatch, parse_method};
 use super::rewrite::Rewrite;
+use crate::metrics::RouteStats;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use sluice_proto::config as pb;
@@ -28,6 +29,8 @@ pub struct CompiledRoute {
     pub action: RouteAction,
     /// Block SQL injection, XSS and path traversal attempts (see `proxy::exploit`).
     pub exploit_protection: bool,
+    /// Metric handles, set by a Compiler that records metrics; None when `disable_metrics`.
+    pub stats: Option<Arc<RouteStats>>,
 }
 
 #[derive(Debug)]
@@ -172,7 +175,17 @@ impl CompiledRoute {
             allow,
             action,
             exploit_protection: r.exploit_protection,
+            stats: None,
         })
+    }
+
+    /// The `name` label of a route's metrics.
+    pub fn metrics_label(r: &pb::Route) -> &str {
+        if r.metrics_name.is_empty() {
+            &r.name
+        } else {
+            &r.metrics_name
+        }
     }
 
     pub fn allows(&self, method: &Method) -> bool {

@@ -2,6 +2,7 @@
 //! ACK each response, and reconnect with exponential backoff and jitter when the stream ends.
 
 use super::state::{ConfigState, acknowledgement};
+use crate::config_dump::ActiveConfig;
 use crate::listeners::ProxyRuntime;
 use sluice_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, Node};
@@ -22,6 +23,9 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
 }
 
+/// `type_url::ALL` as metric labels.
+const TYPE_NAMES: [&str; type_url::ALL.len()] = ["secret", "cluster", "listener", "route"];
+
 /// Why one connection attempt ended.
 #[derive(Debug, thiserror::Error)]
 enum StreamEnd {
@@ -35,12 +39,29 @@ enum StreamEnd {
 
 /// Runs until the process ends. `ready` becomes true once the initial state of every type has
 /// been applied and is serving, and stays true across reconnects (the last good config serves).
-pub async fn run(opts: ClientOptions, runtime: Arc<ProxyRuntime>, ready: watch::Sender<bool>) {
-    let mut state = ConfigState::new();
+/// Routes record metrics in the runtime's registry; `active` follows the held resources.
+pub async fn run(
+    opts: ClientOptions,
+    runtime: Arc<ProxyRuntime>,
+    ready: watch::Sender<bool>,
+    active: Arc<ActiveConfig>,
+) {
+    let metrics = runtime.observer().metrics().clone();
+    let mut state = ConfigState::with_metrics(metrics.clone());
     let mut backoff = opts.backoff_initial;
     loop {
         let mut got_response = false;
-        let end = match session(&opts, &runtime, &ready, &mut state, &mut got_response).await {
+        let result = session(
+            &opts,
+            &runtime,
+            &ready,
+            &mut state,
+            &active,
+            &mut got_response,
+        )
+        .await;
+        metrics.xds_connected(false);
+        let end = match result {
             Ok(()) => StreamEnd::Closed,
             Err(e) => e,
         };
@@ -61,6 +82,7 @@ async fn session(
     runtime: &Arc<ProxyRuntime>,
     ready: &watch::Sender<bool>,
     state: &mut ConfigState,
+    active: &ActiveConfig,
     got_response: &mut bool,
 ) -> Result<(), StreamEnd> {
     let channel = tonic::transport::Endpoint::from_shared(opts.endpoint.clone())?
@@ -101,21 +123,35 @@ async fn session(
         .await?
         .into_inner();
     tracing::info!(endpoint = %opts.endpoint, gateway = %opts.gateway, "xDS stream open");
+    let metrics = runtime.observer().metrics();
+    metrics.xds_connected(true);
     let mut initial_seen = [false; type_url::ALL.len()];
     while let Some(resp) = inbound.message().await? {
         *got_response = true;
         let started = std::time::Instant::now();
         let mut applied = state.apply(&resp);
+        let accepted = resp.resources.len() + resp.removed_resources.len();
         if !applied.changed.is_empty() {
             let snapshot = state.compile(&applied.changed);
             let failed = runtime.apply(snapshot).await;
+            active.update(&state.resources, state, &applied.changed);
             if !failed.is_empty() {
                 let names: Vec<String> = failed.iter().map(|(n, _)| n.clone()).collect();
                 let changed = state.drop_listeners(&names);
                 let snapshot = state.compile(&changed);
                 runtime.apply(snapshot).await;
+                active.update(&state.resources, state, &changed);
                 applied.rejected.extend(failed);
             }
+        }
+        if let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) {
+            let rejected = applied.rejected.len();
+            metrics.config_applied(
+                TYPE_NAMES[t],
+                state.held(t),
+                accepted.saturating_sub(rejected) as u64,
+                rejected as u64,
+            );
         }
         if resp.resources.is_empty() && resp.removed_resources.is_empty() {
             tracing::debug!(type_url = %resp.type_url, nonce = %resp.nonce, "applied response (no changes)");

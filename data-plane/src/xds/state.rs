@@ -1,6 +1,8 @@
 //! Applying one `DeltaDiscoveryResponse` to the held resources: per-resource validation, so valid
 //! resources apply while invalid ones are rejected with reasons (gRFC A46 semantics).
 
+use crate::config_dump::Versions;
+use crate::metrics::Metrics;
 use crate::resources::Resources;
 use crate::snapshot::{Changed, Compiler, Snapshot};
 use prost::Message;
@@ -41,11 +43,25 @@ impl Default for ConfigState {
 
 impl ConfigState {
     pub fn new() -> Self {
+        Self::with_compiler(Compiler::new())
+    }
+
+    /// A state whose compiled routes record metrics in `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self::with_compiler(Compiler::with_metrics(metrics))
+    }
+
+    fn with_compiler(compiler: Compiler) -> Self {
         Self {
             resources: Resources::default(),
             versions: Default::default(),
-            compiler: Compiler::new(),
+            compiler,
         }
+    }
+
+    /// Resources held of the type at `type_index` (metrics).
+    pub fn held(&self, type_index: usize) -> usize {
+        self.versions[type_index].len()
     }
 
     pub fn versions(&self, type_index: usize) -> &BTreeMap<String, String> {
@@ -171,6 +187,13 @@ impl ConfigState {
     /// The next snapshot, given what changed since the previous one.
     pub fn compile(&mut self, changed: &Changed) -> Arc<Snapshot> {
         self.compiler.compile_changes(&self.resources, changed)
+    }
+}
+
+impl Versions for ConfigState {
+    fn version(&self, type_url: &str, name: &str) -> Option<&str> {
+        let t = type_url::ALL.iter().position(|u| *u == type_url)?;
+        self.versions[t].get(name).map(String::as_str)
     }
 }
 

@@ -1,0 +1,266 @@
+//! Observation around [`proxy::handle_reporting`]: the listener metrics endpoint, per-route
+//! metrics and access logs. Bodies are counted as they stream through (never buffered); a request
+//! is counted when its response headers are ready, and its duration and bytes are recorded when
+//! the response body ends or is dropped (client gone).
+
+use crate::access_log::AccessRecord;
+use crate::metrics::{self, Metrics, RouteStats, method_slot};
+use crate::proxy::{self, Outcome, ProxyBody, UpstreamFailure, response};
+use crate::router::NormalizedHost;
+use crate::router::host::request_host;
+use crate::snapshot::Snapshot;
+use crate::tls::TlsConnection;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+/// What a proxy runtime records about its requests.
+#[derive(Debug)]
+pub struct Observer {
+    metrics: Arc<Metrics>,
+    access_log: bool,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer::new(Arc::new(Metrics::new()), false)
+    }
+}
+
+impl Observer {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool) -> Self {
+        Observer {
+            metrics,
+            access_log,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves one request through the proxy, recording it.
+    pub async fn serve<B>(
+        &self,
+        snapshot: Arc<Snapshot>,
+        port: u16,
+        client: SocketAddr,
+        tls: Option<&TlsConnection>,
+        req: Request<B>,
+    ) -> Response<ObservedBody>
+    where
+        B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    {
+        let start = Instant::now();
+        if !snapshot.metrics_endpoints().is_empty()
+            && let Some(resp) = self.scrape(&snapshot, port, &req)
+        {
+            return resp.map(ObservedBody::plain);
+        }
+        let slot = method_slot(req.method());
+        let mut access = self
+            .access_log
+            .then(|| AccessRecord::new(&req, client.ip().to_canonical()));
+        // Most requests have no body: count only the others (the counter is shared with the
+        // body, which travels to the upstream connection's task).
+        let request_bytes = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let req = req.map(|inner| CountingBody {
+            inner,
+            bytes: request_bytes.clone(),
+        });
+
+        let mut outcome = Outcome::default();
+        let resp = proxy::handle_reporting(snapshot, port, client, tls, req, &mut outcome).await;
+
+        let status = resp.status().as_u16();
+        let stats = match &outcome.route {
+            None => Some(self.metrics.unmatched().clone()),
+            Some(_) => outcome.stats.take(),
+        };
+        if let Some(stats) = &stats {
+            stats.record_response(slot, status);
+            if outcome.upstream_responded {
+                stats.record_upstream(start.elapsed());
+            }
+        }
+        if let (Some(failure), Some(cluster)) = (outcome.failure, &outcome.cluster) {
+            match failure {
+                UpstreamFailure::Connect => self.metrics.upstream_connect_error(cluster),
+                UpstreamFailure::Timeout => self.metrics.upstream_timeout(cluster),
+            }
+        }
+        if let Some(a) = &mut access {
+            a.status = status;
+            a.response_headers(resp.headers());
+            a.route = outcome.route;
+            a.cluster = outcome.cluster;
+            a.endpoint = outcome.endpoint;
+        }
+        if stats.is_none() && access.is_none() {
+            return resp.map(ObservedBody::plain);
+        }
+        resp.map(|inner| ObservedBody {
+            inner,
+            bytes: 0,
+            done: Some(Completion {
+                start,
+                slot,
+                stats,
+                request_bytes,
+                access,
+            }),
+        })
+    }
+
+    /// The metrics exposition when the request is for a listener's metrics endpoint.
+    fn scrape<B>(
+        &self,
+        snapshot: &Snapshot,
+        port: u16,
+        req: &Request<B>,
+    ) -> Option<Response<ProxyBody>> {
+        let path = req.uri().path();
+        let mut endpoints = snapshot
+            .metrics_endpoints()
+            .iter()
+            .filter(|e| e.port == port && *e.path == *path)
+            .peekable();
+        endpoints.peek()?;
+        let host = NormalizedHost::new(&request_host(req.uri(), req.headers()));
+        if !endpoints.any(|e| e.matches(port, path, host.as_str())) {
+            return None;
+        }
+        let text = self.metrics.render(snapshot.route_count());
+        let mut resp = Response::new(response::full(Bytes::from(text)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        Some(resp)
+    }
+}
+
+/// A request body that counts the bytes it yields.
+pub struct CountingBody<B> {
+    inner: B,
+    bytes: Option<Arc<AtomicU64>>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(bytes)) = (&polled, &this.bytes)
+            && let Some(data) = frame.data_ref()
+        {
+            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body handed to hyper: the proxy's body, counted, recording the exchange when
+/// it ends.
+pub struct ObservedBody {
+    inner: ProxyBody,
+    bytes: u64,
+    done: Option<Completion>,
+}
+
+/// What is recorded once the response body is done.
+struct Completion {
+    start: Instant,
+    slot: usize,
+    stats: Option<Arc<RouteStats>>,
+    request_bytes: Option<Arc<AtomicU64>>,
+    access: Option<AccessRecord>,
+}
+
+impl ObservedBody {
+    /// A body with nothing to record.
+    pub fn plain(inner: ProxyBody) -> Self {
+        ObservedBody {
+            inner,
+            bytes: 0,
+            done: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(done) = self.done.take() else {
+            return;
+        };
+        let elapsed = done.start.elapsed();
+        let request_bytes = done
+            .request_bytes
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
+        if let Some(stats) = &done.stats {
+            stats.record_completion(done.slot, elapsed, request_bytes, self.bytes);
+        }
+        if let Some(access) = &done.access {
+            access.emit(elapsed, request_bytes, self.bytes);
+        }
+    }
+}
+
+impl Body for ObservedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ObservedBody {
+    fn drop(&mut self) {
+        // Bodies hyper never polls (HEAD, 204, 304) and aborted ones end here.
+        self.finish();
+    }
+}
