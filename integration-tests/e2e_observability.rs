@@ -12,6 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 type Labels = BTreeMap<String, String>;
 
@@ -143,6 +144,27 @@ async fn metrics_config_dump_and_access_logs() {
             "  hosts: [api.example.com]\n",
         ),
     );
+    let dead_port = free_port();
+    dir.write(
+        "dead.yaml",
+        &route_yaml("dead", "gw", "/dead", dead_port, ""),
+    );
+    // An upstream that takes requests and never answers, telling the test when one arrived.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut conn, _) = silent.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf).await;
+        let _ = arrived_tx.send(());
+        // Hold the connection open, unanswered.
+        let _ = conn.read(&mut buf).await;
+    });
+    dir.write(
+        "slow.yaml",
+        &route_yaml("slow", "gw", "/slow", silent_port, ""),
+    );
     dir.write(
         "quiet.yaml",
         &route_yaml(
@@ -201,6 +223,7 @@ async fn metrics_config_dump_and_access_logs() {
         get(&c, http_port, "api.example.com", "/nope").await.status,
         404
     );
+    assert_eq!(get(&c, http_port, "x", "/dead").await.status, 502);
 
     // Durations and bytes are recorded when the response bodies end: poll until they are in.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -268,12 +291,19 @@ async fn metrics_config_dump_and_access_logs() {
     );
     assert_eq!(m.series_of("quiet"), Vec::<String>::new(), "disableMetrics");
     assert_eq!(m.series_of("route/default/quiet"), Vec::<String>::new());
-    assert_eq!(m.get("gateway_routes_count", &[]), Some(2.0));
+    assert_eq!(m.get("gateway_routes_count", &[]), Some(4.0));
     assert!(m.get("gateway_uptime_seconds", &[]).is_some());
     assert_eq!(m.get("sluice_xds_connected", &[]), Some(1.0));
     assert_eq!(
         m.get("sluice_config_resources", &[("type", "route")]),
-        Some(2.0)
+        Some(4.0)
+    );
+    assert_eq!(
+        m.get(
+            "sluice_upstream_connect_errors_total",
+            &[("cluster", "route/default/dead/backend-0")]
+        ),
+        Some(1.0)
     );
 
     // The gateway's own metrics endpoint answers only for its host, before routing.
@@ -285,6 +315,49 @@ async fn metrics_config_dump_and_access_logs() {
     assert_eq!(r.status, 404, "{r:?}");
     assert!(!r.body.contains("gateway_requests_total"));
 
+    // A client that leaves before the response headers is recorded as 499.
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", http_port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /slow/x HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), arrived)
+        .await
+        .expect("request reached the upstream")
+        .unwrap();
+    drop(stream);
+    let closed = [("status", "499"), ("name", "slow"), ("method", "GET")];
+    eventually("499 recorded", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move {
+            scrape(&c, admin)
+                .await
+                .count("gateway_response_status_total", &closed)
+                == 1.0
+        }
+    })
+    .await;
+
+    // TLS handshakes are counted per listener port.
+    let mut garbage = tokio::net::TcpStream::connect(("127.0.0.1", https_port))
+        .await
+        .unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let https = https_port.to_string();
+    let failed = [("port", https.as_str()), ("result", "failed")];
+    eventually("failed handshake counted", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move {
+            scrape(&c, admin)
+                .await
+                .count("sluice_tls_handshakes_total", &failed)
+                == 1.0
+        }
+    })
+    .await;
+
     // The configuration being served, without key material.
     let r = get(&c, admin, "localhost", "/config_dump").await;
     assert_eq!(r.status, 200);
@@ -295,8 +368,16 @@ async fn metrics_config_dump_and_access_logs() {
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    assert_eq!(routes, ["route/default/api", "route/default/quiet"]);
-    assert_eq!(dump["routes"][1]["resource"]["disableMetrics"], true);
+    assert_eq!(
+        routes,
+        [
+            "route/default/api",
+            "route/default/dead",
+            "route/default/quiet",
+            "route/default/slow"
+        ]
+    );
+    assert_eq!(dump["routes"][2]["resource"]["disableMetrics"], true);
     assert_eq!(dump["routes"][0]["resource"]["metricsName"], "api");
     assert!(
         dump["routes"][0]["version"]
@@ -314,7 +395,7 @@ async fn metrics_config_dump_and_access_logs() {
     assert!(!r.body.contains(key_line) && !r.body.contains(&key_body[..40]));
     assert!(!r.body.contains("PRIVATE KEY") && !r.body.contains("privateKey"));
 
-    // One access log line per proxied request (9 so far: scrapes of the gateway's metrics
+    // One access log line per proxied request (11 so far: scrapes of the gateway's metrics
     // endpoint are not proxied), written when the response body is done.
     let access_lines = || -> Vec<serde_json::Value> {
         sluice
@@ -326,7 +407,7 @@ async fn metrics_config_dump_and_access_logs() {
     };
     eventually("access log lines", Duration::from_secs(10), || {
         let n = access_lines().len();
-        async move { n == 9 }
+        async move { n == 11 }
     })
     .await;
     let lines = access_lines();
@@ -351,6 +432,12 @@ async fn metrics_config_dump_and_access_logs() {
         .expect("the 404 is logged")["fields"];
     assert_eq!(unmatched["route"], "-");
     assert_eq!(unmatched["path"], "/nope");
+    let closed = &lines
+        .iter()
+        .find(|l| l["fields"]["status"] == 499)
+        .expect("the abandoned request is logged")["fields"];
+    assert_eq!(closed["path"], "/slow/x");
+    assert_eq!(closed["route"], "route/default/slow");
     drop(sluice);
 }
 

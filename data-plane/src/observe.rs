@@ -1,7 +1,8 @@
 //! Observation around [`proxy::handle_reporting`]: the listener metrics endpoint, per-route
 //! metrics and access logs. Bodies are counted as they stream through (never buffered); a request
 //! is counted when its response headers are ready, and its duration and bytes are recorded when
-//! the response body ends or is dropped (client gone).
+//! the response body ends or is dropped (client gone). A client that leaves before the response
+//! headers is recorded with status 499.
 
 use crate::access_log::AccessRecord;
 use crate::metrics::{self, Metrics, RouteStats, method_slot};
@@ -11,7 +12,7 @@ use crate::router::host::request_host;
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -63,58 +64,33 @@ impl Observer {
         {
             return resp.map(ObservedBody::plain);
         }
-        let slot = method_slot(req.method());
-        let mut access = self
+        let access = self
             .access_log
             .then(|| AccessRecord::new(&req, client.ip().to_canonical()));
         // Most requests have no body: count only the others (the counter is shared with the
         // body, which travels to the upstream connection's task).
         let request_bytes = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let mut flight = InFlight {
+            observer: self,
+            start,
+            slot: method_slot(req.method()),
+            outcome: Outcome::default(),
+            access,
+            request_bytes: request_bytes.clone(),
+            answered: false,
+        };
         let req = req.map(|inner| CountingBody {
             inner,
-            bytes: request_bytes.clone(),
+            bytes: request_bytes,
         });
-
-        let mut outcome = Outcome::default();
-        let resp = proxy::handle_reporting(snapshot, port, client, tls, req, &mut outcome).await;
-
-        let status = resp.status().as_u16();
-        let stats = match &outcome.route {
-            None => Some(self.metrics.unmatched().clone()),
-            Some(_) => outcome.stats.take(),
-        };
-        if let Some(stats) = &stats {
-            stats.record_response(slot, status);
-            if outcome.upstream_responded {
-                stats.record_upstream(start.elapsed());
-            }
-        }
-        if let (Some(failure), Some(cluster)) = (outcome.failure, &outcome.cluster) {
-            match failure {
-                UpstreamFailure::Connect => self.metrics.upstream_connect_error(cluster),
-                UpstreamFailure::Timeout => self.metrics.upstream_timeout(cluster),
-            }
-        }
-        if let Some(a) = &mut access {
-            a.status = status;
-            a.response_headers(resp.headers());
-            a.route = outcome.route;
-            a.cluster = outcome.cluster;
-            a.endpoint = outcome.endpoint;
-        }
-        if stats.is_none() && access.is_none() {
-            return resp.map(ObservedBody::plain);
-        }
+        let resp =
+            proxy::handle_reporting(snapshot, port, client, tls, req, &mut flight.outcome).await;
+        flight.answered = true;
+        let done = flight.answer(resp.status().as_u16(), resp.headers());
         resp.map(|inner| ObservedBody {
             inner,
             bytes: 0,
-            done: Some(Completion {
-                start,
-                slot,
-                stats,
-                request_bytes,
-                access,
-            }),
+            done,
         })
     }
 
@@ -143,6 +119,75 @@ impl Observer {
             HeaderValue::from_static(metrics::CONTENT_TYPE),
         );
         Some(resp)
+    }
+}
+
+/// Status recorded for a request whose client went away before the response headers (nginx's
+/// "client closed request").
+const CLIENT_CLOSED: u16 = 499;
+
+/// A request being proxied. If the client goes away before the response headers (the serving
+/// future is dropped), it is recorded as [`CLIENT_CLOSED`] on drop.
+struct InFlight<'a> {
+    observer: &'a Observer,
+    start: Instant,
+    slot: usize,
+    outcome: Outcome,
+    access: Option<AccessRecord>,
+    request_bytes: Option<Arc<AtomicU64>>,
+    answered: bool,
+}
+
+impl InFlight<'_> {
+    /// Records what is known once the response headers are ready; returns what remains to be
+    /// recorded when the body ends (None: nothing).
+    fn answer(&mut self, status: u16, headers: &HeaderMap) -> Option<Completion> {
+        let outcome = &mut self.outcome;
+        let metrics = &self.observer.metrics;
+        let stats = match &outcome.route {
+            None => Some(metrics.unmatched().clone()),
+            Some(_) => outcome.stats.take(),
+        };
+        if let Some(stats) = &stats {
+            stats.record_response(self.slot, status);
+            if outcome.upstream_responded {
+                stats.record_upstream(self.start.elapsed());
+            }
+        }
+        if let (Some(failure), Some(cluster)) = (outcome.failure, &outcome.cluster) {
+            match failure {
+                UpstreamFailure::Connect => metrics.upstream_connect_error(cluster),
+                UpstreamFailure::Timeout => metrics.upstream_timeout(cluster),
+            }
+        }
+        let mut access = self.access.take();
+        if let Some(a) = &mut access {
+            a.status = status;
+            a.response_headers(headers);
+            a.route = outcome.route.take();
+            a.cluster = outcome.cluster.take();
+            a.endpoint = outcome.endpoint.take();
+        }
+        if stats.is_none() && access.is_none() {
+            return None;
+        }
+        Some(Completion {
+            start: self.start,
+            slot: self.slot,
+            stats,
+            request_bytes: self.request_bytes.take(),
+            access,
+        })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered
+            && let Some(done) = self.answer(CLIENT_CLOSED, &HeaderMap::new())
+        {
+            done.finish(0);
+        }
     }
 }
 
@@ -207,19 +252,24 @@ impl ObservedBody {
     }
 
     fn finish(&mut self) {
-        let Some(done) = self.done.take() else {
-            return;
-        };
-        let elapsed = done.start.elapsed();
-        let request_bytes = done
+        if let Some(done) = self.done.take() {
+            done.finish(self.bytes);
+        }
+    }
+}
+
+impl Completion {
+    fn finish(self, response_bytes: u64) {
+        let elapsed = self.start.elapsed();
+        let request_bytes = self
             .request_bytes
             .as_ref()
             .map_or(0, |b| b.load(Ordering::Relaxed));
-        if let Some(stats) = &done.stats {
-            stats.record_completion(done.slot, elapsed, request_bytes, self.bytes);
+        if let Some(stats) = &self.stats {
+            stats.record_completion(self.slot, elapsed, request_bytes, response_bytes);
         }
-        if let Some(access) = &done.access {
-            access.emit(elapsed, request_bytes, self.bytes);
+        if let Some(access) = &self.access {
+            access.emit(elapsed, request_bytes, response_bytes);
         }
     }
 }
