@@ -66,7 +66,7 @@ impl Observer {
         }
         let access = self
             .access_log
-            .then(|| AccessRecord::new(&req, client.ip().to_canonical()));
+            .then(|| Box::new(AccessRecord::new(&req, client.ip().to_canonical())));
         // Most requests have no body: count only the others (the counter is shared with the
         // body, which travels to the upstream connection's task).
         let request_bytes = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
@@ -133,7 +133,8 @@ struct InFlight<'a> {
     start: Instant,
     slot: usize,
     outcome: Outcome,
-    access: Option<AccessRecord>,
+    /// Boxed: only allocated when access logging is on, and keeps the response body small.
+    access: Option<Box<AccessRecord>>,
     request_bytes: Option<Arc<AtomicU64>>,
     answered: bool,
 }
@@ -238,7 +239,7 @@ struct Completion {
     slot: usize,
     stats: Option<Arc<RouteStats>>,
     request_bytes: Option<Arc<AtomicU64>>,
-    access: Option<AccessRecord>,
+    access: Option<Box<AccessRecord>>,
 }
 
 impl ObservedBody {

@@ -1355,3 +1355,95 @@ mod tests {
         assert!(snap.cluster("up").is_none());
     }
 }
+
+#[cfg(test)]
+mod metrics_tests {
+    use super::*;
+
+    fn resources(disable_metrics: bool, metrics_name: &str) -> Resources {
+        let mut res = Resources::default();
+        res.add_cluster("backend", &[("127.0.0.1", 9000)]);
+        res.listeners.insert(
+            "http".into(),
+            Arc::new(pb::Listener {
+                name: "http".into(),
+                port: 8080,
+                protocol: pb::Protocol::Http as i32,
+                http: Some(pb::HttpSettings {
+                    metrics: Some(pb::MetricsEndpoint {
+                        path: String::new(),
+                        host: "metrics.test".into(),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        );
+        res.routes.insert(
+            "route/default/api".into(),
+            Arc::new(pb::Route {
+                name: "route/default/api".into(),
+                metrics_name: metrics_name.into(),
+                listeners: vec!["http".into()],
+                disable_metrics,
+                action: Some(pb::route::Action::Forward(pb::ForwardAction {
+                    backends: vec![pb::WeightedBackend {
+                        cluster: "backend".into(),
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        );
+        res
+    }
+
+    #[test]
+    fn routes_get_stats_by_metrics_name_and_listeners_their_endpoint() {
+        let metrics = Arc::new(Metrics::new());
+        let mut c = Compiler::with_metrics(metrics);
+        let snap = c.compile(&resources(false, "api"));
+        let route = c.compiled_route("route/default/api").unwrap().clone();
+        let stats = route.stats.clone().expect("metrics enabled");
+        assert_eq!(&**stats.name(), "api");
+        let endpoints = snap.metrics_endpoints();
+        assert_eq!(endpoints.len(), 1);
+        assert!(endpoints[0].matches(8080, "/metrics", "metrics.test"));
+
+        // A changed route keeps the same series; disabling metrics drops them.
+        let mut changed = resources(false, "api");
+        let mut r = (*changed.routes["route/default/api"]).clone();
+        r.priority = 3;
+        changed
+            .routes
+            .insert("route/default/api".into(), Arc::new(r));
+        c.compile(&changed);
+        let again = c.compiled_route("route/default/api").unwrap();
+        assert!(!Arc::ptr_eq(again, &route), "recompiled");
+        assert!(Arc::ptr_eq(again.stats.as_ref().unwrap(), &stats));
+        c.compile(&resources(true, "api"));
+        assert!(
+            c.compiled_route("route/default/api")
+                .unwrap()
+                .stats
+                .is_none()
+        );
+        // Without metrics_name the resource name labels the series.
+        c.compile(&resources(false, ""));
+        let unnamed = c.compiled_route("route/default/api").unwrap();
+        assert_eq!(
+            &**unnamed.stats.as_ref().unwrap().name(),
+            "route/default/api"
+        );
+
+        // A bad endpoint is refused with the field named.
+        let mut bad = resources(false, "api");
+        let mut l = (*bad.listeners["http"]).clone();
+        l.http.as_mut().unwrap().metrics.as_mut().unwrap().path = "metrics".into();
+        bad.listeners.insert("http".into(), Arc::new(l.clone()));
+        let err = c.validate_listener(&l, &bad).unwrap_err();
+        assert!(err.starts_with("http.metrics.path:"), "{err}");
+    }
+}
