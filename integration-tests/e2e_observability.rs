@@ -99,19 +99,6 @@ async fn post(port: u16, path: &str, body: &'static str) -> (u16, usize) {
     (status, len)
 }
 
-fn secret_yaml(cert: &str, key: &str) -> String {
-    let indent = |pem: &str| {
-        pem.lines()
-            .map(|l| format!("    {l}\n"))
-            .collect::<String>()
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\n  namespace: default\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(cert),
-        indent(key)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_config_dump_and_access_logs() {
     let (_echo, echo_port) = echo("e1");
@@ -123,7 +110,10 @@ async fn metrics_config_dump_and_access_logs() {
         .self_signed(&key)
         .unwrap();
     let key_pem = key.serialize_pem();
-    dir.write("secret.yaml", &secret_yaml(&cert.pem(), &key_pem));
+    dir.write(
+        "secret.yaml",
+        &tls_secret_yaml("tls", &cert.pem(), &key_pem),
+    );
     dir.write(
         "gateway.yaml",
         &format!(
@@ -195,7 +185,7 @@ async fn metrics_config_dump_and_access_logs() {
     let c = client();
 
     // Traffic with known shapes: 3 GET 200, 1 GET 503, 1 POST with a 5-byte body, 2 requests to
-    // the route without metrics, 1 unmatched.
+    // the route without metrics, 1 unmatched, 1 to an upstream that refuses connections.
     let mut get_bytes = 0;
     for _ in 0..3 {
         let r = get(&c, http_port, "api.example.com", "/api/x").await;

@@ -76,16 +76,7 @@ impl Pki {
 }
 
 fn tls_secret(name: &str, (cert, key, _): &(String, String, CertificateDer<'static>)) -> String {
-    let indent = |pem: &str| {
-        pem.lines()
-            .map(|l| format!("    {l}\n"))
-            .collect::<String>()
-    };
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(cert),
-        indent(key)
-    )
+    tls_secret_yaml(name, cert, key)
 }
 
 async fn handshake(connector: &TlsConnector, port: u16, sni: &str) -> TlsStream<TcpStream> {

@@ -268,6 +268,20 @@ pub fn gateway_yaml(name: &str, port: u16) -> String {
     )
 }
 
+/// A `kubernetes.io/tls` Secret manifest `default/<name>` holding a PEM chain and key.
+pub fn tls_secret_yaml(name: &str, cert_pem: &str, key_pem: &str) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(cert_pem),
+        indent(key_pem)
+    )
+}
+
 /// A Goma Route manifest with one target.
 pub fn route_yaml(name: &str, gateway: &str, path: &str, target_port: u16, extra: &str) -> String {
     format!(
