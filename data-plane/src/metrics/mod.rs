@@ -37,7 +37,7 @@ pub struct Metrics {
     started: Instant,
     uptime: Gauge<f64, AtomicU64>,
     routes_count: Gauge,
-    families: RouteFamilies,
+    families: Arc<RouteFamilies>,
     index: Arc<StatsIndex>,
     unmatched: Arc<RouteStats>,
     connect_errors: Family<ClusterLabel, Counter>,
@@ -158,6 +158,7 @@ impl Metrics {
             Family::<TypeLabel, Counter>::clone(&config_rejected),
         );
         let index = Arc::new(StatsIndex::default());
+        let families = Arc::new(families);
         let unmatched = index.acquire(UNMATCHED, &families);
         Metrics {
             registry: r,

@@ -55,7 +55,7 @@ pub struct StatsIndex {
 
 impl StatsIndex {
     /// The stats for `name`, shared with every live route of that label.
-    pub fn acquire(self: &Arc<Self>, name: &str, families: &RouteFamilies) -> Arc<RouteStats> {
+    pub fn acquire(self: &Arc<Self>, name: &str, families: &Arc<RouteFamilies>) -> Arc<RouteStats> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(stats) = live.get(name).and_then(Weak::upgrade) {
             return stats;
@@ -83,7 +83,8 @@ impl StatsIndex {
 #[derive(Debug)]
 pub struct RouteStats {
     name: Arc<str>,
-    families: RouteFamilies,
+    /// Shared by every route (one pointer per route, not six).
+    families: Arc<RouteFamilies>,
     methods: [OnceLock<Box<MethodStats>>; METHOD_SLOTS],
     upstream: OnceLock<Histogram>,
     index: Weak<StatsIndex>,
