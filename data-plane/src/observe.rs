@@ -6,7 +6,7 @@
 
 use crate::access_log::AccessRecord;
 use crate::metrics::{self, Metrics, RouteStats, method_slot};
-use crate::proxy::{self, Outcome, ProxyBody, UpstreamFailure, response};
+use crate::proxy::{self, ProxyBody, Report, UpstreamFailure, response};
 use crate::router::NormalizedHost;
 use crate::router::host::request_host;
 use crate::snapshot::Snapshot;
@@ -74,7 +74,7 @@ impl Observer {
             observer: self,
             start,
             slot: method_slot(req.method()),
-            outcome: Outcome::default(),
+            report: Report::default(),
             access,
             request_bytes: request_bytes.clone(),
             answered: false,
@@ -84,7 +84,7 @@ impl Observer {
             bytes: request_bytes,
         });
         let resp =
-            proxy::handle_reporting(snapshot, port, client, tls, req, &mut flight.outcome).await;
+            proxy::handle_reporting(snapshot, port, client, tls, req, &mut flight.report).await;
         flight.answered = true;
         let done = flight.answer(resp.status().as_u16(), resp.headers());
         resp.map(|inner| ObservedBody {
@@ -132,7 +132,7 @@ struct InFlight<'a> {
     observer: &'a Observer,
     start: Instant,
     slot: usize,
-    outcome: Outcome,
+    report: Report,
     /// Boxed: only allocated when access logging is on, and keeps the response body small.
     access: Option<Box<AccessRecord>>,
     request_bytes: Option<Arc<AtomicU64>>,
@@ -143,19 +143,19 @@ impl InFlight<'_> {
     /// Records what is known once the response headers are ready; returns what remains to be
     /// recorded when the body ends (None: nothing).
     fn answer(&mut self, status: u16, headers: &HeaderMap) -> Option<Completion> {
-        let outcome = &mut self.outcome;
+        let report = &mut self.report;
         let metrics = &self.observer.metrics;
-        let stats = match &outcome.route {
+        let stats = match &report.route {
             None => Some(metrics.unmatched().clone()),
-            Some(_) => outcome.stats.take(),
+            Some(_) => report.stats.take(),
         };
         if let Some(stats) = &stats {
             stats.record_response(self.slot, status);
-            if outcome.upstream_responded {
+            if report.upstream_responded {
                 stats.record_upstream(self.start.elapsed());
             }
         }
-        if let (Some(failure), Some(cluster)) = (outcome.failure, &outcome.cluster) {
+        if let (Some(failure), Some(cluster)) = (report.failure, &report.cluster) {
             match failure {
                 UpstreamFailure::Connect => metrics.upstream_connect_error(cluster),
                 UpstreamFailure::Timeout => metrics.upstream_timeout(cluster),
@@ -165,9 +165,9 @@ impl InFlight<'_> {
         if let Some(a) = &mut access {
             a.status = status;
             a.response_headers(headers);
-            a.route = outcome.route.take();
-            a.cluster = outcome.cluster.take();
-            a.endpoint = outcome.endpoint.take();
+            a.route = report.route.take();
+            a.cluster = report.cluster.take();
+            a.endpoint = report.endpoint.take();
         }
         if stats.is_none() && access.is_none() {
             return None;

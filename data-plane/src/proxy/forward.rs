@@ -5,7 +5,7 @@
 
 use super::headers;
 use super::lent_body::Slot;
-use super::outcome::{Outcome as Seen, UpstreamFailure};
+use super::report::{Report, UpstreamFailure};
 use super::response::{self, ProxyBody};
 use super::upgrade::ClientUpgrade;
 use crate::router::backend::{Backend, BackendSet};
@@ -31,7 +31,7 @@ const MAX_BACKOFF_FACTOR: u32 = 10;
 /// Sends `parts` + `body` (headers already prepared; `parts.uri` holds the path and query) to
 /// an endpoint of one of `forward`'s backends. `pinned` is the mask of backends whose canary
 /// conditions hold for the request; `upgrade` the protocol switch the client asked for, offered
-/// to HTTP/1.1 upstreams. What happened is reported into `seen` (metrics, access logs).
+/// to HTTP/1.1 upstreams. What happened is reported into `report` (metrics, access logs).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward<B>(
     snapshot: &Snapshot,
@@ -41,12 +41,14 @@ pub async fn forward<B>(
     parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
-    seen: &mut Seen,
+    report: &mut Report,
 ) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
-    let attempts = attempts(snapshot, route, forward, pinned, parts, body, upgrade, seen);
+    let attempts = attempts(
+        snapshot, route, forward, pinned, parts, body, upgrade, report,
+    );
     let Some(limit) = forward.timeout else {
         return attempts.await;
     };
@@ -54,7 +56,7 @@ where
     match result {
         Ok(resp) => resp,
         Err(_) => {
-            seen.failure = Some(UpstreamFailure::Timeout);
+            report.failure = Some(UpstreamFailure::Timeout);
             tracing::warn!(%route, timeout = ?limit, "request timeout (retries included)");
             response::timeout()
         }
@@ -133,7 +135,7 @@ async fn attempts<B>(
     mut parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
-    seen: &mut Seen,
+    report: &mut Report,
 ) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
@@ -193,10 +195,10 @@ where
             forward,
             upgrading,
         );
-        seen.forwarding(&target.cluster, &target.cluster.endpoints[target.endpoint]);
+        report.forwarding(&target.cluster, &target.cluster.endpoints[target.endpoint]);
         let failure = match attempt(&target, request, forward.backend_timeout, retry).await {
             Ok(resp) => {
-                seen.upstream_responded = true;
+                report.upstream_responded = true;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                     && target.cluster.protocol == Protocol::Http1
                     && let Some(upgrade) = upgrade
@@ -234,7 +236,7 @@ where
         };
         let token = next.as_ref().and_then(|n| n.cluster.state.budget.retry());
         let (Some(next), Some(token)) = (next, token) else {
-            return give_up(route, &target, failure, more && retryable, seen);
+            return give_up(route, &target, failure, more && retryable, report);
         };
         retries += 1;
         tracing::debug!(
@@ -344,7 +346,7 @@ fn give_up(
     target: &Target,
     failure: Failure,
     retry_refused: bool,
-    seen: &mut Seen,
+    report: &mut Report,
 ) -> Response<ProxyBody> {
     let cluster = &target.cluster.name;
     let endpoint = &target.cluster.endpoints[target.endpoint].authority;
@@ -353,16 +355,16 @@ fn give_up(
     }
     match failure {
         Failure::Status(resp) => {
-            seen.upstream_responded = true;
+            report.upstream_responded = true;
             relay(resp)
         }
         Failure::Connect(error) => {
-            seen.failure = Some(UpstreamFailure::Connect);
+            report.failure = Some(UpstreamFailure::Connect);
             tracing::warn!(%route, %cluster, %endpoint, %error, "upstream connect error");
             response::connect_error()
         }
         Failure::Timeout(limit) => {
-            seen.failure = Some(UpstreamFailure::Timeout);
+            report.failure = Some(UpstreamFailure::Timeout);
             tracing::warn!(%route, %cluster, %endpoint, timeout = ?limit, "upstream timeout");
             response::timeout()
         }

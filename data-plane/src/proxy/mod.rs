@@ -7,13 +7,13 @@ pub mod exploit;
 pub mod forward;
 pub mod headers;
 mod lent_body;
-pub mod outcome;
 mod prefix;
+pub mod report;
 pub mod response;
 pub mod upgrade;
 
-pub use outcome::{Outcome, UpstreamFailure};
 use prefix::PrefixedBody;
+pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
 
 use crate::router::host::request_host;
@@ -42,18 +42,18 @@ pub async fn handle<B>(
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
-    let mut outcome = Outcome::default();
-    handle_reporting(snapshot, port, client, tls, req, &mut outcome).await
+    let mut report = Report::default();
+    handle_reporting(snapshot, port, client, tls, req, &mut report).await
 }
 
-/// [`handle`], also reporting what it learned about the request into `outcome`.
+/// [`handle`], also reporting what it learned about the request into `report`.
 pub async fn handle_reporting<B>(
     snapshot: Arc<Snapshot>,
     port: u16,
     client: SocketAddr,
     tls: Option<&TlsConnection>,
     req: Request<B>,
-    outcome: &mut Outcome,
+    report: &mut Report,
 ) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
@@ -79,7 +79,7 @@ where
         }
     };
     let client_ip = origin.client;
-    outcome.client_ip = Some(client_ip);
+    report.client_ip = Some(client_ip);
 
     // Routing borrows the request; collect what forwarding needs, then release the borrow.
     let (route, pinned, path_and_query, original_host) = {
@@ -94,13 +94,13 @@ where
         let entry = match index.lookup(&view) {
             Lookup::Matched(e) => e,
             Lookup::MethodNotAllowed(r) => {
-                outcome.matched(r);
+                report.matched(r);
                 return response::method_not_allowed(r.allow.as_ref());
             }
             Lookup::NotFound => return response::not_found(),
         };
         let route = &entry.route;
-        outcome.matched(route);
+        report.matched(route);
         if route.exploit_protection
             && let Some(found) = exploit::check_uri(view.path, view.query)
         {
@@ -173,7 +173,7 @@ where
         parts,
         body,
         upgrade,
-        outcome,
+        report,
     )
     .await;
     // Upstream answers and forwarding errors alike: the client can quote the id.

@@ -9,7 +9,7 @@ use http::uri::Authority;
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct Report {
     /// The client's address (the peer, or what a trusted proxy reported).
     pub client_ip: Option<std::net::IpAddr>,
     /// The route that answered; None when no route matched.
@@ -30,7 +30,7 @@ pub enum UpstreamFailure {
     Timeout,
 }
 
-impl Outcome {
+impl Report {
     pub(super) fn matched(&mut self, route: &CompiledRoute) {
         self.route = Some(route.name.clone());
         self.stats = route.stats.clone();
