@@ -19,7 +19,7 @@ pub struct AccessRecord {
     method: Method,
     uri: http::Uri,
     host: Option<HeaderValue>,
-    client_ip: IpAddr,
+    pub(crate) client_ip: IpAddr,
     request_id: Option<HeaderValue>,
     pub(crate) status: u16,
     pub(crate) route: Option<Arc<str>>,

@@ -164,6 +164,10 @@ impl InFlight<'_> {
         let mut access = self.access.take();
         if let Some(a) = &mut access {
             a.status = status;
+            // The proxy resolved it (a trusted proxy's X-Forwarded-For, else the peer).
+            if let Some(ip) = report.client_ip {
+                a.client_ip = ip;
+            }
             a.response_headers(headers);
             a.route = report.route.take();
             a.cluster = report.cluster.take();
