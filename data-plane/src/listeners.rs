@@ -451,7 +451,9 @@ async fn serve_http<I>(
             .then(|| service_activity.clone());
         let req = req.map(|body| WaitingBody::new(body, bounded));
         let observer = service_shared.observer.clone();
-        async move {
+        // Boxed: the request's state machine is several KiB, and hyper moves the service future
+        // into its connection state; moving a pointer is cheaper than copying the state.
+        Box::pin(async move {
             let response = observer
                 .serve(snapshot, port, remote, tls.as_deref(), req)
                 .await;
@@ -460,7 +462,7 @@ async fn serve_http<I>(
             }
             // In flight until the response body is done, not just its head.
             Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
-        }
+        })
     });
     // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a
     // config change cannot close it, and `Counted` keeps it in the drain count until it closes.
