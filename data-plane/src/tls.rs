@@ -303,12 +303,7 @@ impl ClientCertVerifier for SnapshotClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &PROVIDER.signature_verification_algorithms,
-        )
+        verify_tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -317,19 +312,45 @@ impl ClientCertVerifier for SnapshotClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &PROVIDER.signature_verification_algorithms,
-        )
+        verify_tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        PROVIDER
-            .signature_verification_algorithms
-            .supported_schemes()
+        verify_schemes()
     }
+}
+
+/// Handshake signature checks with the ring provider, for our custom certificate verifiers.
+pub(crate) fn verify_tls12(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &PROVIDER.signature_verification_algorithms,
+    )
+}
+
+pub(crate) fn verify_tls13(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &PROVIDER.signature_verification_algorithms,
+    )
+}
+
+pub(crate) fn verify_schemes() -> Vec<SignatureScheme> {
+    PROVIDER
+        .signature_verification_algorithms
+        .supported_schemes()
 }
 
 /// The ServerConfig of one TLS port, built once per bind: TLS 1.2 and 1.3, ALPN h2 then

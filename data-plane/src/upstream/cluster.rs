@@ -475,6 +475,19 @@ impl CompiledCluster {
 mod tests {
     use super::*;
 
+    /// A plaintext cluster with fresh state and the default pool.
+    fn plain(c: &pb::Cluster, clients: &Clients) -> CompiledCluster {
+        CompiledCluster::compile(
+            c,
+            Arc::default(),
+            clients,
+            None,
+            PoolSettings::default(),
+            None,
+        )
+        .unwrap()
+    }
+
     fn cluster(endpoints: &[(&str, u32, u32)], lb: pb::LbPolicy) -> pb::Cluster {
         pb::Cluster {
             name: "c".into(),
@@ -543,30 +556,17 @@ mod tests {
         assert_eq!(c2.pick().unwrap().authority.host(), "b");
         assert_eq!(c2.pick().unwrap().authority.host(), "a");
         assert_eq!(c2.endpoints[0].authority.as_str(), "a:80");
-        let empty = CompiledCluster::compile(
-            &cluster(&[], pb::LbPolicy::Random),
-            Arc::default(),
-            &clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap();
+        let empty = plain(&cluster(&[], pb::LbPolicy::Random), &clients);
         assert!(empty.pick().is_none());
     }
 
     #[tokio::test]
     async fn random_covers_endpoints() {
         let clients = Clients::default();
-        let c = CompiledCluster::compile(
+        let c = plain(
             &cluster(&[("a", 80, 1), ("b", 80, 1)], pb::LbPolicy::Random),
-            Arc::default(),
             &clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap();
+        );
         let a = (0..1000)
             .filter(|_| c.pick().unwrap().authority.host() == "a")
             .count();
@@ -695,15 +695,7 @@ mod tests {
             consecutive_failures: 2,
             ..Default::default()
         });
-        let c = CompiledCluster::compile(
-            &pb,
-            Arc::default(),
-            &clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap();
+        let c = plain(&pb, &clients);
         let ejected = || {
             let now = now_ms();
             c.endpoints
@@ -729,15 +721,7 @@ mod tests {
         // A single-endpoint cluster may lose its endpoint (the route's other backends take
         // over); with detection disabled nothing is ejected.
         let mut single = cluster(&[("a", 80, 1)], pb::LbPolicy::Random);
-        let c = CompiledCluster::compile(
-            &single,
-            Arc::default(),
-            &clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap();
+        let c = plain(&single, &clients);
         for _ in 0..5 {
             c.report(0, Outcome::Failure);
         }
@@ -746,15 +730,7 @@ mod tests {
             disabled: true,
             ..Default::default()
         });
-        let c = CompiledCluster::compile(
-            &single,
-            Arc::default(),
-            &clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap();
+        let c = plain(&single, &clients);
         for _ in 0..10 {
             c.report(0, Outcome::Failure);
         }
