@@ -41,24 +41,7 @@ fn tree_rss_kib(pid: u32) -> u64 {
 /// A Goma config with `routes` proxied routes plus one maintenance route answering directly.
 fn write_config(dir: &TempDir, gw_port: u16, backend_port: u16, routes: usize) {
     dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
-    let mut chunk = String::new();
-    for i in 0..routes {
-        chunk.push_str(&route_yaml(
-            &format!("r{i}"),
-            "gw",
-            &format!("/r{i}"),
-            backend_port,
-            "",
-        ));
-        chunk.push_str("---\n");
-        if (i + 1) % 500 == 0 {
-            dir.write(&format!("chunk-{i}.yaml"), &chunk);
-            chunk.clear();
-        }
-    }
-    if !chunk.is_empty() {
-        dir.write("chunk-last.yaml", &chunk);
-    }
+    write_numbered_routes(dir, "gw", routes, backend_port);
     dir.write(
         "direct.yaml",
         &route_yaml(

@@ -39,24 +39,7 @@ async fn run_size(routes: usize, changes: usize) -> Result_ {
     let xds = free_port();
     let dir = TempDir::new("bench");
     dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
-    let mut chunk = String::new();
-    for i in 0..routes.saturating_sub(1) {
-        chunk.push_str(&route_yaml(
-            &format!("r{i}"),
-            "gw",
-            &format!("/r{i}"),
-            port_a,
-            "",
-        ));
-        chunk.push_str("---\n");
-        if (i + 1) % 500 == 0 {
-            dir.write(&format!("chunk-{i}.yaml"), &chunk);
-            chunk.clear();
-        }
-    }
-    if !chunk.is_empty() {
-        dir.write("chunk-last.yaml", &chunk);
-    }
+    write_numbered_routes(&dir, "gw", routes.saturating_sub(1), port_a);
     dir.write("hot.yaml", &route_yaml("hot", "gw", "/hot", port_a, ""));
     let _cp = control_plane(dir.path(), xds, &[("RUST_LOG", "warn")]);
     let _dp = data_plane("default/gw", xds, admin, &[], &[("RUST_LOG", "warn")]);

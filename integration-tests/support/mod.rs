@@ -289,6 +289,29 @@ pub fn route_yaml(name: &str, gateway: &str, path: &str, target_port: u16, extra
     )
 }
 
+/// Routes `r0`..`r{count-1}` on paths `/r<i>` of `gateway`, all to `target_port`, written in
+/// files of 500 (as large configs are split in practice).
+pub fn write_numbered_routes(dir: &TempDir, gateway: &str, count: usize, target_port: u16) {
+    let mut chunk = String::new();
+    for i in 0..count {
+        chunk.push_str(&route_yaml(
+            &format!("r{i}"),
+            gateway,
+            &format!("/r{i}"),
+            target_port,
+            "",
+        ));
+        chunk.push_str("---\n");
+        if (i + 1) % 500 == 0 {
+            dir.write(&format!("chunk-{i}.yaml"), &chunk);
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        dir.write("chunk-last.yaml", &chunk);
+    }
+}
+
 /// `sluice standalone` on `dir`, one data plane for `default/<gateway>`; returns the process and
 /// the xDS port once the data plane is ready.
 pub async fn standalone(dir: &Path, gateway: &str, admin_port: u16) -> (Proc, u16) {
