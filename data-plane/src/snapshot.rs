@@ -306,20 +306,16 @@ impl Compiler {
     /// refuses handshakes (fail closed).
     pub fn compile_changes(&mut self, resources: &Resources, changed: &Changed) -> Arc<Snapshot> {
         let mut clusters = self.last.clusters.clone();
-        // A changed Secret recompiles the TLS clusters that use it (a rotated CA or client
-        // certificate needs a new client config); unchanged clusters are skipped below.
-        let mut cluster_names: Vec<String> = Vec::new();
+        // Clusters to recompile although their resource did not change: all of them when the
+        // gateway's pool defaults changed, and the TLS clusters using a changed Secret (a rotated
+        // CA or client certificate needs a new client config). A set, so each compiles once.
+        let mut cluster_names: BTreeSet<String> = BTreeSet::new();
         if changed.listeners {
             let defaults =
                 PoolSettings::gateway_defaults(resources.listeners.values().map(|l| &**l));
             if defaults != self.pool_defaults {
                 self.pool_defaults = defaults;
-                cluster_names.extend(
-                    self.clusters
-                        .keys()
-                        .filter(|name| !changed.clusters.contains(*name))
-                        .cloned(),
-                );
+                cluster_names.extend(self.clusters.keys().cloned());
             }
         }
         if !changed.secrets.is_empty() {
@@ -332,13 +328,14 @@ impl Compiler {
                                 || changed.secrets.contains(&t.client_certificate_secret)
                         })
                     })
-                    .filter(|(name, _)| !changed.clusters.contains(*name))
-                    .filter(|(name, _)| !cluster_names.contains(name))
-                    .map(|(name, _)| name.clone())
-                    .collect::<Vec<_>>(),
+                    .map(|(name, _)| name.clone()),
             );
         }
-        for name in changed.clusters.iter().chain(&cluster_names) {
+        for name in changed
+            .clusters
+            .iter()
+            .chain(cluster_names.difference(&changed.clusters))
+        {
             let key: Arc<str> = Arc::from(name.as_str());
             let Some(pb_cluster) = resources.clusters.get(name) else {
                 self.clusters.remove(name);
