@@ -934,22 +934,50 @@ mod tests {
             res
         }
 
-        #[tokio::test]
-        async fn terminates_tls_with_sni_rotation_and_421() {
+        /// A runtime serving `tls_resources` (certificates for a.test and b.test) on a free
+        /// port, retried on another port if that one was taken meanwhile.
+        struct TlsSetup {
+            a: TestCert,
+            b: TestCert,
+            runtime: Arc<ProxyRuntime>,
+            compiler: Compiler,
+            port: u16,
+            res: Resources,
+        }
+
+        async fn tls_setup() -> TlsSetup {
             let backend = echo_backend().await;
             let a = self_signed(&["a.test"]);
             let b = self_signed(&["b.test"]);
             let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
             let mut compiler = Compiler::new();
-            let mut port = free_port();
-            let mut res = tls_resources(port, backend, &a, &b);
             for _ in 0..5 {
+                let port = free_port();
+                let res = tls_resources(port, backend, &a, &b);
                 if runtime.apply(compiler.compile(&res)).await.is_empty() {
-                    break;
+                    return TlsSetup {
+                        a,
+                        b,
+                        runtime,
+                        compiler,
+                        port,
+                        res,
+                    };
                 }
-                port = free_port();
-                res = tls_resources(port, backend, &a, &b);
             }
+            panic!("no free port for the TLS listener");
+        }
+
+        #[tokio::test]
+        async fn terminates_tls_with_sni_rotation_and_421() {
+            let TlsSetup {
+                a,
+                b,
+                runtime,
+                mut compiler,
+                port,
+                mut res,
+            } = tls_setup().await;
             let generation = runtime.port_generation(port).await.expect("port bound");
 
             // SNI picks the certificate; the client verifies it against its own roots.
@@ -1030,14 +1058,13 @@ mod tests {
 
         #[tokio::test]
         async fn switching_protocol_rebinds_and_no_certificate_refuses() {
-            let backend = echo_backend().await;
-            let a = self_signed(&["a.test"]);
-            let b = self_signed(&["b.test"]);
-            let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
-            let mut compiler = Compiler::new();
-            let port = free_port();
-            let mut res = tls_resources(port, backend, &a, &b);
-            assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+            let TlsSetup {
+                runtime,
+                mut compiler,
+                port,
+                mut res,
+                ..
+            } = tls_setup().await;
             let tls_generation = runtime.port_generation(port).await;
 
             // Every certificate gone: handshakes are refused (fail closed), the port stays.
@@ -1102,15 +1129,16 @@ mod tests {
 
         #[tokio::test]
         async fn client_certificates_are_verified_when_asked() {
-            let backend = echo_backend().await;
-            let a = self_signed(&["a.test"]);
-            let b = self_signed(&["b.test"]);
+            let TlsSetup {
+                a,
+                runtime,
+                mut compiler,
+                port,
+                mut res,
+                ..
+            } = tls_setup().await;
             let trusted_client = self_signed(&["client.test"]);
             let stranger = self_signed(&["stranger.test"]);
-            let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
-            let mut compiler = Compiler::new();
-            let port = free_port();
-            let mut res = tls_resources(port, backend, &a, &b);
             res.secrets.insert(
                 "client-ca".into(),
                 Arc::new(pb::Secret {
@@ -1189,14 +1217,9 @@ mod tests {
 
         #[tokio::test]
         async fn sessions_resume() {
-            let backend = echo_backend().await;
-            let a = self_signed(&["a.test"]);
-            let b = self_signed(&["b.test"]);
-            let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
-            let mut compiler = Compiler::new();
-            let port = free_port();
-            let res = tls_resources(port, backend, &a, &b);
-            assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+            let TlsSetup {
+                a, runtime, port, ..
+            } = tls_setup().await;
             // One client config keeps its session cache across connections.
             let config = client_config(Some(&[&a]), &[b"http/1.1"]);
             for (i, expected) in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed]
