@@ -107,24 +107,11 @@ async fn start_sluice(routes: usize, backend_port: u16, dir: &TempDir) -> Sluice
     let cp = control_plane(dir.path(), xds, &[("RUST_LOG", "warn")]);
     let dp = data_plane("default/gw", xds, admin, &[], &[("RUST_LOG", "warn")]);
     wait_ready(admin).await;
-    let c = client();
-    eventually("the direct route serves", Duration::from_secs(60), || {
-        let c = c.clone();
-        async move {
-            matches!(request(&c, "GET", port, "x", "/direct", &[]).await, Ok(r) if r.status == 200)
-        }
-    })
-    .await;
+    wait_ok(port, "x", "/direct", Duration::from_secs(60)).await;
     if routes > 0 {
         // Large pushes arrive in several responses: wait for the last route too.
         let last = format!("/r{}", routes - 1);
-        eventually("every route serves", Duration::from_secs(60), || {
-            let (c, last) = (c.clone(), last.clone());
-            async move {
-                matches!(request(&c, "GET", port, "x", &last, &[]).await, Ok(r) if r.status == 200)
-            }
-        })
-        .await;
+        wait_ok(port, "x", &last, Duration::from_secs(60)).await;
     }
     settle().await;
     Sluice {
@@ -196,12 +183,7 @@ async fn run(routes: usize, connections: usize) {
     let nginx_port = free_port();
     let nginx = match start_nginx(nginx_port, &nginx_dir) {
         Some(p) => {
-            let c = client();
-            eventually("nginx answers", Duration::from_secs(10), || {
-                let c = c.clone();
-                async move { matches!(request(&c, "GET", nginx_port, "x", "/", &[]).await, Ok(r) if r.status == 200) }
-            })
-            .await;
+            wait_ok(nginx_port, "x", "/", Duration::from_secs(10)).await;
             settle().await;
             let before = tree_rss_kib(p.0.id());
             let conns = open_connections(nginx_port, connections, "/").await;

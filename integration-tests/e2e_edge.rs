@@ -25,12 +25,7 @@ async fn edge(tag: &str, server: &str) -> (TempDir, Proc, Proc, u16) {
     dir.write("gateway.yaml", &gateway_with_server("edge", port, server));
     dir.write("route.yaml", &route_yaml("all", "edge", "/", echo_port, ""));
     let (sluice, _) = standalone(dir.path(), "edge", free_port()).await;
-    let c = client();
-    eventually("route served", Duration::from_secs(10), || {
-        let c = c.clone();
-        async move { matches!(request(&c, "GET", port, "x", "/", &[]).await, Ok(r) if r.status == 200) }
-    })
-    .await;
+    wait_ok(port, "x", "/", Duration::from_secs(10)).await;
     (dir, sluice, echo, port)
 }
 

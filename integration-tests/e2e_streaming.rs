@@ -129,13 +129,7 @@ async fn websocket_is_tunnelled_and_survives_config_changes() {
         "other.yaml",
         &route_yaml("other", "gw", "/other", echo_port, ""),
     );
-    eventually("the new route serves", WAIT, || {
-        let c = c.clone();
-        async move {
-            matches!(request(&c, "GET", port, "x", "/other", &[]).await, Ok(r) if r.status == 200)
-        }
-    })
-    .await;
+    wait_ok(port, "x", "/other", WAIT).await;
     dir.write(
         "ws.yaml",
         &route_yaml("ws", "gw", "/ws", echo_port, "  methods: [GET]\n"),

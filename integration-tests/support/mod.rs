@@ -249,16 +249,22 @@ where
     }
 }
 
-/// Waits until a data plane's admin endpoint reports ready.
-pub async fn wait_ready(admin_port: u16) {
+/// Polls `GET path` with Host `host` on `port` until it answers 200; panics after `timeout`.
+pub async fn wait_ok(port: u16, host: &str, path: &str, timeout: Duration) {
     let c = client();
-    eventually("data plane ready", Duration::from_secs(20), || {
+    let what = format!("GET {host}{path} on :{port} answers 200");
+    eventually(&what, timeout, || {
         let c = c.clone();
         async move {
-            matches!(request(&c, "GET", admin_port, "localhost", "/readyz", &[]).await, Ok(r) if r.status == 200)
+            matches!(request(&c, "GET", port, host, path, &[]).await, Ok(r) if r.status == 200)
         }
     })
     .await;
+}
+
+/// Waits until a data plane's admin endpoint reports ready.
+pub async fn wait_ready(admin_port: u16) {
+    wait_ok(admin_port, "localhost", "/readyz", Duration::from_secs(20)).await;
 }
 
 /// A Goma Gateway manifest listening on `port`.
