@@ -475,17 +475,14 @@ impl CompiledCluster {
 mod tests {
     use super::*;
 
+    /// A plaintext cluster with the default pool, carrying `state` across compiles.
+    fn with_state(c: &pb::Cluster, state: Arc<ClusterState>, clients: &Clients) -> CompiledCluster {
+        CompiledCluster::compile(c, state, clients, None, PoolSettings::default(), None).unwrap()
+    }
+
     /// A plaintext cluster with fresh state and the default pool.
     fn plain(c: &pb::Cluster, clients: &Clients) -> CompiledCluster {
-        CompiledCluster::compile(
-            c,
-            Arc::default(),
-            clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap()
+        with_state(c, Arc::default(), clients)
     }
 
     fn cluster(endpoints: &[(&str, u32, u32)], lb: pb::LbPolicy) -> pb::Cluster {
@@ -535,24 +532,14 @@ mod tests {
         let clients = Clients::default();
         let state = Arc::new(ClusterState::default());
         let pb = cluster(&[("a", 80, 3), ("b", 80, 0)], pb::LbPolicy::RoundRobin);
-        let c = CompiledCluster::compile(
-            &pb,
-            state.clone(),
-            &clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap();
+        let c = with_state(&pb, state.clone(), &clients);
         let picks: Vec<_> = (0..3)
             .map(|_| c.pick().unwrap().authority.host().to_string())
             .collect();
         assert_eq!(picks, ["a", "a", "a"]);
         // A recompile with the same state continues the rotation instead of restarting it;
         // weight 0 counts as 1.
-        let c2 =
-            CompiledCluster::compile(&pb, state, &clients, None, PoolSettings::default(), None)
-                .unwrap();
+        let c2 = with_state(&pb, state, &clients);
         assert_eq!(c2.pick().unwrap().authority.host(), "b");
         assert_eq!(c2.pick().unwrap().authority.host(), "a");
         assert_eq!(c2.endpoints[0].authority.as_str(), "a:80");
@@ -599,15 +586,7 @@ mod tests {
             &[("a", 80, 1), ("b", 80, 1), ("c", 80, 2)],
             pb::LbPolicy::RoundRobin,
         ));
-        let c = CompiledCluster::compile(
-            &pb,
-            state.clone(),
-            &clients,
-            None,
-            PoolSettings::default(),
-            None,
-        )
-        .unwrap();
+        let c = with_state(&pb, state.clone(), &clients);
         assert_eq!(hosts(&c, 4, 0, Available), ["a", "b", "c", "c"]);
         // An unhealthy endpoint's share spreads over the others by weight.
         c.endpoints[1].health.set_healthy(false);
