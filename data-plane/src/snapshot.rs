@@ -10,7 +10,7 @@ use crate::router::{
 };
 use crate::server::{self, ServerSettings};
 use crate::tls::{self, ClientAuth, SniIndex};
-use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster};
+use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster, pool};
 use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -139,6 +139,9 @@ fn check_listener(l: &pb::Listener) -> Result<(), String> {
         Err(_) => return Err(format!("protocol: unknown value {}", l.protocol)),
     }
     validate_hostname(&l.hostname).map_err(|e| format!("hostname: {e}"))?;
+    if let Some(d) = l.http.as_ref().and_then(|h| h.upstream_defaults.as_ref()) {
+        pool::validate_defaults(d).map_err(|e| format!("http.upstream_defaults.{e}"))?;
+    }
     MetricsEndpoint::from_listener(l, 0).map(drop)
 }
 
@@ -855,6 +858,25 @@ mod tests {
             "protocol PROTOCOL_TCP is not supported by this data plane yet"
         );
         l.protocol = pb::Protocol::Http as i32;
+        l.http = Some(pb::HttpSettings {
+            upstream_defaults: Some(pb::UpstreamDefaults {
+                pool: Some(pb::ConnectionPool {
+                    idle_timeout: Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                dns_ttl: None,
+            }),
+            ..Default::default()
+        });
+        assert!(
+            c.validate_listener(&l, &res)
+                .unwrap_err()
+                .starts_with("http.upstream_defaults.pool.idle_timeout:")
+        );
+        l.http = None;
         l.hostname = "bad host".into();
         assert!(
             c.validate_listener(&l, &res)

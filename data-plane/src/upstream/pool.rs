@@ -78,6 +78,17 @@ pub fn validate(pool: &pb::ConnectionPool) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a listener's UpstreamDefaults; errors name the field.
+pub fn validate_defaults(defaults: &pb::UpstreamDefaults) -> Result<(), String> {
+    if let Some(p) = &defaults.pool {
+        validate(p).map_err(|e| format!("pool.{e}"))?;
+    }
+    if let Some(t) = &defaults.dns_ttl {
+        to_duration(t).map_err(|e| format!("dns_ttl: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Caps open connections per endpoint (host:port) of one client: a connection holds a permit
 /// from connect to close, so a request that needs a new connection waits for a free one (the
 /// connect timeout bounds the wait).
@@ -169,6 +180,15 @@ mod tests {
             })
             .unwrap_err()
             .starts_with("idle_timeout:")
+        );
+        let bad_ttl = pb::UpstreamDefaults {
+            pool: None,
+            dns_ttl: secs(-5),
+        };
+        assert!(
+            validate_defaults(&bad_ttl)
+                .unwrap_err()
+                .starts_with("dns_ttl:")
         );
     }
 
