@@ -4,6 +4,7 @@
 //! ports) on its own task.
 
 use crate::observe::Observer;
+use crate::proxy::Peer;
 use crate::snapshot::Snapshot;
 use crate::timeouts::{Activity, ClientIo, InFlightBody, Protocol, WaitingBody};
 use crate::tls::{self, TlsConnection};
@@ -441,6 +442,7 @@ async fn serve_http<I>(
 {
     let service_shared = shared.clone();
     let service_activity = idle.activity.clone();
+    let peer = Peer::new(remote);
     let service = service_fn(move |req: http::Request<Incoming>| {
         // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
         let snapshot = service_shared.current.load_full();
@@ -451,11 +453,12 @@ async fn serve_http<I>(
             .then(|| service_activity.clone());
         let req = req.map(|body| WaitingBody::new(body, bounded));
         let observer = service_shared.observer.clone();
+        let peer = peer.clone();
         // Boxed: the request's state machine is several KiB, and hyper moves the service future
         // into its connection state; moving a pointer is cheaper than copying the state.
         Box::pin(async move {
             let response = observer
-                .serve(snapshot, port, remote, tls.as_deref(), req)
+                .serve(snapshot, port, peer, tls.as_deref(), req)
                 .await;
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.upgrade();

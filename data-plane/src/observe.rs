@@ -6,7 +6,7 @@
 
 use crate::access_log::AccessRecord;
 use crate::metrics::{self, Metrics, RouteStats, method_slot};
-use crate::proxy::{self, ProxyBody, Report, UpstreamFailure, response};
+use crate::proxy::{self, Peer, ProxyBody, Report, UpstreamFailure, response};
 use crate::router::NormalizedHost;
 use crate::router::host::request_host;
 use crate::snapshot::Snapshot;
@@ -14,7 +14,6 @@ use crate::tls::TlsConnection;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +50,7 @@ impl Observer {
         &self,
         snapshot: Arc<Snapshot>,
         port: u16,
-        client: SocketAddr,
+        client: Peer,
         tls: Option<&TlsConnection>,
         req: Request<B>,
     ) -> Response<ObservedBody>
@@ -66,7 +65,7 @@ impl Observer {
         }
         let access = self
             .access_log
-            .then(|| Box::new(AccessRecord::new(&req, client.ip().to_canonical())));
+            .then(|| Box::new(AccessRecord::new(&req, client.addr.ip().to_canonical())));
         // Most requests have no body: count only the others (the counter is shared with the
         // body, which travels to the upstream connection's task).
         let request_bytes = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));

@@ -13,6 +13,7 @@ use crate::tls::{self, ClientAuth, SniIndex};
 use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster, pool};
 use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
+use crate::fast_map::FastMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -21,13 +22,13 @@ use std::sync::Arc;
 pub struct Snapshot {
     table: RouteTable,
     /// Shared with the next snapshot until a cluster changes (copy on write).
-    clusters: Arc<HashMap<Arc<str>, Arc<CompiledCluster>>>,
+    clusters: Arc<FastMap<Arc<str>, Arc<CompiledCluster>>>,
     /// Port -> names of the listeners on it.
     ports: BTreeMap<u16, Vec<String>>,
     /// TLS (HTTPS) ports -> certificate selection. Shared until a certificate input changes.
-    tls: Arc<HashMap<u16, Arc<SniIndex>>>,
+    tls: Arc<FastMap<u16, Arc<SniIndex>>>,
     /// Ports whose settings differ from the defaults (from the port's first listener by name).
-    server: Arc<HashMap<u16, Arc<ServerSettings>>>,
+    server: Arc<FastMap<u16, Arc<ServerSettings>>>,
     /// Listener metrics endpoints (usually none).
     metrics_endpoints: Arc<[MetricsEndpoint]>,
     route_count: usize,
@@ -72,7 +73,7 @@ impl Snapshot {
 
     /// Every cluster by name; the map is shared with the previous snapshot when no cluster
     /// changed, so its identity tells whether anything did.
-    pub fn clusters(&self) -> &Arc<HashMap<Arc<str>, Arc<CompiledCluster>>> {
+    pub fn clusters(&self) -> &Arc<FastMap<Arc<str>, Arc<CompiledCluster>>> {
         &self.clusters
     }
 
@@ -461,7 +462,7 @@ impl Compiler {
 
         let mut server = self.last.server.clone();
         let (table, ports, metrics_endpoints) = if changed.listeners {
-            let mut settings: HashMap<u16, Arc<ServerSettings>> = HashMap::new();
+            let mut settings: FastMap<u16, Arc<ServerSettings>> = FastMap::default();
             let mut metrics_endpoints = Vec::new();
             let mut listeners = Vec::with_capacity(resources.listeners.len());
             let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
@@ -571,7 +572,7 @@ impl Compiler {
 
     /// One SNI index per HTTPS port: route certificates under the hosts each route is reachable
     /// by through that port's listeners (route name order), then listener certificates.
-    fn build_sni_indexes(&self) -> HashMap<u16, Arc<SniIndex>> {
+    fn build_sni_indexes(&self) -> FastMap<u16, Arc<SniIndex>> {
         let key = |secret: &str, owner: &str| {
             let found = self.secrets.get(secret).and_then(|(_, k)| k.clone());
             if found.is_none() {

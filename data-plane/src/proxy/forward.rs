@@ -529,7 +529,7 @@ mod tests {
             .body(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}))
             .unwrap();
         let client: SocketAddr = "192.0.2.1:1000".parse().unwrap();
-        let resp = super::super::handle(snap.clone(), PORT, client, None, req).await;
+        let resp = super::super::handle(snap.clone(), PORT, client.into(), None, req).await;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&bytes).into_owned())

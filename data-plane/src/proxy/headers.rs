@@ -2,7 +2,7 @@
 
 use super::client_ip::{X_FORWARDED_FOR, X_REAL_IP};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -15,27 +15,51 @@ pub static X_GOMA_REQUEST_ID: HeaderName = HeaderName::from_static("x-goma-reque
 /// Proxy-Connection, Transfer-Encoding, Upgrade and TE. On requests `TE: trailers` is kept, as
 /// it is end-to-end meaningful (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        // Rare path: only HTTP/1 clients that name extra hop-by-hop headers allocate here.
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
-            if !(is_request && name == header::TE) {
-                headers.remove(name);
+    // One pass over the names instead of a hashed lookup per hop-by-hop name: most requests
+    // carry none, and most responses only `Connection: keep-alive`.
+    let (mut connection, mut te, mut others) = (false, false, false);
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::TE {
+            te = true;
+        } else if name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+        {
+            others = true;
+        }
+    }
+    if connection && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
+        let mut values = entry.remove_entry_mult().1;
+        // Usually one value: the rest stays an empty, unallocated Vec.
+        let first = values.next();
+        let rest: Vec<HeaderValue> = values.collect();
+        for value in first.iter().chain(&rest) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                // The common tokens: Keep-Alive was seen by the scan, `close` names no header.
+                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                    continue;
+                }
+                match HeaderName::from_bytes(token.as_bytes()) {
+                    Ok(name) if is_request && name == header::TE => {}
+                    Ok(name) => {
+                        headers.remove(name);
+                    }
+                    Err(_) => {}
+                }
             }
         }
-        headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    if headers.contains_key(header::TE) {
+    if others {
+        headers.remove(&KEEP_ALIVE);
+        headers.remove(&PROXY_CONNECTION);
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.remove(header::UPGRADE);
+    }
+    if te {
         let trailers = is_request
             && headers.get_all(header::TE).iter().any(|v| {
                 v.to_str().is_ok_and(|v| {
@@ -62,37 +86,36 @@ pub struct Origin {
 /// Adds X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto (`https` when the client
 /// connection is TLS) and X-Real-IP (the client). A trusted proxy's X-Forwarded-For is kept and
 /// the peer appended, as every hop does; anyone else's is replaced by the peer, since an
-/// untrusted client could have written anything there.
+/// untrusted client could have written anything there. `peer_value` is the peer's address as
+/// a header value, rendered once per connection.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     origin: Origin,
+    peer_value: &HeaderValue,
     original_host: Option<HeaderValue>,
     https: bool,
 ) {
-    let peer = origin.peer.to_string();
-    let xff = {
+    let (xff, real_ip) = if origin.peer_trusted {
         let mut previous = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .peekable();
-        if !origin.peer_trusted || previous.peek().is_none() {
-            HeaderValue::from_str(&peer).ok()
+        let xff = if previous.peek().is_none() {
+            Some(peer_value.clone())
         } else {
             let mut joined = String::with_capacity(64);
             for v in previous {
                 joined.push_str(v);
                 joined.push_str(", ");
             }
-            joined.push_str(&peer);
+            joined.push_str(peer_value.to_str().unwrap_or_default());
             HeaderValue::from_str(&joined).ok()
-        }
-    };
-    // Untrusted: the client is the peer, whose value was just built.
-    let real_ip = if origin.peer_trusted {
-        HeaderValue::from_str(&origin.client.to_string()).ok()
+        };
+        (xff, HeaderValue::from_str(&origin.client.to_string()).ok())
     } else {
-        xff.clone()
+        // Untrusted: the client is the peer.
+        (Some(peer_value.clone()), Some(peer_value.clone()))
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -104,6 +127,29 @@ pub fn add_forwarded(
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(v) = real_ip {
         headers.insert(X_REAL_IP.clone(), v);
+    }
+}
+
+/// A client connection's far end, with its address rendered once for the forwarding headers.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The canonical IP (IPv4-mapped IPv6 shown as IPv4) as a header value.
+    pub ip_value: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_canonical();
+        let ip_value =
+            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        Peer { addr, ip_value }
+    }
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        Peer::new(addr)
     }
 }
 
@@ -159,6 +205,42 @@ mod tests {
     }
 
     #[test]
+    fn common_connection_tokens() {
+        // What upstreams send on almost every response.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "2".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), [header::CONTENT_LENGTH]);
+        // Several Connection values, a listed name among common tokens, odd spacing and case.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "Close".parse().unwrap());
+        h.append(header::CONNECTION, " Keep-Alive ,X-Hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-end", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-end"]);
+        // Nothing hop-by-hop: nothing changes.
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "a".parse().unwrap());
+        h.insert(header::ACCEPT, "*/*".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn peers_render_their_canonical_ip() {
+        let v4: SocketAddr = "203.0.113.7:4000".parse().unwrap();
+        assert_eq!(Peer::new(v4).ip_value, "203.0.113.7");
+        let mapped: SocketAddr = "[::ffff:203.0.113.7]:4000".parse().unwrap();
+        assert_eq!(Peer::new(mapped).ip_value, "203.0.113.7");
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        assert_eq!(Peer::new(v6).ip_value, "2001:db8::1");
+    }
+
+    #[test]
     fn te_without_trailers_removed() {
         let mut h = HeaderMap::new();
         h.insert(header::TE, "gzip".parse().unwrap());
@@ -174,9 +256,11 @@ mod tests {
             client: IpAddr::from(ip),
         };
         let mut h = HeaderMap::new();
+        let peer = HeaderValue::from_static("10.0.0.1");
         add_forwarded(
             &mut h,
             direct([10, 0, 0, 1]),
+            &peer,
             Some(HeaderValue::from_static("a.com")),
             false,
         );
@@ -189,7 +273,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
         h.insert("x-real-ip", "1.1.1.1".parse().unwrap());
-        add_forwarded(&mut h, direct([10, 0, 0, 1]), None, true);
+        add_forwarded(&mut h, direct([10, 0, 0, 1]), &peer, None, true);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-real-ip"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -203,7 +287,7 @@ mod tests {
             peer_trusted: true,
             client: IpAddr::from([2, 2, 2, 2]),
         };
-        add_forwarded(&mut h, origin, None, false);
+        add_forwarded(&mut h, origin, &peer, None, false);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h["x-real-ip"], "2.2.2.2");
         // A trusted proxy that sent no list: the peer starts one.
@@ -212,7 +296,7 @@ mod tests {
             client: IpAddr::from([10, 0, 0, 1]),
             ..origin
         };
-        add_forwarded(&mut h, origin, None, false);
+        add_forwarded(&mut h, origin, &peer, None, false);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-real-ip"], "10.0.0.1");
     }

@@ -12,6 +12,7 @@ pub mod report;
 pub mod response;
 pub mod upgrade;
 
+pub use headers::Peer;
 use prefix::PrefixedBody;
 pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body::Body;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Longer request targets get 414 (well below the 64 KiB header bound, which gives 431).
@@ -35,7 +36,7 @@ pub const MAX_URI_LEN: usize = 16 * 1024;
 pub async fn handle<B>(
     snapshot: Arc<Snapshot>,
     port: u16,
-    client: SocketAddr,
+    client: Peer,
     tls: Option<&TlsConnection>,
     req: Request<B>,
 ) -> Response<ProxyBody>
@@ -50,7 +51,7 @@ where
 pub async fn handle_reporting<B>(
     snapshot: Arc<Snapshot>,
     port: u16,
-    client: SocketAddr,
+    client: Peer,
     tls: Option<&TlsConnection>,
     req: Request<B>,
     report: &mut Report,
@@ -65,7 +66,7 @@ where
         return response::not_found();
     };
     let origin = {
-        let peer = client.ip().to_canonical();
+        let peer = client.addr.ip().to_canonical();
         let trusted = &snapshot.server_settings(port).trusted_proxies;
         let peer_trusted = trusted.contains(peer);
         headers::Origin {
@@ -123,9 +124,7 @@ where
                 PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
             }
         };
-        let original_host = (!raw_host.is_empty())
-            .then(|| HeaderValue::from_str(&raw_host).ok())
-            .flatten();
+        let original_host = original_host(&req, &raw_host);
         (route.clone(), pinned, path_and_query, original_host)
     };
     let RouteAction::Forward(forward) = &route.action else {
@@ -139,6 +138,7 @@ where
     headers::add_forwarded(
         &mut parts.headers,
         origin,
+        &client.ip_value,
         original_host.clone(),
         tls.is_some(),
     );
@@ -180,6 +180,20 @@ where
     resp.headers_mut()
         .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
     resp
+}
+
+/// The host the client asked for, as a header value: the Host header itself when that is where
+/// it came from (no copy), else the URI's authority (HTTP/2).
+fn original_host<B>(req: &Request<B>, raw_host: &str) -> Option<HeaderValue> {
+    if raw_host.is_empty() {
+        return None;
+    }
+    if req.uri().authority().is_none()
+        && let Some(host) = req.headers().get(header::HOST)
+    {
+        return Some(host.clone());
+    }
+    HeaderValue::from_str(raw_host).ok()
 }
 
 fn log_blocked(route: &CompiledRoute, client_ip: IpAddr, found: exploit::Finding) {
@@ -233,6 +247,7 @@ mod tests {
     use http_body_util::{BodyExt, Full};
     use sluice_proto::config as pb;
     use std::convert::Infallible;
+    use std::net::SocketAddr;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -316,7 +331,14 @@ mod tests {
             req = req.header(*k, *v);
         }
         let body = Full::new(Bytes::new()).map_err(|never: Infallible| match never {});
-        handle(snap.clone(), PORT, client(), None, req.body(body).unwrap()).await
+        handle(
+            snap.clone(),
+            PORT,
+            client().into(),
+            None,
+            req.body(body).unwrap(),
+        )
+        .await
     }
 
     async fn body(resp: Response<ProxyBody>) -> String {
@@ -417,7 +439,7 @@ mod tests {
         let resp = handle(
             snap.clone(),
             PORT + 1,
-            client(),
+            client().into(),
             None,
             Request::new(Full::new(Bytes::new()).map_err(|never: Infallible| match never {})),
         )
@@ -501,7 +523,7 @@ mod tests {
             handle(
                 snap.clone(),
                 PORT,
-                peer.parse().unwrap(),
+                peer.parse::<SocketAddr>().unwrap().into(),
                 None,
                 req.body(body).unwrap(),
             )

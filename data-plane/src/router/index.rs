@@ -6,7 +6,7 @@ use super::host::{HostPattern, wildcard_specificity, wildcard_suffixes};
 use super::matcher::{PathMatcher, RequestView};
 use super::route::CompiledRoute;
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use crate::fast_map::FastMap;
 use std::sync::Arc;
 
 /// One (route, match) pair reachable under one host pattern.
@@ -46,7 +46,7 @@ struct TrieNode {
     /// Regex entries whose literal leading directory ends at this node: only paths under it
     /// can match, so a regex is only tried for requests walking through here.
     regexes: Vec<Entry>,
-    children: HashMap<Box<str>, TrieNode>,
+    children: FastMap<Box<str>, TrieNode>,
 }
 
 impl TrieNode {
@@ -62,7 +62,7 @@ impl TrieNode {
 /// Exact paths, and a segment trie of prefixes and regexes, for one host pattern.
 #[derive(Debug, Default)]
 pub struct PathTable {
-    exact: HashMap<Box<str>, Vec<Entry>>,
+    exact: FastMap<Box<str>, Vec<Entry>>,
     trie: TrieNode,
 }
 
@@ -122,8 +122,8 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
 /// update rebuilds only the tables of the hosts it touches.
 #[derive(Debug, Default, Clone)]
 pub struct PortIndex {
-    exact: HashMap<Arc<str>, Arc<PathTable>>,
-    wildcard: HashMap<Arc<str>, Arc<PathTable>>,
+    exact: FastMap<Arc<str>, Arc<PathTable>>,
+    wildcard: FastMap<Arc<str>, Arc<PathTable>>,
     any: Option<Arc<PathTable>>,
 }
 

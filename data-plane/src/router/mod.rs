@@ -14,6 +14,7 @@ pub use index::{Entry, Lookup, PortIndex};
 pub use matcher::{PathMatcher, RequestView};
 pub use route::{CompiledRoute, RouteAction};
 
+use crate::fast_map::FastMap;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ pub struct ListenerInfo {
 /// Routes indexed per port. Cloning shares the per-host tables.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    ports: HashMap<u16, PortIndex>,
+    ports: FastMap<u16, PortIndex>,
 }
 
 impl RouteTable {

@@ -129,7 +129,7 @@ impl HealthCheck {
     }
 }
 
-type ClusterMap = HashMap<Arc<str>, Arc<CompiledCluster>>;
+type ClusterMap = crate::fast_map::FastMap<Arc<str>, Arc<CompiledCluster>>;
 
 /// The probe tasks of one compiled cluster; dropping it stops them.
 struct Running {
