@@ -1,6 +1,7 @@
 //! The immutable compiled configuration a request is served from, and the Compiler that validates
 //! resources and builds snapshots incrementally (unchanged routes and clusters are reused).
 
+use crate::fast_map::FastMap;
 use crate::metrics::Metrics;
 use crate::metrics::endpoint::MetricsEndpoint;
 use crate::resources::Resources;
@@ -13,7 +14,6 @@ use crate::tls::{self, ClientAuth, SniIndex};
 use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster, pool};
 use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
-use crate::fast_map::FastMap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 

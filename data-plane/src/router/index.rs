@@ -5,8 +5,8 @@
 use super::host::{HostPattern, wildcard_specificity, wildcard_suffixes};
 use super::matcher::{PathMatcher, RequestView};
 use super::route::CompiledRoute;
-use std::cmp::Ordering;
 use crate::fast_map::FastMap;
+use std::cmp::Ordering;
 use std::sync::Arc;
 
 /// One (route, match) pair reachable under one host pattern.
