@@ -2,6 +2,7 @@
 //! requests, and polling with deadlines (never fixed sleeps to wait for a condition).
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod xds;
 
 use bytes::Bytes;

@@ -1,0 +1,483 @@
+//! A small in-process Kubernetes API server for end-to-end tests of `--kubernetes` mode: no real
+//! kube-apiserver can be installed on the machines this project is built on. It speaks the parts
+//! of the API the control plane uses, the way the real one does: `/version`, list and watch
+//! (JSON event lines, resourceVersion semantics, `fieldSelector` on Secret `type`), get, create,
+//! replace with optimistic concurrency (409 on a stale resourceVersion), server-side apply
+//! (`application/apply-patch+yaml`) on objects and on the `status` subresource (status-only
+//! writes do not bump `metadata.generation`), and delete. Objects are stored as JSON; every
+//! request is recorded so tests can assert what the binary sent.
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+/// A stored object's place: (API prefix `/api/v1` or `/apis/G/V`, plural, namespace, name).
+type Key = (String, String, String, String);
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<Key, Value>,
+    revision: u64,
+    /// Every change, with its revision, for watches that start from an older one.
+    history: Vec<(u64, Key, &'static str, Value)>,
+    requests: Vec<Recorded>,
+}
+
+#[derive(Clone)]
+pub struct FakeApiServer {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<(u64, Key, &'static str, Value)>,
+    pub port: u16,
+}
+
+/// The parts of a request path.
+struct Target {
+    prefix: String,
+    plural: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    status: bool,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (prefix, rest) = match segs.first()? {
+        &"api" => (format!("/api/{}", segs.get(1)?), &segs[2..]),
+        &"apis" => (format!("/apis/{}/{}", segs.get(1)?, segs.get(2)?), &segs[3..]),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
+        _ => (None, rest),
+    };
+    let (plural, name, status) = match rest {
+        [plural] => (plural, None, false),
+        [plural, name] => (plural, Some(name.to_string()), false),
+        [plural, name, "status"] => (plural, Some(name.to_string()), true),
+        _ => return None,
+    };
+    Some(Target {
+        prefix,
+        plural: plural.to_string(),
+        namespace,
+        name,
+        status,
+    })
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Percent-decodes a query parameter value.
+fn decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(x) = u8::from_str_radix(&v[i + 1..i + 3], 16)
+        {
+            out.push(x);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn matches_selector(object: &Value, selector: Option<&str>) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    decode(selector).split(',').all(|term| match term.split_once('=') {
+        Some(("type", want)) => object["type"].as_str().unwrap_or("Opaque") == want,
+        Some(("metadata.name", want)) => object["metadata"]["name"] == want,
+        _ => true,
+    })
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())).boxed())
+        .expect("response")
+}
+
+fn status_error(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(
+        code,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code.as_u16(),
+        }),
+    )
+}
+
+impl FakeApiServer {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fake API server");
+        let port = listener.local_addr().expect("addr").port();
+        let server = FakeApiServer {
+            state: Arc::default(),
+            events: broadcast::channel(4096).0,
+            port,
+        };
+        let s = server.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(s.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    /// A kubeconfig pointing at this server.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{}\nusers:\n- name: fake\n  user: {{token: test}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake, namespace: default}}\ncurrent-context: fake\n",
+            self.port
+        )
+    }
+
+    /// Creates or replaces an object (as `kubectl apply` would), from its manifest.
+    pub fn apply(&self, manifest: Value) {
+        let key = Self::key_of(&manifest).expect("manifest with apiVersion, kind and name");
+        let mut st = self.state.lock().unwrap();
+        let generation = match st.objects.get(&key) {
+            Some(old) if old["spec"] != manifest["spec"] => {
+                old["metadata"]["generation"].as_i64().unwrap_or(1) + 1
+            }
+            Some(old) => old["metadata"]["generation"].as_i64().unwrap_or(1),
+            None => 1,
+        };
+        let mut object = manifest;
+        if let Some(old) = st.objects.get(&key) {
+            object["status"] = old["status"].clone();
+        }
+        object["metadata"]["generation"] = json!(generation);
+        let kind = if st.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.store(&mut st, key, object, kind);
+    }
+
+    pub fn delete(&self, manifest: &Value) {
+        let key = Self::key_of(manifest).expect("manifest");
+        let mut st = self.state.lock().unwrap();
+        if let Some(object) = st.objects.remove(&key) {
+            st.revision += 1;
+            let rv = st.revision;
+            st.history.push((rv, key.clone(), "DELETED", object.clone()));
+            let _ = self.events.send((rv, key, "DELETED", object));
+        }
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, prefix: &str, plural: &str, namespace: &str, name: &str) -> Option<Value> {
+        let key = (prefix.into(), plural.into(), namespace.into(), name.into());
+        self.state.lock().unwrap().objects.get(&key).cloned()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    fn key_of(object: &Value) -> Option<Key> {
+        let api_version = object["apiVersion"].as_str()?;
+        let kind = object["kind"].as_str()?;
+        let prefix = if api_version.contains('/') {
+            format!("/apis/{api_version}")
+        } else {
+            format!("/api/{api_version}")
+        };
+        let plural = plural_of(kind);
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(if cluster_scoped(kind) { "" } else { "default" })
+            .to_string();
+        let name = object["metadata"]["name"].as_str()?.to_string();
+        Some((prefix, plural, namespace, name))
+    }
+
+    fn store(&self, st: &mut State, key: Key, mut object: Value, kind: &'static str) {
+        st.revision += 1;
+        let rv = st.revision;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(format!("uid-{}-{}", key.3, rv));
+        }
+        if !cluster_scoped(object["kind"].as_str().unwrap_or("")) {
+            object["metadata"]["namespace"] = json!(key.2);
+        }
+        st.objects.insert(key.clone(), object.clone());
+        st.history.push((rv, key.clone(), kind, object.clone()));
+        let _ = self.events.send((rv, key, kind, object));
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let bytes = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        self.state.lock().unwrap().requests.push(Recorded {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body.clone(),
+        });
+        if path == "/version" {
+            return json_response(
+                StatusCode::OK,
+                &json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-fake", "platform": "linux/amd64"}),
+            );
+        }
+        let Some(t) = parse_path(&path) else {
+            return status_error(StatusCode::NOT_FOUND, "NotFound", "no such path");
+        };
+        match (&method, &t.name) {
+            (&Method::GET, None) if query_param(&query, "watch").is_some_and(|w| w == "true" || w == "1") => {
+                self.watch(&t, &query)
+            }
+            (&Method::GET, None) => self.list(&t, &query),
+            (&Method::GET, Some(name)) => {
+                match self.get(&t.prefix, &t.plural, t.namespace.as_deref().unwrap_or(""), name) {
+                    Some(o) => json_response(StatusCode::OK, &o),
+                    None => status_error(StatusCode::NOT_FOUND, "NotFound", &format!("{} {name} not found", t.plural)),
+                }
+            }
+            (&Method::POST, None) => {
+                let mut st = self.state.lock().unwrap();
+                let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
+                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                if st.objects.contains_key(&key) {
+                    return status_error(StatusCode::CONFLICT, "AlreadyExists", &format!("{name} already exists"));
+                }
+                let mut object = body;
+                object["metadata"]["generation"] = json!(1);
+                self.store(&mut st, key.clone(), object, "ADDED");
+                json_response(StatusCode::CREATED, &st.objects[&key])
+            }
+            (&Method::PUT, Some(name)) => {
+                let mut st = self.state.lock().unwrap();
+                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                let Some(old) = st.objects.get(&key).cloned() else {
+                    return status_error(StatusCode::NOT_FOUND, "NotFound", "not found");
+                };
+                let sent_rv = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                if !sent_rv.is_empty() && sent_rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
+                    return status_error(StatusCode::CONFLICT, "Conflict", "the object has been modified; please apply your changes to the latest version and try again");
+                }
+                let mut object = body;
+                object["metadata"]["generation"] = old["metadata"]["generation"].clone();
+                object["metadata"]["uid"] = old["metadata"]["uid"].clone();
+                self.store(&mut st, key.clone(), object, "MODIFIED");
+                json_response(StatusCode::OK, &st.objects[&key])
+            }
+            (&Method::PATCH, Some(name)) => {
+                let mut st = self.state.lock().unwrap();
+                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                let existing = st.objects.get(&key).cloned();
+                let object = match (existing, t.status) {
+                    (None, true) => return status_error(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                    (Some(mut o), true) => {
+                        o["status"] = body["status"].clone();
+                        o
+                    }
+                    (Some(o), false) => {
+                        let mut merged = body.clone();
+                        merged["metadata"]["generation"] = match o["spec"] == body["spec"] {
+                            true => o["metadata"]["generation"].clone(),
+                            false => json!(o["metadata"]["generation"].as_i64().unwrap_or(1) + 1),
+                        };
+                        merged["metadata"]["uid"] = o["metadata"]["uid"].clone();
+                        merged["status"] = o["status"].clone();
+                        merged
+                    }
+                    (None, false) => {
+                        let mut o = body.clone();
+                        o["metadata"]["generation"] = json!(1);
+                        o
+                    }
+                };
+                self.store(&mut st, key.clone(), object, "MODIFIED");
+                json_response(StatusCode::OK, &st.objects[&key])
+            }
+            (&Method::DELETE, Some(name)) => {
+                let mut st = self.state.lock().unwrap();
+                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                match st.objects.remove(&key) {
+                    Some(o) => {
+                        st.revision += 1;
+                        let rv = st.revision;
+                        st.history.push((rv, key.clone(), "DELETED", o.clone()));
+                        let _ = self.events.send((rv, key, "DELETED", o.clone()));
+                        json_response(StatusCode::OK, &o)
+                    }
+                    None => status_error(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                }
+            }
+            _ => status_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the fake"),
+        }
+    }
+
+    fn in_collection(t: &Target, key: &Key) -> bool {
+        key.0 == t.prefix
+            && key.1 == t.plural
+            && t.namespace.as_ref().is_none_or(|ns| *ns == key.2)
+    }
+
+    fn list(&self, t: &Target, query: &str) -> Response<Body> {
+        let st = self.state.lock().unwrap();
+        let selector = query_param(query, "fieldSelector");
+        let items: Vec<Value> = st
+            .objects
+            .iter()
+            .filter(|(k, o)| Self::in_collection(t, k) && matches_selector(o, selector))
+            .map(|(_, o)| o.clone())
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &json!({
+                "apiVersion": "v1", "kind": "List",
+                "metadata": {"resourceVersion": st.revision.to_string()},
+                "items": items,
+            }),
+        )
+    }
+
+    fn watch(&self, t: &Target, query: &str) -> Response<Body> {
+        let since: u64 = query_param(query, "resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let selector = query_param(query, "fieldSelector").map(str::to_owned);
+        let target = Target {
+            prefix: t.prefix.clone(),
+            plural: t.plural.clone(),
+            namespace: t.namespace.clone(),
+            name: None,
+            status: false,
+        };
+        let mut rx = self.events.subscribe();
+        let backlog: Vec<_> = self
+            .state
+            .lock()
+            .unwrap()
+            .history
+            .iter()
+            .filter(|(rv, ..)| *rv > since)
+            .cloned()
+            .collect();
+        let (tx, out) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
+        tokio::spawn(async move {
+            let line = |kind: &str, object: &Value| {
+                Ok(Frame::data(Bytes::from(format!(
+                    "{}\n",
+                    json!({"type": kind, "object": object})
+                ))))
+            };
+            let mut last = since;
+            for (rv, key, kind, object) in backlog {
+                if Self::in_collection(&target, &key) && matches_selector(&object, selector.as_deref()) {
+                    if tx.send(line(kind, &object)).await.is_err() {
+                        return;
+                    }
+                }
+                last = rv;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok((rv, key, kind, object)) => {
+                        if rv <= last {
+                            continue;
+                        }
+                        last = rv;
+                        if Self::in_collection(&target, &key)
+                            && matches_selector(&object, selector.as_deref())
+                            && tx.send(line(kind, &object)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        let stream = tokio_stream::wrappers::ReceiverStream::new(out);
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(BodyExt::boxed(StreamBody::new(stream)))
+            .expect("response")
+    }
+}
+
+fn cluster_scoped(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "GatewayClass" | "CustomResourceDefinition")
+}
+
+fn plural_of(kind: &str) -> String {
+    match kind {
+        "Gateway" => "gateways".into(),
+        "Route" => "routes".into(),
+        "Middleware" => "middlewares".into(),
+        "Secret" => "secrets".into(),
+        "Service" => "services".into(),
+        "Namespace" => "namespaces".into(),
+        "EndpointSlice" => "endpointslices".into(),
+        "Lease" => "leases".into(),
+        "Deployment" => "deployments".into(),
+        "ConfigMap" => "configmaps".into(),
+        "ServiceAccount" => "serviceaccounts".into(),
+        "HorizontalPodAutoscaler" => "horizontalpodautoscalers".into(),
+        "HTTPRoute" => "httproutes".into(),
+        "GRPCRoute" => "grpcroutes".into(),
+        "GatewayClass" => "gatewayclasses".into(),
+        other => format!("{}s", other.to_lowercase()),
+    }
+}
