@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use crate::model::{Object, ObjectKey};
 
 pub mod file;
+pub mod manifest;
+
+pub use manifest::{ParseError, parse_object};
 
 #[derive(Debug, Clone)]
 pub enum ProviderEvent {
