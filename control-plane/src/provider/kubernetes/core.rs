@@ -252,6 +252,7 @@ mod tests {
     use crate::model::Object;
     use crate::provider::kubernetes::watches::{OPAQUE_SECRETS, TLS_SECRETS, watch_specs};
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     /// A core over every watch, and the id of each.
     struct Fixture {
@@ -695,5 +696,117 @@ mod tests {
             ["-Secret default/site"]
         );
         assert!(f.sync_all_empty().contains(&"synced".to_string()));
+    }
+
+    /// Resource names by type (Secret, Cluster, Listener, Route) and a Secret's version.
+    fn view(views: &crate::views::Views, gw: &str) -> (Vec<Vec<String>>, BTreeMap<String, String>) {
+        views.gateway(gw).read(|v| {
+            let names = v
+                .resources
+                .iter()
+                .map(|m| m.keys().cloned().collect())
+                .collect();
+            let secrets = v.resources[0]
+                .iter()
+                .map(|(n, r)| (n.clone(), r.version.clone()))
+                .collect();
+            (names, secrets)
+        })
+    }
+
+    /// Watch events through the real controller: what each gateway's xDS view holds.
+    #[test]
+    fn watch_events_reach_the_gateway_views() {
+        use crate::controller::Controller;
+        use crate::views::Views;
+        use std::sync::Arc;
+
+        let mut f = Fixture::new();
+        let views = Arc::new(Views::default());
+        let mut controller = Controller::new(views.clone());
+        let mut feed = |f: &mut Fixture, id: WatchId, event| {
+            let mut out = Vec::new();
+            f.core.handle(id, event, &mut out);
+            controller.apply(out);
+        };
+        let gateways = f.id(Kind::GomaGateway, None);
+        let routes = f.id(Kind::GomaRoute, None);
+        let tls = f.id(Kind::Secret, Some(TLS_SECRETS));
+        let plain_gateway = || object("default", "plain", "2", json!({"spec": {}}));
+        for id in 0..f.ids.len() {
+            feed(&mut f, id, watcher::Event::Init);
+            if id == gateways {
+                feed(
+                    &mut f,
+                    id,
+                    watcher::Event::InitApply(goma_gateway("1", &["site"])),
+                );
+                feed(&mut f, id, watcher::Event::InitApply(plain_gateway()));
+            }
+            if id == routes {
+                let r = object(
+                    "default",
+                    "api",
+                    "3",
+                    json!({"spec": {"gateways": ["plain"], "path": "/", "target": "http://127.0.0.1:1"}}),
+                );
+                feed(&mut f, id, watcher::Event::InitApply(r));
+            }
+            if id == tls {
+                feed(
+                    &mut f,
+                    id,
+                    watcher::Event::InitApply(tls_secret("site", "4", "c1")),
+                );
+                feed(
+                    &mut f,
+                    id,
+                    watcher::Event::InitApply(tls_secret("unused", "5", "u1")),
+                );
+            }
+            assert!(!views.is_ready(), "not ready before every watch listed");
+            feed(&mut f, id, watcher::Event::InitDone);
+        }
+        assert!(views.is_ready());
+        let (gw, gw_secrets) = view(&views, "default/gw");
+        assert_eq!(gw[0], ["default/site"]);
+        assert_eq!(gw[2], ["http", "https"]);
+        let (plain, _) = view(&views, "default/plain");
+        assert!(
+            plain[0].is_empty(),
+            "no Secret for a gateway that references none"
+        );
+        assert_eq!(plain[3].len(), 1, "the route: {plain:?}");
+        assert!(!plain[1].is_empty(), "its cluster");
+
+        // cert-manager renews the certificate: only the gateway that uses it changes.
+        let plain_revision = views.gateway("default/plain").read(|v| v.revision);
+        feed(
+            &mut f,
+            tls,
+            watcher::Event::Apply(tls_secret("site", "6", "c2")),
+        );
+        let (_, rotated) = view(&views, "default/gw");
+        assert_ne!(rotated["default/site"], gw_secrets["default/site"]);
+        assert_eq!(
+            views.gateway("default/plain").read(|v| v.revision),
+            plain_revision
+        );
+        // A Secret nobody references reaches no view, whatever happens to it.
+        feed(
+            &mut f,
+            tls,
+            watcher::Event::Apply(tls_secret("unused", "7", "u2")),
+        );
+        for gw in views.ids() {
+            assert!(!view(&views, &gw).1.contains_key("default/unused"), "{gw}");
+        }
+        // The gateway drops TLS: its certificate leaves its view.
+        feed(
+            &mut f,
+            gateways,
+            watcher::Event::Apply(goma_gateway("8", &[])),
+        );
+        assert!(view(&views, "default/gw").0[0].is_empty());
     }
 }
