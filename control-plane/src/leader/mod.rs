@@ -219,24 +219,45 @@ impl LeaderElector {
             .await
     }
 
-    /// Clears the holder so the next replica to look takes over at once.
+    /// Clears the holder so the next replica to look takes over at once. A conflict (the Lease
+    /// changed since it was last read: a renewal cut short by the shutdown) is retried once on a
+    /// fresh read, if the Lease is still ours.
     async fn release(&mut self) {
-        let Some(mut lease) = self.last.clone() else {
-            return;
-        };
-        let now = MicroTime((self.clock)());
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        spec.holder_identity = None;
-        spec.lease_duration_seconds = Some(1);
-        spec.renew_time = Some(now);
-        match self
-            .api
-            .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => tracing::info!(lease = %self.config.name, "released the leader Lease"),
-            Err(e) => {
-                tracing::warn!(lease = %self.config.name, error = %e, "cannot release the leader Lease; it expires on its own")
+        for _ in 0..2 {
+            let Some(mut lease) = self.last.clone() else {
+                return;
+            };
+            let now = MicroTime((self.clock)());
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(now);
+            match self
+                .api
+                .replace(&self.config.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(lease = %self.config.name, "released the leader Lease");
+                    return;
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    self.last = match self.api.get_opt(&self.config.name).await {
+                        Ok(Some(lease)) if self.view(&lease).holder == self.config.identity => {
+                            Some(lease)
+                        }
+                        // Gone, or someone else's now: nothing to release.
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::warn!(lease = %self.config.name, error = %e, "cannot release the leader Lease; it expires on its own");
+                            return;
+                        }
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %self.config.name, error = %e, "cannot release the leader Lease; it expires on its own");
+                    return;
+                }
             }
         }
     }
@@ -298,6 +319,11 @@ mod tests {
     fn not_found() -> Value {
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
             "reason": "NotFound", "code": 404, "message": "leases.coordination.k8s.io not found"})
+    }
+
+    fn unavailable() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": "ServiceUnavailable", "code": 503, "message": "down"})
     }
 
     fn conflict() -> Value {
@@ -375,6 +401,9 @@ mod tests {
         assert_eq!(body["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z");
         assert_eq!(body["spec"]["leaseTransitions"], 0);
         assert!(*leading.borrow());
+        // The next read fails: no write this round, so the renewal above is the last known state.
+        let (method, _, _) = exchange(&mut handle, 503, unavailable()).await;
+        assert_eq!(method, "GET");
 
         // Shutdown: the holder is cleared so another replica takes over at once.
         stop.send_replace(true);
@@ -432,12 +461,31 @@ mod tests {
         until(&mut leading, true).await;
         let started = Instant::now();
         // The API server is unreachable (every read fails).
-        let unavailable = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "reason": "ServiceUnavailable", "code": 503, "message": "down"});
-        exchange(&mut handle, 503, unavailable.clone()).await;
+        exchange(&mut handle, 503, unavailable()).await;
         assert!(*leading.borrow(), "still within the renew deadline");
-        exchange(&mut handle, 503, unavailable).await;
+        exchange(&mut handle, 503, unavailable()).await;
         until(&mut leading, false).await;
         assert!(started.elapsed() <= Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_conflicts_is_retried_on_a_fresh_read() {
+        let (mut handle, mut leading, stop) = start("pod-a");
+        exchange(&mut handle, 200, lease(Some("pod-a"), "1", 0)).await;
+        exchange(&mut handle, 200, lease(Some("pod-a"), "2", 0)).await;
+        until(&mut leading, true).await;
+        exchange(&mut handle, 503, unavailable()).await;
+        stop.send_replace(true);
+        // Our last known version is stale (say, a renewal landed but its answer was lost).
+        let (method, _, body) = exchange(&mut handle, 409, conflict()).await;
+        assert_eq!(method, "PUT");
+        assert_eq!(body["metadata"]["resourceVersion"], "2");
+        let (method, uri, _) = exchange(&mut handle, 200, lease(Some("pod-a"), "4", 0)).await;
+        assert_eq!((method.as_str(), uri.as_str()), ("GET", LEASE_URL));
+        let (method, _, body) = exchange(&mut handle, 200, lease(None, "5", 0)).await;
+        assert_eq!(method, "PUT");
+        assert_eq!(body["metadata"]["resourceVersion"], "4");
+        assert_eq!(body["spec"].get("holderIdentity"), None);
+        until(&mut leading, false).await;
     }
 }
