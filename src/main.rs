@@ -4,8 +4,12 @@ mod echo;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use sluice_control_plane::leader::LeaseConfig;
 use sluice_control_plane::model::Object;
-use sluice_control_plane::run::{Handles, run_file_control_plane};
+use sluice_control_plane::run::{
+    Handles, KubernetesOptions, kubernetes_client, run_file_control_plane,
+    run_kubernetes_control_plane,
+};
 use sluice_data_plane::pod::{self, PodOptions};
 use sluice_data_plane::xds::ClientOptions;
 use std::collections::BTreeSet;
@@ -73,6 +77,20 @@ struct ControlPlaneArgs {
     /// Directory of manifests (Goma and Gateway API kinds, Services, ...), watched recursively.
     #[arg(long, default_value = "examples")]
     config: PathBuf,
+    /// Watch the Kubernetes API instead of a directory (in-cluster service account, else
+    /// KUBECONFIG). Every replica serves xDS; the Lease holder also writes status.
+    #[arg(long, conflicts_with = "config")]
+    kubernetes: bool,
+    /// With --kubernetes: watch namespaced kinds in this namespace only (default: all).
+    #[arg(long, requires = "kubernetes")]
+    namespace: Option<String>,
+    /// With --kubernetes: namespace of the leader Lease (default: the client's namespace, i.e.
+    /// the pod's in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", requires = "kubernetes")]
+    lease_namespace: Option<String>,
+    /// With --kubernetes: this replica's identity in the Lease (default: host name and pid).
+    #[arg(long, env = "POD_NAME", requires = "kubernetes")]
+    pod_name: Option<String>,
     /// xDS and inspection gRPC address.
     #[arg(long, default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
@@ -234,7 +252,28 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the xDS address {}", args.listen))?;
-    run_file_control_plane(args.config, listener, Handles::default(), shutdown_signal()).await?;
+    if args.kubernetes {
+        let client = kubernetes_client().await?;
+        let lease_namespace = args
+            .lease_namespace
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let identity = args.pod_name.unwrap_or_else(default_node_id);
+        let options = KubernetesOptions {
+            namespace: args.namespace,
+            lease: LeaseConfig::new(lease_namespace, identity),
+        };
+        run_kubernetes_control_plane(
+            client,
+            options,
+            listener,
+            Handles::default(),
+            shutdown_signal(),
+        )
+        .await?;
+    } else {
+        run_file_control_plane(args.config, listener, Handles::default(), shutdown_signal())
+            .await?;
+    }
     Ok(())
 }
 

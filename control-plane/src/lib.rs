@@ -1,6 +1,7 @@
 //! Sluice control plane: object model, providers, translation and the discovery server.
 
 pub mod controller;
+pub mod leader;
 pub mod model;
 pub mod provider;
 pub mod resource;

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -13,8 +12,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::manifest::parse_object;
 use super::{Diagnostic, ProviderError, ProviderEvent};
-use crate::model::{DEFAULT_NAMESPACE, Kind, Object, ObjectKey, goma};
+use crate::model::{Object, ObjectKey};
 
 /// While a save is unfinished (written, not yet closed), wait for this much quiet before reading.
 const QUIET: Duration = Duration::from_millis(5);
@@ -125,242 +125,38 @@ fn parse_document(
     out: &mut ParsedFile,
     seen: &mut BTreeMap<ObjectKey, usize>,
 ) {
-    let mut diag = |object: Option<String>, message: String| {
+    let object = match parse_object(doc) {
+        Ok(object) => object,
+        Err(e) => {
+            let message = match &e.key {
+                Some(_) => e.message,
+                None => format!("document {index}: {}", e.message),
+            };
+            if e.ambiguous {
+                out.keep_unlisted = true;
+            } else if let Some(key) = &e.key {
+                out.failed.push(key.clone());
+            }
+            out.diagnostics.push(Diagnostic {
+                file: file.to_owned(),
+                object: e.key.map(|k| k.to_string()),
+                message,
+            });
+            return;
+        }
+    };
+    let key = object.key();
+    if let Some(previous) = seen.insert(key.clone(), index) {
         out.diagnostics.push(Diagnostic {
             file: file.to_owned(),
-            object,
-            message,
-        });
-    };
-    let Some(map) = doc.as_object() else {
-        diag(
-            None,
-            format!(
-                "document {index}: expected a manifest (a mapping), found {}",
-                type_name(&doc)
-            ),
-        );
-        out.keep_unlisted = true;
-        return;
-    };
-    let str_field = |name: &str| {
-        map.get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    let (Some(api_version), Some(kind_name)) = (str_field("apiVersion"), str_field("kind")) else {
-        let missing = if str_field("apiVersion").is_none() {
-            "apiVersion"
-        } else {
-            "kind"
-        };
-        diag(None, format!("document {index}: missing {missing}"));
-        out.keep_unlisted = true;
-        return;
-    };
-    let Some(kind) = Kind::from_type(api_version, kind_name) else {
-        diag(
-            None,
-            format!(
-                "document {index}: unknown kind {kind_name} (apiVersion {api_version}); ignored"
-            ),
-        );
-        // A misspelt kind of ours may be an object we served: do not treat it as removed.
-        let group = api_version.split_once('/').map_or("", |(g, _)| g);
-        if group == goma::GROUP || group == crate::model::GATEWAY_API_GROUP {
-            out.keep_unlisted = true;
-        }
-        return;
-    };
-    let meta = map.get("metadata").and_then(Value::as_object);
-    let Some(name) = meta
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-    else {
-        diag(
-            None,
-            format!("document {index}: {kind}: missing metadata.name"),
-        );
-        out.keep_unlisted = true;
-        return;
-    };
-    let namespace = match meta.and_then(|m| m.get("namespace")) {
-        _ if !kind.is_namespaced() => String::new(),
-        None | Some(Value::Null) => DEFAULT_NAMESPACE.to_owned(),
-        Some(Value::String(ns)) if !ns.is_empty() => ns.clone(),
-        Some(_) => {
-            diag(
-                None,
-                format!(
-                    "document {index}: {kind} {name}: metadata.namespace must be a non-empty string"
-                ),
-            );
-            out.keep_unlisted = true;
-            return;
-        }
-    };
-    let key = ObjectKey::new(kind, namespace, name);
-    let object_label = Some(key.to_string());
-    // Names end up in resource names (`route/<ns>/<name>`): hold them to Kubernetes' rules.
-    for (field, value) in [
-        ("metadata.name", &key.name),
-        ("metadata.namespace", &key.namespace),
-    ] {
-        if !value.is_empty() && !is_dns_subdomain(value) {
-            diag(
-                object_label.clone(),
-                format!(
-                    "{field}: {value:?} is not a valid name (lowercase letters, digits, '-' and '.', at most 253)"
-                ),
-            );
-            out.keep_unlisted = true;
-            return;
-        }
-    }
-
-    let object = match typed_object(&key, doc) {
-        Ok(object) => object,
-        Err(message) => {
-            diag(object_label, message);
-            out.failed.push(key);
-            return;
-        }
-    };
-    if let Some(previous) = seen.insert(key.clone(), index) {
-        diag(
-            object_label,
-            format!(
+            object: Some(key.to_string()),
+            message: format!(
                 "defined twice in this file (documents {previous} and {index}); the later one wins"
             ),
-        );
+        });
         out.objects.retain(|o| o.key() != key);
     }
     out.objects.push(object);
-}
-
-fn typed_object(key: &ObjectKey, mut doc: Value) -> Result<Object, String> {
-    // The namespace is part of the key: make the typed metadata agree with it.
-    if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
-        if key.namespace.is_empty() {
-            meta.remove("namespace");
-        } else {
-            meta.insert("namespace".to_owned(), Value::String(key.namespace.clone()));
-        }
-    }
-    let object = match key.kind {
-        Kind::GomaGateway => Object::GomaGateway(Arc::new(from_value::<goma::Gateway>(doc)?)),
-        Kind::GomaRoute => Object::GomaRoute(Arc::new(from_value::<goma::Route>(doc)?)),
-        Kind::GomaMiddleware => {
-            Object::GomaMiddleware(Arc::new(from_value::<goma::Middleware>(doc)?))
-        }
-        _ => {
-            let labels = match doc.pointer("/metadata/labels") {
-                None | Some(Value::Null) => BTreeMap::new(),
-                Some(labels) => serde_json::from_value(labels.clone())
-                    .map_err(|e| format!("metadata.labels: {e}"))?,
-            };
-            Object::Other {
-                key: key.clone(),
-                labels,
-                body: doc,
-            }
-        }
-    };
-    Ok(object)
-}
-
-/// Deserialises a document, prefixing the error with the path of the offending field.
-fn from_value<T: serde::de::DeserializeOwned>(doc: Value) -> Result<T, String> {
-    T::deserialize(&doc).map_err(|e| {
-        let message = e.to_string();
-        match locate_error(&doc, &message) {
-            Some(path) => format!("{path}: {message}"),
-            None => message,
-        }
-    })
-}
-
-/// serde_json reports no path for `from_value`; recover it from the token the message quotes
-/// (`unknown field `tagret``, `unknown variant `equal``, `invalid type: string "x"`).
-fn locate_error(doc: &Value, message: &str) -> Option<String> {
-    let quoted = |open: char, close: char| -> Option<&str> {
-        let start = message.find(open)? + open.len_utf8();
-        let len = message[start..].find(close)?;
-        Some(&message[start..start + len])
-    };
-    let roots = ["spec", "metadata"];
-    let search = |pred: &dyn Fn(&str, &Value) -> bool| {
-        roots.iter().find_map(|root| {
-            let value = doc.get(*root)?;
-            find_path(value, root.to_string(), pred)
-        })
-    };
-    if message.starts_with("unknown field") {
-        let field = quoted('`', '`')?;
-        search(&|key, _| key == field)
-    } else if message.starts_with("unknown variant") {
-        let variant = quoted('`', '`')?;
-        search(&|_, v| v.as_str() == Some(variant))
-    } else if message.starts_with("invalid type: string") {
-        let s = quoted('"', '"')?;
-        search(&|_, v| v.as_str() == Some(s))
-    } else if message.starts_with("invalid type") || message.starts_with("invalid value") {
-        let token = quoted('`', '`')?;
-        let scalar = serde_json::from_str::<Value>(token)
-            .ok()
-            .filter(|t| !t.is_string())?;
-        search(&|_, v| *v == scalar)
-    } else {
-        None
-    }
-}
-
-/// Depth-first path (`spec.backends[1].weight`) of the first entry `pred(key, value)` accepts.
-fn find_path(value: &Value, path: String, pred: &dyn Fn(&str, &Value) -> bool) -> Option<String> {
-    match value {
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let child = format!("{path}.{k}");
-            if pred(k, v) {
-                Some(child)
-            } else {
-                find_path(v, child, pred)
-            }
-        }),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
-            let child = format!("{path}[{i}]");
-            if pred("", v) {
-                Some(child)
-            } else {
-                find_path(v, child, pred)
-            }
-        }),
-        _ => None,
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "a mapping",
-    }
-}
-
-/// RFC 1123 subdomain, as Kubernetes requires of most object names.
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -747,6 +543,7 @@ impl FileProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Kind, goma};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const ROUTE_API: &str = "apiVersion: gateway.jkaninda.dev/v1alpha1

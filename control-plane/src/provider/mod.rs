@@ -7,6 +7,12 @@ use std::path::PathBuf;
 use crate::model::{Object, ObjectKey};
 
 pub mod file;
+pub mod kubernetes;
+pub mod manifest;
+pub mod object_errors;
+
+pub use manifest::{ParseError, parse_object};
+pub use object_errors::{ObjectError, ObjectErrors};
 
 #[derive(Debug, Clone)]
 pub enum ProviderEvent {

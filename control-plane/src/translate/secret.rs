@@ -4,10 +4,11 @@
 //! usable as a CA bundle: put the CA in an Opaque Secret. Pure: no I/O.
 
 use super::{Errors, TranslateError};
-use crate::model::ObjectKey;
+use crate::model::{Kind, Object, ObjectKey};
 use base64::Engine;
+use serde_json::Value;
 use sluice_proto::config as pb;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const TLS_TYPE: &str = "kubernetes.io/tls";
 
@@ -83,6 +84,106 @@ fn secret_data(body: &serde_json::Value, errors: &mut Errors) -> BTreeMap<String
     out
 }
 
+/// The Secrets `object` names, wherever a data plane may need them: Goma Gateway
+/// `spec.server.tls[].secretName`, Route `spec.tls.secretName` and `spec.security.tls`
+/// `rootCAsSecret` / `clientCertSecret`; Gateway API Gateway listener `tls.certificateRefs`,
+/// `spec.tls.backend.clientCertificateRef` and the frontend `validation.caCertificateRefs`;
+/// BackendTLSPolicy `spec.validation.caCertificateRefs`. Only references to core Secrets count.
+/// Whether a reference is allowed (ReferenceGrant) is the translator's business: this only says
+/// which Secrets a provider must make available. Goma Middlewares name no Secret.
+pub fn referenced_secrets(object: &Object) -> BTreeSet<ObjectKey> {
+    let mut out = BTreeSet::new();
+    let mut local = |namespace: &str, name: &str| {
+        let name = name.trim();
+        if !name.is_empty() && !name.contains('/') {
+            out.insert(ObjectKey::new(Kind::Secret, namespace, name));
+        }
+    };
+    match object {
+        Object::GomaGateway(gw) => {
+            for t in &gw.spec.server.tls {
+                local(&gw.metadata.namespace, &t.secret_name);
+            }
+        }
+        Object::GomaRoute(route) => {
+            let ns = &route.metadata.namespace;
+            if let Some(tls) = &route.spec.tls {
+                local(ns, &tls.secret_name);
+            }
+            if let Some(tls) = &route.spec.security.tls {
+                for name in [&tls.root_cas_secret, &tls.client_cert_secret]
+                    .into_iter()
+                    .flatten()
+                {
+                    local(ns, name);
+                }
+            }
+        }
+        Object::GomaMiddleware(_) => {}
+        Object::Other { key, body, .. } => match key.kind {
+            Kind::Gateway => gateway_api_gateway_refs(&key.namespace, body, &mut out),
+            Kind::BackendTlsPolicy => {
+                for r in items(body.pointer("/spec/validation/caCertificateRefs")) {
+                    // A LocalObjectReference: always the policy's namespace.
+                    if let Some(k) = secret_ref(&key.namespace, r, false) {
+                        out.insert(ObjectKey::new(Kind::Secret, &key.namespace, k.name));
+                    }
+                }
+            }
+            _ => {}
+        },
+    }
+    out
+}
+
+fn gateway_api_gateway_refs(namespace: &str, body: &Value, out: &mut BTreeSet<ObjectKey>) {
+    for listener in items(body.pointer("/spec/listeners")) {
+        for r in items(listener.pointer("/tls/certificateRefs")) {
+            out.extend(secret_ref(namespace, r, true));
+        }
+    }
+    if let Some(r) = body.pointer("/spec/tls/backend/clientCertificateRef") {
+        out.extend(secret_ref(namespace, r, true));
+    }
+    let frontend = body.pointer("/spec/tls/frontend");
+    let validations = frontend
+        .and_then(|f| f.pointer("/default/validation"))
+        .into_iter()
+        .chain(
+            items(frontend.and_then(|f| f.get("perPort")))
+                .filter_map(|p| p.pointer("/tls/validation")),
+        );
+    for validation in validations {
+        for r in items(validation.get("caCertificateRefs")) {
+            // An ObjectReference: the kind is required, Secret is one of several.
+            out.extend(secret_ref(namespace, r, false));
+        }
+    }
+}
+
+fn items(value: Option<&Value>) -> impl Iterator<Item = &Value> {
+    value.and_then(Value::as_array).into_iter().flatten()
+}
+
+/// A Gateway API reference to a core Secret (group "" and kind Secret; `kind_defaults_to_secret`
+/// for SecretObjectReference, whose kind may be omitted). The namespace defaults to the
+/// referrer's.
+fn secret_ref(namespace: &str, r: &Value, kind_defaults_to_secret: bool) -> Option<ObjectKey> {
+    let field = |name: &str| r.get(name).and_then(Value::as_str);
+    let group_is_core = field("group").is_none_or(str::is_empty);
+    let kind_is_secret = match field("kind") {
+        Some(kind) => kind == "Secret",
+        None => kind_defaults_to_secret,
+    };
+    let name = field("name").filter(|n| !n.is_empty())?;
+    (group_is_core && kind_is_secret).then(|| {
+        let ns = field("namespace")
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        ObjectKey::new(Kind::Secret, ns, name)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +250,90 @@ mod tests {
             panic!("opaque expected")
         };
         assert_eq!(o.data.get("pass").map(Vec::as_slice), Some(&b"b"[..]));
+    }
+
+    fn parse(yaml: &str) -> Object {
+        let (mut objects, diags) =
+            crate::provider::file::parse_manifests(std::path::Path::new("t.yaml"), yaml);
+        assert!(diags.is_empty(), "{diags:?}");
+        objects.remove(0)
+    }
+
+    fn names(refs: BTreeSet<ObjectKey>) -> Vec<String> {
+        refs.into_iter()
+            .map(|k| format!("{}/{}", k.namespace, k.name))
+            .collect()
+    }
+
+    #[test]
+    fn goma_references() {
+        let gw = parse(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {name: gw, namespace: edge}\nspec:\n  server: {tls: [{secretName: a}, {secretName: b}]}\n",
+        );
+        assert_eq!(names(referenced_secrets(&gw)), ["edge/a", "edge/b"]);
+        let route = parse(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Route\nmetadata: {name: r}\nspec:\n  gateways: [gw]\n  path: /\n  target: https://b\n  tls: {secretName: cert}\n  security: {tls: {rootCAsSecret: ca, clientCertSecret: other/c}}\n",
+        );
+        // `other/c` is not a name in the route's namespace: the translator rejects it.
+        assert_eq!(
+            names(referenced_secrets(&route)),
+            ["default/ca", "default/cert"]
+        );
+    }
+
+    #[test]
+    fn gateway_api_references() {
+        let gw = parse(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    tls:
+      certificateRefs:
+      - {name: site}
+      - {kind: Secret, group: '', name: shared, namespace: certs}
+      - {kind: ConfigMap, name: not-a-secret}
+      - {group: example.com, kind: Secret, name: not-core}
+  - {name: http, port: 80, protocol: HTTP}
+  tls:
+    backend: {clientCertificateRef: {name: client}}
+    frontend:
+      default: {validation: {caCertificateRefs: [{kind: Secret, group: '', name: ca}, {kind: ConfigMap, group: '', name: ca-cm}]}}
+      perPort:
+      - port: 8443
+        tls: {validation: {caCertificateRefs: [{kind: Secret, group: '', name: ca2, namespace: certs}]}}
+",
+        );
+        assert_eq!(
+            names(referenced_secrets(&gw)),
+            [
+                "certs/ca2",
+                "certs/shared",
+                "infra/ca",
+                "infra/client",
+                "infra/site"
+            ]
+        );
+        let policy = parse(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: p, namespace: apps}
+spec:
+  targetRefs: [{group: '', kind: Service, name: api}]
+  validation:
+    hostname: api.test
+    caCertificateRefs: [{group: '', kind: Secret, name: ca}, {group: '', kind: ConfigMap, name: cm}]
+",
+        );
+        assert_eq!(names(referenced_secrets(&policy)), ["apps/ca"]);
+        let http_route = parse(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {}\n",
+        );
+        assert!(referenced_secrets(&http_route).is_empty());
     }
 }
