@@ -61,7 +61,10 @@ fn parse_path(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (prefix, rest) = match segs.first()? {
         &"api" => (format!("/api/{}", segs.get(1)?), &segs[2..]),
-        &"apis" => (format!("/apis/{}/{}", segs.get(1)?, segs.get(2)?), &segs[3..]),
+        &"apis" => (
+            format!("/apis/{}/{}", segs.get(1)?, segs.get(2)?),
+            &segs[3..],
+        ),
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -115,11 +118,13 @@ fn matches_selector(object: &Value, selector: Option<&str>) -> bool {
     let Some(selector) = selector else {
         return true;
     };
-    decode(selector).split(',').all(|term| match term.split_once('=') {
-        Some(("type", want)) => object["type"].as_str().unwrap_or("Opaque") == want,
-        Some(("metadata.name", want)) => object["metadata"]["name"] == want,
-        _ => true,
-    })
+    decode(selector)
+        .split(',')
+        .all(|term| match term.split_once('=') {
+            Some(("type", want)) => object["type"].as_str().unwrap_or("Opaque") == want,
+            Some(("metadata.name", want)) => object["metadata"]["name"] == want,
+            _ => true,
+        })
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
@@ -207,7 +212,8 @@ impl FakeApiServer {
         if let Some(object) = st.objects.remove(&key) {
             st.revision += 1;
             let rv = st.revision;
-            st.history.push((rv, key.clone(), "DELETED", object.clone()));
+            st.history
+                .push((rv, key.clone(), "DELETED", object.clone()));
             let _ = self.events.send((rv, key, "DELETED", object));
         }
     }
@@ -281,22 +287,42 @@ impl FakeApiServer {
             return status_error(StatusCode::NOT_FOUND, "NotFound", "no such path");
         };
         match (&method, &t.name) {
-            (&Method::GET, None) if query_param(&query, "watch").is_some_and(|w| w == "true" || w == "1") => {
+            (&Method::GET, None)
+                if query_param(&query, "watch").is_some_and(|w| w == "true" || w == "1") =>
+            {
                 self.watch(&t, &query)
             }
             (&Method::GET, None) => self.list(&t, &query),
             (&Method::GET, Some(name)) => {
-                match self.get(&t.prefix, &t.plural, t.namespace.as_deref().unwrap_or(""), name) {
+                match self.get(
+                    &t.prefix,
+                    &t.plural,
+                    t.namespace.as_deref().unwrap_or(""),
+                    name,
+                ) {
                     Some(o) => json_response(StatusCode::OK, &o),
-                    None => status_error(StatusCode::NOT_FOUND, "NotFound", &format!("{} {name} not found", t.plural)),
+                    None => status_error(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{} {name} not found", t.plural),
+                    ),
                 }
             }
             (&Method::POST, None) => {
                 let mut st = self.state.lock().unwrap();
                 let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
-                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                let key = (
+                    t.prefix.clone(),
+                    t.plural.clone(),
+                    t.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
                 if st.objects.contains_key(&key) {
-                    return status_error(StatusCode::CONFLICT, "AlreadyExists", &format!("{name} already exists"));
+                    return status_error(
+                        StatusCode::CONFLICT,
+                        "AlreadyExists",
+                        &format!("{name} already exists"),
+                    );
                 }
                 let mut object = body;
                 object["metadata"]["generation"] = json!(1);
@@ -305,13 +331,24 @@ impl FakeApiServer {
             }
             (&Method::PUT, Some(name)) => {
                 let mut st = self.state.lock().unwrap();
-                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                let key = (
+                    t.prefix.clone(),
+                    t.plural.clone(),
+                    t.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
                 let Some(old) = st.objects.get(&key).cloned() else {
                     return status_error(StatusCode::NOT_FOUND, "NotFound", "not found");
                 };
                 let sent_rv = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
-                if !sent_rv.is_empty() && sent_rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("") {
-                    return status_error(StatusCode::CONFLICT, "Conflict", "the object has been modified; please apply your changes to the latest version and try again");
+                if !sent_rv.is_empty()
+                    && sent_rv != old["metadata"]["resourceVersion"].as_str().unwrap_or("")
+                {
+                    return status_error(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    );
                 }
                 let mut object = body;
                 object["metadata"]["generation"] = old["metadata"]["generation"].clone();
@@ -321,10 +358,17 @@ impl FakeApiServer {
             }
             (&Method::PATCH, Some(name)) => {
                 let mut st = self.state.lock().unwrap();
-                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                let key = (
+                    t.prefix.clone(),
+                    t.plural.clone(),
+                    t.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
                 let existing = st.objects.get(&key).cloned();
                 let object = match (existing, t.status) {
-                    (None, true) => return status_error(StatusCode::NOT_FOUND, "NotFound", "not found"),
+                    (None, true) => {
+                        return status_error(StatusCode::NOT_FOUND, "NotFound", "not found");
+                    }
                     (Some(mut o), true) => {
                         o["status"] = body["status"].clone();
                         o
@@ -350,7 +394,12 @@ impl FakeApiServer {
             }
             (&Method::DELETE, Some(name)) => {
                 let mut st = self.state.lock().unwrap();
-                let key = (t.prefix.clone(), t.plural.clone(), t.namespace.clone().unwrap_or_default(), name.clone());
+                let key = (
+                    t.prefix.clone(),
+                    t.plural.clone(),
+                    t.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
                 match st.objects.remove(&key) {
                     Some(o) => {
                         st.revision += 1;
@@ -362,14 +411,16 @@ impl FakeApiServer {
                     None => status_error(StatusCode::NOT_FOUND, "NotFound", "not found"),
                 }
             }
-            _ => status_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the fake"),
+            _ => status_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not supported by the fake",
+            ),
         }
     }
 
     fn in_collection(t: &Target, key: &Key) -> bool {
-        key.0 == t.prefix
-            && key.1 == t.plural
-            && t.namespace.as_ref().is_none_or(|ns| *ns == key.2)
+        key.0 == t.prefix && key.1 == t.plural && t.namespace.as_ref().is_none_or(|ns| *ns == key.2)
     }
 
     fn list(&self, t: &Target, query: &str) -> Response<Body> {
@@ -423,7 +474,9 @@ impl FakeApiServer {
             };
             let mut last = since;
             for (rv, key, kind, object) in backlog {
-                if Self::in_collection(&target, &key) && matches_selector(&object, selector.as_deref()) {
+                if Self::in_collection(&target, &key)
+                    && matches_selector(&object, selector.as_deref())
+                {
                     if tx.send(line(kind, &object)).await.is_err() {
                         return;
                     }
@@ -458,7 +511,10 @@ impl FakeApiServer {
 }
 
 fn cluster_scoped(kind: &str) -> bool {
-    matches!(kind, "Namespace" | "GatewayClass" | "CustomResourceDefinition")
+    matches!(
+        kind,
+        "Namespace" | "GatewayClass" | "CustomResourceDefinition"
+    )
 }
 
 fn plural_of(kind: &str) -> String {
