@@ -59,9 +59,9 @@ struct Target {
 
 fn parse_path(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (prefix, rest) = match segs.first()? {
-        &"api" => (format!("/api/{}", segs.get(1)?), &segs[2..]),
-        &"apis" => (
+    let (prefix, rest) = match *segs.first()? {
+        "api" => (format!("/api/{}", segs.get(1)?), &segs[2..]),
+        "apis" => (
             format!("/apis/{}/{}", segs.get(1)?, segs.get(2)?),
             &segs[3..],
         ),
@@ -476,10 +476,9 @@ impl FakeApiServer {
             for (rv, key, kind, object) in backlog {
                 if Self::in_collection(&target, &key)
                     && matches_selector(&object, selector.as_deref())
+                    && tx.send(line(kind, &object)).await.is_err()
                 {
-                    if tx.send(line(kind, &object)).await.is_err() {
-                        return;
-                    }
+                    return;
                 }
                 last = rv;
             }
