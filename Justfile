@@ -33,6 +33,10 @@ bench-propagation:
 bench-proxy:
     bash integration-tests/proxy-bench.sh
 
+# Regenerate the Goma CRDs under crds/ from the Rust types (a test fails while they are stale).
+crds:
+    cargo run -- crds --dir crds
+
 # Check manifests without serving them.
 validate dir="examples":
     cargo run --release -- validate {{dir}}

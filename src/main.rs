@@ -54,6 +54,12 @@ enum Command {
         /// Directory of manifests (searched recursively).
         dir: PathBuf,
     },
+    /// Prints the Goma CRDs (Gateway, Route, Middleware) as one multi-document YAML stream.
+    Crds {
+        /// Write one file per CRD and a kustomization.yaml into this directory instead.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// A JSON echo backend (for demos and tests).
     Echo {
         #[arg(long, default_value = "127.0.0.1:9101")]
@@ -217,6 +223,7 @@ fn main() -> anyhow::Result<()> {
             Command::ControlPlane(args) => control_plane(args).await,
             Command::DataPlane(args) => data_plane(args).await,
             Command::Validate { dir } => validate(dir),
+            Command::Crds { dir } => crds(dir),
             Command::Echo {
                 listen,
                 name,
@@ -415,6 +422,21 @@ fn demo_backend_addresses(objects: &[Object]) -> BTreeSet<SocketAddr> {
         }
     }
     out
+}
+
+fn crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use sluice_control_plane::model::goma::crd;
+    let Some(dir) = dir else {
+        print!("{}", crd::yaml_stream()?);
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, content) in crd::files()? {
+        let path = dir.join(name);
+        std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn validate(dir: PathBuf) -> anyhow::Result<()> {
