@@ -155,6 +155,11 @@ async fn validate_reports_problems_with_file_object_and_field() {
         "bad.yaml",
         "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Route\nmetadata:\n  name: broken\nspec:\n  gateways: [gw]\n  path: /x\n  tagret: http://127.0.0.1:1\n",
     );
+    // A middleware whose rule its type cannot use is an error, not a middleware skipped.
+    dir.write(
+        "auth.yaml",
+        "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Middleware\nmetadata:\n  name: jwt\nspec:\n  type: jwtAuth\n  paths: [/]\n  rule:\n    issuer: https://idp\n",
+    );
     let out = std::process::Command::new(BIN)
         .args(["validate", dir.path().to_str().unwrap()])
         .output()
@@ -163,6 +168,10 @@ async fn validate_reports_problems_with_file_object_and_field() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("bad.yaml") && text.contains("tagret"),
+        "{text}"
+    );
+    assert!(
+        text.contains("auth.yaml: Middleware default/jwt: spec.rule.secret: required for type jwt"),
         "{text}"
     );
 

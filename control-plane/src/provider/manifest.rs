@@ -127,7 +127,10 @@ fn typed_object(key: &ObjectKey, mut doc: Value) -> Result<Object, String> {
         Kind::GomaGateway => Object::GomaGateway(Arc::new(from_value::<goma::Gateway>(doc)?)),
         Kind::GomaRoute => Object::GomaRoute(Arc::new(from_value::<goma::Route>(doc)?)),
         Kind::GomaMiddleware => {
-            Object::GomaMiddleware(Arc::new(from_value::<goma::Middleware>(doc)?))
+            let middleware = from_value::<goma::Middleware>(doc)?;
+            // A rule its type cannot use is an error here, not a middleware silently skipped.
+            middleware.spec.typed_rule().map_err(|e| e.to_string())?;
+            Object::GomaMiddleware(Arc::new(middleware))
         }
         _ => {
             let labels = match doc.pointer("/metadata/labels") {
