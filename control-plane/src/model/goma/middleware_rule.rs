@@ -1754,6 +1754,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "spec.rule.cors.origin", "{err}");
+        let err = typed_rule(
+            MiddlewareType::Basic,
+            &json!({"users": [{"username": "a", "pass": "b"}]}),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.rule.users[0].pass", "{err}");
         // A key of another type is unknown to this one.
         let err = typed_rule(
             MiddlewareType::Basic,
