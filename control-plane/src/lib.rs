@@ -3,6 +3,7 @@
 pub mod controller;
 pub mod leader;
 pub mod model;
+pub mod operator;
 pub mod provider;
 pub mod resource;
 pub mod run;

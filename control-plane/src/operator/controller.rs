@@ -1,0 +1,180 @@
+//! The kube-runtime controller: reconciles every Goma Gateway when it changes and when one of its
+//! children (Deployment, Service, ConfigMap, HPA, ServiceAccount) is edited or deleted, so drift
+//! is corrected. Failed API calls are retried with exponential backoff; an invalid spec waits for
+//! the next change of the Gateway.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use kube::Client;
+use kube::api::Api;
+use kube::core::DynamicObject;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+
+use super::gateway::gateway_api_resource;
+use super::metadata::managed_selector;
+use super::{
+    GatewayObject, GatewayReports, OperatorError, OperatorSettings, Report, apply, desired_objects,
+};
+use crate::model::{Kind, ObjectKey};
+
+/// A periodic re-apply on top of the watches, in case an event was missed.
+const RESYNC: Duration = Duration::from_secs(600);
+/// Coalesces the burst of child events one apply causes into one reconcile.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Runs the operator until `shutdown` resolves (reconciles in flight finish first). Call it on
+/// the leader only. `reports` receives each Gateway's last outcome, for its status.
+pub async fn run(
+    client: Client,
+    settings: OperatorSettings,
+    reports: GatewayReports,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let resource = gateway_api_resource();
+    let gateways: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let children = || watcher::Config::default().labels(&managed_selector());
+    let controller = Controller::new_with(gateways, watcher::Config::default(), resource)
+        .with_config(controller::Config::default().debounce(DEBOUNCE))
+        .owns(Api::<Deployment>::all(client.clone()), children())
+        .owns(Api::<Service>::all(client.clone()), children())
+        .owns(Api::<ConfigMap>::all(client.clone()), children())
+        .owns(Api::<ServiceAccount>::all(client.clone()), children())
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            children(),
+        )
+        .graceful_shutdown_on(shutdown);
+    let context = Arc::new(Context {
+        store: controller.store(),
+        client,
+        settings,
+        reports,
+        failures: Mutex::default(),
+    });
+    tracing::info!("operator started: reconciling Goma Gateways");
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(gateway = %object, "reconciled"),
+                // Logged by error_policy with the gateway's name.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => tracing::warn!(error = %e, "operator watch"),
+            }
+        })
+        .await;
+    tracing::info!("operator stopped");
+}
+
+struct Context {
+    client: Client,
+    settings: OperatorSettings,
+    reports: GatewayReports,
+    store: Store<DynamicObject>,
+    /// Consecutive failed reconciles per Gateway, for the backoff.
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+}
+
+impl Context {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Parses the Gateway, computes its objects and applies them; `Ok` carries the warnings.
+pub async fn reconcile_gateway(
+    client: &Client,
+    settings: &OperatorSettings,
+    object: &DynamicObject,
+) -> Result<Vec<String>, OperatorError> {
+    let gw = GatewayObject::from_dynamic(object)?;
+    let desired = desired_objects(&gw, settings)?;
+    apply(client, &gw, &desired, settings).await?;
+    Ok(desired.warnings)
+}
+
+fn key_of(object: &DynamicObject) -> ObjectKey {
+    ObjectKey::new(
+        Kind::GomaGateway,
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    // Being deleted: the garbage collector removes the children through their owner references.
+    if object.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let key = key_of(&object);
+    let outcome = reconcile_gateway(&ctx.client, &ctx.settings, &object).await;
+    ctx.reports.record(
+        key.clone(),
+        Report {
+            generation: object.metadata.generation,
+            outcome: match &outcome {
+                Ok(warnings) => Ok(warnings.clone()),
+                Err(e) => Err(e.to_string()),
+            },
+        },
+    );
+    let existing: BTreeSet<ObjectKey> = ctx.store.state().iter().map(|o| key_of(o)).collect();
+    ctx.reports.retain(|k| existing.contains(k));
+    let warnings = outcome?;
+    ctx.failures().remove(&key);
+    for warning in &warnings {
+        tracing::warn!(gateway = %key, "{warning}");
+    }
+    tracing::info!(gateway = %key, generation = ?object.metadata.generation, "gateway workload applied");
+    Ok(Action::requeue(RESYNC))
+}
+
+fn error_policy(object: Arc<DynamicObject>, error: &OperatorError, ctx: Arc<Context>) -> Action {
+    let key = key_of(&object);
+    if !error.is_transient() {
+        tracing::warn!(gateway = %key, error = %error, "gateway not applied: fix its spec");
+        ctx.failures().remove(&key);
+        return Action::await_change();
+    }
+    let attempt = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(attempt);
+    tracing::warn!(gateway = %key, error = %error, attempt, retry_in = ?delay, "gateway reconcile failed");
+    Action::requeue(delay)
+}
+
+/// 1 s, 2 s, 4 s ... capped at 5 min.
+fn backoff(attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    BACKOFF_FIRST.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+}

@@ -1,0 +1,34 @@
+//! The operator: a Goma `Gateway` becomes the workload that serves it — a ServiceAccount, a
+//! bootstrap ConfigMap, a Deployment of `sluice data-plane` pods, a Service and, when
+//! `spec.autoScaling.enabled`, a HorizontalPodAutoscaler.
+//!
+//! The desired objects are computed by pure functions ([`desired_objects`]); [`apply`] sends them
+//! with server-side apply under one field manager; [`run`] is the kube-runtime controller that
+//! re-applies them whenever the Gateway or one of its children changes (drift correction).
+//! Every child carries a controller owner reference to its Gateway, so deleting the Gateway
+//! lets the garbage collector delete the children.
+
+pub mod apply;
+pub mod autoscaler;
+pub mod bootstrap;
+pub mod controller;
+pub mod deployment;
+pub mod desired;
+pub mod error;
+pub mod gateway;
+pub mod metadata;
+pub mod ports;
+pub mod reports;
+pub mod service;
+pub mod service_account;
+pub mod settings;
+pub mod workload_status;
+
+pub use apply::apply;
+pub use controller::run;
+pub use desired::{DesiredObjects, desired_objects};
+pub use error::OperatorError;
+pub use gateway::GatewayObject;
+pub use reports::{GatewayReports, Report};
+pub use settings::OperatorSettings;
+pub use workload_status::{WorkloadStatus, workload_status};
