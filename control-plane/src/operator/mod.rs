@@ -24,6 +24,9 @@ pub mod service_account;
 pub mod settings;
 pub mod workload_status;
 
+#[cfg(test)]
+mod api_tests;
+
 pub use apply::apply;
 pub use controller::run;
 pub use desired::{DesiredObjects, desired_objects};
