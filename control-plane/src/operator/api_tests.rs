@@ -371,11 +371,11 @@ async fn an_invalid_spec_sends_nothing() {
     assert_eq!(calls, vec![]);
 
     let (result, calls) = reconcile(json!({"replicas": "two"}), vec![]).await;
-    assert!(
-        result
-            .expect_err("unparsable")
-            .to_string()
-            .starts_with("Gateway edge/gw: spec: invalid type")
+    let err = result.expect_err("unparsable");
+    assert!(!err.is_transient());
+    assert_eq!(
+        err.to_string(),
+        "Gateway edge/gw: spec.replicas: invalid type: string \"two\", expected i32"
     );
     assert_eq!(calls, vec![]);
 }
@@ -578,6 +578,60 @@ async fn the_controller_applies_gateways_and_reapplies_a_deleted_child() {
     );
     eventually("the re-apply", || count(&api, "PATCH", DEPLOY) == 2).await;
 
+    let _ = stop.send(());
+    tokio::time::timeout(std::time::Duration::from_secs(10), operator)
+        .await
+        .expect("the operator stops on shutdown")
+        .expect("operator task");
+}
+
+#[tokio::test]
+async fn a_namespaced_operator_lists_and_watches_its_namespace_only() {
+    let gateways = json!({
+        "apiVersion": "gateway.jkaninda.dev/v1alpha1", "kind": "GatewayList",
+        "metadata": {"resourceVersion": "10"},
+        "items": [gateway(json!({}))]
+    });
+    let (client, api) = mock_cluster(vec![
+        (
+            "/apis/gateway.jkaninda.dev/v1alpha1/namespaces/edge/gateways",
+            gateways,
+        ),
+        ("/apis/apps/v1/namespaces/edge/deployments", metadata_list()),
+        ("/api/v1/namespaces/edge/services", metadata_list()),
+        ("/api/v1/namespaces/edge/configmaps", metadata_list()),
+        ("/api/v1/namespaces/edge/serviceaccounts", metadata_list()),
+        (
+            "/apis/autoscaling/v2/namespaces/edge/horizontalpodautoscalers",
+            metadata_list(),
+        ),
+    ]);
+    let settings = OperatorSettings {
+        namespace: Some("edge".into()),
+        ..settings()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(super::run(
+        client,
+        settings,
+        super::GatewayReports::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    eventually("the apply", || count(&api, "PATCH", DEPLOY) == 1).await;
+    eventually("six watches", || {
+        api.lock().expect("mock state").held_watches.len() == 6
+    })
+    .await;
+    let calls = api.lock().expect("mock state").calls.clone();
+    for call in calls.iter().filter(|c| c.method == "GET") {
+        assert!(
+            call.uri.contains("/namespaces/edge/"),
+            "outside the namespace: {}",
+            call.uri
+        );
+    }
     let _ = stop.send(());
     tokio::time::timeout(std::time::Duration::from_secs(10), operator)
         .await

@@ -42,16 +42,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let resource = gateway_api_resource();
-    let gateways: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let gateways: Api<DynamicObject> = match &settings.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
     let children = || watcher::Config::default().labels(&managed_selector());
     let controller = Controller::new_with(gateways, watcher::Config::default(), resource)
         .with_config(controller::Config::default().debounce(DEBOUNCE))
-        .owns(Api::<Deployment>::all(client.clone()), children())
-        .owns(Api::<Service>::all(client.clone()), children())
-        .owns(Api::<ConfigMap>::all(client.clone()), children())
-        .owns(Api::<ServiceAccount>::all(client.clone()), children())
+        .owns(child_api::<Deployment>(&client, &settings), children())
+        .owns(child_api::<Service>(&client, &settings), children())
+        .owns(child_api::<ConfigMap>(&client, &settings), children())
+        .owns(child_api::<ServiceAccount>(&client, &settings), children())
         .owns(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            child_api::<HorizontalPodAutoscaler>(&client, &settings),
             children(),
         )
         .graceful_shutdown_on(shutdown);
@@ -75,6 +78,17 @@ pub async fn run(
         })
         .await;
     tracing::info!("operator stopped");
+}
+
+/// Children live in their Gateway's namespace: watch that one, or all.
+fn child_api<K>(client: &Client, settings: &OperatorSettings) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
 }
 
 struct Context {

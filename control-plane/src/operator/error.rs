@@ -1,9 +1,14 @@
 //! Why a reconcile failed.
 
+use crate::provider::ParseError;
 use crate::translate::TranslateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
+    /// The Gateway does not parse (`Gateway edge/gw: spec.replicas: invalid type ...`); nothing
+    /// was applied. Waits for the next change of the Gateway.
+    #[error(transparent)]
+    UnparsableGateway(#[from] ParseError),
     /// The Gateway's spec cannot be turned into a workload; nothing was applied. Retrying cannot
     /// help: the next change of the Gateway triggers the next attempt.
     #[error(transparent)]

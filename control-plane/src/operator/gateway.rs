@@ -2,11 +2,11 @@
 //! spec, read from the API server's untyped object.
 
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::model::goma::{self, GatewaySpec};
-use crate::model::{Kind, ObjectKey, ObjectMeta};
-use crate::translate::{Errors, TranslateError};
+use crate::model::{Kind, Object, ObjectKey, ObjectMeta};
+use crate::provider::{ParseError, parse_object};
 
 /// `gateway.jkaninda.dev/v1alpha1` `Gateway`, plural `gateways`.
 pub fn gateway_api_resource() -> ApiResource {
@@ -32,37 +32,49 @@ impl GatewayObject {
         ObjectKey::new(Kind::GomaGateway, &self.namespace, &self.name)
     }
 
-    /// Reads a Gateway as the API server sends it. A spec that does not parse is an error naming
-    /// the Gateway and the field: nothing of it is applied.
-    pub fn from_dynamic(object: &DynamicObject) -> Result<Self, TranslateError> {
-        let meta = &object.metadata;
-        let name = meta.name.clone().unwrap_or_default();
-        let namespace = meta.namespace.clone().unwrap_or_default();
-        let mut errors = Errors::default();
-        if name.is_empty() {
-            errors.push("metadata.name", "required");
-        }
-        if namespace.is_empty() {
-            errors.push("metadata.namespace", "required (Gateway is namespaced)");
-        }
-        let uid = meta.uid.clone().unwrap_or_default();
-        if uid.is_empty() {
-            errors.push("metadata.uid", "required (set by the API server)");
-        }
-        let spec = match object.data.get("spec") {
-            None | Some(serde_json::Value::Null) => GatewaySpec::default(),
-            Some(spec) => GatewaySpec::deserialize(spec).unwrap_or_else(|e| {
-                errors.push("spec", e.to_string());
-                GatewaySpec::default()
-            }),
+    /// Reads a Gateway as the API server sends it, through the parse path every provider uses
+    /// (so errors name the field the same way: `Gateway edge/gw: spec.replicas: ...`). A spec
+    /// that does not parse is an error: nothing of it is applied.
+    pub fn from_dynamic(object: &DynamicObject) -> Result<Self, ParseError> {
+        let resource = gateway_api_resource();
+        let mut metadata = object.metadata.clone();
+        metadata.managed_fields = None;
+        let mut manifest = match &object.data {
+            Value::Object(map) => map.clone(),
+            _ => Map::new(),
         };
-        errors.into_result(&ObjectKey::new(Kind::GomaGateway, &namespace, &name).to_string())?;
+        // List items may come without apiVersion and kind: they are the watched resource's.
+        manifest.insert("apiVersion".into(), Value::String(resource.api_version));
+        manifest.insert("kind".into(), Value::String(resource.kind));
+        manifest.insert(
+            "metadata".into(),
+            serde_json::to_value(&metadata).unwrap_or(Value::Null),
+        );
+        let Object::GomaGateway(gateway) = parse_object(Value::Object(manifest))? else {
+            return Err(ParseError {
+                key: None,
+                message: "not a Goma Gateway".to_owned(),
+                ambiguous: false,
+            });
+        };
+        let meta = &gateway.metadata;
+        let Some(uid) = object.metadata.uid.clone().filter(|u| !u.is_empty()) else {
+            return Err(ParseError {
+                key: Some(ObjectKey::new(
+                    Kind::GomaGateway,
+                    &meta.namespace,
+                    &meta.name,
+                )),
+                message: "metadata.uid: required (set by the API server)".to_owned(),
+                ambiguous: false,
+            });
+        };
         Ok(Self {
-            name,
-            namespace,
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
             uid,
             generation: meta.generation,
-            spec,
+            spec: gateway.spec.clone(),
         })
     }
 
@@ -120,9 +132,10 @@ mod tests {
             "spec": {"replicas": "two"}
         })))
         .expect_err("invalid");
-        let text = err.to_string();
-        assert!(text.starts_with("Gateway edge/gw: spec: "), "{text}");
-        assert!(text.contains("invalid type"), "{text}");
+        assert_eq!(
+            err.to_string(),
+            "Gateway edge/gw: spec.replicas: invalid type: string \"two\", expected i32"
+        );
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct OperatorSettings {
     pub drain_seconds: u32,
     /// `SLUICE_LOG_FORMAT` of the data-plane pods (`json` or `text`).
     pub log_format: String,
+    /// Reconcile the Gateways of this namespace only (the control plane's `--namespace`);
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
 }
 
 impl Default for OperatorSettings {
@@ -35,6 +38,7 @@ impl Default for OperatorSettings {
             field_manager: DEFAULT_FIELD_MANAGER.to_owned(),
             drain_seconds: 10,
             log_format: "json".to_owned(),
+            namespace: None,
         }
     }
 }
