@@ -73,6 +73,10 @@ pub async fn run(
                 Ok((object, _)) => tracing::debug!(gateway = %object, "reconciled"),
                 // Logged by error_policy with the gateway's name.
                 Err(controller::Error::ReconcilerFailed(..)) => {}
+                // A child event after its Gateway went (the garbage collector at work).
+                Err(controller::Error::ObjectNotFound(object)) => {
+                    tracing::debug!(gateway = %object, "gone; nothing to reconcile")
+                }
                 Err(e) => tracing::warn!(error = %e, "operator watch"),
             }
         })
