@@ -4,6 +4,7 @@
 use crate::model::{Kind, Object, ObjectKey};
 use crate::provider::ProviderEvent;
 use crate::resource::{Encoded, type_index};
+use crate::status::{Record, ResourceRef, StatusBoard, Verdict};
 use crate::translate::goma::{translate_gateway, translate_route};
 use crate::translate::secret::translate_secret;
 use crate::views::{ViewChanges, Views};
@@ -41,6 +42,8 @@ pub struct Controller {
     secret_refs: HashMap<String, HashMap<String, usize>>,
     /// Secrets referenced by each gateway's own listeners.
     listener_secrets: HashMap<String, BTreeSet<String>>,
+    /// Translation verdicts, for status.
+    board: Arc<StatusBoard>,
     synced: bool,
 }
 
@@ -48,8 +51,26 @@ fn gateway_id(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
 
+fn refs(resources: &[Arc<Encoded>]) -> Vec<ResourceRef> {
+    resources.iter().map(|r| ResourceRef::of(r)).collect()
+}
+
+/// The invalid fields of a translation error, without the object (status is on the object).
+fn field_errors(e: &crate::translate::TranslateError) -> String {
+    e.errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Controller {
     pub fn new(views: Arc<Views>) -> Self {
+        Self::with_board(views, Arc::default())
+    }
+
+    /// A controller that records its verdicts on `board` (for the status writer).
+    pub fn with_board(views: Arc<Views>, board: Arc<StatusBoard>) -> Self {
         Self {
             views,
             objects: BTreeMap::new(),
@@ -59,6 +80,7 @@ impl Controller {
             secrets: HashMap::new(),
             secret_refs: HashMap::new(),
             listener_secrets: HashMap::new(),
+            board,
             synced: false,
         }
     }
@@ -113,6 +135,17 @@ impl Controller {
         for key in dirty.iter().filter(|k| k.kind == Kind::GomaRoute) {
             self.route_changed(key);
         }
+        // Middlewares are not translated yet (routes naming them fail closed); status still
+        // needs to know which exist.
+        for key in dirty.iter().filter(|k| k.kind == Kind::GomaMiddleware) {
+            match self.objects.get(key) {
+                Some(Object::GomaMiddleware(m)) => self.board.record(
+                    key.clone(),
+                    Record::new(m.metadata.generation, Verdict::Served(Vec::new())),
+                ),
+                _ => self.board.remove(key),
+            }
+        }
         if self.synced && !self.views.is_ready() {
             tracing::info!(
                 gateways = self.gateways.len(),
@@ -126,6 +159,7 @@ impl Controller {
     fn gateway_changed(&mut self, key: &ObjectKey) {
         let id = gateway_id(&key.namespace, &key.name);
         let Some(Object::GomaGateway(gw)) = self.objects.get(key) else {
+            self.board.remove(key);
             // Deleted: its data planes lose everything.
             if self.gateways.remove(&id).is_some() {
                 let removals = self
@@ -172,9 +206,24 @@ impl Controller {
             }
             Err(e) => {
                 tracing::error!(object = %key, error = %e, kept_last_good = self.gateways.contains_key(&id), "invalid gateway");
+                let last_good = self.gateways.get(&id).map(|l| refs(l)).unwrap_or_default();
+                self.board.record(
+                    key.clone(),
+                    Record::new(
+                        gw.metadata.generation,
+                        Verdict::Invalid {
+                            message: field_errors(&e),
+                            last_good,
+                        },
+                    ),
+                );
                 return;
             }
         };
+        self.board.record(
+            key.clone(),
+            Record::new(gw.metadata.generation, Verdict::Served(refs(&listeners))),
+        );
         let mut changes = ViewChanges::default();
         let existed = match self.gateways.insert(id.clone(), listeners.clone()) {
             Some(old) => {
@@ -227,6 +276,12 @@ impl Controller {
                     .map(|g| gateway_id(&key.namespace, g))
                     .collect();
                 self.index_route(key, &named);
+                let record = |verdict| Record {
+                    generation: route.metadata.generation,
+                    verdict,
+                    gateways: named.iter().cloned().collect(),
+                    middlewares: route.spec.middlewares.clone(),
+                };
                 match translate_route(&route) {
                     Ok(Some(t)) => {
                         for w in &t.warnings {
@@ -251,24 +306,37 @@ impl Controller {
                                 .filter(|s| !s.is_empty())
                                 .cloned()
                                 .collect();
+                        self.board
+                            .record(key.clone(), record(Verdict::Served(refs(&resources))));
                         Contribution {
                             gateways: named,
                             resources,
                             secrets,
                         }
                     }
-                    Ok(None) => Contribution::default(),
+                    Ok(None) => {
+                        self.board.record(key.clone(), record(Verdict::Disabled));
+                        Contribution::default()
+                    }
                     Err(e) if e.fails_closed() => {
                         tracing::error!(object = %key, error = %e, "route withdrawn: it asks for protection this gateway cannot enforce");
+                        self.board
+                            .record(key.clone(), record(Verdict::Withdrawn(field_errors(&e))));
                         Contribution::default()
                     }
                     Err(e) => {
                         tracing::error!(object = %key, error = %e, kept_last_good = !old.resources.is_empty(), "invalid route");
+                        let verdict = Verdict::Invalid {
+                            message: field_errors(&e),
+                            last_good: refs(&old.resources),
+                        };
+                        self.board.record(key.clone(), record(verdict));
                         return;
                     }
                 }
             }
             _ => {
+                self.board.remove(key);
                 self.index_route(key, &BTreeSet::new());
                 Contribution::default()
             }

@@ -4,6 +4,7 @@ use super::stream::ClientLedger;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 #[derive(Clone, Debug)]
 pub struct ClientInfo {
@@ -15,21 +16,44 @@ pub struct ClientInfo {
     pub ledger: Arc<Mutex<ClientLedger>>,
 }
 
-#[derive(Default)]
 pub struct Clients {
     next: AtomicU64,
     streams: Mutex<BTreeMap<u64, ClientInfo>>,
+    /// Bumped when a client connects, leaves, ACKs or NACKs: status follows it.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients {
+            next: AtomicU64::new(0),
+            streams: Mutex::default(),
+            changed: watch::channel(0).0,
+        }
+    }
 }
 
 impl Clients {
     pub fn register(&self, info: ClientInfo) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, info);
+        self.touch();
         id
     }
 
     pub fn remove(&self, id: u64) {
         self.lock().remove(&id);
+        self.touch();
+    }
+
+    /// Records that some client's ledger changed.
+    pub fn touch(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes on every connect, disconnect, ACK and NACK.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     pub fn of_gateway(&self, gateway: &str) -> Vec<ClientInfo> {

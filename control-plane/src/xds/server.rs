@@ -96,7 +96,7 @@ impl AggregatedDiscoveryService for AdsService {
         let closing = self.closing.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = run_stream(&views, node, ledger, first, inbound, tx) => {}
+                _ = run_stream(&views, &clients, node, ledger, first, inbound, tx) => {}
                 _ = closed(closing) => {}
             }
             clients.remove(id);
@@ -107,6 +107,7 @@ impl AggregatedDiscoveryService for AdsService {
 
 async fn run_stream(
     views: &Views,
+    clients: &Clients,
     node: sluice_proto::discovery::Node,
     ledger: Arc<std::sync::Mutex<super::stream::ClientLedger>>,
     first: DeltaDiscoveryRequest,
@@ -121,7 +122,12 @@ async fn run_stream(
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take() {
-            match view.read(|v| state.on_request(req, v)) {
+            let settles = !req.response_nonce.is_empty();
+            let result = view.read(|v| state.on_request(req, v));
+            if settles {
+                clients.touch();
+            }
+            match result {
                 Ok(responses) => {
                     for r in responses {
                         if tx.send(Ok(r)).await.is_err() {

@@ -1,0 +1,11 @@
+//! Status written back to the Goma objects. Translation's verdicts are kept on a board
+//! (`board`), combined with what every data plane acknowledged by pure rules (`compute`), and
+//! written by the leader replica only, with server-side apply (`writer`).
+
+pub mod board;
+pub mod compute;
+pub mod workloads;
+pub mod writer;
+
+pub use board::{Record, ResourceRef, StatusBoard, Verdict};
+pub use writer::StatusWriter;
