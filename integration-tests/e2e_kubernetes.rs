@@ -1,6 +1,8 @@
 //! `sluice control-plane --kubernetes` end to end, through the real binary: objects applied to an
 //! API server reach a data plane that serves them, changes arrive by watch, invalid objects keep
-//! the last good version serving, the replica takes the leader Lease and releases it on SIGTERM.
+//! the last good version serving, status is written back (ready, synced once the data plane
+//! ACKed, the invalid field named), the operator applies the Gateway's workload, and the replica
+//! takes the leader Lease and releases it on SIGTERM.
 //! The API server is `support::apiserver` (no kube-apiserver can be installed on this machine);
 //! it speaks list/watch/apply as the real one does.
 
@@ -13,6 +15,15 @@ use support::*;
 
 const GOMA: &str = "gateway.jkaninda.dev/v1alpha1";
 const LEASE: &str = "/apis/coordination.k8s.io/v1";
+const GOMA_PATH: &str = "/apis/gateway.jkaninda.dev/v1alpha1";
+
+/// The condition of `type_` in an object's status.
+fn condition<'a>(object: &'a Value, type_: &str) -> &'a Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
 
 fn gateway(port: u16) -> Value {
     json!({
@@ -89,6 +100,56 @@ async fn objects_applied_to_the_api_server_are_served_and_followed() {
     })
     .await;
     assert!(lease["spec"]["leaseDurationSeconds"].as_i64().unwrap() > 0);
+
+    // The leader writes status: the route is ready, and synced once the data plane ACKed it.
+    let api_route = eventually_some("route status synced", || {
+        api.get(GOMA_PATH, "routes", "default", "api")
+            .filter(|r| r["status"]["synced"] == true)
+    })
+    .await;
+    assert_eq!(api_route["status"]["ready"], true);
+    assert_eq!(api_route["status"]["observedGeneration"], 1);
+    assert_eq!(condition(&api_route, "Valid")["status"], "True");
+    assert_eq!(condition(&api_route, "Programmed")["reason"], "Programmed");
+    let gw = eventually_some("gateway status", || {
+        api.get(GOMA_PATH, "gateways", "default", "gw")
+            .filter(|g| g["status"]["routes"] == 1)
+    })
+    .await;
+    assert_eq!(condition(&gw, "Programmed")["status"], "True");
+    // Status goes through the status subresource with server-side apply, by one field manager.
+    let status_writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == http::Method::PATCH && r.path.ends_with("/status"))
+        .collect();
+    assert!(!status_writes.is_empty());
+    assert!(
+        status_writes
+            .iter()
+            .all(|r| r.query.contains("fieldManager=sluice-status"))
+    );
+
+    // The operator turned the Gateway into its workload (server-side apply, owned by the Gateway).
+    let deployment = eventually_some("data-plane deployment", || {
+        api.get("/apis/apps/v1", "deployments", "default", "gw")
+    })
+    .await;
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "Gateway"
+    );
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["args"].to_string().contains("data-plane"),
+        "{container}"
+    );
+    for (prefix, plural, name) in [
+        ("/api/v1", "services", "gw"),
+        ("/api/v1", "configmaps", "gw-bootstrap"),
+    ] {
+        eventually_some(plural, || api.get(prefix, plural, "default", name)).await;
+    }
 
     // A change arrives by watch: the route moves to the other backend, a new one appears.
     api.apply(route("api", "/api", b_port));

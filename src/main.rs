@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_control_plane::leader::LeaseConfig;
 use sluice_control_plane::model::Object;
+use sluice_control_plane::operator::OperatorSettings;
 use sluice_control_plane::run::{
     Handles, KubernetesOptions, kubernetes_client, run_file_control_plane,
     run_kubernetes_control_plane,
@@ -97,6 +98,14 @@ struct ControlPlaneArgs {
     /// With --kubernetes: this replica's identity in the Lease (default: host name and pid).
     #[arg(long, env = "POD_NAME", requires = "kubernetes")]
     pod_name: Option<String>,
+    /// With --kubernetes: image of the data-plane pods the operator runs for a Gateway that
+    /// names none (default: this version's `sluice` image).
+    #[arg(long, env = "SLUICE_DATA_PLANE_IMAGE", requires = "kubernetes")]
+    data_plane_image: Option<String>,
+    /// With --kubernetes: the xDS address data-plane pods connect to (default: the Service
+    /// `deploy/` installs).
+    #[arg(long, env = "SLUICE_DATA_PLANE_XDS", requires = "kubernetes")]
+    data_plane_xds: Option<String>,
     /// xDS and inspection gRPC address.
     #[arg(long, default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
@@ -265,9 +274,17 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             .lease_namespace
             .unwrap_or_else(|| client.default_namespace().to_owned());
         let identity = args.pod_name.unwrap_or_else(default_node_id);
+        let defaults = OperatorSettings::default();
+        let operator = OperatorSettings {
+            data_plane_image: args.data_plane_image.unwrap_or(defaults.data_plane_image),
+            xds_address: args.data_plane_xds.unwrap_or(defaults.xds_address),
+            namespace: args.namespace.clone(),
+            ..defaults
+        };
         let options = KubernetesOptions {
             namespace: args.namespace,
             lease: LeaseConfig::new(lease_namespace, identity),
+            operator,
         };
         run_kubernetes_control_plane(
             client,

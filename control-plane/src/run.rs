@@ -2,9 +2,12 @@
 
 use crate::controller::Controller;
 use crate::leader::{self, LeaseConfig};
+use crate::operator::{GatewayReports, OperatorSettings};
 use crate::provider::ObjectErrors;
 use crate::provider::file::FileProvider;
 use crate::provider::kubernetes::KubernetesProvider;
+use crate::status::StatusBoard;
+use crate::status::writer::{Sources, StatusWriter};
 use crate::views::Views;
 use crate::xds::{self, Clients};
 use std::path::PathBuf;
@@ -33,6 +36,9 @@ pub struct Handles {
     /// Objects the provider rejected (the Kubernetes provider records them; the status writer
     /// reports them).
     pub errors: ObjectErrors,
+    /// Translation's verdict on every object (the controller records them; the status writer
+    /// reports them).
+    pub board: Arc<StatusBoard>,
 }
 
 /// Serves the manifests under `dir` on `listener` until `shutdown` resolves.
@@ -56,7 +62,8 @@ pub async fn run_file_control_plane(
             tracing::error!(error = %e, "file provider stopped");
         }
     });
-    let controller_task = tokio::spawn(Controller::new(handles.views.clone()).run(rx));
+    let controller_task =
+        tokio::spawn(Controller::with_board(handles.views.clone(), handles.board.clone()).run(rx));
     tracing::info!(dir = %dir.display(), "watching manifests");
     let result = xds::serve(listener, handles.views, handles.clients, shutdown).await;
     provider_task.abort();
@@ -79,6 +86,8 @@ pub struct KubernetesOptions {
     pub namespace: Option<String>,
     /// The leader Lease: its namespace and this replica's identity.
     pub lease: LeaseConfig,
+    /// How the leader's operator turns Gateways into workloads.
+    pub operator: OperatorSettings,
 }
 
 /// How long a stopping leader waits to release its Lease.
@@ -111,14 +120,21 @@ pub async fn run_kubernetes_control_plane(
         handles.errors.clone(),
     );
     let provider_task = tokio::spawn(provider.run(tx));
-    let controller_task = tokio::spawn(Controller::new(handles.views.clone()).run(rx));
+    let controller_task =
+        tokio::spawn(Controller::with_board(handles.views.clone(), handles.board.clone()).run(rx));
     tracing::info!(
         identity = %options.lease.identity,
         lease = %format!("{}/{}", options.lease.namespace, options.lease.name),
         "campaigning for leadership"
     );
     let (leading, elector) = leader::spawn(client.clone(), options.lease, stopped(stop_rx.clone()));
-    let duties = tokio::spawn(leader_duties(client, handles.clone(), leading));
+    let duties = tokio::spawn(leader_duties(
+        client,
+        handles.clone(),
+        options.namespace.clone(),
+        options.operator,
+        leading,
+    ));
 
     let result = xds::serve(listener, handles.views, handles.clients, stopped(stop_rx)).await;
     // Let the elector release the Lease so another replica takes over at once.
@@ -137,15 +153,44 @@ pub async fn run_kubernetes_control_plane(
 /// Work only the leader does. Tasks spawned into `duties` run while this replica leads and are
 /// stopped the moment it does not: THIS is where the operator and the status writer start (with
 /// `client`, `handles.views`, `handles.clients` and `handles.errors`).
-async fn leader_duties(client: kube::Client, handles: Handles, mut leading: watch::Receiver<bool>) {
-    // Nothing is started yet: the operator and the status writer are added here.
-    let _ = (&client, &handles);
+async fn leader_duties(
+    client: kube::Client,
+    handles: Handles,
+    namespace: Option<String>,
+    operator: OperatorSettings,
+    mut leading: watch::Receiver<bool>,
+) {
+    let reconciles = GatewayReports::default();
     loop {
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
         tracing::info!("leading: starting the leader-only duties");
         let mut duties: JoinSet<()> = JoinSet::new();
+        duties.spawn(crate::operator::run(
+            client.clone(),
+            operator.clone(),
+            reconciles.clone(),
+            std::future::pending(),
+        ));
+        let (workloads_tx, workloads) = watch::channel(Default::default());
+        duties.spawn(crate::status::workloads::run(
+            client.clone(),
+            namespace.clone(),
+            workloads_tx,
+        ));
+        // A fresh writer per term: it rewrites every status once, whatever the last leader wrote.
+        let writer = StatusWriter::new(
+            client.clone(),
+            Sources {
+                board: handles.board.clone(),
+                errors: handles.errors.clone(),
+                clients: handles.clients.clone(),
+                workloads,
+                reconciles: reconciles.clone(),
+            },
+        );
+        duties.spawn(writer.run());
         if leading.wait_for(|l| !*l).await.is_err() {
             return;
         }
@@ -181,6 +226,7 @@ mod tests {
         let options = KubernetesOptions {
             namespace: None,
             lease: LeaseConfig::new("sluice", "pod-a"),
+            operator: OperatorSettings::default(),
         };
         let run = tokio::spawn(run_kubernetes_control_plane(
             client,

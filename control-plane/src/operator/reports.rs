@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use tokio::sync::watch;
+
 use crate::model::ObjectKey;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,12 +16,33 @@ pub struct Report {
 }
 
 /// A cloneable handle on the latest [`Report`] per Gateway.
-#[derive(Clone, Debug, Default)]
-pub struct GatewayReports(Arc<Mutex<BTreeMap<ObjectKey, Report>>>);
+#[derive(Clone, Debug)]
+pub struct GatewayReports {
+    reports: Arc<Mutex<BTreeMap<ObjectKey, Report>>>,
+    /// Bumped when a report changes, so the status writer follows.
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for GatewayReports {
+    fn default() -> Self {
+        Self {
+            reports: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+}
 
 impl GatewayReports {
     pub fn record(&self, key: ObjectKey, report: Report) {
-        self.lock().insert(key, report);
+        let previous = self.lock().insert(key, report.clone());
+        if previous.as_ref() != Some(&report) {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Wakes on every changed report.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<Report> {
@@ -37,6 +60,6 @@ impl GatewayReports {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, Report>> {
         // The map stays consistent whatever a panicking holder did: each update is one insert.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.reports.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
