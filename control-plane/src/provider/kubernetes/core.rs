@@ -808,5 +808,23 @@ mod tests {
             watcher::Event::Apply(goma_gateway("8", &[])),
         );
         assert!(view(&views, "default/gw").0[0].is_empty());
+
+        // The status writer's own updates (status only, new resourceVersion, same generation)
+        // change nothing: no re-translation, no new view revision, hence no write loop.
+        let revision = views.gateway("default/plain").read(|v| v.revision);
+        let with_status = object(
+            "default",
+            "api",
+            "9",
+            json!({
+                "spec": {"gateways": ["plain"], "path": "/", "target": "http://127.0.0.1:1"},
+                "status": {"ready": true, "synced": true, "conditions": []},
+            }),
+        );
+        feed(&mut f, routes, watcher::Event::Apply(with_status));
+        assert_eq!(
+            views.gateway("default/plain").read(|v| v.revision),
+            revision
+        );
     }
 }
