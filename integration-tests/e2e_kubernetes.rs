@@ -43,7 +43,8 @@ fn route(name: &str, path: &str, target_port: u16) -> Value {
 
 /// Polls the fake API server until `f` returns Some.
 async fn eventually_some<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // Long enough for a Lease to expire (15 s) and be taken over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
     loop {
         if let Some(v) = f() {
             return v;
@@ -201,4 +202,79 @@ async fn objects_applied_to_the_api_server_are_served_and_followed() {
         lease["spec"]["holderIdentity"].is_null() || lease["spec"]["holderIdentity"] == "",
         "lease not released: {lease}"
     );
+}
+
+/// Two replicas: both serve xDS, one leads. Killing the leader hands the Lease to the other,
+/// which takes over the leader's duties (status), while a data plane connected to the survivor
+/// keeps serving without noticing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_dies_and_the_other_replica_takes_over() {
+    let api = FakeApiServer::start().await;
+    let dir = TempDir::new("k8s-ha");
+    dir.write("kubeconfig", &api.kubeconfig());
+    let kubeconfig = dir.path().join("kubeconfig");
+    let (_a, a_port) = echo("alpha");
+    let http = free_port();
+    api.apply(gateway(http));
+    api.apply(route("api", "/api", a_port));
+
+    let replica = |name: &str, xds: u16| {
+        Proc::start(
+            &[
+                "control-plane",
+                "--kubernetes",
+                "--listen",
+                &format!("127.0.0.1:{xds}"),
+            ],
+            &[
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+                ("POD_NAME", name),
+                ("POD_NAMESPACE", "sluice-system"),
+            ],
+        )
+    };
+    let (xds_0, xds_1) = (free_port(), free_port());
+    let mut first = replica("cp-0", xds_0);
+    let holder = || {
+        api.get(
+            LEASE,
+            "leases",
+            "sluice-system",
+            "sluice-control-plane-leader",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
+    };
+    eventually_some("cp-0 leads", || holder().filter(|h| h == "cp-0")).await;
+    let mut second = replica("cp-1", xds_1);
+    // The data plane talks to the follower.
+    let admin = free_port();
+    let _dp = data_plane("default/gw", xds_1, admin, &[], &[]);
+    wait_ok(http, "localhost", "/api", Duration::from_secs(30)).await;
+    second.wait_log("campaigning for leadership", Duration::from_secs(10));
+    assert_eq!(holder().as_deref(), Some("cp-0"), "one leader at a time");
+
+    // The leader dies without releasing its Lease: the follower takes over once it expires.
+    first.kill();
+    eventually_some("cp-1 leads", || holder().filter(|h| h == "cp-1")).await;
+    // ...and does the leader's work: a change gets its status from the new leader.
+    let (_b, b_port) = echo("beta");
+    api.apply(route("api", "/api", b_port));
+    let client = client();
+    eventually("the change is served", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move { get(&client, http, "localhost", "/api").await.backend() == "beta" }
+    })
+    .await;
+    eventually_some("status of generation 2 from the new leader", || {
+        api.get(GOMA_PATH, "routes", "default", "api")
+            .filter(|r| r["status"]["observedGeneration"] == 2 && r["status"]["synced"] == true)
+    })
+    .await;
+    // The data plane never lost its stream: it stayed on the surviving replica.
+    assert!(
+        !second.log().contains("data plane disconnected"),
+        "{}",
+        second.log()
+    );
+    let _ = second.terminate(Duration::from_secs(10));
 }
