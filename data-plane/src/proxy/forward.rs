@@ -14,14 +14,14 @@ use crate::snapshot::Snapshot;
 use crate::upstream::budget::RetryToken;
 use crate::upstream::client::Protocol;
 use crate::upstream::cluster::Eligibility;
-use crate::upstream::{CompiledCluster, Outcome, UpstreamBody};
+use crate::upstream::http1::is_idempotent;
+use crate::upstream::{CompiledCluster, Outcome, ResponseBody, UpstreamBody, UpstreamError};
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,14 +71,15 @@ struct Target {
 
 /// Why an attempt failed.
 enum Failure {
-    /// No connection: the request never reached the backend.
-    Connect(hyper_util::client::legacy::Error),
+    /// No connection, or it closed before the request was written: the request never reached
+    /// the backend.
+    Connect(UpstreamError),
     /// No response headers within the backend timeout.
     Timeout(Duration),
     /// The connection broke after the request was (perhaps partly) sent.
-    Broken(hyper_util::client::legacy::Error),
+    Broken(UpstreamError),
     /// A response whose status the retry policy lists.
-    Status(Response<Incoming>),
+    Status(Response<ResponseBody>),
 }
 
 /// The request body across attempts.
@@ -108,14 +109,6 @@ where
             RequestBody::Lent(slot) => slot.lend().map(BodyExt::boxed_unsync),
         }
     }
-}
-
-/// Methods a retry may repeat (RFC 9110 §9.2.2).
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// Wait before retry number `retry` (1-based): the base doubled per retry, capped, with
@@ -163,11 +156,6 @@ where
     } else {
         RequestBody::Once(Some(body))
     };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let mut tried: Vec<(Arc<CompiledCluster>, usize)> = Vec::new();
     let mut retries = 0;
     // Held for the duration of the retry it was taken for.
@@ -187,14 +175,7 @@ where
         let upgrading = upgrade
             .as_ref()
             .filter(|_| target.cluster.protocol == Protocol::Http1);
-        let request = upstream_request(
-            head,
-            attempt_body,
-            &target,
-            &path_and_query,
-            forward,
-            upgrading,
-        );
+        let request = upstream_request(head, attempt_body, &target, forward, upgrading);
         report.forwarding(&target.cluster, &target.cluster.endpoints[target.endpoint]);
         let failure = match attempt(&target, request, forward.backend_timeout, retry).await {
             Ok(resp) => {
@@ -255,30 +236,51 @@ where
     }
 }
 
-/// Builds one attempt's request: absolute URI on the endpoint, Host (unless the client's is
-/// preserved), the upstream's HTTP version and, for an upgrade, its headers.
+/// Builds one attempt's request from `head` (its URI in origin form): the URI the upstream's
+/// protocol wants, Host (unless the client's is preserved), the upstream's HTTP version and,
+/// for an upgrade, its headers.
 fn upstream_request(
     mut head: Parts,
     body: UpstreamBody,
     target: &Target,
-    path_and_query: &PathAndQuery,
     forward: &Forward,
     upgrade: Option<&ClientUpgrade>,
 ) -> Request<UpstreamBody> {
     let cluster = &target.cluster;
     let endpoint = &cluster.endpoints[target.endpoint];
-    // Scheme, authority and a path that already parsed: building cannot fail.
-    if let Ok(uri) = Uri::builder()
-        .scheme(cluster.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query.clone())
-        .build()
-    {
-        head.uri = uri;
-    }
-    if !forward.preserve_host {
-        head.headers
-            .insert(header::HOST, endpoint.host_header.clone());
+    match cluster.protocol {
+        // HTTP/1.1 sends the origin form as it is (CONNECT the authority form), and always a
+        // Host: the endpoint's when the client sent none to preserve.
+        Protocol::Http1 => {
+            if head.method == Method::CONNECT {
+                head.uri = Uri::from(endpoint.authority.clone());
+            }
+            if !forward.preserve_host || !head.headers.contains_key(header::HOST) {
+                head.headers
+                    .insert(header::HOST, endpoint.host_header.clone());
+            }
+        }
+        // HTTP/2 takes :scheme and :authority from an absolute URI.
+        Protocol::H2c => {
+            let path_and_query = head
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            // Scheme, authority and a path that already parsed: building cannot fail.
+            if let Ok(uri) = Uri::builder()
+                .scheme(cluster.scheme.clone())
+                .authority(endpoint.authority.clone())
+                .path_and_query(path_and_query)
+                .build()
+            {
+                head.uri = uri;
+            }
+            if !forward.preserve_host {
+                head.headers
+                    .insert(header::HOST, endpoint.host_header.clone());
+            }
+        }
     }
     head.version = cluster.protocol.version();
     if let Some(upgrade) = upgrade {
@@ -293,10 +295,10 @@ async fn attempt(
     request: Request<UpstreamBody>,
     backend_timeout: Option<Duration>,
     retry: &Retry,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<Response<ResponseBody>, Failure> {
     let cluster = &target.cluster;
     let _in_flight = cluster.state.budget.attempt();
-    let sent = cluster.client.request(request);
+    let sent = cluster.send(target.endpoint, request);
     let result = match backend_timeout {
         None => sent.await.map_err(classify),
         Some(limit) => match tokio::time::timeout(limit, sent).await {
@@ -321,8 +323,8 @@ async fn attempt(
     }
 }
 
-fn classify(error: hyper_util::client::legacy::Error) -> Failure {
-    if error.is_connect() {
+fn classify(error: UpstreamError) -> Failure {
+    if error.nothing_sent() {
         Failure::Connect(error)
     } else {
         Failure::Broken(error)
@@ -375,7 +377,7 @@ fn give_up(
     }
 }
 
-fn relay(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn relay(resp: Response<ResponseBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
     Response::from_parts(parts, body.boxed_unsync())
@@ -710,15 +712,5 @@ mod tests {
         assert_eq!(backoff(base, 10, 0.0), Duration::from_millis(250));
         assert_eq!(backoff(base, u32::MAX, 0.5), Duration::from_micros(187_500));
         assert_eq!(backoff(Duration::ZERO, 3, 0.3), Duration::ZERO);
-    }
-
-    #[test]
-    fn idempotent_methods() {
-        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
-            assert!(is_idempotent(&m.parse().unwrap()), "{m}");
-        }
-        for m in ["POST", "PATCH", "CONNECT"] {
-            assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
-        }
     }
 }

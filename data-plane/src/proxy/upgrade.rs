@@ -64,11 +64,7 @@ impl ClientUpgrade {
 
     /// Answers the client with the upstream's `101` (hop-by-hop headers stripped, the upgrade
     /// headers kept) and spawns the tunnel that copies bytes both ways once both sides switched.
-    pub fn switch(
-        self,
-        mut upstream: Response<hyper::body::Incoming>,
-        route: Arc<str>,
-    ) -> Response<ProxyBody> {
+    pub fn switch<B>(self, mut upstream: Response<B>, route: Arc<str>) -> Response<ProxyBody> {
         debug_assert_eq!(upstream.status(), StatusCode::SWITCHING_PROTOCOLS);
         let upstream_io = hyper::upgrade::on(&mut upstream);
         let (mut parts, _) = upstream.into_parts();

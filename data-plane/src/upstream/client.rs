@@ -1,8 +1,11 @@
-//! Pooled upstream HTTP clients. They live outside snapshots (owned by the Compiler and shared by
-//! every compiled cluster) so pooled connections survive config changes.
+//! Upstream HTTP clients. They live outside snapshots (owned by the Compiler and shared by every
+//! compiled cluster) so pooled connections survive config changes. HTTP/1.1 upstreams use our
+//! own pool ([`Http1Client`]); HTTP/2 ones (h2c, or h2 over TLS) hyper-util's client, which
+//! multiplexes requests on one connection per endpoint.
 
-use super::connector::{TcpConnector, UpstreamConnector};
+use super::connector::{LimitedConnector, TcpConnector, UpstreamConnector};
 use super::dns::CachingResolver;
+use super::http1::Http1Client;
 use super::pool::{ConnectionLimit, PoolSettings};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 /// Request body sent upstream: the client's streamed body, boxed.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
-pub type HttpClient = Client<UpstreamConnector, UpstreamBody>;
+pub type Http2Client = Client<LimitedConnector, UpstreamBody>;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,12 +38,20 @@ impl Protocol {
     }
 }
 
+/// The client of one cluster: its protocol's.
+#[derive(Clone)]
+pub enum UpstreamClient {
+    Http1(Http1Client),
+    /// Boxed: hyper-util's client is large, and rare here.
+    Http2(Box<Http2Client>),
+}
+
 /// Plaintext clients, one per (protocol, connect timeout, pool settings): those are connector
 /// and pool settings, and nearly every cluster uses the gateway's, so in practice there are one
-/// or two pools. TLS clusters get their own client instead (see `tls_client`).
+/// or two. TLS clusters get their own client instead (see `tls_client`).
 #[derive(Default)]
 pub struct Clients {
-    clients: Mutex<HashMap<(Protocol, Duration, PoolSettings), HttpClient>>,
+    clients: Mutex<HashMap<(Protocol, Duration, PoolSettings), UpstreamClient>>,
 }
 
 impl Clients {
@@ -49,18 +60,23 @@ impl Clients {
         protocol: Protocol,
         connect_timeout: Duration,
         pool: PoolSettings,
-    ) -> HttpClient {
+    ) -> UpstreamClient {
         let mut map = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         map.entry((protocol, connect_timeout, pool))
             .or_insert_with(|| {
-                builder(protocol, pool).build(plain_connector(connect_timeout, pool))
+                client(
+                    protocol,
+                    connect_timeout,
+                    pool,
+                    plain_connector(connect_timeout, pool),
+                )
             })
             .clone()
     }
 }
 
-/// A client for one TLS cluster configuration. Pools are keyed by scheme and authority only, so
-/// clusters with different TLS settings must not share a client.
+/// A client for one TLS cluster configuration: its connector carries the TLS settings, so
+/// clusters with different ones must not share it.
 pub fn tls_client(
     protocol: Protocol,
     connect_timeout: Duration,
@@ -68,7 +84,7 @@ pub fn tls_client(
     config: ClientConfig,
     server_name: &str,
     cluster: Arc<str>,
-) -> Result<HttpClient, String> {
+) -> Result<UpstreamClient, String> {
     let connector = UpstreamConnector::tls(
         plain_connector(connect_timeout, pool),
         config,
@@ -76,29 +92,44 @@ pub fn tls_client(
         cluster,
     )
     .map_err(|e| format!("tls.server_name: {e}"))?;
-    Ok(builder(protocol, pool).build(connector))
+    Ok(client(protocol, connect_timeout, pool, connector))
+}
+
+fn client(
+    protocol: Protocol,
+    connect_timeout: Duration,
+    pool: PoolSettings,
+    connector: UpstreamConnector,
+) -> UpstreamClient {
+    match protocol {
+        Protocol::Http1 => {
+            UpstreamClient::Http1(Http1Client::new(connector, pool, connect_timeout))
+        }
+        Protocol::H2c => {
+            let limited = LimitedConnector::new(
+                connector,
+                ConnectionLimit::new(pool.max_connections_per_endpoint),
+                connect_timeout,
+            );
+            UpstreamClient::Http2(Box::new(http2_builder(pool).build(limited)))
+        }
+    }
 }
 
 fn plain_connector(connect_timeout: Duration, pool: PoolSettings) -> UpstreamConnector {
     let mut tcp = TcpConnector::new_with_resolver(CachingResolver::new(pool.dns_ttl));
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(connect_timeout));
-    UpstreamConnector::plain(
-        tcp,
-        ConnectionLimit::new(pool.max_connections_per_endpoint),
-        connect_timeout,
-    )
+    UpstreamConnector::plain(tcp)
 }
 
-fn builder(protocol: Protocol, pool: PoolSettings) -> hyper_util::client::legacy::Builder {
+fn http2_builder(pool: PoolSettings) -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(pool.idle_timeout)
         .pool_max_idle_per_host(usize::try_from(pool.max_idle_per_endpoint).unwrap_or(usize::MAX))
         .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new());
-    if protocol == Protocol::H2c {
-        builder.http2_only(true);
-    }
+        .timer(TokioTimer::new())
+        .http2_only(true);
     builder
 }

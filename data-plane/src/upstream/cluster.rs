@@ -2,15 +2,18 @@
 //! currently available: healthy by the active check (when the cluster has one) and not ejected.
 
 use super::budget::RetryBudget;
-use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, HttpClient, Protocol};
+use super::client::UpstreamBody;
+use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, Protocol, UpstreamClient};
 use super::connector::parse_server_name;
+use super::error::UpstreamError;
 use super::health::HealthCheck;
+use super::http1::{EndpointPool, ResponseBody};
 use super::outlier::{EndpointHealth, Outcome, Outlier, now_ms};
 use super::pool::{self, PoolSettings};
 use super::tls::{Alpn, TlsInputs, client_config};
 use crate::router::route::to_duration;
-use http::HeaderValue;
 use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response};
 use sluice_proto::config as pb;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +61,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// Shared with the next compiled version while the address stays in the cluster.
     pub health: Arc<EndpointHealth>,
+    /// The endpoint's HTTP/1.1 connections (None on HTTP/2 clusters); shared with every
+    /// compiled cluster that lists the endpoint on the same client.
+    pub pool: Option<Arc<EndpointPool>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +93,7 @@ pub struct CompiledCluster {
     pub connect_timeout: Duration,
     /// Resolved pool settings (the cluster's own over the gateway's defaults).
     pub pool: PoolSettings,
-    pub client: HttpClient,
+    pub client: UpstreamClient,
     /// What the TLS client was built from (None: plaintext); equal inputs keep the client.
     pub tls: Option<TlsInputs>,
     pub health_check: Option<Arc<HealthCheck>>,
@@ -253,7 +259,7 @@ impl CompiledCluster {
             .collect::<Result<Vec<_>, _>>()?;
         let authorities: Vec<Authority> = addresses.iter().map(|(a, _)| a.clone()).collect();
         let health = state.endpoint_health(&authorities);
-        let endpoints: Vec<Endpoint> = addresses
+        let mut endpoints: Vec<Endpoint> = addresses
             .into_iter()
             .zip(health)
             .zip(&c.endpoints)
@@ -262,6 +268,7 @@ impl CompiledCluster {
                 host_header,
                 weight: e.weight.max(1),
                 health,
+                pool: None,
             })
             .collect();
         let health_check = match &c.health_check {
@@ -336,6 +343,11 @@ impl CompiledCluster {
                 (Scheme::HTTPS, client)
             }
         };
+        if let UpstreamClient::Http1(http1) = &client {
+            for e in &mut endpoints {
+                e.pool = Some(http1.endpoint(&e.authority));
+            }
+        }
         Ok(CompiledCluster {
             name,
             endpoints,
@@ -351,6 +363,28 @@ impl CompiledCluster {
             outlier,
             state,
         })
+    }
+
+    /// Sends `req` to endpoint `idx`. HTTP/1.1 requests carry the origin-form URI and a `Host`
+    /// header; HTTP/2 ones the absolute URI (its authority is `:authority`).
+    pub async fn send(
+        &self,
+        idx: usize,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match (
+            &self.client,
+            self.endpoints.get(idx).and_then(|e| e.pool.as_ref()),
+        ) {
+            (UpstreamClient::Http1(_), Some(pool)) => pool.send(req).await,
+            (UpstreamClient::Http2(client), _) => match client.request(req).await {
+                Ok(resp) => Ok(resp.map(ResponseBody::unpooled)),
+                Err(error) => Err(UpstreamError::from_legacy(error)),
+            },
+            (UpstreamClient::Http1(_), None) => Err(UpstreamError::Connect(
+                format!("cluster {}: no endpoint {idx}", self.name).into(),
+            )),
+        }
     }
 
     /// Picks an available endpoint; None when the cluster has none.

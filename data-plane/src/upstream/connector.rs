@@ -1,6 +1,8 @@
-//! The upstream connector: a connection slot (per-endpoint limit), hyper-util's `HttpConnector`
-//! for TCP with a caching resolver, then a rustls handshake when the cluster uses TLS. One type
-//! for both, so every cluster's client has the same type.
+//! The upstream connector: hyper-util's `HttpConnector` for TCP with a caching resolver, then a
+//! rustls handshake when the cluster uses TLS. One type for both, so every cluster's client has
+//! the same type. A connection holds its endpoint's connection slot (per-endpoint limit) until it
+//! closes: our HTTP/1.1 pool hands the slot over, hyper-util's HTTP/2 client goes through
+//! [`LimitedConnector`], which waits for one.
 
 use super::dns::CachingResolver;
 use super::pool::ConnectionLimit;
@@ -26,7 +28,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Why an upstream connection could not be set up. hyper reports it as a connect error (502).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("tcp connect: {0}")]
+    // `#`: hyper-util's connect error shows its cause only in the alternate form.
+    #[error("tcp connect: {0:#}")]
     Tcp(#[source] BoxError),
     #[error("{0:?} is not a valid TLS server name")]
     ServerName(String),
@@ -34,6 +37,8 @@ pub enum ConnectError {
     Handshake(#[source] io::Error),
     #[error("no free connection slot to {0} within the connect timeout")]
     Limit(String),
+    #[error("no connection within the connect timeout ({0:?})")]
+    Timeout(Duration),
 }
 
 pub type TcpConnector = HttpConnector<CachingResolver>;
@@ -42,9 +47,6 @@ pub type TcpConnector = HttpConnector<CachingResolver>;
 pub struct UpstreamConnector {
     http: TcpConnector,
     tls: Option<Arc<TlsConnect>>,
-    limit: Arc<ConnectionLimit>,
-    /// Bounds the wait for a connection slot.
-    connect_timeout: Duration,
 }
 
 /// The TLS half of a connector: one per TLS cluster configuration.
@@ -57,13 +59,8 @@ struct TlsConnect {
 }
 
 impl UpstreamConnector {
-    pub fn plain(http: TcpConnector, limit: ConnectionLimit, connect_timeout: Duration) -> Self {
-        Self {
-            http,
-            tls: None,
-            limit: Arc::new(limit),
-            connect_timeout,
-        }
+    pub fn plain(http: TcpConnector) -> Self {
+        Self { http, tls: None }
     }
 
     /// TLS over `http`; `server_name` empty means each endpoint's host. Errors when the name is
@@ -89,9 +86,76 @@ impl UpstreamConnector {
                 server_name,
                 cluster,
             })),
-            limit: plain.limit,
-            connect_timeout: plain.connect_timeout,
         })
+    }
+
+    /// The scheme of the URIs this connector dials.
+    pub fn scheme(&self) -> http::uri::Scheme {
+        match self.tls {
+            None => http::uri::Scheme::HTTP,
+            Some(_) => http::uri::Scheme::HTTPS,
+        }
+    }
+
+    /// Connects to `uri`'s authority (TCP, then TLS for a TLS cluster); the stream holds `slot`
+    /// until it closes.
+    pub fn connect(
+        &self,
+        uri: Uri,
+        slot: OwnedSemaphorePermit,
+    ) -> Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>> {
+        let tls = self.tls.clone();
+        let mut http = self.http.clone();
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default().to_owned();
+            let tcp = tower_service::Service::<Uri>::call(&mut http, uri)
+                .await
+                .map_err(|e| ConnectError::Tcp(e.into()))?;
+            let Some(tls) = tls else {
+                return Ok(UpstreamStream {
+                    io: Io::Plain(tcp),
+                    _slot: slot,
+                });
+            };
+            let name = match &tls.server_name {
+                Some(n) => n.clone(),
+                None => parse_server_name(&host)?,
+            };
+            match tls.connector.connect(name, tcp.into_inner()).await {
+                Ok(stream) => Ok(UpstreamStream {
+                    io: Io::Tls(Box::new(TokioIo::new(stream))),
+                    _slot: slot,
+                }),
+                Err(error) => {
+                    // Say which cluster: the error travels up without it.
+                    tracing::warn!(cluster = %tls.cluster, %host, %error, "upstream TLS handshake failed");
+                    Err(ConnectError::Handshake(error))
+                }
+            }
+        })
+    }
+}
+
+/// The connector of hyper-util's (HTTP/2) client: waits for a connection slot, then connects.
+#[derive(Clone)]
+pub struct LimitedConnector {
+    connector: UpstreamConnector,
+    limit: Arc<ConnectionLimit>,
+    /// Bounds the wait for a connection slot.
+    connect_timeout: Duration,
+}
+
+impl LimitedConnector {
+    pub fn new(
+        connector: UpstreamConnector,
+        limit: ConnectionLimit,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            connector,
+            limit: Arc::new(limit),
+            connect_timeout,
+        }
     }
 }
 
@@ -104,54 +168,29 @@ pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, ConnectError
     ServerName::try_from(bare.to_owned()).map_err(|_| ConnectError::ServerName(name.to_owned()))
 }
 
-impl tower_service::Service<Uri> for UpstreamConnector {
+impl tower_service::Service<Uri> for LimitedConnector {
     type Response = UpstreamStream;
     type Error = ConnectError;
     type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.http, cx)
+        tower_service::Service::<Uri>::poll_ready(&mut self.connector.http, cx)
             .map_err(|e| ConnectError::Tcp(e.into()))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let tls = self.tls.clone();
+        let connector = self.connector.clone();
         let limit = self.limit.clone();
         let wait = self.connect_timeout;
-        let host = uri.host().unwrap_or_default().to_owned();
         let endpoint = uri
             .authority()
             .map(|a| a.as_str().to_owned())
             .unwrap_or_default();
-        let mut http = self.http.clone();
         Box::pin(async move {
-            let permit = tokio::time::timeout(wait, limit.acquire(&endpoint))
+            let slot = tokio::time::timeout(wait, limit.acquire(&endpoint))
                 .await
                 .map_err(|_| ConnectError::Limit(endpoint))?;
-            let tcp = tower_service::Service::<Uri>::call(&mut http, uri)
-                .await
-                .map_err(|e| ConnectError::Tcp(e.into()))?;
-            let Some(tls) = tls else {
-                return Ok(UpstreamStream {
-                    io: Io::Plain(tcp),
-                    _slot: permit,
-                });
-            };
-            let name = match &tls.server_name {
-                Some(n) => n.clone(),
-                None => parse_server_name(&host)?,
-            };
-            match tls.connector.connect(name, tcp.into_inner()).await {
-                Ok(stream) => Ok(UpstreamStream {
-                    io: Io::Tls(Box::new(TokioIo::new(stream))),
-                    _slot: permit,
-                }),
-                Err(error) => {
-                    // hyper's connect error hides the cause; say it here.
-                    tracing::warn!(cluster = %tls.cluster, %host, %error, "upstream TLS handshake failed");
-                    Err(ConnectError::Handshake(error))
-                }
-            }
+            connector.connect(uri, slot).await
         })
     }
 }

@@ -1,9 +1,10 @@
 //! Active health checks: one task per endpoint of every cluster with a `health_check`, probing
-//! `GET <path>` over the cluster's own client (so TLS clusters are probed over TLS) and flipping
-//! the endpoint's verdict after enough consecutive results. The tasks follow the snapshots the
+//! `GET <path>` over the cluster's own client and connection pool (so TLS clusters are probed
+//! over TLS) and flipping the endpoint's verdict after enough consecutive results. The tasks follow the snapshots the
 //! runtime applies: they start when a cluster appears, restart when it changes, stop when it goes.
 
-use super::cluster::{CompiledCluster, Endpoint};
+use super::client::Protocol;
+use super::cluster::CompiledCluster;
 use super::outlier::MAX_THRESHOLD;
 use crate::router::route::to_duration;
 use bytes::Bytes;
@@ -224,7 +225,7 @@ async fn probe_loop(cluster: Arc<CompiledCluster>, idx: usize, check: Arc<Health
     let spread = check.interval.min(Duration::from_secs(1));
     tokio::time::sleep(spread.mul_f64(fastrand::f64())).await;
     loop {
-        let result = probe(&cluster, endpoint, &check).await;
+        let result = probe(&cluster, idx, &check).await;
         if let Some(healthy) = tracker.record(result.is_ok(), check.thresholds)
             && endpoint.health.set_healthy(healthy)
         {
@@ -248,17 +249,20 @@ async fn probe_loop(cluster: Arc<CompiledCluster>, idx: usize, check: Arc<Health
 }
 
 /// One probe: Ok when the endpoint answered an accepted status within the timeout.
-async fn probe(
-    cluster: &CompiledCluster,
-    endpoint: &Endpoint,
-    check: &HealthCheck,
-) -> Result<(), String> {
-    let uri = Uri::builder()
-        .scheme(cluster.scheme.clone())
-        .authority(endpoint.authority.clone())
-        .path_and_query(check.path.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
+async fn probe(cluster: &CompiledCluster, idx: usize, check: &HealthCheck) -> Result<(), String> {
+    let Some(endpoint) = cluster.endpoints.get(idx) else {
+        return Err(format!("no endpoint {idx}"));
+    };
+    // HTTP/1.1 sends the origin form, HTTP/2 takes :scheme and :authority from the URI.
+    let uri = match cluster.protocol {
+        Protocol::Http1 => Uri::from(check.path.clone()),
+        Protocol::H2c => Uri::builder()
+            .scheme(cluster.scheme.clone())
+            .authority(endpoint.authority.clone())
+            .path_and_query(check.path.clone())
+            .build()
+            .map_err(|e| e.to_string())?,
+    };
     let mut req = Request::get(uri)
         .header(header::HOST, endpoint.host_header.clone())
         .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
@@ -270,13 +274,7 @@ async fn probe(
         .map_err(|e| e.to_string())?;
     *req.version_mut() = cluster.protocol.version();
     let exchange = async {
-        let resp = cluster.client.request(req).await.map_err(|e| {
-            use std::error::Error;
-            match e.source() {
-                Some(source) => format!("{e}: {source}"),
-                None => e.to_string(),
-            }
-        })?;
+        let resp = cluster.send(idx, req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         // Read the (small) body so the connection goes back to the pool.
         let _ = Limited::new(resp.into_body(), MAX_PROBE_BODY)

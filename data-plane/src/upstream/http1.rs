@@ -1,0 +1,1079 @@
+//! Our HTTP/1.1 upstream connection pool, on hyper's `client::conn::http1`.
+//!
+//! Each endpoint has its own pool ([`EndpointPool`]), found when a cluster compiles and held by
+//! the compiled endpoint, so a request goes straight to its endpoint's idle list: no pool key
+//! to hash and compare per request (hyper-util's pool hashed the scheme and authority on every
+//! checkout and return). An endpoint's pool is shared by every compiled version of every
+//! cluster that lists the endpoint on the same client, so idle connections survive config
+//! changes; when no compiled cluster lists it any more, the pool and its idle connections go.
+//!
+//! A connection goes back to its idle list when the response body has been read to the end
+//! (at once for a response without a body); a body dropped early closes it, as does an upgrade
+//! (`101`). Idle connections older than the idle timeout are closed by one reaper task per
+//! client, which runs only while something is idle; its ticks are the pool's clock, so the
+//! request path reads no clock.
+
+use super::client::UpstreamBody;
+use super::connector::{ConnectError, UpstreamConnector};
+use super::error::UpstreamError;
+use super::pool::PoolSettings;
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+type Sender = http1::SendRequest<UpstreamBody>;
+
+/// Waiters above this count are pruned of the ones that gave up, so requests that time out at
+/// the connection limit cannot pile up.
+const PRUNE_WAITERS: usize = 64;
+/// The reaper's tick: an eighth of the idle timeout, within these bounds.
+const MIN_TICK: Duration = Duration::from_millis(1);
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// The HTTP/1.1 pools of one client: one connector (TCP or TLS) and one set of pool settings.
+/// Cloning shares it.
+#[derive(Clone)]
+pub struct Http1Client {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    connector: UpstreamConnector,
+    settings: PoolSettings,
+    connect_timeout: Duration,
+    /// The endpoint pools in use, by authority; only looked up when a cluster compiles.
+    registry: Mutex<Registry>,
+    /// Whether the reaper task is running.
+    reaping: AtomicBool,
+    /// The pool's coarse clock: reaper ticks, counted while anything is idle. Idle
+    /// connections are stamped with it instead of a clock read per request.
+    epoch: AtomicU64,
+    tick: Duration,
+    /// Ticks after which an idle connection is closed: more than this many have passed, so
+    /// never before the idle timeout and at most a tick after.
+    timeout_ticks: u64,
+}
+
+#[derive(Default)]
+struct Registry {
+    pools: HashMap<Authority, Weak<EndpointPool>>,
+    /// Size at which entries of pools that are gone get dropped.
+    prune_at: usize,
+}
+
+/// The connections to one endpoint.
+pub struct EndpointPool {
+    shared: Arc<Shared>,
+    /// What the connector dials: `scheme://authority/`.
+    target: Uri,
+    state: Mutex<State>,
+    /// The per-endpoint connection limit: an open connection holds a permit until it closes.
+    slots: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Oldest first: checkout takes the newest (warm), the reaper closes from the front.
+    idle: VecDeque<Idle>,
+    /// Requests waiting at the connection limit, first come first served.
+    waiters: VecDeque<oneshot::Sender<Sender>>,
+}
+
+struct Idle {
+    sender: Sender,
+    /// The epoch it went idle in.
+    since: u64,
+}
+
+/// A connection taken from the idle list.
+struct Pooled {
+    sender: Sender,
+    /// It stayed idle across a reaper tick: long enough that the upstream may have closed it
+    /// (keep-alive timeout, restart) without its task having seen the close yet.
+    suspect: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Methods a request may be repeated with (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl Http1Client {
+    pub fn new(
+        connector: UpstreamConnector,
+        settings: PoolSettings,
+        connect_timeout: Duration,
+    ) -> Self {
+        let tick = (settings.idle_timeout / 8).clamp(MIN_TICK, MAX_TICK);
+        let timeout_ticks =
+            u64::try_from(settings.idle_timeout.as_nanos().div_ceil(tick.as_nanos()))
+                .unwrap_or(u64::MAX);
+        Http1Client {
+            shared: Arc::new(Shared {
+                connector,
+                settings,
+                connect_timeout,
+                registry: Mutex::default(),
+                reaping: AtomicBool::new(false),
+                epoch: AtomicU64::new(0),
+                tick,
+                timeout_ticks,
+            }),
+        }
+    }
+
+    /// The pool of `authority`: the one in use when there is one, so its connections carry
+    /// over to the cluster being compiled.
+    pub fn endpoint(&self, authority: &Authority) -> Arc<EndpointPool> {
+        let mut registry = lock(&self.shared.registry);
+        if let Some(pool) = registry.pools.get(authority).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let target = Uri::builder()
+            .scheme(self.shared.connector.scheme())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_else(|_| unreachable!("a scheme and an authority make a URI"));
+        let max = usize::try_from(self.shared.settings.max_connections_per_endpoint)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        let pool = Arc::new(EndpointPool {
+            shared: self.shared.clone(),
+            target,
+            state: Mutex::default(),
+            slots: Arc::new(Semaphore::new(max)),
+        });
+        registry
+            .pools
+            .insert(authority.clone(), Arc::downgrade(&pool));
+        if registry.pools.len() > registry.prune_at {
+            registry.pools.retain(|_, p| p.strong_count() > 0);
+            registry.prune_at = (registry.pools.len() * 2).max(64);
+        }
+        pool
+    }
+
+    /// Idle connections over all endpoints (tests and diagnostics).
+    pub fn idle_count(&self) -> usize {
+        self.shared.pools().iter().map(|p| p.idle_count()).sum()
+    }
+}
+
+impl Shared {
+    fn pools(&self) -> Vec<Arc<EndpointPool>> {
+        lock(&self.registry)
+            .pools
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Starts the reaper unless it runs. A load per returned connection in the common case.
+    fn ensure_reaper(self: &Arc<Self>) {
+        if self.reaping.load(Ordering::Acquire) || self.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(reap(Arc::downgrade(self)))),
+            // No runtime (never on the proxy path): idle connections close with their pool.
+            Err(_) => self.reaping.store(false, Ordering::Release),
+        }
+    }
+
+    /// Closes the idle connections past the idle timeout at epoch `now`; whether any is left.
+    fn expire(&self, now: u64) -> bool {
+        let mut left = false;
+        for pool in self.pools() {
+            let expired: Vec<Idle> = {
+                let mut state = lock(&pool.state);
+                let mut expired = Vec::new();
+                while state
+                    .idle
+                    .front()
+                    .is_some_and(|i| now.saturating_sub(i.since) > self.timeout_ticks)
+                {
+                    expired.extend(state.idle.pop_front());
+                }
+                left |= !state.idle.is_empty();
+                expired
+            };
+            // Closed outside the lock.
+            drop(expired);
+        }
+        left
+    }
+}
+
+/// The reaper of one client: ticks the epoch and closes the idle connections that timed out,
+/// while anything is idle (the next returned connection starts it again).
+async fn reap(shared: Weak<Shared>) {
+    loop {
+        let Some(tick) = shared.upgrade().map(|s| s.tick) else {
+            return;
+        };
+        tokio::time::sleep(tick).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        if shared.expire(now) {
+            continue;
+        }
+        shared.reaping.store(false, Ordering::Release);
+        // A connection returned during the scan saw the reaper running.
+        let idle = shared.pools().iter().any(|p| p.idle_count() > 0);
+        if !idle || shared.reaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
+
+/// How a checkout goes on when no idle connection was found.
+enum Next {
+    Connect(OwnedSemaphorePermit),
+    Wait(oneshot::Receiver<Sender>),
+}
+
+/// What a request on a suspect connection needs to be sent again: an idempotent request
+/// without a body.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<UpstreamBody>) -> Option<Replay> {
+        (is_idempotent(req.method()) && req.body().is_end_stream()).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<UpstreamBody> {
+        let mut req = Request::new(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// The connection failed before the response started: what a close by the upstream looks
+/// like when the request was already on its way.
+fn closed_before_response(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>())
+}
+
+impl EndpointPool {
+    /// Sends `req` (origin-form URI, `Host` set) on an idle connection, else on a new one.
+    ///
+    /// Stale connections (closed by the upstream while idle) must not fail requests. A request
+    /// that a closed connection hands back unsent goes once more on a new connection. A
+    /// connection idle across a reaper tick is suspect: the pool yields once, so its task can
+    /// see a pending close, and keeps a copy of an idempotent bodyless request, which goes once
+    /// more on a new connection if the connection closes before the response.
+    pub async fn send(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match self.take_idle() {
+            Some(Pooled {
+                mut sender,
+                suspect: false,
+            }) => match sender.try_send_request(req).await {
+                Ok(resp) => Ok(self.lease(sender, resp)),
+                Err(error) => Box::pin(self.after_failure(error, None)).await,
+            },
+            Some(Pooled {
+                sender,
+                suspect: true,
+            }) => Box::pin(self.send_suspect(sender, req)).await,
+            None => Box::pin(self.send_fresh(req)).await,
+        }
+    }
+
+    async fn send_suspect(
+        self: &Arc<Self>,
+        mut sender: Sender,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        // Tokio runs a yielded task after polling the I/O driver: a close already received
+        // reaches the connection's task first.
+        tokio::task::yield_now().await;
+        if !sender.is_ready() {
+            return self.send_fresh(req).await;
+        }
+        let replay = Replay::of(&req);
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.lease(sender, resp)),
+            Err(error) => self.after_failure(error, replay).await,
+        }
+    }
+
+    /// A pooled connection failed: once more on a new connection when nothing was sent, or
+    /// when a replayable request met a close before the response.
+    async fn after_failure(
+        self: &Arc<Self>,
+        mut error: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+        replay: Option<Replay>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let again = match error.take_message() {
+            Some(unsent) => {
+                tracing::debug!(endpoint = %self.authority(), error = %error.error(), "pooled connection closed while idle; sending on a new connection");
+                unsent
+            }
+            None => {
+                let error = error.into_error();
+                match replay {
+                    Some(replay) if closed_before_response(&error) => {
+                        tracing::debug!(endpoint = %self.authority(), %error, "pooled connection closed before the response; sending again on a new connection");
+                        replay.request()
+                    }
+                    _ => return Err(UpstreamError::Exchange(error.into())),
+                }
+            }
+        };
+        self.send_fresh(again).await
+    }
+
+    /// Sends on a new connection (or one handed over at the connection limit), without retry.
+    async fn send_fresh(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let mut sender = self.checkout_new().await?;
+        match sender.try_send_request(req).await {
+            Ok(resp) => Ok(self.lease(sender, resp)),
+            Err(mut error) => Err(match error.take_message() {
+                Some(_) => UpstreamError::NotSent(error.into_error()),
+                None => UpstreamError::Exchange(error.into_error().into()),
+            }),
+        }
+    }
+
+    fn authority(&self) -> &str {
+        self.target.authority().map_or("", |a| a.as_str())
+    }
+
+    /// The most recently returned idle connection that is still open.
+    fn take_idle(&self) -> Option<Pooled> {
+        let now = self.shared.epoch.load(Ordering::Relaxed);
+        let mut state = lock(&self.state);
+        while let Some(idle) = state.idle.pop_back() {
+            if idle.sender.is_ready() {
+                return Some(Pooled {
+                    sender: idle.sender,
+                    suspect: idle.since != now,
+                });
+            }
+            // Closed by the upstream while idle.
+        }
+        None
+    }
+
+    /// A new connection, or one another request returns while this one waits at the
+    /// connection limit; both within the connect timeout.
+    async fn checkout_new(self: &Arc<Self>) -> Result<Sender, UpstreamError> {
+        let next = {
+            let mut state = lock(&self.state);
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => Next::Connect(slot),
+                Err(_) => {
+                    if state.waiters.len() >= PRUNE_WAITERS {
+                        state.waiters.retain(|w| !w.is_closed());
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    state.waiters.push_back(tx);
+                    Next::Wait(rx)
+                }
+            }
+        };
+        let timeout = self.shared.connect_timeout;
+        let connecting = async {
+            let slot = match next {
+                Next::Connect(slot) => slot,
+                Next::Wait(rx) => match self.wait(rx).await {
+                    Ok(sender) => return Ok(sender),
+                    Err(slot) => slot,
+                },
+            };
+            self.connect(slot).await
+        };
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Connect(
+                ConnectError::Timeout(timeout).into(),
+            )),
+        }
+    }
+
+    /// At the limit: the first of a connection handed over by a returning request (Ok) or a
+    /// free slot (Err).
+    async fn wait(
+        &self,
+        mut rx: oneshot::Receiver<Sender>,
+    ) -> Result<Sender, OwnedSemaphorePermit> {
+        let never_closed = |_| unreachable!("connection slots are never closed");
+        tokio::select! {
+            biased;
+            handed = &mut rx => match handed {
+                Ok(sender) => Ok(sender),
+                // Only the pool drops waiters, and this request holds the pool.
+                Err(_) => Err(self.slots.clone().acquire_owned().await.unwrap_or_else(never_closed)),
+            },
+            slot = self.slots.clone().acquire_owned() => {
+                // A connection handed over at the same moment is used rather than lost.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(sender) => Ok(sender),
+                    Err(_) => Err(slot.unwrap_or_else(never_closed)),
+                }
+            }
+        }
+    }
+
+    /// Connects, handshakes and spawns the connection's task (with upgrades: a `101` turns the
+    /// connection into a tunnel).
+    async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Sender, UpstreamError> {
+        let stream = self
+            .shared
+            .connector
+            .connect(self.target.clone(), slot)
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let (sender, connection) = http1::handshake(stream)
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        let endpoint = self.authority().to_owned();
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%endpoint, %error, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The response, holding its connection until the body ends.
+    fn lease(self: &Arc<Self>, sender: Sender, resp: Response<Incoming>) -> Response<ResponseBody> {
+        let lease = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the upgrade's tunnel: never reused.
+            None
+        } else if resp.body().is_end_stream() {
+            release(self.clone(), sender);
+            None
+        } else {
+            Some(Lease {
+                pool: self.clone(),
+                sender,
+            })
+        };
+        resp.map(|inner| ResponseBody { inner, lease })
+    }
+
+    /// Back to the idle list, or to a request waiting at the connection limit.
+    fn put(self: &Arc<Self>, sender: Sender) {
+        let max_idle = usize::try_from(self.shared.settings.max_idle_per_endpoint)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        let since = self.shared.epoch.load(Ordering::Relaxed);
+        let evicted = {
+            let mut state = lock(&self.state);
+            let mut sender = sender;
+            while let Some(waiter) = state.waiters.pop_front() {
+                match waiter.send(sender) {
+                    Ok(()) => return,
+                    // That request gave up.
+                    Err(back) => sender = back,
+                }
+            }
+            let evicted = if state.idle.len() >= max_idle {
+                state.idle.pop_front()
+            } else {
+                None
+            };
+            state.idle.push_back(Idle { sender, since });
+            evicted
+        };
+        drop(evicted);
+        self.shared.ensure_reaper();
+    }
+
+    fn idle_count(&self) -> usize {
+        lock(&self.state).idle.len()
+    }
+}
+
+impl std::fmt::Debug for EndpointPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointPool")
+            .field("endpoint", &self.authority())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A connection between its response headers and the end of the response body.
+struct Lease {
+    pool: Arc<EndpointPool>,
+    sender: Sender,
+}
+
+/// Returns a connection whose exchange is over. The connection's task is normally ready for
+/// the next request by then (it read the end of the response before handing it over); when it
+/// is not yet (it still sends the request body), a task waits for it.
+fn release(pool: Arc<EndpointPool>, mut sender: Sender) {
+    if sender.is_ready() {
+        pool.put(sender);
+    } else if !sender.is_closed()
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(async move {
+            if sender.ready().await.is_ok() {
+                pool.put(sender);
+            }
+        });
+    }
+}
+
+/// An upstream response body. On HTTP/1.1 it returns its connection to the pool once read to
+/// the end; dropped before that, the connection closes (its state is unknown).
+pub struct ResponseBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("pooled", &self.lease.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResponseBody {
+    /// A body with no connection to return (HTTP/2 streams).
+    pub fn unpooled(inner: Incoming) -> Self {
+        ResponseBody { inner, lease: None }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let ended = match &frame {
+            None => true,
+            // Trailers close a message.
+            Some(Ok(frame)) => frame.is_trailers() || this.inner.is_end_stream(),
+            Some(Err(_)) => {
+                this.lease = None;
+                false
+            }
+        };
+        if ended && let Some(Lease { pool, sender }) = this.lease.take() {
+            release(pool, sender);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::connector::TcpConnector;
+    use crate::upstream::dns::CachingResolver;
+    use http_body_util::{BodyExt, Empty, StreamBody};
+    use hyper_util::rt::TokioIo;
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::{Barrier, Notify};
+
+    /// A hyper HTTP/1.1 upstream counting the connections it accepted and saw close.
+    /// `/hold` answers once `release` is notified, `/gather` once three requests are in,
+    /// `/stream` sends one chunk and then nothing, `/upgrade` switches to an echo tunnel,
+    /// anything else answers `ok` at once.
+    struct Upstream {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+        received: Arc<AtomicUsize>,
+        release: Arc<Notify>,
+    }
+
+    type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+    async fn upstream() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream {
+            addr: listener.local_addr().unwrap(),
+            accepted: Arc::default(),
+            closed: Arc::default(),
+            received: Arc::default(),
+            release: Arc::default(),
+        };
+        let (accepted, closed, received, release) = (
+            up.accepted.clone(),
+            up.closed.clone(),
+            up.received.clone(),
+            up.release.clone(),
+        );
+        let gather = Arc::new(Barrier::new(3));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (closed, received, release, gather) = (
+                    closed.clone(),
+                    received.clone(),
+                    release.clone(),
+                    gather.clone(),
+                );
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                        received.fetch_add(1, Ordering::SeqCst);
+                        let (release, gather) = (release.clone(), gather.clone());
+                        async move {
+                            let body = |b: &'static str| -> TestBody {
+                                http_body_util::Full::new(Bytes::from_static(b.as_bytes())).boxed()
+                            };
+                            let resp = match req.uri().path() {
+                                "/hold" => {
+                                    release.notified().await;
+                                    Response::new(body("held"))
+                                }
+                                "/gather" => {
+                                    gather.wait().await;
+                                    Response::new(body("gathered"))
+                                }
+                                "/stream" => {
+                                    let (tx, rx) = tokio::sync::mpsc::channel::<
+                                        Result<Frame<Bytes>, Infallible>,
+                                    >(1);
+                                    let _ = tx.send(Ok(Frame::data(Bytes::from("first")))).await;
+                                    // Never ends: the sender lives in a task that waits forever.
+                                    tokio::spawn(async move {
+                                        tx.closed().await;
+                                    });
+                                    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                                    Response::new(StreamBody::new(stream).boxed())
+                                }
+                                "/upgrade" => {
+                                    let on = hyper::upgrade::on(&mut req);
+                                    tokio::spawn(async move {
+                                        let Ok(io) = on.await else { return };
+                                        let mut io = TokioIo::new(io);
+                                        let mut buf = [0u8; 64];
+                                        while let Ok(n) = io.read(&mut buf).await {
+                                            if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                                break;
+                                            }
+                                        }
+                                    });
+                                    Response::builder()
+                                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                                        .header("connection", "upgrade")
+                                        .header("upgrade", "echo")
+                                        .body(body(""))
+                                        .unwrap()
+                                }
+                                _ => Response::new(body("ok")),
+                            };
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        up
+    }
+
+    fn settings(max_connections: u32, max_idle: u32, idle_timeout: Duration) -> PoolSettings {
+        PoolSettings {
+            max_connections_per_endpoint: max_connections,
+            max_idle_per_endpoint: max_idle,
+            idle_timeout,
+            dns_ttl: Duration::ZERO,
+        }
+    }
+
+    fn new_client(settings: PoolSettings, connect_timeout: Duration) -> Http1Client {
+        let tcp = TcpConnector::new_with_resolver(CachingResolver::new(Duration::ZERO));
+        Http1Client::new(UpstreamConnector::plain(tcp), settings, connect_timeout)
+    }
+
+    fn pool_of(client: &Http1Client, addr: SocketAddr) -> Arc<EndpointPool> {
+        client.endpoint(&Authority::try_from(addr.to_string()).unwrap())
+    }
+
+    fn get(addr: SocketAddr, path: &str) -> Request<UpstreamBody> {
+        Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .unwrap()
+    }
+
+    /// Sends a GET and reads the whole answer.
+    async fn call(pool: &Arc<EndpointPool>, addr: SocketAddr, path: &str) -> String {
+        let resp = pool.send(get(addr, path)).await.expect("response");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn count(c: &AtomicUsize) -> usize {
+        c.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection() {
+        let up = upstream().await;
+        let client = new_client(PoolSettings::default(), Duration::from_secs(5));
+        let pool = pool_of(&client, up.addr);
+        for _ in 0..3 {
+            assert_eq!(call(&pool, up.addr, "/").await, "ok");
+        }
+        assert_eq!(count(&up.accepted), 1);
+        assert_eq!(client.idle_count(), 1);
+        // The registry hands out the pool in use for the same authority.
+        assert!(Arc::ptr_eq(&pool, &pool_of(&client, up.addr)));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_the_idle_timeout() {
+        let up = upstream().await;
+        let client = new_client(
+            settings(8, 8, Duration::from_millis(100)),
+            Duration::from_secs(5),
+        );
+        let pool = pool_of(&client, up.addr);
+        assert_eq!(call(&pool, up.addr, "/").await, "ok");
+        assert_eq!(client.idle_count(), 1);
+        eventually("the idle connection closed", || count(&up.closed) == 1).await;
+        assert_eq!(client.idle_count(), 0);
+        // The reaper stops with nothing idle and starts again with the next connection.
+        assert_eq!(call(&pool, up.addr, "/").await, "ok");
+        assert_eq!(count(&up.accepted), 2);
+        eventually("the second one closed too", || count(&up.closed) == 2).await;
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_the_maximum_close() {
+        let up = upstream().await;
+        let client = new_client(
+            settings(8, 1, Duration::from_secs(90)),
+            Duration::from_secs(5),
+        );
+        let pool = pool_of(&client, up.addr);
+        // Three requests the upstream answers together: three connections.
+        let calls = (0..3).map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { call(&pool, up.addr, "/gather").await })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            assert_eq!(call.await.unwrap(), "gathered");
+        }
+        assert_eq!(count(&up.accepted), 3);
+        assert_eq!(client.idle_count(), 1);
+        eventually("two connections closed", || count(&up.closed) == 2).await;
+    }
+
+    #[tokio::test]
+    async fn requests_at_the_connection_limit_wait_for_a_connection() {
+        let up = upstream().await;
+        let client = new_client(
+            settings(1, 8, Duration::from_secs(90)),
+            Duration::from_secs(5),
+        );
+        let pool = pool_of(&client, up.addr);
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { call(&pool, up.addr, "/hold").await }
+        });
+        eventually("the first request arrived", || count(&up.received) == 1).await;
+        // The second waits for the first one's connection instead of opening another.
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { call(&pool, up.addr, "/").await }
+        });
+        up.release.notify_one();
+        assert_eq!(first.await.unwrap(), "held");
+        assert_eq!(second.await.unwrap(), "ok");
+        assert_eq!(count(&up.accepted), 1);
+
+        // No connection within the connect timeout: a connect error (nothing was sent).
+        let short = new_client(
+            settings(1, 8, Duration::from_secs(90)),
+            Duration::from_millis(100),
+        );
+        let pool = pool_of(&short, up.addr);
+        let held = tokio::spawn({
+            let pool = pool.clone();
+            async move { call(&pool, up.addr, "/hold").await }
+        });
+        eventually("the held request arrived", || count(&up.received) == 3).await;
+        let error = pool
+            .send(get(up.addr, "/"))
+            .await
+            .expect_err("no connection");
+        assert!(error.nothing_sent(), "{error}");
+        assert!(error.to_string().contains("connect timeout"), "{error}");
+        up.release.notify_one();
+        assert_eq!(held.await.unwrap(), "held");
+    }
+
+    #[tokio::test]
+    async fn early_dropped_bodies_and_upgrades_never_return_their_connection() {
+        let up = upstream().await;
+        let client = new_client(PoolSettings::default(), Duration::from_secs(5));
+        let pool = pool_of(&client, up.addr);
+        let resp = pool.send(get(up.addr, "/stream")).await.unwrap();
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first");
+        drop(body);
+        eventually("the connection closed", || count(&up.closed) == 1).await;
+        assert_eq!(client.idle_count(), 0);
+
+        // An upgrade turns the connection into a tunnel.
+        let mut req = get(up.addr, "/upgrade");
+        req.headers_mut()
+            .insert("connection", http::HeaderValue::from_static("upgrade"));
+        req.headers_mut()
+            .insert("upgrade", http::HeaderValue::from_static("echo"));
+        let resp = pool.send(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded"));
+        tunnel.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tunnel.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        assert_eq!(client.idle_count(), 0);
+        assert_eq!(count(&up.accepted), 2);
+    }
+
+    /// Reads one request head from a blocking stream; false at the end of the stream.
+    fn read_head(stream: &mut std::net::TcpStream) -> bool {
+        use std::io::Read;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// A raw HTTP/1.1 upstream on its own thread that answers one request per connection and
+    /// then closes the connection: at once when the next request arrives (`on_request`), or
+    /// while idle, when told to through the returned sender (confirming on the receiver).
+    /// Accepted connections are counted.
+    fn closing_upstream(
+        on_request: bool,
+    ) -> (
+        SocketAddr,
+        std::sync::mpsc::Sender<()>,
+        std::sync::mpsc::Receiver<()>,
+        Arc<AtomicUsize>,
+    ) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+        let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                if !read_head(&mut stream) || stream.write_all(OK).is_err() {
+                    continue;
+                }
+                if on_request {
+                    read_head(&mut stream);
+                } else if close_rx.recv().is_err() {
+                    return;
+                }
+                drop(stream);
+                let _ = closed_tx.send(());
+            }
+        });
+        (addr, close_tx, closed_rx, accepted)
+    }
+
+    fn with_method(mut req: Request<UpstreamBody>, method: Method) -> Request<UpstreamBody> {
+        *req.method_mut() = method;
+        req
+    }
+
+    /// Waits until the reaper ticked: the idle connections become suspect.
+    async fn next_tick(client: &Http1Client) {
+        let epoch = || client.shared.epoch.load(Ordering::SeqCst);
+        let start = epoch();
+        eventually("a reaper tick", || epoch() > start).await;
+    }
+
+    /// Reaper ticks of 200 ms.
+    fn ticking_client() -> Http1Client {
+        new_client(
+            settings(8, 8, Duration::from_millis(1600)),
+            Duration::from_secs(5),
+        )
+    }
+
+    /// The upstream closed an idle connection and the close is in the socket, but the
+    /// connection's task has not seen it yet: the pool does not send on it, whatever the method.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_closed_while_idle_is_not_used() {
+        let (addr, close, closed, accepted) = closing_upstream(false);
+        let client = ticking_client();
+        let pool = pool_of(&client, addr);
+        assert_eq!(call(&pool, addr, "/").await, "ok");
+        next_tick(&client).await;
+        // Blocks this (only) runtime thread until the upstream has closed the connection,
+        // so the connection's task cannot see the close before the next request.
+        close.send(()).unwrap();
+        closed.recv().unwrap();
+        let resp = pool.send(with_method(get(addr, "/"), Method::POST)).await;
+        assert_eq!(resp.expect("response").status(), StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// The keep-alive race: the upstream closes an idle connection as a request arrives on
+    /// it. An idempotent request without a body goes once more, on a new connection; others
+    /// may have been acted on and fail.
+    #[tokio::test]
+    async fn an_idempotent_request_meeting_a_close_goes_again_on_a_new_connection() {
+        let (addr, _close, _closed, accepted) = closing_upstream(true);
+        let client = ticking_client();
+        let pool = pool_of(&client, addr);
+        assert_eq!(call(&pool, addr, "/").await, "ok");
+        next_tick(&client).await;
+        assert_eq!(call(&pool, addr, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        next_tick(&client).await;
+        let error = pool
+            .send(with_method(get(addr, "/"), Method::POST))
+            .await
+            .expect_err("not replayed");
+        assert!(!error.nothing_sent(), "{error}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A config change keeps the idle connections of the endpoints that stay; an endpoint
+    /// that leaves every cluster loses its pool, and its idle connections close at once.
+    #[tokio::test]
+    async fn endpoints_keep_their_connections_across_config_changes_until_they_leave() {
+        use crate::resources::Resources;
+        use crate::snapshot::{Changed, Compiler, Snapshot};
+        let (a, b) = (upstream().await, upstream().await);
+        let mut res = Resources::default();
+        res.add_cluster("c", &[("127.0.0.1", a.addr.port())]);
+        let mut compiler = Compiler::new();
+        let changed = Changed {
+            clusters: ["c".to_string()].into(),
+            ..Default::default()
+        };
+        async fn call_endpoint(snap: &Snapshot, idx: usize) -> StatusCode {
+            let cluster = snap.cluster("c").unwrap();
+            let addr = cluster.endpoints[idx].authority.as_str().parse().unwrap();
+            let resp = cluster.send(idx, get(addr, "/")).await.expect("response");
+            let status = resp.status();
+            resp.into_body().collect().await.unwrap();
+            status
+        }
+        let first = compiler.compile(&res);
+        assert_eq!(call_endpoint(&first, 0).await, StatusCode::OK);
+
+        res.add_cluster(
+            "c",
+            &[("127.0.0.1", a.addr.port()), ("127.0.0.1", b.addr.port())],
+        );
+        let second = compiler.compile_changes(&res, &changed);
+        assert_eq!(call_endpoint(&second, 0).await, StatusCode::OK);
+        assert_eq!(call_endpoint(&second, 1).await, StatusCode::OK);
+        assert_eq!(count(&a.accepted), 1, "the idle connection carried over");
+
+        res.add_cluster("c", &[("127.0.0.1", b.addr.port())]);
+        let third = compiler.compile_changes(&res, &changed);
+        // Old snapshots go when their last requests finish.
+        drop((first, second));
+        eventually("the removed endpoint's connection closed", || {
+            count(&a.closed) == 1
+        })
+        .await;
+        assert_eq!(call_endpoint(&third, 0).await, StatusCode::OK);
+        assert_eq!(count(&b.accepted), 1);
+        assert_eq!(count(&b.closed), 0);
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in ["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"] {
+            assert!(is_idempotent(&m.parse().unwrap()), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT"] {
+            assert!(!is_idempotent(&m.parse().unwrap()), "{m}");
+        }
+    }
+}
