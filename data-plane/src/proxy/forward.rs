@@ -15,7 +15,9 @@ use crate::upstream::budget::RetryToken;
 use crate::upstream::client::Protocol;
 use crate::upstream::cluster::Eligibility;
 use crate::upstream::http1::is_idempotent;
-use crate::upstream::{CompiledCluster, Outcome, ResponseBody, UpstreamBody, UpstreamError};
+use crate::upstream::{
+    CompiledCluster, Outcome, ResponseBody, SendError, UpstreamBody, UpstreamError,
+};
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -72,8 +74,8 @@ struct Target {
 /// Why an attempt failed.
 enum Failure {
     /// No connection, or it closed before the request was written: the request never reached
-    /// the backend.
-    Connect(UpstreamError),
+    /// the backend (and may have come back).
+    Connect(UpstreamError, Option<Request<UpstreamBody>>),
     /// No response headers within the backend timeout.
     Timeout(Duration),
     /// The connection broke after the request was (perhaps partly) sent.
@@ -125,7 +127,7 @@ async fn attempts<B>(
     route: &Arc<str>,
     forward: &Forward,
     pinned: u64,
-    mut parts: Parts,
+    parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
     report: &mut Report,
@@ -141,7 +143,7 @@ where
         return response::no_upstream();
     };
     // Without a policy a retry needs another endpoint: a route with one backend of one endpoint
-    // (a Goma `target`) skips the preparations (copy of the head, lent body).
+    // (a Goma `target`) skips the preparations (lent body).
     let may_retry = retry.attempts > 0
         && (retry.reuse_endpoint
             || forward.backends.backends.len() > 1
@@ -156,28 +158,35 @@ where
     } else {
         RequestBody::Once(Some(body))
     };
+    // The client's Host goes upstream as it is; else each attempt sets its endpoint's.
+    let host_preserved = forward.preserve_host && parts.headers.contains_key(header::HOST);
+    // The head for the next attempt: an attempt takes it, and it comes back when the request
+    // never left (a connect failure), or a copy is kept when a retry may follow a request that
+    // did (a policy on a replayable request), or when the client keeps what it could not send
+    // (hyper-util's, for HTTP/2).
+    let mut next_head = Some(parts);
     let mut tried: Vec<(Arc<CompiledCluster>, usize)> = Vec::new();
     let mut retries = 0;
     // Held for the duration of the retry it was taken for.
     let mut _token: Option<RetryToken> = None;
     loop {
         let more = may_retry && retries < retry.attempts;
-        // The last attempt takes the head; earlier ones send a copy in case of a retry.
-        let head = if more {
-            parts.clone()
-        } else {
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-        };
-        let Some(attempt_body) = body.next() else {
-            // Unreachable: a retry is only decided when the body is available.
+        let keep_copy = more
+            && ((replayable && !retry.statuses.is_empty())
+                || target.cluster.protocol == Protocol::H2c);
+        let (Some(head), Some(attempt_body)) = (next_head.take(), body.next()) else {
+            // Unreachable: a retry is only decided when the head and the body are available.
             return response::upstream_error();
         };
+        if keep_copy {
+            next_head = Some(head.clone());
+        }
         let upgrading = upgrade
             .as_ref()
             .filter(|_| target.cluster.protocol == Protocol::Http1);
-        let request = upstream_request(head, attempt_body, &target, forward, upgrading);
+        let request = upstream_request(head, attempt_body, &target, host_preserved, upgrading);
         report.forwarding(&target.cluster, &target.cluster.endpoints[target.endpoint]);
-        let failure = match attempt(&target, request, forward.backend_timeout, retry).await {
+        let mut failure = match attempt(&target, request, forward.backend_timeout, retry).await {
             Ok(resp) => {
                 report.upstream_responded = true;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -190,18 +199,27 @@ where
             }
             Err(failure) => failure,
         };
-        let retryable = match &failure {
-            Failure::Connect(_) => match &body {
-                RequestBody::Empty => true,
-                RequestBody::Once(_) => false,
-                RequestBody::Lent(slot) => slot.is_available(),
-            },
-            Failure::Timeout(_) => {
-                replayable && retry.statuses.contains(&StatusCode::GATEWAY_TIMEOUT)
-            }
-            Failure::Broken(_) => replayable && retry.statuses.contains(&StatusCode::BAD_GATEWAY),
-            Failure::Status(_) => replayable,
-        };
+        if let Failure::Connect(_, unsent) = &mut failure
+            && let Some(unsent) = unsent.take()
+            && next_head.is_none()
+        {
+            next_head = Some(unsent.into_parts().0);
+        }
+        let retryable = next_head.is_some()
+            && match &failure {
+                Failure::Connect(..) => match &body {
+                    RequestBody::Empty => true,
+                    RequestBody::Once(_) => false,
+                    RequestBody::Lent(slot) => slot.is_available(),
+                },
+                Failure::Timeout(_) => {
+                    replayable && retry.statuses.contains(&StatusCode::GATEWAY_TIMEOUT)
+                }
+                Failure::Broken(_) => {
+                    replayable && retry.statuses.contains(&StatusCode::BAD_GATEWAY)
+                }
+                Failure::Status(_) => replayable,
+            };
         let next = if more && retryable {
             tried.push((target.cluster.clone(), target.endpoint));
             choose_target(
@@ -237,27 +255,22 @@ where
 }
 
 /// Builds one attempt's request from `head` (its URI in origin form): the URI the upstream's
-/// protocol wants, Host (unless the client's is preserved), the upstream's HTTP version and,
-/// for an upgrade, its headers.
+/// protocol wants, Host (the endpoint's unless the client's is preserved), the upstream's HTTP
+/// version and, for an upgrade, its headers.
 fn upstream_request(
     mut head: Parts,
     body: UpstreamBody,
     target: &Target,
-    forward: &Forward,
+    host_preserved: bool,
     upgrade: Option<&ClientUpgrade>,
 ) -> Request<UpstreamBody> {
     let cluster = &target.cluster;
     let endpoint = &cluster.endpoints[target.endpoint];
     match cluster.protocol {
-        // HTTP/1.1 sends the origin form as it is (CONNECT the authority form), and always a
-        // Host: the endpoint's when the client sent none to preserve.
+        // HTTP/1.1 sends the origin form as it is (CONNECT the authority form).
         Protocol::Http1 => {
             if head.method == Method::CONNECT {
                 head.uri = Uri::from(endpoint.authority.clone());
-            }
-            if !forward.preserve_host || !head.headers.contains_key(header::HOST) {
-                head.headers
-                    .insert(header::HOST, endpoint.host_header.clone());
             }
         }
         // HTTP/2 takes :scheme and :authority from an absolute URI.
@@ -276,11 +289,11 @@ fn upstream_request(
             {
                 head.uri = uri;
             }
-            if !forward.preserve_host {
-                head.headers
-                    .insert(header::HOST, endpoint.host_header.clone());
-            }
         }
+    }
+    if !host_preserved {
+        head.headers
+            .insert(header::HOST, endpoint.host_header.clone());
     }
     head.version = cluster.protocol.version();
     if let Some(upgrade) = upgrade {
@@ -323,18 +336,18 @@ async fn attempt(
     }
 }
 
-fn classify(error: UpstreamError) -> Failure {
-    if error.nothing_sent() {
-        Failure::Connect(error)
+fn classify(failed: SendError<Request<UpstreamBody>>) -> Failure {
+    if failed.error.nothing_sent() {
+        Failure::Connect(failed.error, failed.unsent)
     } else {
-        Failure::Broken(error)
+        Failure::Broken(failed.error)
     }
 }
 
 impl Failure {
     fn describe(&self) -> String {
         match self {
-            Failure::Connect(e) => format!("connect error: {e}"),
+            Failure::Connect(e, _) => format!("connect error: {e}"),
             Failure::Timeout(limit) => format!("no response within {limit:?}"),
             Failure::Broken(e) => format!("upstream error: {e}"),
             Failure::Status(resp) => format!("status {}", resp.status().as_u16()),
@@ -360,7 +373,7 @@ fn give_up(
             report.upstream_responded = true;
             relay(resp)
         }
-        Failure::Connect(error) => {
+        Failure::Connect(error, _) => {
             report.failure = Some(UpstreamFailure::Connect);
             tracing::warn!(%route, %cluster, %endpoint, %error, "upstream connect error");
             response::connect_error()

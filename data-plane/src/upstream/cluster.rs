@@ -5,7 +5,7 @@ use super::budget::RetryBudget;
 use super::client::UpstreamBody;
 use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, Protocol, UpstreamClient};
 use super::connector::parse_server_name;
-use super::error::UpstreamError;
+use super::error::{SendError, UpstreamError};
 use super::health::HealthCheck;
 use super::http1::{EndpointPool, ResponseBody};
 use super::outlier::{EndpointHealth, Outcome, Outlier, now_ms};
@@ -366,12 +366,13 @@ impl CompiledCluster {
     }
 
     /// Sends `req` to endpoint `idx`. HTTP/1.1 requests carry the origin-form URI and a `Host`
-    /// header; HTTP/2 ones the absolute URI (its authority is `:authority`).
+    /// header; HTTP/2 ones the absolute URI (its authority is `:authority`). On HTTP/1.1, a
+    /// request that never left comes back with the error; hyper-util's HTTP/2 client keeps it.
     pub async fn send(
         &self,
         idx: usize,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         match (
             &self.client,
             self.endpoints.get(idx).and_then(|e| e.pool.as_ref()),
@@ -379,10 +380,11 @@ impl CompiledCluster {
             (UpstreamClient::Http1(_), Some(pool)) => pool.send(req).await,
             (UpstreamClient::Http2(client), _) => match client.request(req).await {
                 Ok(resp) => Ok(resp.map(ResponseBody::unpooled)),
-                Err(error) => Err(UpstreamError::from_legacy(error)),
+                Err(error) => Err(SendError::new(UpstreamError::from_legacy(error))),
             },
-            (UpstreamClient::Http1(_), None) => Err(UpstreamError::Connect(
-                format!("cluster {}: no endpoint {idx}", self.name).into(),
+            (UpstreamClient::Http1(_), None) => Err(SendError::unsent(
+                UpstreamError::Connect(format!("cluster {}: no endpoint {idx}", self.name).into()),
+                req,
             )),
         }
     }

@@ -39,6 +39,38 @@ impl UpstreamError {
     }
 }
 
+/// A failed send. A request that never left comes back, so a retry can send it elsewhere
+/// without a copy having been kept.
+pub struct SendError<R> {
+    pub error: UpstreamError,
+    pub unsent: Option<R>,
+}
+
+impl<R> SendError<R> {
+    pub fn new(error: UpstreamError) -> Self {
+        SendError {
+            error,
+            unsent: None,
+        }
+    }
+
+    pub fn unsent(error: UpstreamError, request: R) -> Self {
+        SendError {
+            error,
+            unsent: Some(request),
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for SendError<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendError")
+            .field("error", &self.error)
+            .field("unsent", &self.unsent.is_some())
+            .finish()
+    }
+}
+
 /// `error` and its causes on one line.
 fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();

@@ -274,7 +274,10 @@ async fn probe(cluster: &CompiledCluster, idx: usize, check: &HealthCheck) -> Re
         .map_err(|e| e.to_string())?;
     *req.version_mut() = cluster.protocol.version();
     let exchange = async {
-        let resp = cluster.send(idx, req).await.map_err(|e| e.to_string())?;
+        let resp = cluster
+            .send(idx, req)
+            .await
+            .map_err(|e| e.error.to_string())?;
         let status = resp.status();
         // Read the (small) body so the connection goes back to the pool.
         let _ = Limited::new(resp.into_body(), MAX_PROBE_BODY)

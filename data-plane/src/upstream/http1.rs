@@ -15,7 +15,7 @@
 
 use super::client::UpstreamBody;
 use super::connector::{ConnectError, UpstreamConnector};
-use super::error::UpstreamError;
+use super::error::{SendError, UpstreamError};
 use super::pool::PoolSettings;
 use bytes::Bytes;
 use http::uri::Authority;
@@ -295,6 +295,7 @@ fn closed_before_response(error: &hyper::Error) -> bool {
 
 impl EndpointPool {
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, else on a new one.
+    /// A request that never left comes back with the error.
     ///
     /// Stale connections (closed by the upstream while idle) must not fail requests. A request
     /// that a closed connection hands back unsent goes once more on a new connection. A
@@ -304,7 +305,7 @@ impl EndpointPool {
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         match self.take_idle() {
             Some(Pooled {
                 mut sender,
@@ -325,7 +326,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         mut sender: Sender,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         // Tokio runs a yielded task after polling the I/O driver: a close already received
         // reaches the connection's task first.
         tokio::task::yield_now().await;
@@ -345,7 +346,7 @@ impl EndpointPool {
         self: &Arc<Self>,
         mut error: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
         replay: Option<Replay>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
+    ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         let again = match error.take_message() {
             Some(unsent) => {
                 tracing::debug!(endpoint = %self.authority(), error = %error.error(), "pooled connection closed while idle; sending on a new connection");
@@ -358,7 +359,7 @@ impl EndpointPool {
                         tracing::debug!(endpoint = %self.authority(), %error, "pooled connection closed before the response; sending again on a new connection");
                         replay.request()
                     }
-                    _ => return Err(UpstreamError::Exchange(error.into())),
+                    _ => return Err(SendError::new(UpstreamError::Exchange(error.into()))),
                 }
             }
         };
@@ -369,13 +370,18 @@ impl EndpointPool {
     async fn send_fresh(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let mut sender = self.checkout_new().await?;
+    ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
+        let mut sender = match self.checkout_new().await {
+            Ok(sender) => sender,
+            Err(error) => return Err(SendError::unsent(error, req)),
+        };
         match sender.try_send_request(req).await {
             Ok(resp) => Ok(self.lease(sender, resp)),
             Err(mut error) => Err(match error.take_message() {
-                Some(_) => UpstreamError::NotSent(error.into_error()),
-                None => UpstreamError::Exchange(error.into_error().into()),
+                Some(unsent) => {
+                    SendError::unsent(UpstreamError::NotSent(error.into_error()), unsent)
+                }
+                None => SendError::new(UpstreamError::Exchange(error.into_error().into())),
             }),
         }
     }
@@ -867,12 +873,15 @@ mod tests {
             async move { call(&pool, up.addr, "/hold").await }
         });
         eventually("the held request arrived", || count(&up.received) == 3).await;
-        let error = pool
+        let failed = pool
             .send(get(up.addr, "/"))
             .await
             .expect_err("no connection");
+        let error = &failed.error;
         assert!(error.nothing_sent(), "{error}");
         assert!(error.to_string().contains("connect timeout"), "{error}");
+        // The request comes back for a retry elsewhere.
+        assert_eq!(failed.unsent.expect("unsent").uri().path(), "/");
         up.release.notify_one();
         assert_eq!(held.await.unwrap(), "held");
     }
@@ -1012,11 +1021,12 @@ mod tests {
         assert_eq!(call(&pool, addr, "/").await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         next_tick(&client).await;
-        let error = pool
+        let failed = pool
             .send(with_method(get(addr, "/"), Method::POST))
             .await
             .expect_err("not replayed");
-        assert!(!error.nothing_sent(), "{error}");
+        assert!(!failed.error.nothing_sent(), "{}", failed.error);
+        assert!(failed.unsent.is_none());
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 

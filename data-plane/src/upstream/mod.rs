@@ -16,7 +16,7 @@ pub mod tls;
 
 pub use client::{Clients, UpstreamBody, UpstreamClient};
 pub use cluster::{ClusterState, CompiledCluster};
-pub use error::UpstreamError;
+pub use error::{SendError, UpstreamError};
 pub use health::HealthCheckers;
 pub use http1::ResponseBody;
 pub use outlier::Outcome;
