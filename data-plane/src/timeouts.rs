@@ -32,26 +32,44 @@ pub enum Protocol {
 #[derive(Default)]
 struct Deadline {
     timer: Option<Pin<Box<Sleep>>>,
-    armed: bool,
+    /// The armed deadline. The timer may be set earlier: deadlines move later request after
+    /// request, so it is moved on when it fires rather than re-registered each time.
+    at: Option<Instant>,
 }
 
 impl Deadline {
     fn arm(&mut self, after: Duration) {
-        let deadline = Instant::now() + after;
+        let at = Instant::now() + after;
         match &mut self.timer {
-            Some(timer) => timer.as_mut().reset(deadline),
-            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(timer) if timer.deadline() <= at => {}
+            Some(timer) => timer.as_mut().reset(at),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
         }
-        self.armed = true;
+        self.at = Some(at);
+    }
+
+    fn disarm(&mut self) {
+        self.at = None;
+    }
+
+    fn is_armed(&self) -> bool {
+        self.at.is_some()
     }
 
     /// Whether the armed deadline has passed (registering for a wake-up if not).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.armed
-            && self
-                .timer
-                .as_mut()
-                .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+        let (Some(at), Some(timer)) = (self.at, &mut self.timer) else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if timer.deadline() >= at {
+            return true;
+        }
+        // It fired at an earlier deadline: on to the armed one.
+        timer.as_mut().reset(at);
+        timer.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -109,7 +127,7 @@ impl<T> ClientIo<T> {
     /// Bytes arrived: with no request in flight they start a request head, which must be
     /// complete (the request begun) within the head timeout.
     fn on_read(&mut self, data: &[u8]) {
-        self.body.armed = false;
+        self.body.disarm();
         if self.protocol == Protocol::Sniff {
             self.sniff(data);
         }
@@ -117,14 +135,14 @@ impl<T> ClientIo<T> {
             return;
         };
         if self.protocol == Protocol::Http2 || self.activity.upgraded.load(Ordering::Acquire) {
-            self.head.armed = false;
+            self.head.disarm();
             return;
         }
         let started = self.activity.started();
-        if self.head.armed && started != self.head_of {
-            self.head.armed = false;
+        if self.head.is_armed() && started != self.head_of {
+            self.head.disarm();
         }
-        if !self.head.armed && self.activity.in_flight() == 0 {
+        if !self.head.is_armed() && self.activity.in_flight() == 0 {
             self.head.arm(timeout);
             self.head_of = started;
         }
@@ -133,8 +151,8 @@ impl<T> ClientIo<T> {
     /// A read is pending: whether an unfinished head, or a body that waits for bytes, has
     /// outlived its bound.
     fn read_expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
-        if self.head.armed && self.activity.started() != self.head_of {
-            self.head.armed = false;
+        if self.head.is_armed() && self.activity.started() != self.head_of {
+            self.head.disarm();
         }
         if self.head.expired(cx) {
             return Some("request head not received in time (read timeout)");
@@ -142,10 +160,10 @@ impl<T> ClientIo<T> {
         let timeout = self.head_timeout?;
         self.activity.reader.register(cx.waker());
         if self.activity.bodies_waiting.load(Ordering::Acquire) == 0 {
-            self.body.armed = false;
+            self.body.disarm();
             return None;
         }
-        if !self.body.armed {
+        if !self.body.is_armed() {
             self.body.arm(timeout);
         }
         self.body
@@ -158,7 +176,7 @@ impl<T> ClientIo<T> {
         let Some(timeout) = self.write_timeout else {
             return Poll::Pending;
         };
-        if !self.write.armed {
+        if !self.write.is_armed() {
             self.write.arm(timeout);
         }
         if self.write.expired(cx) {
@@ -171,7 +189,7 @@ impl<T> ClientIo<T> {
     }
 
     fn wrote<R>(&mut self, result: io::Result<R>) -> Poll<io::Result<R>> {
-        self.write.armed = false;
+        self.write.disarm();
         Poll::Ready(result)
     }
 }
@@ -463,6 +481,28 @@ mod tests {
                 return e;
             }
         }
+    }
+
+    /// Re-arming leaves the timer at the earlier deadline; when it fires there, the deadline
+    /// armed last still holds.
+    #[tokio::test]
+    async fn a_rearmed_deadline_holds_past_the_earlier_one() {
+        let mut deadline = Deadline::default();
+        deadline.arm(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        deadline.arm(Duration::from_millis(100));
+        let rearmed = Instant::now();
+        std::future::poll_fn(|cx| {
+            if deadline.expired(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        assert!(rearmed.elapsed() >= Duration::from_millis(100));
+        deadline.disarm();
+        assert!(!std::future::poll_fn(|cx| Poll::Ready(deadline.expired(cx))).await);
     }
 
     #[tokio::test]

@@ -33,7 +33,9 @@ const MAX_BACKOFF_FACTOR: u32 = 10;
 /// Sends `parts` + `body` (headers already prepared; `parts.uri` holds the path and query) to
 /// an endpoint of one of `forward`'s backends. `pinned` is the mask of backends whose canary
 /// conditions hold for the request; `upgrade` the protocol switch the client asked for, offered
-/// to HTTP/1.1 upstreams. What happened is reported into `report` (metrics, access logs).
+/// to HTTP/1.1 upstreams; `host_preserved` that `parts` carries the client's Host, to be sent
+/// as it is (else each attempt sets its endpoint's). What happened is reported into `report`
+/// (metrics, access logs).
 #[allow(clippy::too_many_arguments)]
 pub async fn forward<B>(
     snapshot: &Snapshot,
@@ -43,13 +45,22 @@ pub async fn forward<B>(
     parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
+    host_preserved: bool,
     report: &mut Report,
 ) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
 {
     let attempts = attempts(
-        snapshot, route, forward, pinned, parts, body, upgrade, report,
+        snapshot,
+        route,
+        forward,
+        pinned,
+        parts,
+        body,
+        upgrade,
+        host_preserved,
+        report,
     );
     let Some(limit) = forward.timeout else {
         return attempts.await;
@@ -130,6 +141,7 @@ async fn attempts<B>(
     parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
+    host_preserved: bool,
     report: &mut Report,
 ) -> Response<ProxyBody>
 where
@@ -158,8 +170,6 @@ where
     } else {
         RequestBody::Once(Some(body))
     };
-    // The client's Host goes upstream as it is; else each attempt sets its endpoint's.
-    let host_preserved = forward.preserve_host && parts.headers.contains_key(header::HOST);
     // The head for the next attempt: an attempt takes it, and it comes back when the request
     // never left (a connect failure), or a copy is kept when a retry may follow a request that
     // did (a policy on a replayable request), or when the client keeps what it could not send

@@ -1,6 +1,7 @@
 //! Header handling between client and upstream: hop-by-hop removal and forwarding headers.
 
 use super::client_ip::{X_FORWARDED_FOR, X_REAL_IP};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::{IpAddr, SocketAddr};
 
@@ -32,25 +33,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
         }
     }
     if connection && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION) {
-        let mut values = entry.remove_entry_mult().1;
-        // Usually one value: the rest stays an empty, unallocated Vec.
-        let first = values.next();
-        let rest: Vec<HeaderValue> = values.collect();
-        for value in first.iter().chain(&rest) {
-            let Ok(value) = value.to_str() else { continue };
-            for token in value.split(',').map(str::trim) {
-                // The common tokens: Keep-Alive was seen by the scan, `close` names no header.
-                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
-                    continue;
-                }
-                match HeaderName::from_bytes(token.as_bytes()) {
-                    Ok(name) if is_request && name == header::TE => {}
-                    Ok(name) => {
-                        headers.remove(name);
-                    }
-                    Err(_) => {}
-                }
-            }
+        // The usual values name no header: nothing to parse.
+        let plain = entry.iter().all(|v| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        });
+        if plain {
+            entry.remove();
+        } else {
+            let mut values = entry.remove_entry_mult().1;
+            // Usually one value: the rest stays an empty, unallocated Vec.
+            let first = values.next();
+            let rest: Vec<HeaderValue> = values.collect();
+            remove_listed(headers, first.into_iter().chain(rest), is_request);
         }
     }
     if others {
@@ -70,6 +65,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, is_request: bool) {
         headers.remove(header::TE);
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+}
+
+/// Removes the headers a Connection header's `values` list (on requests, `TE` stays).
+fn remove_listed(
+    headers: &mut HeaderMap,
+    values: impl Iterator<Item = HeaderValue>,
+    is_request: bool,
+) {
+    for value in values {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            // The common tokens: Keep-Alive was seen by the scan, `close` names no header.
+            if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            match HeaderName::from_bytes(token.as_bytes()) {
+                Ok(name) if is_request && name == header::TE => {}
+                Ok(name) => {
+                    headers.remove(name);
+                }
+                Err(_) => {}
+            }
         }
     }
 }
@@ -169,10 +188,14 @@ pub fn request_id(supplied: Option<&HeaderValue>, peer_trusted: bool) -> HeaderV
 fn new_request_id(n: u128) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(n.to_be_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
-    HeaderValue::from_bytes(&hex).expect("hex digits are a valid header value")
+    // Owned by the Bytes: one allocation, which the request's and the response's header share
+    // (a copied slice would be allocated again on the first clone).
+    HeaderValue::from_maybe_shared(Bytes::from_owner(hex))
+        .expect("hex digits are a valid header value")
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use prefix::PrefixedBody;
 pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
 
-use crate::router::host::request_host;
+use crate::router::host::request_host_and_header;
 use crate::router::{CompiledRoute, Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
@@ -84,8 +84,8 @@ where
 
     // Routing borrows the request; collect what forwarding needs, then release the borrow.
     let (route, pinned, path_and_query, original_host) = {
-        let raw_host = request_host(req.uri(), req.headers());
-        let host = NormalizedHost::new(&raw_host);
+        let (raw_host, host_header) = request_host_and_header(req.uri(), req.headers());
+        let host = NormalizedHost::new(raw_host);
         if let Some(tls) = tls
             && !tls.serves(&snapshot, port, host.as_str())
         {
@@ -124,7 +124,7 @@ where
                 PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
             }
         };
-        let original_host = original_host(&req, &raw_host);
+        let original_host = original_host(raw_host, host_header);
         (route.clone(), pinned, path_and_query, original_host)
     };
     let RouteAction::Forward(forward) = &route.action else {
@@ -151,6 +151,7 @@ where
         .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id.clone());
     // HTTP/2 clients send no Host header; carry their :authority as Host. Otherwise each attempt
     // sets its endpoint's authority.
+    let host_preserved = forward.preserve_host && original_host.is_some();
     if forward.preserve_host
         && let Some(h) = original_host
     {
@@ -173,6 +174,7 @@ where
         parts,
         body,
         upgrade,
+        host_preserved,
         report,
     )
     .await;
@@ -184,16 +186,14 @@ where
 
 /// The host the client asked for, as a header value: the Host header itself when that is where
 /// it came from (no copy), else the URI's authority (HTTP/2).
-fn original_host<B>(req: &Request<B>, raw_host: &str) -> Option<HeaderValue> {
+fn original_host(raw_host: &str, host_header: Option<&HeaderValue>) -> Option<HeaderValue> {
     if raw_host.is_empty() {
         return None;
     }
-    if req.uri().authority().is_none()
-        && let Some(host) = req.headers().get(header::HOST)
-    {
-        return Some(host.clone());
+    match host_header {
+        Some(host) => Some(host.clone()),
+        None => HeaderValue::from_str(raw_host).ok(),
     }
-    HeaderValue::from_str(raw_host).ok()
 }
 
 fn log_blocked(route: &CompiledRoute, client_ip: IpAddr, found: exploit::Finding) {

@@ -174,12 +174,20 @@ pub fn validate_hostname(raw: &str) -> Result<(), String> {
 
 /// The host a request addresses: URI authority (HTTP/2 `:authority`, absolute-form) or the Host header.
 pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Cow<'a, str> {
+    Cow::Borrowed(request_host_and_header(uri, headers).0)
+}
+
+/// [`request_host`], and the Host header when that is where it came from.
+pub fn request_host_and_header<'a>(
+    uri: &'a http::Uri,
+    headers: &'a http::HeaderMap,
+) -> (&'a str, Option<&'a http::HeaderValue>) {
     if let Some(a) = uri.authority() {
-        return Cow::Borrowed(a.as_str());
+        return (a.as_str(), None);
     }
-    match headers.get(http::header::HOST).map(|v| v.to_str()) {
-        Some(Ok(h)) => Cow::Borrowed(h),
-        _ => Cow::Borrowed(""),
+    match headers.get(http::header::HOST) {
+        Some(h) => (h.to_str().unwrap_or_default(), Some(h)),
+        None => ("", None),
     }
 }
 
