@@ -174,15 +174,24 @@ impl From<SocketAddr> for Peer {
 
 /// The request id of a request: the one a trusted proxy sent when it is sane (1 to 128 visible
 /// ASCII characters), else a new random 128-bit id in hex.
+///
+/// Marked sensitive, which HTTP/2 encodes as never indexed: a value seen once would only fill
+/// the HPACK dynamic table, pushing out entries that are reused, and h2 compares a new value
+/// with every one indexed under its name before inserting it (~3k instructions per response
+/// with the table full of ids).
 pub fn request_id(supplied: Option<&HeaderValue>, peer_trusted: bool) -> HeaderValue {
-    if peer_trusted
-        && let Some(v) = supplied
-        && (1..=128).contains(&v.len())
-        && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b))
-    {
-        return v.clone();
-    }
-    new_request_id(fastrand::u128(..))
+    let mut id = match supplied {
+        Some(v)
+            if peer_trusted
+                && (1..=128).contains(&v.len())
+                && v.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b)) =>
+        {
+            v.clone()
+        }
+        _ => new_request_id(fastrand::u128(..)),
+    };
+    id.set_sensitive(true);
+    id
 }
 
 fn new_request_id(n: u128) -> HeaderValue {
@@ -333,6 +342,9 @@ mod tests {
         assert_eq!(new_request_id(1), "00000000000000000000000000000001");
         let fresh = request_id(None, false);
         assert_eq!(fresh.len(), 32);
+        // Never indexed by HTTP/2 (HPACK).
+        assert!(fresh.is_sensitive());
+        assert!(request_id(Some(&HeaderValue::from_static("id")), true).is_sensitive());
         assert_ne!(fresh, request_id(None, false));
         let supplied = HeaderValue::from_static("trace-abc_123");
         assert_eq!(request_id(Some(&supplied), true), supplied);
