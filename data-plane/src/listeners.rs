@@ -10,17 +10,19 @@ use crate::timeouts::{Activity, ClientIo, InFlightBody, Protocol, WaitingBody};
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
 use arc_swap::ArcSwap;
+use futures::task::AtomicWaker;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -474,23 +476,27 @@ async fn serve_http<I>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let result = loop {
-        let idle_at = idle.timeout.map(|t| idle.activity.idle_deadline(t));
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            _ = stop.changed() => {
-                // Finish in-flight requests, then close (HTTP/1 Connection: close, HTTP/2 GOAWAY).
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
+    // Polled only on its own wake-ups: nearly all of this task's are the connection's I/O.
+    let mut wind_down = OwnWakes::new(wind_down(&mut stop, &idle));
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        wind_down.poll(cx).map(|reason| {
+            if reason == WindDown::Idle {
+                tracing::debug!(%remote, port, "idle connection closed");
             }
-            _ = tokio::time::sleep_until(idle_at.unwrap_or_else(far_future)), if idle_at.is_some() => {
-                if idle.timeout.is_some_and(|t| idle.activity.is_idle(t)) {
-                    tracing::debug!(%remote, port, "idle connection closed");
-                    // Graceful: a response still streaming is finished first.
-                    conn.as_mut().graceful_shutdown();
-                    break conn.await;
-                }
-            }
+            None
+        })
+    })
+    .await;
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            // Finish in-flight requests (a response still streaming too), then close (HTTP/1
+            // Connection: close, HTTP/2 GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     };
     if let Err(error) = result {
@@ -498,8 +504,75 @@ async fn serve_http<I>(
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum WindDown {
+    Stop,
+    Idle,
+}
+
+/// Resolves when a connection should wind down: the runtime stops, or the connection has had no
+/// request in flight for its idle timeout.
+async fn wind_down(stop: &mut watch::Receiver<bool>, idle: &IdleWatch) -> WindDown {
+    loop {
+        let idle_at = idle.timeout.map(|t| idle.activity.idle_deadline(t));
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return WindDown::Stop,
+            _ = tokio::time::sleep_until(idle_at.unwrap_or_else(far_future)), if idle_at.is_some() => {
+                if idle.timeout.is_some_and(|t| idle.activity.is_idle(t)) {
+                    return WindDown::Idle;
+                }
+            }
+        }
+    }
+}
+
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// A future polled only when it woke its task itself (and on the first poll), for one that
+/// shares a task with a busier one.
+struct OwnWakes<F> {
+    inner: Pin<Box<F>>,
+    wake: Arc<OwnWake>,
+}
+
+struct OwnWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for OwnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F: Future> OwnWakes<F> {
+    fn new(inner: F) -> Self {
+        OwnWakes {
+            inner: Box::pin(inner),
+            wake: Arc::new(OwnWake {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.wake.task.register(cx.waker());
+        if !self.wake.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.wake.clone());
+        self.inner.as_mut().poll(&mut Context::from_waker(&waker))
+    }
 }
 
 #[cfg(test)]
@@ -774,6 +847,40 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// Shutdown reaches a connection waiting for its next request at once: it closes, and the
+    /// drain does not wait out the grace period.
+    #[tokio::test]
+    async fn shutdown_closes_idle_keep_alive_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let res = resources(port, unused, "/");
+        assert!(
+            runtime
+                .apply(Compiler::new().compile(&res))
+                .await
+                .is_empty()
+        );
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        conn.write_all(b"GET /nowhere HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"no route\n") {
+            seen.push(conn.read_u8().await.unwrap());
+        }
+        assert!(seen.starts_with(b"HTTP/1.1 404"));
+        assert_eq!(runtime.shared.connections.load(Ordering::Acquire), 1);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            runtime.shutdown(Duration::from_secs(30)),
+        )
+        .await
+        .expect("the idle connection closed at once");
+        assert_eq!(conn.read(&mut [0u8; 16]).await.unwrap(), 0);
     }
 
     #[tokio::test]
