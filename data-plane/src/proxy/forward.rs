@@ -172,8 +172,7 @@ where
     };
     // The head for the next attempt: an attempt takes it, and it comes back when the request
     // never left (a connect failure), or a copy is kept when a retry may follow a request that
-    // did (a policy on a replayable request), or when the client keeps what it could not send
-    // (hyper-util's, for HTTP/2).
+    // did (a policy on a replayable request).
     let mut next_head = Some(parts);
     let mut tried: Vec<(Arc<CompiledCluster>, usize)> = Vec::new();
     let mut retries = 0;
@@ -181,9 +180,7 @@ where
     let mut _token: Option<RetryToken> = None;
     loop {
         let more = may_retry && retries < retry.attempts;
-        let keep_copy = more
-            && ((replayable && !retry.statuses.is_empty())
-                || target.cluster.protocol == Protocol::H2c);
+        let keep_copy = more && replayable && !retry.statuses.is_empty();
         let (Some(head), Some(attempt_body)) = (next_head.take(), body.next()) else {
             // Unreachable: a retry is only decided when the head and the body are available.
             return response::upstream_error();

@@ -1,16 +1,16 @@
 //! Upstream HTTP clients. They live outside snapshots (owned by the Compiler and shared by every
-//! compiled cluster) so pooled connections survive config changes. HTTP/1.1 upstreams use our
-//! own pool ([`Http1Client`]); HTTP/2 ones (h2c, or h2 over TLS) hyper-util's client, which
-//! multiplexes requests on one connection per endpoint.
+//! compiled cluster) so connections survive config changes: HTTP/1.1 upstreams get a pool of
+//! connections per endpoint ([`Http1Client`]), HTTP/2 ones (h2c, or h2 over TLS) one
+//! multiplexed connection per endpoint ([`Http2Client`]).
 
-use super::connector::{LimitedConnector, TcpConnector, UpstreamConnector};
+use super::connector::{TcpConnector, UpstreamConnector};
 use super::dns::CachingResolver;
-use super::http1::Http1Client;
-use super::pool::{ConnectionLimit, PoolSettings};
+use super::http1::{EndpointPool, Http1Client};
+use super::http2::{Http2Client, Http2Endpoint};
+use super::pool::PoolSettings;
 use bytes::Bytes;
+use http::uri::Authority;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ClientConfig;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,6 @@ use std::time::Duration;
 
 /// Request body sent upstream: the client's streamed body, boxed.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
-pub type Http2Client = Client<LimitedConnector, UpstreamBody>;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,8 +41,24 @@ impl Protocol {
 #[derive(Clone)]
 pub enum UpstreamClient {
     Http1(Http1Client),
-    /// Boxed: hyper-util's client is large, and rare here.
-    Http2(Box<Http2Client>),
+    Http2(Http2Client),
+}
+
+impl UpstreamClient {
+    /// The connections to `authority`: those in use when some cluster on this client lists it.
+    pub fn connections(&self, authority: &Authority) -> Connections {
+        match self {
+            UpstreamClient::Http1(client) => Connections::Http1(client.endpoint(authority)),
+            UpstreamClient::Http2(client) => Connections::Http2(client.endpoint(authority)),
+        }
+    }
+}
+
+/// One endpoint's connections, by the cluster's protocol.
+#[derive(Clone, Debug)]
+pub enum Connections {
+    Http1(Arc<EndpointPool>),
+    Http2(Arc<Http2Endpoint>),
 }
 
 /// Plaintext clients, one per (protocol, connect timeout, pool settings): those are connector
@@ -105,14 +120,7 @@ fn client(
         Protocol::Http1 => {
             UpstreamClient::Http1(Http1Client::new(connector, pool, connect_timeout))
         }
-        Protocol::H2c => {
-            let limited = LimitedConnector::new(
-                connector,
-                ConnectionLimit::new(pool.max_connections_per_endpoint),
-                connect_timeout,
-            );
-            UpstreamClient::Http2(Box::new(http2_builder(pool).build(limited)))
-        }
+        Protocol::H2c => UpstreamClient::Http2(Http2Client::new(connector, pool, connect_timeout)),
     }
 }
 
@@ -121,15 +129,4 @@ fn plain_connector(connect_timeout: Duration, pool: PoolSettings) -> UpstreamCon
     tcp.set_nodelay(true);
     tcp.set_connect_timeout(Some(connect_timeout));
     UpstreamConnector::plain(tcp)
-}
-
-fn http2_builder(pool: PoolSettings) -> hyper_util::client::legacy::Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(pool.idle_timeout)
-        .pool_max_idle_per_host(usize::try_from(pool.max_idle_per_endpoint).unwrap_or(usize::MAX))
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(true);
-    builder
 }

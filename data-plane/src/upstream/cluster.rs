@@ -2,12 +2,13 @@
 //! currently available: healthy by the active check (when the cluster has one) and not ejected.
 
 use super::budget::RetryBudget;
+use super::client::Connections;
 use super::client::UpstreamBody;
 use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, Protocol, UpstreamClient};
 use super::connector::parse_server_name;
 use super::error::{SendError, UpstreamError};
 use super::health::HealthCheck;
-use super::http1::{EndpointPool, ResponseBody};
+use super::http1::ResponseBody;
 use super::outlier::{EndpointHealth, Outcome, Outlier, now_ms};
 use super::pool::{self, PoolSettings};
 use super::tls::{Alpn, TlsInputs, client_config};
@@ -61,9 +62,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// Shared with the next compiled version while the address stays in the cluster.
     pub health: Arc<EndpointHealth>,
-    /// The endpoint's HTTP/1.1 connections (None on HTTP/2 clusters); shared with every
-    /// compiled cluster that lists the endpoint on the same client.
-    pub pool: Option<Arc<EndpointPool>>,
+    /// The endpoint's connections, shared with every compiled cluster that lists the endpoint
+    /// on the same client.
+    pub connections: Connections,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,38 +258,6 @@ impl CompiledCluster {
             .iter()
             .map(endpoint)
             .collect::<Result<Vec<_>, _>>()?;
-        let authorities: Vec<Authority> = addresses.iter().map(|(a, _)| a.clone()).collect();
-        let health = state.endpoint_health(&authorities);
-        let mut endpoints: Vec<Endpoint> = addresses
-            .into_iter()
-            .zip(health)
-            .zip(&c.endpoints)
-            .map(|(((authority, host_header), health), e)| Endpoint {
-                authority,
-                host_header,
-                weight: e.weight.max(1),
-                health,
-                pool: None,
-            })
-            .collect();
-        let health_check = match &c.health_check {
-            Some(h) => Some(Arc::new(HealthCheck::compile(h)?)),
-            None => None,
-        };
-        // Verdicts left from an earlier health check are stale: a check that (re)appears
-        // starts from healthy, so adding one never causes errors while the first probes run.
-        if health_check.is_some() && previous.is_none_or(|p| p.health_check.is_none()) {
-            for e in &endpoints {
-                e.health.set_healthy(true);
-            }
-        }
-        let outlier = Outlier::compile(c.outlier_detection.as_ref())?;
-        let mut cumulative = Vec::with_capacity(endpoints.len());
-        let mut sum = 0u64;
-        for e in &endpoints {
-            sum += u64::from(e.weight);
-            cumulative.push(sum);
-        }
         let protocol = match pb::UpstreamProtocol::try_from(c.protocol) {
             Ok(pb::UpstreamProtocol::H2c) => Protocol::H2c,
             _ => Protocol::Http1,
@@ -343,10 +312,37 @@ impl CompiledCluster {
                 (Scheme::HTTPS, client)
             }
         };
-        if let UpstreamClient::Http1(http1) = &client {
-            for e in &mut endpoints {
-                e.pool = Some(http1.endpoint(&e.authority));
+        let authorities: Vec<Authority> = addresses.iter().map(|(a, _)| a.clone()).collect();
+        let health = state.endpoint_health(&authorities);
+        let endpoints: Vec<Endpoint> = addresses
+            .into_iter()
+            .zip(health)
+            .zip(&c.endpoints)
+            .map(|(((authority, host_header), health), e)| Endpoint {
+                connections: client.connections(&authority),
+                authority,
+                host_header,
+                weight: e.weight.max(1),
+                health,
+            })
+            .collect();
+        let health_check = match &c.health_check {
+            Some(h) => Some(Arc::new(HealthCheck::compile(h)?)),
+            None => None,
+        };
+        // Verdicts left from an earlier health check are stale: a check that (re)appears
+        // starts from healthy, so adding one never causes errors while the first probes run.
+        if health_check.is_some() && previous.is_none_or(|p| p.health_check.is_none()) {
+            for e in &endpoints {
+                e.health.set_healthy(true);
             }
+        }
+        let outlier = Outlier::compile(c.outlier_detection.as_ref())?;
+        let mut cumulative = Vec::with_capacity(endpoints.len());
+        let mut sum = 0u64;
+        for e in &endpoints {
+            sum += u64::from(e.weight);
+            cumulative.push(sum);
         }
         Ok(CompiledCluster {
             name,
@@ -366,23 +362,17 @@ impl CompiledCluster {
     }
 
     /// Sends `req` to endpoint `idx`. HTTP/1.1 requests carry the origin-form URI and a `Host`
-    /// header; HTTP/2 ones the absolute URI (its authority is `:authority`). On HTTP/1.1, a
-    /// request that never left comes back with the error; hyper-util's HTTP/2 client keeps it.
+    /// header; HTTP/2 ones the absolute URI (its authority is `:authority`). A request that
+    /// never left comes back with the error.
     pub async fn send(
         &self,
         idx: usize,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
-        match (
-            &self.client,
-            self.endpoints.get(idx).and_then(|e| e.pool.as_ref()),
-        ) {
-            (UpstreamClient::Http1(_), Some(pool)) => pool.send(req).await,
-            (UpstreamClient::Http2(client), _) => match client.request(req).await {
-                Ok(resp) => Ok(resp.map(ResponseBody::unpooled)),
-                Err(error) => Err(SendError::new(UpstreamError::from_legacy(error))),
-            },
-            (UpstreamClient::Http1(_), None) => Err(SendError::unsent(
+        match self.endpoints.get(idx).map(|e| &e.connections) {
+            Some(Connections::Http1(pool)) => pool.send(req).await,
+            Some(Connections::Http2(connection)) => connection.send(req).await,
+            None => Err(SendError::unsent(
                 UpstreamError::Connect(format!("cluster {}: no endpoint {idx}", self.name).into()),
                 req,
             )),

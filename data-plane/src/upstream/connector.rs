@@ -1,14 +1,12 @@
 //! The upstream connector: hyper-util's `HttpConnector` for TCP with a caching resolver, then a
 //! rustls handshake when the cluster uses TLS. One type for both, so every cluster's client has
-//! the same type. A connection holds its endpoint's connection slot (per-endpoint limit) until it
-//! closes: our HTTP/1.1 pool hands the slot over, hyper-util's HTTP/2 client goes through
-//! [`LimitedConnector`], which waits for one.
+//! the same type. A connection holds its endpoint's connection slot (the per-endpoint limit,
+//! handed over by the pool) until it closes.
 
 use super::dns::CachingResolver;
-use super::pool::ConnectionLimit;
 use hyper::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
@@ -35,8 +33,6 @@ pub enum ConnectError {
     ServerName(String),
     #[error("TLS handshake: {0}")]
     Handshake(#[source] io::Error),
-    #[error("no free connection slot to {0} within the connect timeout")]
-    Limit(String),
     #[error("no connection within the connect timeout ({0:?})")]
     Timeout(Duration),
 }
@@ -89,12 +85,18 @@ impl UpstreamConnector {
         })
     }
 
-    /// The scheme of the URIs this connector dials.
-    pub fn scheme(&self) -> http::uri::Scheme {
-        match self.tls {
+    /// What to dial for `authority`: `scheme://authority/`.
+    pub fn target(&self, authority: &http::uri::Authority) -> Uri {
+        let scheme = match self.tls {
             None => http::uri::Scheme::HTTP,
             Some(_) => http::uri::Scheme::HTTPS,
-        }
+        };
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_else(|_| unreachable!("a scheme and an authority make a URI"))
     }
 
     /// Connects to `uri`'s authority (TCP, then TLS for a TLS cluster); the stream holds `slot`
@@ -136,29 +138,6 @@ impl UpstreamConnector {
     }
 }
 
-/// The connector of hyper-util's (HTTP/2) client: waits for a connection slot, then connects.
-#[derive(Clone)]
-pub struct LimitedConnector {
-    connector: UpstreamConnector,
-    limit: Arc<ConnectionLimit>,
-    /// Bounds the wait for a connection slot.
-    connect_timeout: Duration,
-}
-
-impl LimitedConnector {
-    pub fn new(
-        connector: UpstreamConnector,
-        limit: ConnectionLimit,
-        connect_timeout: Duration,
-    ) -> Self {
-        Self {
-            connector,
-            limit: Arc::new(limit),
-            connect_timeout,
-        }
-    }
-}
-
 pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, ConnectError> {
     // IPv6 hosts come bracketed from URIs.
     let bare = name
@@ -166,33 +145,6 @@ pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, ConnectError
         .and_then(|n| n.strip_suffix(']'))
         .unwrap_or(name);
     ServerName::try_from(bare.to_owned()).map_err(|_| ConnectError::ServerName(name.to_owned()))
-}
-
-impl tower_service::Service<Uri> for LimitedConnector {
-    type Response = UpstreamStream;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<UpstreamStream, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        tower_service::Service::<Uri>::poll_ready(&mut self.connector.http, cx)
-            .map_err(|e| ConnectError::Tcp(e.into()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connector = self.connector.clone();
-        let limit = self.limit.clone();
-        let wait = self.connect_timeout;
-        let endpoint = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        Box::pin(async move {
-            let slot = tokio::time::timeout(wait, limit.acquire(&endpoint))
-                .await
-                .map_err(|_| ConnectError::Limit(endpoint))?;
-            connector.connect(uri, slot).await
-        })
-    }
 }
 
 /// A plain or TLS upstream connection, holding its endpoint's connection slot until it closes.
@@ -205,23 +157,6 @@ enum Io {
     Plain(TokioIo<TcpStream>),
     /// Boxed: the TLS session state is large, plaintext connections should not pay for it.
     Tls(Box<TokioIo<TlsStream<TcpStream>>>),
-}
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        match &self.io {
-            Io::Plain(s) => s.connected(),
-            Io::Tls(s) => {
-                let (tcp, session) = s.inner().get_ref();
-                let connected = tcp.connected();
-                if session.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        }
-    }
 }
 
 impl Read for UpstreamStream {

@@ -25,18 +25,6 @@ impl UpstreamError {
     pub fn nothing_sent(&self) -> bool {
         !matches!(self, UpstreamError::Exchange(_))
     }
-
-    /// An error of hyper-util's client (HTTP/2 upstreams), with its causes spelled out: its
-    /// own message only names the kind ("client error (Connect)").
-    pub fn from_legacy(error: hyper_util::client::legacy::Error) -> Self {
-        let connect = error.is_connect();
-        let text = with_causes(&error).into();
-        if connect {
-            UpstreamError::Connect(text)
-        } else {
-            UpstreamError::Exchange(text)
-        }
-    }
 }
 
 /// A failed send. A request that never left comes back, so a retry can send it elsewhere
@@ -71,34 +59,14 @@ impl<R> std::fmt::Debug for SendError<R> {
     }
 }
 
-/// `error` and its causes on one line.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("client error (Connect)")]
-    struct Outer(#[source] std::io::Error);
 
     #[test]
     fn only_exchange_errors_may_have_reached_the_upstream() {
         let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(UpstreamError::Connect(refused().into()).nothing_sent());
         assert!(!UpstreamError::Exchange(refused().into()).nothing_sent());
-        assert_eq!(
-            with_causes(&Outer(refused())),
-            "client error (Connect): refused"
-        );
     }
 }

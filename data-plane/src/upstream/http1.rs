@@ -9,14 +9,16 @@
 //!
 //! A connection goes back to its idle list when the response body has been read to the end
 //! (at once for a response without a body); a body dropped early closes it, as does an upgrade
-//! (`101`). Idle connections older than the idle timeout are closed by one reaper task per
-//! client, which runs only while something is idle; its ticks are the pool's clock, so the
-//! request path reads no clock.
+//! (`101`). Idle connections older than the idle timeout are closed by the client's reaper
+//! ([`IdleClock`]); its ticks are the pool's clock, so the request path reads no clock.
 
 use super::client::UpstreamBody;
 use super::connector::{ConnectError, UpstreamConnector};
 use super::error::{SendError, UpstreamError};
+use super::http2::InFlight;
+use super::idle::{IdleClock, Reap};
 use super::pool::PoolSettings;
+use super::registry::Registry;
 use bytes::Bytes;
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -24,10 +26,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -37,9 +38,6 @@ type Sender = http1::SendRequest<UpstreamBody>;
 /// Waiters above this count are pruned of the ones that gave up, so requests that time out at
 /// the connection limit cannot pile up.
 const PRUNE_WAITERS: usize = 64;
-/// The reaper's tick: an eighth of the idle timeout, within these bounds.
-const MIN_TICK: Duration = Duration::from_millis(1);
-const MAX_TICK: Duration = Duration::from_secs(1);
 
 /// The HTTP/1.1 pools of one client: one connector (TCP or TLS) and one set of pool settings.
 /// Cloning shares it.
@@ -52,24 +50,10 @@ struct Shared {
     connector: UpstreamConnector,
     settings: PoolSettings,
     connect_timeout: Duration,
-    /// The endpoint pools in use, by authority; only looked up when a cluster compiles.
-    registry: Mutex<Registry>,
-    /// Whether the reaper task is running.
-    reaping: AtomicBool,
-    /// The pool's coarse clock: reaper ticks, counted while anything is idle. Idle
-    /// connections are stamped with it instead of a clock read per request.
-    epoch: AtomicU64,
-    tick: Duration,
-    /// Ticks after which an idle connection is closed: more than this many have passed, so
-    /// never before the idle timeout and at most a tick after.
-    timeout_ticks: u64,
-}
-
-#[derive(Default)]
-struct Registry {
-    pools: HashMap<Authority, Weak<EndpointPool>>,
-    /// Size at which entries of pools that are gone get dropped.
-    prune_at: usize,
+    /// The endpoint pools in use.
+    registry: Mutex<Registry<EndpointPool>>,
+    /// Closes idle connections past the idle timeout; its epoch stamps them.
+    clock: IdleClock,
 }
 
 /// The connections to one endpoint.
@@ -104,8 +88,16 @@ struct Pooled {
     suspect: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The per-endpoint connection limit: an open connection holds a permit until it closes.
+pub(super) fn connection_slots(settings: &PoolSettings) -> Arc<Semaphore> {
+    let max = usize::try_from(settings.max_connections_per_endpoint)
+        .unwrap_or(usize::MAX)
+        .clamp(1, Semaphore::MAX_PERMITS);
+    Arc::new(Semaphore::new(max))
 }
 
 /// Methods a request may be repeated with (RFC 9110 §9.2.2).
@@ -122,20 +114,13 @@ impl Http1Client {
         settings: PoolSettings,
         connect_timeout: Duration,
     ) -> Self {
-        let tick = (settings.idle_timeout / 8).clamp(MIN_TICK, MAX_TICK);
-        let timeout_ticks =
-            u64::try_from(settings.idle_timeout.as_nanos().div_ceil(tick.as_nanos()))
-                .unwrap_or(u64::MAX);
         Http1Client {
             shared: Arc::new(Shared {
                 connector,
                 settings,
                 connect_timeout,
                 registry: Mutex::default(),
-                reaping: AtomicBool::new(false),
-                epoch: AtomicU64::new(0),
-                tick,
-                timeout_ticks,
+                clock: IdleClock::new(settings.idle_timeout),
             }),
         }
     }
@@ -143,33 +128,12 @@ impl Http1Client {
     /// The pool of `authority`: the one in use when there is one, so its connections carry
     /// over to the cluster being compiled.
     pub fn endpoint(&self, authority: &Authority) -> Arc<EndpointPool> {
-        let mut registry = lock(&self.shared.registry);
-        if let Some(pool) = registry.pools.get(authority).and_then(Weak::upgrade) {
-            return pool;
-        }
-        let target = Uri::builder()
-            .scheme(self.shared.connector.scheme())
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .unwrap_or_else(|_| unreachable!("a scheme and an authority make a URI"));
-        let max = usize::try_from(self.shared.settings.max_connections_per_endpoint)
-            .unwrap_or(usize::MAX)
-            .clamp(1, Semaphore::MAX_PERMITS);
-        let pool = Arc::new(EndpointPool {
+        lock(&self.shared.registry).get_or_insert_with(authority, || EndpointPool {
             shared: self.shared.clone(),
-            target,
+            target: self.shared.connector.target(authority),
             state: Mutex::default(),
-            slots: Arc::new(Semaphore::new(max)),
-        });
-        registry
-            .pools
-            .insert(authority.clone(), Arc::downgrade(&pool));
-        if registry.pools.len() > registry.prune_at {
-            registry.pools.retain(|_, p| p.strong_count() > 0);
-            registry.prune_at = (registry.pools.len() * 2).max(64);
-        }
-        pool
+            slots: connection_slots(&self.shared.settings),
+        })
     }
 
     /// Idle connections over all endpoints (tests and diagnostics).
@@ -180,27 +144,16 @@ impl Http1Client {
 
 impl Shared {
     fn pools(&self) -> Vec<Arc<EndpointPool>> {
-        lock(&self.registry)
-            .pools
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect()
+        lock(&self.registry).live()
+    }
+}
+
+impl Reap for Shared {
+    fn clock(&self) -> &IdleClock {
+        &self.clock
     }
 
-    /// Starts the reaper unless it runs. A load per returned connection in the common case.
-    fn ensure_reaper(self: &Arc<Self>) {
-        if self.reaping.load(Ordering::Acquire) || self.reaping.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(reap(Arc::downgrade(self)))),
-            // No runtime (never on the proxy path): idle connections close with their pool.
-            Err(_) => self.reaping.store(false, Ordering::Release),
-        }
-    }
-
-    /// Closes the idle connections past the idle timeout at epoch `now`; whether any is left.
-    fn expire(&self, now: u64) -> bool {
+    fn reap(&self, now: u64) -> bool {
         let mut left = false;
         for pool in self.pools() {
             let expired: Vec<Idle> = {
@@ -209,7 +162,7 @@ impl Shared {
                 while state
                     .idle
                     .front()
-                    .is_some_and(|i| now.saturating_sub(i.since) > self.timeout_ticks)
+                    .is_some_and(|i| self.clock.expired(i.since, now))
                 {
                     expired.extend(state.idle.pop_front());
                 }
@@ -220,30 +173,6 @@ impl Shared {
             drop(expired);
         }
         left
-    }
-}
-
-/// The reaper of one client: ticks the epoch and closes the idle connections that timed out,
-/// while anything is idle (the next returned connection starts it again).
-async fn reap(shared: Weak<Shared>) {
-    loop {
-        let Some(tick) = shared.upgrade().map(|s| s.tick) else {
-            return;
-        };
-        tokio::time::sleep(tick).await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let now = shared.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        if shared.expire(now) {
-            continue;
-        }
-        shared.reaping.store(false, Ordering::Release);
-        // A connection returned during the scan saw the reaper running.
-        let idle = shared.pools().iter().any(|p| p.idle_count() > 0);
-        if !idle || shared.reaping.swap(true, Ordering::AcqRel) {
-            return;
-        }
     }
 }
 
@@ -392,7 +321,7 @@ impl EndpointPool {
 
     /// The most recently returned idle connection that is still open.
     fn take_idle(&self) -> Option<Pooled> {
-        let now = self.shared.epoch.load(Ordering::Relaxed);
+        let now = self.shared.clock.now();
         let mut state = lock(&self.state);
         while let Some(idle) = state.idle.pop_back() {
             if idle.sender.is_ready() {
@@ -490,19 +419,19 @@ impl EndpointPool {
 
     /// The response, holding its connection until the body ends.
     fn lease(self: &Arc<Self>, sender: Sender, resp: Response<Incoming>) -> Response<ResponseBody> {
-        let lease = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let held = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The connection becomes the upgrade's tunnel: never reused.
-            None
+            Held::Nothing
         } else if resp.body().is_end_stream() {
             release(self.clone(), sender);
-            None
+            Held::Nothing
         } else {
-            Some(Lease {
+            Held::Connection(Lease {
                 pool: self.clone(),
                 sender,
             })
         };
-        resp.map(|inner| ResponseBody { inner, lease })
+        resp.map(|inner| ResponseBody { inner, held })
     }
 
     /// Back to the idle list, or to a request waiting at the connection limit.
@@ -510,7 +439,7 @@ impl EndpointPool {
         let max_idle = usize::try_from(self.shared.settings.max_idle_per_endpoint)
             .unwrap_or(usize::MAX)
             .max(1);
-        let since = self.shared.epoch.load(Ordering::Relaxed);
+        let since = self.shared.clock.now();
         let evicted = {
             let mut state = lock(&self.state);
             let mut sender = sender;
@@ -530,7 +459,7 @@ impl EndpointPool {
             evicted
         };
         drop(evicted);
-        self.shared.ensure_reaper();
+        IdleClock::ensure_reaper(&self.shared);
     }
 
     fn idle_count(&self) -> usize {
@@ -570,24 +499,34 @@ fn release(pool: Arc<EndpointPool>, mut sender: Sender) {
 }
 
 /// An upstream response body. On HTTP/1.1 it returns its connection to the pool once read to
-/// the end; dropped before that, the connection closes (its state is unknown).
+/// the end; dropped before that, the connection closes (its state is unknown). On HTTP/2 its
+/// stream counts as in flight until then.
 pub struct ResponseBody {
     inner: Incoming,
-    lease: Option<Lease>,
+    held: Held,
+}
+
+enum Held {
+    Nothing,
+    Connection(Lease),
+    Stream(InFlight),
 }
 
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("pooled", &self.lease.is_some())
+            .field("pooled", &matches!(self.held, Held::Connection(_)))
             .finish_non_exhaustive()
     }
 }
 
 impl ResponseBody {
-    /// A body with no connection to return (HTTP/2 streams).
-    pub fn unpooled(inner: Incoming) -> Self {
-        ResponseBody { inner, lease: None }
+    /// The body of an HTTP/2 stream, in flight until it ends.
+    pub fn stream(inner: Incoming, in_flight: InFlight) -> Self {
+        ResponseBody {
+            inner,
+            held: Held::Stream(in_flight),
+        }
     }
 }
 
@@ -606,12 +545,16 @@ impl Body for ResponseBody {
             // Trailers close a message.
             Some(Ok(frame)) => frame.is_trailers() || this.inner.is_end_stream(),
             Some(Err(_)) => {
-                this.lease = None;
+                this.held = Held::Nothing;
                 false
             }
         };
-        if ended && let Some(Lease { pool, sender }) = this.lease.take() {
-            release(pool, sender);
+        if ended {
+            match std::mem::replace(&mut this.held, Held::Nothing) {
+                Held::Connection(Lease { pool, sender }) => release(pool, sender),
+                Held::Stream(stream) => drop(stream),
+                Held::Nothing => {}
+            }
         }
         Poll::Ready(frame)
     }
@@ -634,7 +577,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
     use std::net::SocketAddr;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::{Barrier, Notify};
@@ -977,7 +920,7 @@ mod tests {
 
     /// Waits until the reaper ticked: the idle connections become suspect.
     async fn next_tick(client: &Http1Client) {
-        let epoch = || client.shared.epoch.load(Ordering::SeqCst);
+        let epoch = || client.shared.clock.now();
         let start = epoch();
         eventually("a reaper tick", || epoch() > start).await;
     }

@@ -1,6 +1,7 @@
 //! Upstream side: compiled clusters, endpoint selection, endpoint health (active checks and
-//! outlier ejection), retry budgets, the pooled HTTP clients (our HTTP/1.1 pool, hyper-util's
-//! for HTTP/2) and their (optionally TLS) connector.
+//! outlier ejection), retry budgets, the HTTP clients (a pool of connections per endpoint for
+//! HTTP/1.1, one multiplexed connection per endpoint for HTTP/2) and their (optionally TLS)
+//! connector.
 
 pub mod budget;
 pub mod client;
@@ -10,8 +11,11 @@ pub mod dns;
 pub mod error;
 pub mod health;
 pub mod http1;
+pub mod http2;
+mod idle;
 pub mod outlier;
 pub mod pool;
+mod registry;
 pub mod tls;
 
 pub use client::{Clients, UpstreamBody, UpstreamClient};

@@ -1,13 +1,10 @@
 //! Connection-pool settings of a cluster (its own, else the gateway's `UpstreamDefaults`, else
-//! Goma's transport defaults) and the per-endpoint connection limit.
+//! Goma's transport defaults).
 
 use super::dns;
 use crate::router::route::to_duration;
 use sluice_proto::config as pb;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Goma: maxConnsPerHost 256, maxIdleConnsPerHost 256, idleConnTimeout 90s.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 256;
@@ -89,44 +86,6 @@ pub fn validate_defaults(defaults: &pb::UpstreamDefaults) -> Result<(), String> 
     Ok(())
 }
 
-/// Caps open connections per endpoint (host:port) of one client: a connection holds a permit
-/// from connect to close, so a request that needs a new connection waits for a free one (the
-/// connect timeout bounds the wait).
-pub struct ConnectionLimit {
-    max: usize,
-    per_endpoint: Mutex<HashMap<String, Arc<Semaphore>>>,
-}
-
-impl ConnectionLimit {
-    pub fn new(max: u32) -> Self {
-        Self {
-            max: usize::try_from(max).unwrap_or(usize::MAX).max(1),
-            per_endpoint: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Waits for a connection slot to `endpoint`. Only runs when a new connection is needed,
-    /// never per pooled request.
-    pub async fn acquire(&self, endpoint: &str) -> OwnedSemaphorePermit {
-        let semaphore = {
-            let mut map = self.per_endpoint.lock().unwrap_or_else(|e| e.into_inner());
-            // Endpoints that left and have no connections open are forgotten.
-            if map.len() > 1024 {
-                let max = self.max;
-                map.retain(|_, s| s.available_permits() < max);
-            }
-            map.entry(endpoint.to_owned())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.max)))
-                .clone()
-        };
-        // The semaphore is never closed.
-        semaphore
-            .acquire_owned()
-            .await
-            .unwrap_or_else(|_| unreachable!("connection limit semaphore closed"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,22 +149,5 @@ mod tests {
                 .unwrap_err()
                 .starts_with("dns_ttl:")
         );
-    }
-
-    #[tokio::test]
-    async fn connection_limit_is_per_endpoint() {
-        let limit = ConnectionLimit::new(1);
-        let a = limit.acquire("a:80").await;
-        // Another endpoint has its own slots.
-        let _b = limit.acquire("b:80").await;
-        let waiting = limit.acquire("a:80");
-        tokio::pin!(waiting);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(20), &mut waiting)
-                .await
-                .is_err()
-        );
-        drop(a);
-        let _a = waiting.await;
     }
 }
