@@ -90,6 +90,47 @@ impl Kind {
         }
     }
 
+    /// The version the API is read in: Goma `v1alpha1`; every Gateway API kind is served as `v1`
+    /// by the v1.6 standard CRDs (ReferenceGrant is stored as v1beta1 but served as v1 too); core
+    /// and discovery.k8s.io `v1`.
+    pub fn served_version(self) -> &'static str {
+        match self.group() {
+            goma::GROUP => goma::VERSION,
+            _ => "v1",
+        }
+    }
+
+    /// The resource's plural, as in API paths.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::GomaGateway | Kind::Gateway => "gateways",
+            Kind::GomaRoute => "routes",
+            Kind::GomaMiddleware => "middlewares",
+            Kind::GatewayClass => "gatewayclasses",
+            Kind::HttpRoute => "httproutes",
+            Kind::GrpcRoute => "grpcroutes",
+            Kind::TlsRoute => "tlsroutes",
+            Kind::TcpRoute => "tcproutes",
+            Kind::UdpRoute => "udproutes",
+            Kind::ReferenceGrant => "referencegrants",
+            Kind::BackendTlsPolicy => "backendtlspolicies",
+            Kind::Namespace => "namespaces",
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::Secret => "secrets",
+        }
+    }
+
+    /// Group, served version, kind and plural: what an untyped API client needs.
+    pub fn api_resource(self) -> kube::core::ApiResource {
+        let gvk = kube::core::GroupVersionKind::gvk(
+            self.group(),
+            self.served_version(),
+            self.kind_name(),
+        );
+        kube::core::ApiResource::from_gvk_with_plural(&gvk, self.plural())
+    }
+
     /// The Kubernetes `kind` as written in manifests.
     pub fn kind_name(self) -> &'static str {
         match self {

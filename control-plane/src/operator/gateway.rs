@@ -1,7 +1,7 @@
 //! The Goma Gateway as the operator reconciles it: its identity (for owner references) and its
 //! spec, read from the API server's untyped object.
 
-use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Map, Value};
 
 use crate::model::goma::{self, GatewaySpec};
@@ -10,10 +10,7 @@ use crate::provider::{ParseError, parse_object};
 
 /// `gateway.jkaninda.dev/v1alpha1` `Gateway`, plural `gateways`.
 pub fn gateway_api_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(goma::GROUP, goma::VERSION, "Gateway"),
-        "gateways",
-    )
+    Kind::GomaGateway.api_resource()
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -36,21 +36,9 @@ pub struct Sources {
     pub reconciles: GatewayReports,
 }
 
-/// The API resource of a Goma kind.
+/// The API resource of a Goma kind (the only kinds given status here).
 pub fn api_resource(kind: Kind) -> Option<ApiResource> {
-    let (kind_name, plural) = match kind {
-        Kind::GomaGateway => ("Gateway", "gateways"),
-        Kind::GomaRoute => ("Route", "routes"),
-        Kind::GomaMiddleware => ("Middleware", "middlewares"),
-        _ => return None,
-    };
-    Some(ApiResource {
-        group: goma::GROUP.into(),
-        version: goma::VERSION.into(),
-        api_version: goma::API_VERSION.into(),
-        kind: kind_name.into(),
-        plural: plural.into(),
-    })
+    (kind.group() == goma::GROUP).then(|| kind.api_resource())
 }
 
 /// The server-side apply patch that sets `status`.

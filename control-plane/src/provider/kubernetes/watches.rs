@@ -3,13 +3,9 @@
 
 use std::fmt;
 
-use kube::api::{ApiResource, GroupVersionKind};
+use kube::api::ApiResource;
 
-use crate::model::{DISCOVERY_GROUP, GATEWAY_API_GROUP, Kind, goma};
-
-/// The Gateway API version watched: every standard kind is served as `v1` by the v1.6 CRDs
-/// (ReferenceGrant is stored as v1beta1 but served as v1 too).
-pub const GATEWAY_API_VERSION: &str = "v1";
+use crate::model::{DISCOVERY_GROUP, Kind};
 
 /// Field selectors of the two Secret watches. A field selector cannot express "tls or Opaque",
 /// and these are the only types a gateway uses (`translate::secret`).
@@ -47,41 +43,13 @@ pub fn watch_specs() -> Vec<WatchSpec> {
 impl WatchSpec {
     /// The resource listed and watched: group, served version, kind and plural.
     pub fn api_resource(&self) -> ApiResource {
-        let kind = self.kind;
-        let version = match kind.group() {
-            goma::GROUP => goma::VERSION,
-            GATEWAY_API_GROUP => GATEWAY_API_VERSION,
-            // Core v1 and discovery.k8s.io/v1.
-            _ => "v1",
-        };
-        let gvk = GroupVersionKind::gvk(kind.group(), version, kind.kind_name());
-        ApiResource::from_gvk_with_plural(&gvk, plural(kind))
+        self.kind.api_resource()
     }
 
     /// Whether the resource is a custom one that may not be installed (a 404 on list then means
     /// "no CRD", not a broken API server).
     pub fn is_custom(&self) -> bool {
         !matches!(self.kind.group(), "" | DISCOVERY_GROUP)
-    }
-}
-
-fn plural(kind: Kind) -> &'static str {
-    match kind {
-        Kind::GomaGateway | Kind::Gateway => "gateways",
-        Kind::GomaRoute => "routes",
-        Kind::GomaMiddleware => "middlewares",
-        Kind::GatewayClass => "gatewayclasses",
-        Kind::HttpRoute => "httproutes",
-        Kind::GrpcRoute => "grpcroutes",
-        Kind::TlsRoute => "tlsroutes",
-        Kind::TcpRoute => "tcproutes",
-        Kind::UdpRoute => "udproutes",
-        Kind::ReferenceGrant => "referencegrants",
-        Kind::BackendTlsPolicy => "backendtlspolicies",
-        Kind::Namespace => "namespaces",
-        Kind::Service => "services",
-        Kind::EndpointSlice => "endpointslices",
-        Kind::Secret => "secrets",
     }
 }
 
