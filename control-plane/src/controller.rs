@@ -139,7 +139,7 @@ impl Controller {
         // needs to know which exist.
         for key in dirty.iter().filter(|k| k.kind == Kind::GomaMiddleware) {
             match self.objects.get(key) {
-                Some(Object::GomaMiddleware(m)) => self.board.record(
+                Some(Object::GomaMiddleware(m)) => self.board.insert(
                     key.clone(),
                     Record::new(m.metadata.generation, Verdict::Served(Vec::new())),
                 ),
@@ -207,7 +207,7 @@ impl Controller {
             Err(e) => {
                 tracing::error!(object = %key, error = %e, kept_last_good = self.gateways.contains_key(&id), "invalid gateway");
                 let last_good = self.gateways.get(&id).map(|l| refs(l)).unwrap_or_default();
-                self.board.record(
+                self.board.insert(
                     key.clone(),
                     Record::new(
                         gw.metadata.generation,
@@ -220,7 +220,7 @@ impl Controller {
                 return;
             }
         };
-        self.board.record(
+        self.board.insert(
             key.clone(),
             Record::new(gw.metadata.generation, Verdict::Served(refs(&listeners))),
         );
@@ -307,7 +307,7 @@ impl Controller {
                                 .cloned()
                                 .collect();
                         self.board
-                            .record(key.clone(), record(Verdict::Served(refs(&resources))));
+                            .insert(key.clone(), record(Verdict::Served(refs(&resources))));
                         Contribution {
                             gateways: named,
                             resources,
@@ -315,13 +315,13 @@ impl Controller {
                         }
                     }
                     Ok(None) => {
-                        self.board.record(key.clone(), record(Verdict::Disabled));
+                        self.board.insert(key.clone(), record(Verdict::Disabled));
                         Contribution::default()
                     }
                     Err(e) if e.fails_closed() => {
                         tracing::error!(object = %key, error = %e, "route withdrawn: it asks for protection this gateway cannot enforce");
                         self.board
-                            .record(key.clone(), record(Verdict::Withdrawn(field_errors(&e))));
+                            .insert(key.clone(), record(Verdict::Withdrawn(field_errors(&e))));
                         Contribution::default()
                     }
                     Err(e) => {
@@ -330,7 +330,7 @@ impl Controller {
                             message: field_errors(&e),
                             last_good: refs(&old.resources),
                         };
-                        self.board.record(key.clone(), record(verdict));
+                        self.board.insert(key.clone(), record(verdict));
                         return;
                     }
                 }

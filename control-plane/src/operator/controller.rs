@@ -137,7 +137,7 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Acti
     }
     let key = key_of(&object);
     let outcome = reconcile_gateway(&ctx.client, &ctx.settings, &object).await;
-    ctx.reports.record(
+    ctx.reports.insert(
         key.clone(),
         Report {
             generation: object.metadata.generation,

@@ -2,11 +2,8 @@
 //! a verdict per object after every translation; the writer reads a snapshot and combines it with
 //! what the data planes acknowledged.
 
-use crate::model::ObjectKey;
 use crate::resource::{Encoded, type_index};
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use tokio::sync::watch;
+use crate::signalled::SignalledMap;
 
 /// A config resource an object produced, at the version its data planes must ACK.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -67,73 +64,4 @@ impl Record {
 
 /// Every object's record, shared between the controller (writer) and the status writer
 /// (reader). Changes wake subscribers.
-pub struct StatusBoard {
-    records: Mutex<BTreeMap<ObjectKey, Record>>,
-    changed: watch::Sender<u64>,
-}
-
-impl Default for StatusBoard {
-    fn default() -> Self {
-        StatusBoard {
-            records: Mutex::default(),
-            changed: watch::channel(0).0,
-        }
-    }
-}
-
-impl StatusBoard {
-    pub fn record(&self, key: ObjectKey, record: Record) {
-        let mut records = self.lock();
-        if records.get(&key) != Some(&record) {
-            records.insert(key, record);
-            drop(records);
-            self.changed.send_modify(|n| *n += 1);
-        }
-    }
-
-    pub fn remove(&self, key: &ObjectKey) {
-        if self.lock().remove(key).is_some() {
-            self.changed.send_modify(|n| *n += 1);
-        }
-    }
-
-    pub fn get(&self, key: &ObjectKey) -> Option<Record> {
-        self.lock().get(key).cloned()
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<ObjectKey, Record> {
-        self.lock().clone()
-    }
-
-    /// Wakes on every change.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ObjectKey, Record>> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Kind;
-
-    #[test]
-    fn records_notify_only_on_change() {
-        let board = StatusBoard::default();
-        let mut rx = board.subscribe();
-        let key = ObjectKey::new(Kind::GomaRoute, "default", "api");
-        let record = Record::new(Some(1), Verdict::Disabled);
-        board.record(key.clone(), record.clone());
-        assert!(rx.has_changed().unwrap());
-        rx.mark_unchanged();
-        board.record(key.clone(), record.clone());
-        assert!(!rx.has_changed().unwrap(), "same record: no wake-up");
-        assert_eq!(board.get(&key), Some(record));
-        board.remove(&key);
-        assert!(rx.has_changed().unwrap());
-        assert!(board.snapshot().is_empty());
-    }
-}
+pub type StatusBoard = SignalledMap<Record>;

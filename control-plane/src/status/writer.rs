@@ -209,7 +209,7 @@ mod tests {
         let client = kube::Client::new(service, "default");
         let (sources, board, clients) = sources();
         let gateway = ObjectKey::new(Kind::GomaGateway, "default", "gw");
-        board.record(
+        board.insert(
             gateway.clone(),
             Record::new(Some(1), Verdict::Served(vec![])),
         );
@@ -219,7 +219,7 @@ mod tests {
             name: "default/api".into(),
             version: "v1".into(),
         };
-        board.record(
+        board.insert(
             route.clone(),
             Record {
                 generation: Some(4),

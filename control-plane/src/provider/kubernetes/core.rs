@@ -183,7 +183,7 @@ impl WatchCore {
         );
         match parsed {
             Ok(object) => {
-                self.errors.clear(&key);
+                self.errors.remove(&key);
                 if key.kind == Kind::Secret {
                     self.secrets.secret_applied(object, out);
                 } else {
@@ -194,7 +194,7 @@ impl WatchCore {
             }
             Err(e) => {
                 tracing::error!(object = %key, error = %e.message, kept_last_good = was_valid, "invalid object");
-                self.errors.set(
+                self.errors.insert(
                     key,
                     ObjectError {
                         message: e.message,
@@ -206,7 +206,7 @@ impl WatchCore {
     }
 
     fn remove(&mut self, id: WatchId, key: &ObjectKey, out: &mut Vec<ProviderEvent>) {
-        self.errors.clear(key);
+        self.errors.remove(key);
         let Some(seen) = self.watches[id].objects.remove(key) else {
             return;
         };
