@@ -57,6 +57,28 @@ struct Target {
     status: bool,
 }
 
+impl Target {
+    /// Where the object `name` of this collection is stored.
+    fn key(&self, name: &str) -> Key {
+        (
+            self.prefix.clone(),
+            self.plural.clone(),
+            self.namespace.clone().unwrap_or_default(),
+            name.to_owned(),
+        )
+    }
+}
+
+/// `metadata.generation` after a write of `spec`: 1 for a new object, bumped only when the spec
+/// changed (as the API server does; status and metadata writes keep it).
+fn next_generation(old: Option<&Value>, spec: &Value) -> Value {
+    match old {
+        None => json!(1),
+        Some(old) if old["spec"] == *spec => old["metadata"]["generation"].clone(),
+        Some(old) => json!(old["metadata"]["generation"].as_i64().unwrap_or(1) + 1),
+    }
+}
+
 fn parse_path(path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (prefix, rest) = match *segs.first()? {
@@ -186,36 +208,18 @@ impl FakeApiServer {
     pub fn apply(&self, manifest: Value) {
         let key = Self::key_of(&manifest).expect("manifest with apiVersion, kind and name");
         let mut st = self.state.lock().unwrap();
-        let generation = match st.objects.get(&key) {
-            Some(old) if old["spec"] != manifest["spec"] => {
-                old["metadata"]["generation"].as_i64().unwrap_or(1) + 1
-            }
-            Some(old) => old["metadata"]["generation"].as_i64().unwrap_or(1),
-            None => 1,
-        };
+        let old = st.objects.get(&key);
         let mut object = manifest;
-        if let Some(old) = st.objects.get(&key) {
+        object["metadata"]["generation"] = next_generation(old, &object["spec"]);
+        if let Some(old) = old {
             object["status"] = old["status"].clone();
         }
-        object["metadata"]["generation"] = json!(generation);
-        let kind = if st.objects.contains_key(&key) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        self.store(&mut st, key, object, kind);
+        self.store(&mut st, key, object);
     }
 
     pub fn delete(&self, manifest: &Value) {
         let key = Self::key_of(manifest).expect("manifest");
-        let mut st = self.state.lock().unwrap();
-        if let Some(object) = st.objects.remove(&key) {
-            st.revision += 1;
-            let rv = st.revision;
-            st.history
-                .push((rv, key.clone(), "DELETED", object.clone()));
-            let _ = self.events.send((rv, key, "DELETED", object));
-        }
+        self.remove(&mut self.state.lock().unwrap(), key);
     }
 
     /// The stored object, if any.
@@ -245,7 +249,13 @@ impl FakeApiServer {
         Some((prefix, plural, namespace, name))
     }
 
-    fn store(&self, st: &mut State, key: Key, mut object: Value, kind: &'static str) {
+    /// Stores `object` under `key` with the next resourceVersion: an ADDED or MODIFIED event.
+    fn store(&self, st: &mut State, key: Key, mut object: Value) {
+        let kind = if st.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         st.revision += 1;
         let rv = st.revision;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -256,6 +266,20 @@ impl FakeApiServer {
             object["metadata"]["namespace"] = json!(key.2);
         }
         st.objects.insert(key.clone(), object.clone());
+        self.event(st, rv, key, kind, object);
+    }
+
+    /// Removes the object under `key`, if any: a DELETED event.
+    fn remove(&self, st: &mut State, key: Key) -> Option<Value> {
+        let object = st.objects.remove(&key)?;
+        st.revision += 1;
+        let rv = st.revision;
+        self.event(st, rv, key, "DELETED", object.clone());
+        Some(object)
+    }
+
+    /// Records a change for watches that start from an older revision and wakes the open ones.
+    fn event(&self, st: &mut State, rv: u64, key: Key, kind: &'static str, object: Value) {
         st.history.push((rv, key.clone(), kind, object.clone()));
         let _ = self.events.send((rv, key, kind, object));
     }
@@ -311,12 +335,7 @@ impl FakeApiServer {
             (&Method::POST, None) => {
                 let mut st = self.state.lock().unwrap();
                 let name = body["metadata"]["name"].as_str().unwrap_or("").to_string();
-                let key = (
-                    t.prefix.clone(),
-                    t.plural.clone(),
-                    t.namespace.clone().unwrap_or_default(),
-                    name.clone(),
-                );
+                let key = t.key(&name);
                 if st.objects.contains_key(&key) {
                     return status_error(
                         StatusCode::CONFLICT,
@@ -325,18 +344,13 @@ impl FakeApiServer {
                     );
                 }
                 let mut object = body;
-                object["metadata"]["generation"] = json!(1);
-                self.store(&mut st, key.clone(), object, "ADDED");
+                object["metadata"]["generation"] = next_generation(None, &object["spec"]);
+                self.store(&mut st, key.clone(), object);
                 json_response(StatusCode::CREATED, &st.objects[&key])
             }
             (&Method::PUT, Some(name)) => {
                 let mut st = self.state.lock().unwrap();
-                let key = (
-                    t.prefix.clone(),
-                    t.plural.clone(),
-                    t.namespace.clone().unwrap_or_default(),
-                    name.clone(),
-                );
+                let key = t.key(name);
                 let Some(old) = st.objects.get(&key).cloned() else {
                     return status_error(StatusCode::NOT_FOUND, "NotFound", "not found");
                 };
@@ -353,17 +367,12 @@ impl FakeApiServer {
                 let mut object = body;
                 object["metadata"]["generation"] = old["metadata"]["generation"].clone();
                 object["metadata"]["uid"] = old["metadata"]["uid"].clone();
-                self.store(&mut st, key.clone(), object, "MODIFIED");
+                self.store(&mut st, key.clone(), object);
                 json_response(StatusCode::OK, &st.objects[&key])
             }
             (&Method::PATCH, Some(name)) => {
                 let mut st = self.state.lock().unwrap();
-                let key = (
-                    t.prefix.clone(),
-                    t.plural.clone(),
-                    t.namespace.clone().unwrap_or_default(),
-                    name.clone(),
-                );
+                let key = t.key(name);
                 let existing = st.objects.get(&key).cloned();
                 let object = match (existing, t.status) {
                     (None, true) => {
@@ -373,41 +382,25 @@ impl FakeApiServer {
                         o["status"] = body["status"].clone();
                         o
                     }
-                    (Some(o), false) => {
+                    (old, false) => {
                         let mut merged = body.clone();
-                        merged["metadata"]["generation"] = match o["spec"] == body["spec"] {
-                            true => o["metadata"]["generation"].clone(),
-                            false => json!(o["metadata"]["generation"].as_i64().unwrap_or(1) + 1),
-                        };
-                        merged["metadata"]["uid"] = o["metadata"]["uid"].clone();
-                        merged["status"] = o["status"].clone();
+                        merged["metadata"]["generation"] =
+                            next_generation(old.as_ref(), &body["spec"]);
+                        if let Some(o) = old {
+                            merged["metadata"]["uid"] = o["metadata"]["uid"].clone();
+                            merged["status"] = o["status"].clone();
+                        }
                         merged
                     }
-                    (None, false) => {
-                        let mut o = body.clone();
-                        o["metadata"]["generation"] = json!(1);
-                        o
-                    }
                 };
-                self.store(&mut st, key.clone(), object, "MODIFIED");
+                self.store(&mut st, key.clone(), object);
                 json_response(StatusCode::OK, &st.objects[&key])
             }
             (&Method::DELETE, Some(name)) => {
                 let mut st = self.state.lock().unwrap();
-                let key = (
-                    t.prefix.clone(),
-                    t.plural.clone(),
-                    t.namespace.clone().unwrap_or_default(),
-                    name.clone(),
-                );
-                match st.objects.remove(&key) {
-                    Some(o) => {
-                        st.revision += 1;
-                        let rv = st.revision;
-                        st.history.push((rv, key.clone(), "DELETED", o.clone()));
-                        let _ = self.events.send((rv, key, "DELETED", o.clone()));
-                        json_response(StatusCode::OK, &o)
-                    }
+                let key = t.key(name);
+                match self.remove(&mut st, key) {
+                    Some(o) => json_response(StatusCode::OK, &o),
                     None => status_error(StatusCode::NOT_FOUND, "NotFound", "not found"),
                 }
             }
