@@ -43,7 +43,7 @@ pub struct Controller {
     /// Secrets referenced by each gateway's own listeners.
     listener_secrets: HashMap<String, BTreeSet<String>>,
     /// Translation verdicts, for status.
-    board: Arc<StatusBoard>,
+    board: StatusBoard,
     synced: bool,
 }
 
@@ -66,11 +66,11 @@ fn field_errors(e: &crate::translate::TranslateError) -> String {
 
 impl Controller {
     pub fn new(views: Arc<Views>) -> Self {
-        Self::with_board(views, Arc::default())
+        Self::with_board(views, StatusBoard::default())
     }
 
     /// A controller that records its verdicts on `board` (for the status writer).
-    pub fn with_board(views: Arc<Views>, board: Arc<StatusBoard>) -> Self {
+    pub fn with_board(views: Arc<Views>, board: StatusBoard) -> Self {
         Self {
             views,
             objects: BTreeMap::new(),

@@ -38,7 +38,7 @@ pub struct Handles {
     pub errors: ObjectErrors,
     /// Translation's verdict on every object (the controller records them; the status writer
     /// reports them).
-    pub board: Arc<StatusBoard>,
+    pub board: StatusBoard,
 }
 
 /// Serves the manifests under `dir` on `listener` until `shutdown` resolves.

@@ -223,13 +223,19 @@ fn programmed(
     }
 }
 
+/// The generation a status describes: the rejected one when the provider refused the current
+/// version, else the one translation last judged.
+fn observed_generation(key: &ObjectKey, inputs: &Inputs<'_>) -> Option<i64> {
+    match inputs.errors.get(key) {
+        Some(e) => e.generation,
+        None => inputs.records.get(key).and_then(|r| r.generation),
+    }
+}
+
 fn route_status(key: &ObjectKey, inputs: &Inputs<'_>) -> RouteStatus {
     let record = inputs.records.get(key);
     let rejected = inputs.errors.get(key);
-    let generation = rejected
-        .map(|e| e.generation)
-        .or_else(|| record.map(|r| r.generation))
-        .flatten();
+    let generation = observed_generation(key, inputs);
 
     let valid = match (rejected, record.map(|r| &r.verdict)) {
         (Some(e), _) => condition(CONDITION_VALID, false, "Invalid", &e.message, generation),
@@ -334,10 +340,7 @@ fn route_status(key: &ObjectKey, inputs: &Inputs<'_>) -> RouteStatus {
 
 fn middleware_status(key: &ObjectKey, inputs: &Inputs<'_>) -> MiddlewareStatus {
     let rejected = inputs.errors.get(key);
-    let generation = rejected
-        .map(|e| e.generation)
-        .or_else(|| inputs.records.get(key).map(|r| r.generation))
-        .flatten();
+    let generation = observed_generation(key, inputs);
     let valid = match rejected {
         Some(e) => condition(CONDITION_VALID, false, "Invalid", &e.message, generation),
         None => condition(CONDITION_VALID, true, "Valid", "", generation),
@@ -364,10 +367,7 @@ fn gateway_status(key: &ObjectKey, inputs: &Inputs<'_>) -> GatewayStatus {
     let id = format!("{}/{}", key.namespace, key.name);
     let record = inputs.records.get(key);
     let rejected = inputs.errors.get(key);
-    let generation = rejected
-        .map(|e| e.generation)
-        .or_else(|| record.map(|r| r.generation))
-        .flatten();
+    let generation = observed_generation(key, inputs);
     let attached: Vec<&Record> = inputs
         .records
         .iter()

@@ -27,7 +27,7 @@ const RESYNC: Duration = Duration::from_secs(30);
 
 /// What the writer reads.
 pub struct Sources {
-    pub board: Arc<StatusBoard>,
+    pub board: StatusBoard,
     pub errors: ObjectErrors,
     pub clients: Arc<Clients>,
     /// Gateway workloads (empty without an operator).
@@ -167,8 +167,8 @@ mod tests {
 
     type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
-    fn sources() -> (Sources, Arc<StatusBoard>, Arc<Clients>) {
-        let board = Arc::new(StatusBoard::default());
+    fn sources() -> (Sources, StatusBoard, Arc<Clients>) {
+        let board = StatusBoard::default();
         let clients = Arc::new(Clients::default());
         let (_tx, workloads) = watch::channel(BTreeMap::new());
         let sources = Sources {
