@@ -312,6 +312,7 @@ async fn listener_verifies_client_certificates() {
             certificate_secrets: vec!["server-cert".into()],
             client_ca_secret: "client-ca".into(),
             client_certificate_optional: false,
+            ..Default::default()
         }),
         ..Default::default()
     };

@@ -4,6 +4,7 @@
 
 pub mod board;
 pub mod compute;
+pub mod gateway_api;
 pub mod workloads;
 pub mod writer;
 

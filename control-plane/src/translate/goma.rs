@@ -362,6 +362,7 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
             timeout: None,
             backend_timeout: None,
             retry: None,
+            ..Default::default()
         }),
     };
     errors.into_result(&source)?;
@@ -402,6 +403,7 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
         metrics_name: name.clone(),
         exploit_protection: spec.security.enable_exploit_protection,
         action: Some(action),
+        ..Default::default()
     };
     Ok(Some(TranslatedRoute {
         route,
@@ -448,6 +450,7 @@ fn upstream_tls(ns: &str, spec: &goma::RouteSpec, errors: &mut Errors) -> pb::Up
         ca_secret: secret("rootCAsSecret", &tls.root_cas_secret),
         client_certificate_secret: secret("clientCertSecret", &tls.client_cert_secret),
         insecure_skip_verify: tls.insecure_skip_verify,
+        ..Default::default()
     }
 }
 
@@ -499,6 +502,7 @@ fn translate_backends(
             r#match: matches,
             exclusive: backend.exclusive,
             priority: backend.priority,
+            ..Default::default()
         });
     }
     (out, clusters)

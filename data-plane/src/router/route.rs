@@ -162,6 +162,9 @@ impl CompiledRoute {
             Some(pb::route::Action::Forward(f)) => {
                 RouteAction::Forward(compile_forward(f).map_err(|e| format!("forward.{e}"))?)
             }
+            Some(pb::route::Action::Redirect(_)) => {
+                return Err("redirect: not supported by this data plane version".into());
+            }
         };
         Ok(CompiledRoute {
             name: r.name.as_str().into(),
