@@ -4,6 +4,7 @@
 use crate::model::{Kind, Object, ObjectKey};
 use crate::provider::ProviderEvent;
 use crate::resource::{Encoded, type_index};
+use crate::status::gateway_api::GatewayApiBoard;
 use crate::status::{Record, ResourceRef, StatusBoard, Verdict};
 use crate::translate::goma::{translate_gateway, translate_route};
 use crate::translate::secret::translate_secret;
@@ -44,6 +45,9 @@ pub struct Controller {
     listener_secrets: HashMap<String, BTreeSet<String>>,
     /// Translation verdicts, for status.
     board: StatusBoard,
+    /// Gateway API status from translation.
+    #[allow(dead_code)] // written by the Gateway API translation, landing next
+    api_board: GatewayApiBoard,
     synced: bool,
 }
 
@@ -71,6 +75,11 @@ impl Controller {
 
     /// A controller that records its verdicts on `board` (for the status writer).
     pub fn with_board(views: Arc<Views>, board: StatusBoard) -> Self {
+        Self::with_boards(views, board, GatewayApiBoard::default())
+    }
+
+    /// A controller that records Goma verdicts on `board` and Gateway API status on `api_board`.
+    pub fn with_boards(views: Arc<Views>, board: StatusBoard, api_board: GatewayApiBoard) -> Self {
         Self {
             views,
             objects: BTreeMap::new(),
@@ -81,6 +90,7 @@ impl Controller {
             secret_refs: HashMap::new(),
             listener_secrets: HashMap::new(),
             board,
+            api_board,
             synced: false,
         }
     }

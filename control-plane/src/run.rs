@@ -7,6 +7,7 @@ use crate::provider::ObjectErrors;
 use crate::provider::file::FileProvider;
 use crate::provider::kubernetes::KubernetesProvider;
 use crate::status::StatusBoard;
+use crate::status::gateway_api::GatewayApiBoard;
 use crate::status::writer::{Sources, StatusWriter};
 use crate::views::Views;
 use crate::xds::{self, Clients};
@@ -39,6 +40,9 @@ pub struct Handles {
     /// Translation's verdict on every object (the controller records them; the status writer
     /// reports them).
     pub board: StatusBoard,
+    /// Gateway API status as translation decided it (the controller fills it; the status
+    /// writer applies it).
+    pub api_board: GatewayApiBoard,
 }
 
 /// Serves the manifests under `dir` on `listener` until `shutdown` resolves.
@@ -62,8 +66,14 @@ pub async fn run_file_control_plane(
             tracing::error!(error = %e, "file provider stopped");
         }
     });
-    let controller_task =
-        tokio::spawn(Controller::with_board(handles.views.clone(), handles.board.clone()).run(rx));
+    let controller_task = tokio::spawn(
+        Controller::with_boards(
+            handles.views.clone(),
+            handles.board.clone(),
+            handles.api_board.clone(),
+        )
+        .run(rx),
+    );
     tracing::info!(dir = %dir.display(), "watching manifests");
     let result = xds::serve(listener, handles.views, handles.clients, shutdown).await;
     provider_task.abort();
@@ -120,8 +130,14 @@ pub async fn run_kubernetes_control_plane(
         handles.errors.clone(),
     );
     let provider_task = tokio::spawn(provider.run(tx));
-    let controller_task =
-        tokio::spawn(Controller::with_board(handles.views.clone(), handles.board.clone()).run(rx));
+    let controller_task = tokio::spawn(
+        Controller::with_boards(
+            handles.views.clone(),
+            handles.board.clone(),
+            handles.api_board.clone(),
+        )
+        .run(rx),
+    );
     tracing::info!(
         identity = %options.lease.identity,
         lease = %format!("{}/{}", options.lease.namespace, options.lease.name),
@@ -184,6 +200,7 @@ async fn leader_duties(
             client.clone(),
             Sources {
                 board: handles.board.clone(),
+                api_board: handles.api_board.clone(),
                 errors: handles.errors.clone(),
                 clients: handles.clients.clone(),
                 workloads,

@@ -5,6 +5,7 @@
 
 use super::board::StatusBoard;
 use super::compute::{self, Inputs, Pod, Status};
+use super::gateway_api::GatewayApiBoard;
 use crate::model::goma;
 use crate::model::{Kind, ObjectKey};
 use crate::operator::{GatewayReports, WorkloadStatus};
@@ -28,6 +29,8 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// What the writer reads.
 pub struct Sources {
     pub board: StatusBoard,
+    /// Gateway API objects' status from translation.
+    pub api_board: GatewayApiBoard,
     pub errors: ObjectErrors,
     pub clients: Arc<Clients>,
     /// Gateway workloads (empty without an operator).
