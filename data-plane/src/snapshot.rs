@@ -273,12 +273,21 @@ impl Compiler {
         }
         if let Some(pb::route::Action::Forward(f)) = &r.action {
             for (i, b) in f.backends.iter().enumerate() {
-                if !resources.clusters.contains_key(&b.cluster) {
+                // An empty name is an unresolved reference, answered 500 by design.
+                if !b.cluster.is_empty() && !resources.clusters.contains_key(&b.cluster) {
                     return Err(format!(
                         "forward.backends[{i}].cluster: cluster {:?} does not exist",
                         b.cluster
                     ));
                 }
+            }
+        }
+        for (i, m) in r.mirrors.iter().enumerate() {
+            if !resources.clusters.contains_key(&m.cluster) {
+                return Err(format!(
+                    "mirrors[{i}].cluster: cluster {:?} does not exist",
+                    m.cluster
+                ));
             }
         }
         drop(compiled);

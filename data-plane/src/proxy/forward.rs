@@ -77,9 +77,11 @@ where
 }
 
 /// Where one attempt goes.
-struct Target {
-    cluster: Arc<CompiledCluster>,
-    endpoint: usize,
+pub(super) struct Target<'a> {
+    pub(super) cluster: Arc<CompiledCluster>,
+    pub(super) endpoint: usize,
+    /// The route backend it was chosen for (None for a mirror).
+    pub(super) backend: Option<&'a Backend>,
 }
 
 /// Why an attempt failed.
@@ -149,8 +151,30 @@ where
 {
     let retry = &forward.retry;
     let mut rng = fastrand::Rng::new();
-    let Some(mut target) = choose_target(snapshot, &forward.backends, pinned, &mut rng, &[], true)
-    else {
+    // The weighted pick comes first, whether or not its cluster can serve: an unresolved
+    // backend's share is answered 500, and so is a route with nothing to send ordinary
+    // traffic to (Gateway API: every weight 0, or no backend at all).
+    let first = forward.backends.choose(pinned, &mut rng, true, |_| true);
+    match first {
+        Some(b) if b.cluster.is_empty() => {
+            tracing::debug!(%route, "request share of an unresolved backend reference");
+            return response::invalid_backend();
+        }
+        None if forward.backends.carries_nothing() => {
+            tracing::debug!(%route, "no backend with a weight");
+            return response::invalid_backend();
+        }
+        _ => {}
+    }
+    let Some(mut target) = choose_target(
+        snapshot,
+        &forward.backends,
+        pinned,
+        &mut rng,
+        &[],
+        true,
+        first,
+    ) else {
         tracing::debug!(%route, "no available endpoint");
         return response::no_upstream();
     };
@@ -202,7 +226,7 @@ where
                 {
                     return upgrade.switch(resp, route.clone());
                 }
-                return relay(resp);
+                return relay(resp, target.backend);
             }
             Err(failure) => failure,
         };
@@ -236,6 +260,7 @@ where
                 &mut rng,
                 &tried,
                 retry.reuse_endpoint,
+                None,
             )
         } else {
             None
@@ -261,18 +286,22 @@ where
     }
 }
 
-/// Builds one attempt's request from `head` (its URI in origin form): the URI the upstream's
-/// protocol wants, Host (the endpoint's unless the client's is preserved), the upstream's HTTP
-/// version and, for an upgrade, its headers.
-fn upstream_request(
+/// Builds one attempt's request from `head` (its URI in origin form): the backend's header
+/// modifier, the URI the upstream's protocol wants, Host (the endpoint's unless the client's
+/// or a rewritten one is kept; for HTTP/2 it is the `:authority`), the upstream's HTTP version
+/// and, for an upgrade, its headers.
+pub(super) fn upstream_request(
     mut head: Parts,
     body: UpstreamBody,
-    target: &Target,
+    target: &Target<'_>,
     host_preserved: bool,
     upgrade: Option<&ClientUpgrade>,
 ) -> Request<UpstreamBody> {
     let cluster = &target.cluster;
     let endpoint = &cluster.endpoints[target.endpoint];
+    if let Some(backend) = target.backend {
+        backend.request_headers.apply(&mut head.headers);
+    }
     match cluster.protocol {
         // HTTP/1.1 sends the origin form as it is (CONNECT the authority form).
         Protocol::Http1 => {
@@ -287,10 +316,15 @@ fn upstream_request(
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            let kept_host = head
+                .headers
+                .get(header::HOST)
+                .filter(|_| host_preserved)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
             // Scheme, authority and a path that already parsed: building cannot fail.
             if let Ok(uri) = Uri::builder()
                 .scheme(cluster.scheme.clone())
-                .authority(endpoint.authority.clone())
+                .authority(kept_host.unwrap_or_else(|| endpoint.authority.clone()))
                 .path_and_query(path_and_query)
                 .build()
             {
@@ -311,7 +345,7 @@ fn upstream_request(
 
 /// One attempt, until the response headers; feeds outlier detection with its outcome.
 async fn attempt(
-    target: &Target,
+    target: &Target<'_>,
     request: Request<UpstreamBody>,
     backend_timeout: Option<Duration>,
     retry: &Retry,
@@ -365,7 +399,7 @@ impl Failure {
 /// The answer when no (further) attempt is made.
 fn give_up(
     route: &str,
-    target: &Target,
+    target: &Target<'_>,
     failure: Failure,
     retry_refused: bool,
     report: &mut Report,
@@ -378,7 +412,7 @@ fn give_up(
     match failure {
         Failure::Status(resp) => {
             report.upstream_responded = true;
-            relay(resp)
+            relay(resp, target.backend)
         }
         Failure::Connect(error, _) => {
             report.failure = Some(UpstreamFailure::Connect);
@@ -397,24 +431,30 @@ fn give_up(
     }
 }
 
-fn relay(resp: Response<ResponseBody>) -> Response<ProxyBody> {
+/// An upstream response on its way to the client, with its backend's response modifier.
+fn relay(resp: Response<ResponseBody>, backend: Option<&Backend>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(b) = backend {
+        b.response_headers.apply(&mut parts.headers);
+    }
     Response::from_parts(parts, body.boxed_unsync())
 }
 
 /// Chooses where an attempt goes, preferring in order: an available endpoint not tried yet, an
 /// available endpoint already tried (when `reuse` allows), then the same ignoring outlier
 /// ejection (ejection shifts load to other endpoints but never takes a route's last ones out).
-/// Endpoints that fail their active health check are never chosen. None: 503.
-fn choose_target(
+/// Endpoints that fail their active health check are never chosen. `first`: the backend the
+/// policy already picked for a first attempt. None: 503.
+fn choose_target<'a>(
     snapshot: &Snapshot,
-    backends: &BackendSet,
+    backends: &'a BackendSet,
     pinned: u64,
     rng: &mut fastrand::Rng,
     tried: &[(Arc<CompiledCluster>, usize)],
     reuse: bool,
-) -> Option<Target> {
+    first: Option<&'a Backend>,
+) -> Option<Target<'a>> {
     let tried_in = |cluster: &CompiledCluster| {
         tried
             .iter()
@@ -423,13 +463,14 @@ fn choose_target(
     };
     // The common case first: the policy's backend has an available endpoint.
     if tried.is_empty()
-        && let Some(b) = backends.choose(pinned, rng, true, |_| true)
+        && let Some(b) = first
         && let Some(cluster) = snapshot.cluster(&b.cluster)
         && let Some(endpoint) = cluster.choose(0, Eligibility::Available)
     {
         return Some(Target {
             cluster: cluster.clone(),
             endpoint,
+            backend: Some(b),
         });
     }
     for eligibility in [Eligibility::Available, Eligibility::IgnoreEjection] {
@@ -452,6 +493,7 @@ fn choose_target(
                 return Some(Target {
                     cluster: cluster.clone(),
                     endpoint,
+                    backend: Some(b),
                 });
             }
         }

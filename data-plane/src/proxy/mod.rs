@@ -7,6 +7,7 @@ pub mod exploit;
 pub mod forward;
 pub mod headers;
 mod lent_body;
+mod mirror;
 mod prefix;
 pub mod report;
 pub mod response;
@@ -17,7 +18,9 @@ use prefix::PrefixedBody;
 pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
 
+use crate::router::cors::Cors;
 use crate::router::host::request_host_and_header;
+use crate::router::redirect::RedirectRequest;
 use crate::router::{CompiledRoute, Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
@@ -83,7 +86,7 @@ where
     report.client_ip = Some(client_ip);
 
     // Routing borrows the request; collect what forwarding needs, then release the borrow.
-    let (route, pinned, path_and_query, original_host) = {
+    let (route, plan, original_host, cors_origin) = {
         let (raw_host, host_header) = request_host_and_header(req.uri(), req.headers());
         let host = NormalizedHost::new(raw_host);
         if let Some(tls) = tls
@@ -98,6 +101,7 @@ where
                 report.matched(r);
                 return response::method_not_allowed(r.allow.as_ref());
             }
+            Lookup::NotFound if is_grpc(req.headers()) => return response::grpc_unimplemented(),
             Lookup::NotFound => return response::not_found(),
         };
         let route = &entry.route;
@@ -108,29 +112,115 @@ where
             log_blocked(route, client_ip, found);
             return response::blocked();
         }
-        let forward = match &route.action {
-            RouteAction::Direct(d) => return response::direct(d),
-            RouteAction::Forward(f) => f,
+        let matched_prefix = match &route.matches[entry.match_idx].path {
+            PathMatcher::Prefix(p) => Some(&**p),
+            _ => None,
         };
-        let pinned = forward.backends.pinned(&view);
-        let path_and_query = match &forward.rewrite {
-            None => req.uri().path_and_query().cloned(),
-            Some(rw) => {
-                let matched_prefix = match &route.matches[entry.match_idx].path {
-                    PathMatcher::Prefix(p) => Some(&**p),
-                    _ => None,
-                };
-                let new = rw.apply(view.path, view.query, matched_prefix);
-                PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
+        // Only a route with CORS keeps the Origin (a refcount bump) for its response.
+        let cors_origin = route
+            .cors
+            .as_ref()
+            .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+        let plan = match (&route.cors, &route.action) {
+            (Some(cors), _) if Cors::is_preflight(req.method(), req.headers()) => {
+                Plan::Local(response::preflight(cors.preflight(req.headers())))
             }
+            (_, RouteAction::Direct(d)) => Plan::Local(response::direct(d)),
+            (_, RouteAction::Redirect(r)) => {
+                let location = r.location(&RedirectRequest {
+                    scheme: if tls.is_some() { "https" } else { "http" },
+                    host: host.as_str(),
+                    port,
+                    path: view.path,
+                    query: view.query,
+                    matched_prefix,
+                });
+                Plan::Local(match location {
+                    Some(l) => response::redirect(r.status, l),
+                    None => response::bad_request(),
+                })
+            }
+            (_, RouteAction::Forward(f)) => Plan::Forward {
+                pinned: f.backends.pinned(&view),
+                path_and_query: match &f.rewrite {
+                    None => req.uri().path_and_query().cloned(),
+                    Some(rw) => {
+                        let new = rw.apply(view.path, view.query, matched_prefix);
+                        PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
+                    }
+                },
+            },
         };
         let original_host = original_host(raw_host, host_header);
-        (route.clone(), pinned, path_and_query, original_host)
+        (route.clone(), plan, original_host, cors_origin)
     };
+    let mut resp = match plan {
+        Plan::Local(resp) => resp,
+        Plan::Forward {
+            pinned,
+            path_and_query,
+        } => {
+            forward_request(
+                &snapshot,
+                &route,
+                pinned,
+                path_and_query,
+                origin,
+                &client,
+                tls.is_some(),
+                original_host,
+                req,
+                report,
+            )
+            .await
+        }
+    };
+    if let Some(cors) = &route.cors {
+        cors.decorate(cors_origin.as_ref(), resp.headers_mut());
+    }
+    route.response_headers.apply(resp.headers_mut());
+    resp
+}
+
+/// What a routed request gets.
+enum Plan {
+    /// The gateway's own answer.
+    Local(Response<ProxyBody>),
+    Forward {
+        pinned: u64,
+        path_and_query: Option<PathAndQuery>,
+    },
+}
+
+/// A gRPC request: its "not found" is a gRPC status, not an HTTP 404.
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Prepares the headers (hop-by-hop, forwarding headers, request id, the route's modifier,
+/// Host), starts the mirrors and forwards.
+#[allow(clippy::too_many_arguments)]
+async fn forward_request<B>(
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<CompiledRoute>,
+    pinned: u64,
+    path_and_query: Option<PathAndQuery>,
+    origin: headers::Origin,
+    client: &Peer,
+    client_tls: bool,
+    original_host: Option<HeaderValue>,
+    req: Request<B>,
+    report: &mut Report,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+{
     let RouteAction::Forward(forward) = &route.action else {
         return response::upstream_error();
     };
-
+    let client_ip = origin.client;
     let (mut parts, body) = req.into_parts();
     // The upgrade headers go back in per attempt, for HTTP/1.1 upstreams only.
     let upgrade = upgrade::take_request(&mut parts);
@@ -140,7 +230,7 @@ where
         origin,
         &client.ip_value,
         original_host.clone(),
-        tls.is_some(),
+        client_tls,
     );
     let request_id = headers::request_id(
         parts.headers.get(&headers::X_GOMA_REQUEST_ID),
@@ -149,17 +239,22 @@ where
     parts
         .headers
         .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id.clone());
+    route.request_headers.apply(&mut parts.headers);
     // HTTP/2 clients send no Host header; carry their :authority as Host. Otherwise each attempt
-    // sets its endpoint's authority.
-    let host_preserved = forward.preserve_host && original_host.is_some();
-    if forward.preserve_host
-        && let Some(h) = original_host
-    {
+    // sets its endpoint's authority. A rewritten host wins over both.
+    let kept_host = match &forward.host_rewrite {
+        Some(h) => Some(h.clone()),
+        None if forward.preserve_host => original_host,
+        None => None,
+    };
+    let host_preserved = kept_host.is_some();
+    if let Some(h) = kept_host {
         parts.headers.insert(header::HOST, h);
     }
     parts.uri = Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    let body = mirror::start(snapshot, &route.name, &route.mirrors, &parts, body);
     let body = if route.exploit_protection {
-        match inspect_body(&route, client_ip, &parts.headers, body).await {
+        match inspect_body(route, client_ip, &parts.headers, body).await {
             Ok(body) => body,
             Err(resp) => return resp,
         }
@@ -167,7 +262,7 @@ where
         PrefixedBody::unread(body)
     };
     let mut resp = forward::forward(
-        &snapshot,
+        snapshot,
         &route.name,
         forward,
         pinned,

@@ -65,6 +65,14 @@ pub fn no_upstream() -> Response<ProxyBody> {
     text(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n")
 }
 
+/// The share of an unresolved backend reference, or a route with no backend to send to.
+pub fn invalid_backend() -> Response<ProxyBody> {
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "backend reference is invalid or has no weight\n",
+    )
+}
+
 pub fn connect_error() -> Response<ProxyBody> {
     text(StatusCode::BAD_GATEWAY, "upstream connect error\n")
 }
@@ -83,5 +91,38 @@ pub fn direct(d: &DirectResponse) -> Response<ProxyBody> {
     *resp.status_mut() = d.status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, d.content_type.clone());
+    resp
+}
+
+/// A redirect answer (no body).
+pub fn redirect(status: StatusCode, location: HeaderValue) -> Response<ProxyBody> {
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::LOCATION, location);
+    resp
+}
+
+/// The gateway's answer to a CORS preflight request: 200 with `headers` (none when the origin
+/// is not allowed).
+pub fn preflight(headers: http::HeaderMap) -> Response<ProxyBody> {
+    let mut resp = Response::new(empty());
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// gRPC's answer when no route matches: UNIMPLEMENTED, trailers-only (the status travels in
+/// the headers of an empty response).
+pub fn grpc_unimplemented() -> Response<ProxyBody> {
+    let mut resp = Response::new(empty());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static("12"));
+    h.insert(
+        "grpc-message",
+        HeaderValue::from_static("no route for this service or method"),
+    );
     resp
 }

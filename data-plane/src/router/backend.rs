@@ -1,6 +1,7 @@
 //! Choosing a route's backend (Goma canary semantics): exclusive pinned backends first, then
 //! non-exclusive pinned ones, then weighted balancing over the ordinary (non-exclusive) backends.
 
+use super::header_modifier::HeaderModifier;
 use super::matcher::{RequestView, StringMatcher};
 use http::HeaderName;
 use sluice_proto::config as pb;
@@ -42,19 +43,20 @@ impl Condition {
 /// A compiled `WeightedBackend`.
 #[derive(Debug)]
 pub struct Backend {
+    /// Empty: an unresolved reference, whose share is answered 500.
     pub cluster: Arc<str>,
     pub weight: u32,
     pub conditions: Vec<Condition>,
     pub exclusive: bool,
     pub priority: i32,
+    /// Applied after the route's own modifiers, to this backend's requests (responses).
+    pub request_headers: HeaderModifier,
+    pub response_headers: HeaderModifier,
 }
 
 impl Backend {
     pub fn compile(b: &pb::WeightedBackend) -> Result<Backend, String> {
         use pb::backend_match::Source;
-        if b.cluster.is_empty() {
-            return Err("cluster: empty".into());
-        }
         let mut conditions = Vec::with_capacity(b.r#match.len());
         for (i, m) in b.r#match.iter().enumerate() {
             let source = match Source::try_from(m.source) {
@@ -82,6 +84,10 @@ impl Backend {
             conditions,
             exclusive: b.exclusive,
             priority: b.priority,
+            request_headers: HeaderModifier::compile(b.request_headers.as_ref())
+                .map_err(|e| format!("request_headers.{e}"))?,
+            response_headers: HeaderModifier::compile(b.response_headers.as_ref())
+                .map_err(|e| format!("response_headers.{e}"))?,
         })
     }
 
@@ -103,6 +109,12 @@ impl BackendSet {
             backends,
             rr: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether no backend can receive ordinary traffic: every weight is 0 (or there is no
+    /// backend at all).
+    pub fn carries_nothing(&self) -> bool {
+        self.backends.iter().all(|b| b.weight == 0)
     }
 
     /// Picks the backend for a request, or None when no backend may take it (503).
@@ -285,6 +297,7 @@ mod tests {
             r#match: m,
             exclusive,
             priority: prio,
+            ..Default::default()
         })
         .unwrap()
     }

@@ -16,6 +16,8 @@ pub struct Entry {
     pub match_idx: usize,
     /// Path/method/header/query precedence from [`super::matcher::CompiledMatch::rank`].
     rank: u64,
+    /// Hostnames of the listeners this entry is reached through (listener isolation).
+    via: Arc<[HostPattern]>,
 }
 
 /// Precedence key except the final name tie-break; larger wins.
@@ -27,14 +29,18 @@ impl Entry {
     }
 }
 
-/// Whether `entry` with `key` beats the current best; equal keys fall to the smaller name.
+/// Whether `entry` with `key` beats the current best; equal keys fall to the smaller creation
+/// order (the older route), then the smaller name.
 fn beats(key: Key, entry: &Entry, best: &Option<(Key, &Entry)>) -> bool {
     match best {
         None => true,
         Some((k, e)) => match key.cmp(k) {
             Ordering::Greater => true,
             Ordering::Less => false,
-            Ordering::Equal => *entry.route.name < *e.route.name,
+            Ordering::Equal => {
+                (entry.route.creation_order, &*entry.route.name)
+                    < (e.route.creation_order, &*e.route.name)
+            }
         },
     }
 }
@@ -125,6 +131,10 @@ pub struct PortIndex {
     exact: FastMap<Arc<str>, Arc<PathTable>>,
     wildcard: FastMap<Arc<str>, Arc<PathTable>>,
     any: Option<Arc<PathTable>>,
+    /// The distinct hostnames of the listeners on this port. With more than one, a request is
+    /// served only by routes of the most specific listener matching its host (Gateway API
+    /// listener isolation).
+    listener_hosts: Vec<HostPattern>,
 }
 
 /// Outcome of a lookup.
@@ -136,21 +146,42 @@ pub enum Lookup<'a> {
 }
 
 impl PortIndex {
-    /// Replaces the table of one host pattern with one built from `routes` (None when empty).
+    /// Records the hostname of a listener on this port.
+    pub fn add_listener_host(&mut self, host: &HostPattern) {
+        if !self.listener_hosts.contains(host) {
+            self.listener_hosts.push(host.clone());
+        }
+    }
+
+    /// The hostname of the most specific listener accepting `host` when listeners with
+    /// different hostnames share this port; None when there is nothing to isolate.
+    fn isolating_listener(&self, host: &str) -> Option<&HostPattern> {
+        if self.listener_hosts.len() < 2 {
+            return None;
+        }
+        self.listener_hosts
+            .iter()
+            .filter(|l| l.matches(host))
+            .max_by_key(|l| l.specificity())
+    }
+
+    /// Replaces the table of one host pattern with one built from `routes` (None when empty),
+    /// each with the hostnames of the listeners it is reached through.
     pub fn set_table<'a>(
         &mut self,
         host: &HostPattern,
-        routes: impl IntoIterator<Item = &'a Arc<CompiledRoute>>,
+        routes: impl IntoIterator<Item = (&'a Arc<CompiledRoute>, &'a Arc<[HostPattern]>)>,
     ) {
         let mut table = PathTable::default();
         let mut empty = true;
-        for route in routes {
+        for (route, via) in routes {
             for (match_idx, m) in route.matches.iter().enumerate() {
                 empty = false;
                 table.insert(Entry {
                     route: route.clone(),
                     match_idx,
                     rank: m.rank(),
+                    via: via.clone(),
                 });
             }
         }
@@ -175,7 +206,10 @@ impl PortIndex {
     /// Finds the best route for a request (precedence: priority, host specificity, path, method,
     /// header count, query count, name).
     pub fn lookup(&self, req: &RequestView<'_>) -> Lookup<'_> {
-        let mut best = Best::default();
+        let mut best = Best {
+            found: None,
+            listener: self.isolating_listener(req.host),
+        };
         if let Some(t) = self.exact.get(req.host) {
             t.visit(req.path, |e| best.consider(e, u16::MAX, req));
         }
@@ -192,7 +226,7 @@ impl PortIndex {
         }
         // `allowed_methods` is authoritative: the best route decides, and a method it does not
         // allow is refused rather than handed to a less specific route (no method bypass).
-        match best.0 {
+        match best.found {
             Some((_, e)) if e.route.allows(req.method) => Lookup::Matched(e),
             Some((_, e)) => Lookup::MethodNotAllowed(&e.route),
             None => Lookup::NotFound,
@@ -201,18 +235,24 @@ impl PortIndex {
 }
 
 /// The best candidate so far.
-#[derive(Default)]
-struct Best<'a>(Option<(Key, &'a Entry)>);
+struct Best<'a> {
+    found: Option<(Key, &'a Entry)>,
+    /// Only entries reached through a listener with this hostname may serve the request.
+    listener: Option<&'a HostPattern>,
+}
 
 impl<'a> Best<'a> {
     fn consider(&mut self, entry: &'a Entry, host_spec: u16, req: &RequestView<'_>) {
         let key = entry.key(host_spec);
         // Cheap key comparison first: header/query evaluation only for entries that could win.
-        if !beats(key, entry, &self.0) {
+        if !beats(key, entry, &self.found) {
+            return;
+        }
+        if self.listener.is_some_and(|l| !entry.via.contains(l)) {
             return;
         }
         if entry.route.matches[entry.match_idx].matches_rest(req) {
-            self.0 = Some((key, entry));
+            self.found = Some((key, entry));
         }
     }
 }

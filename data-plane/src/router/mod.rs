@@ -1,9 +1,12 @@
 //! Request routing, pure logic: compiled routes, the per-port host/path index and match evaluation.
 
 pub mod backend;
+pub mod cors;
+pub mod header_modifier;
 pub mod host;
 pub mod index;
 pub mod matcher;
+pub mod redirect;
 pub mod rewrite;
 pub mod route;
 #[cfg(test)]
@@ -50,14 +53,18 @@ impl RouteTable {
 /// Where a route is indexed: a port and a host pattern.
 type Placement = (u16, HostPattern);
 
+/// A route under one placement, and the hostnames of the listeners it is reached through.
+type Member = (Arc<CompiledRoute>, Arc<[HostPattern]>);
+
 /// Builds route tables incrementally: it remembers which routes sit under each (port, host)
 /// and, when listeners are unchanged, rebuilds only the tables of hosts whose routes changed.
 #[derive(Default)]
 pub struct IndexBuilder {
     listeners: Vec<ListenerInfo>,
     routes: HashMap<Arc<str>, Arc<CompiledRoute>>,
-    /// Routes per placement, by name (the final precedence tie-break needs no global order).
-    members: HashMap<Placement, BTreeMap<Arc<str>, Arc<CompiledRoute>>>,
+    /// Routes per placement, by name, with the hostnames of the listeners they are reached
+    /// through there (listener isolation).
+    members: HashMap<Placement, BTreeMap<Arc<str>, Member>>,
     table: RouteTable,
 }
 
@@ -75,7 +82,11 @@ impl IndexBuilder {
                 ..IndexBuilder::default()
             };
             for l in listeners {
-                self.table.ports.entry(l.port).or_default();
+                self.table
+                    .ports
+                    .entry(l.port)
+                    .or_default()
+                    .add_listener_host(&l.hostname);
             }
         }
         let upserted: Vec<Arc<CompiledRoute>> = routes
@@ -114,11 +125,11 @@ impl IndexBuilder {
             if let Some(old) = self.routes.get(&route.name).cloned() {
                 self.unplace(&old, &by_name, &mut dirty);
             }
-            for p in placements(route, &by_name) {
+            for (p, via) in placements(route, &by_name) {
                 self.members
                     .entry(p.clone())
                     .or_default()
-                    .insert(route.name.clone(), route.clone());
+                    .insert(route.name.clone(), (route.clone(), via.into()));
                 dirty.insert(p);
             }
             self.routes.insert(route.name.clone(), route.clone());
@@ -132,7 +143,13 @@ impl IndexBuilder {
             let (port, host) = &placement;
             let members = self.members.get(&placement);
             let index = self.table.ports.entry(*port).or_default();
-            index.set_table(host, members.into_iter().flat_map(|m| m.values()));
+            index.set_table(
+                host,
+                members
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .map(|(r, via)| (r, via)),
+            );
             if members.is_some_and(BTreeMap::is_empty) {
                 self.members.remove(&placement);
             }
@@ -148,7 +165,7 @@ impl IndexBuilder {
         by_name: &HashMap<&str, &ListenerInfo>,
         dirty: &mut HashSet<Placement>,
     ) {
-        for p in placements(route, by_name) {
+        for (p, _) in placements(route, by_name) {
             if let Some(m) = self.members.get_mut(&p) {
                 m.remove(&route.name);
             }
@@ -158,27 +175,33 @@ impl IndexBuilder {
 }
 
 /// The (port, host pattern) pairs a route is reachable under: through every listener it names,
-/// restricted to the hosts both the route and that listener accept.
-fn placements(route: &CompiledRoute, by_name: &HashMap<&str, &ListenerInfo>) -> Vec<Placement> {
-    let mut out: Vec<Placement> = Vec::new();
+/// restricted to the hosts both the route and that listener accept; each with the hostnames of
+/// the listeners that lead there.
+fn placements(
+    route: &CompiledRoute,
+    by_name: &HashMap<&str, &ListenerInfo>,
+) -> Vec<(Placement, Vec<HostPattern>)> {
+    let mut out: BTreeMap<Placement, Vec<HostPattern>> = BTreeMap::new();
     for listener in route
         .listeners
         .iter()
         .filter_map(|n| by_name.get(n.as_str()))
     {
-        if route.hostnames.is_empty() {
-            out.push((listener.port, listener.hostname.clone()));
+        let hosts: Vec<HostPattern> = if route.hostnames.is_empty() {
+            vec![listener.hostname.clone()]
         } else {
-            out.extend(
-                route
-                    .hostnames
-                    .iter()
-                    .filter_map(|h| h.intersect(&listener.hostname))
-                    .map(|h| (listener.port, h)),
-            );
+            route
+                .hostnames
+                .iter()
+                .filter_map(|h| h.intersect(&listener.hostname))
+                .collect()
+        };
+        for h in hosts {
+            let via = out.entry((listener.port, h)).or_default();
+            if !via.contains(&listener.hostname) {
+                via.push(listener.hostname.clone());
+            }
         }
     }
-    out.sort();
-    out.dedup();
-    out
+    out.into_iter().collect()
 }

@@ -2,8 +2,11 @@
 //! version and shared by every snapshot while the resource is unchanged.
 
 use super::backend::{Backend, BackendSet};
+use super::cors::Cors;
+use super::header_modifier::HeaderModifier;
 use super::host::{HostPattern, validate_hostname};
 use super::matcher::{CompiledMatch, parse_method};
+use super::redirect::Redirect;
 use super::rewrite::Rewrite;
 use crate::metrics::RouteStats;
 use bytes::Bytes;
@@ -16,6 +19,8 @@ use std::time::Duration;
 pub struct CompiledRoute {
     pub name: Arc<str>,
     pub priority: i32,
+    /// Tie-break before the name: smaller wins (Gateway API: the oldest route).
+    pub creation_order: i64,
     pub listeners: Vec<String>,
     /// Empty means any host.
     pub hostnames: Vec<HostPattern>,
@@ -29,6 +34,12 @@ pub struct CompiledRoute {
     pub action: RouteAction,
     /// Block SQL injection, XSS and path traversal attempts (see `proxy::exploit`).
     pub exploit_protection: bool,
+    /// Applied to the request before anything else is done with it.
+    pub request_headers: HeaderModifier,
+    /// Applied to every response of this route, the gateway's own answers included.
+    pub response_headers: HeaderModifier,
+    pub mirrors: Vec<Mirror>,
+    pub cors: Option<Cors>,
     /// Metric handles, set by a Compiler that records metrics; None when `disable_metrics`.
     pub stats: Option<Arc<RouteStats>>,
 }
@@ -37,6 +48,44 @@ pub struct CompiledRoute {
 pub enum RouteAction {
     Direct(DirectResponse),
     Forward(Forward),
+    Redirect(Redirect),
+}
+
+/// A compiled `RequestMirror`: a copy of `numerator` in `denominator` requests goes to `cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub cluster: Arc<str>,
+    pub numerator: u32,
+    /// Never 0 (0 in the resource means every request: 1 in 1).
+    pub denominator: u32,
+}
+
+impl Mirror {
+    fn compile(m: &pb::RequestMirror) -> Result<Mirror, String> {
+        if m.cluster.is_empty() {
+            return Err("cluster: empty".into());
+        }
+        let (numerator, denominator) = match m.denominator {
+            0 => (1, 1),
+            d if m.numerator > d => {
+                return Err(format!(
+                    "numerator: {} is more than the denominator {d}",
+                    m.numerator
+                ));
+            }
+            d => (m.numerator, d),
+        };
+        Ok(Mirror {
+            cluster: m.cluster.as_str().into(),
+            numerator,
+            denominator,
+        })
+    }
+
+    /// Whether this request is mirrored (`roll` uniform in 0..denominator).
+    pub fn takes(&self, roll: u32) -> bool {
+        roll < self.numerator
+    }
 }
 
 #[derive(Debug)]
@@ -51,6 +100,8 @@ pub struct Forward {
     pub backends: BackendSet,
     pub rewrite: Option<Rewrite>,
     pub preserve_host: bool,
+    /// Host sent upstream (URLRewrite hostname); wins over `preserve_host`.
+    pub host_rewrite: Option<HeaderValue>,
     /// The whole request, retries included.
     pub timeout: Option<Duration>,
     /// One attempt, until the response headers.
@@ -162,13 +213,26 @@ impl CompiledRoute {
             Some(pb::route::Action::Forward(f)) => {
                 RouteAction::Forward(compile_forward(f).map_err(|e| format!("forward.{e}"))?)
             }
-            Some(pb::route::Action::Redirect(_)) => {
-                return Err("redirect: not supported by this data plane version".into());
+            Some(pb::route::Action::Redirect(d)) => {
+                RouteAction::Redirect(Redirect::compile(d).map_err(|e| format!("redirect.{e}"))?)
             }
+        };
+        let request_headers = HeaderModifier::compile(r.request_headers.as_ref())
+            .map_err(|e| format!("request_headers.{e}"))?;
+        let response_headers = HeaderModifier::compile(r.response_headers.as_ref())
+            .map_err(|e| format!("response_headers.{e}"))?;
+        let mut mirrors = Vec::with_capacity(r.mirrors.len());
+        for (i, m) in r.mirrors.iter().enumerate() {
+            mirrors.push(Mirror::compile(m).map_err(|e| format!("mirrors[{i}].{e}"))?);
+        }
+        let cors = match &r.cors {
+            Some(c) => Some(Cors::compile(c).map_err(|e| format!("cors.{e}"))?),
+            None => None,
         };
         Ok(CompiledRoute {
             name: r.name.as_str().into(),
             priority: r.priority,
+            creation_order: r.creation_order,
             listeners: r.listeners.clone(),
             hostnames,
             certificate_secret: (!r.certificate_secret.is_empty())
@@ -178,6 +242,10 @@ impl CompiledRoute {
             allow,
             action,
             exploit_protection: r.exploit_protection,
+            request_headers,
+            response_headers,
+            mirrors,
+            cors,
             stats: None,
         })
     }
@@ -195,13 +263,18 @@ impl CompiledRoute {
         self.allowed_methods.is_empty() || self.allowed_methods.contains(method)
     }
 
-    /// The cluster names this route forwards to.
+    /// The cluster names this route sends requests to (backends and mirrors); unresolved
+    /// backends (empty names) are left out.
     pub fn clusters(&self) -> impl Iterator<Item = &str> {
         let backends: &[Backend] = match &self.action {
             RouteAction::Forward(f) => &f.backends.backends,
-            RouteAction::Direct(_) => &[],
+            RouteAction::Direct(_) | RouteAction::Redirect(_) => &[],
         };
-        backends.iter().map(|b| &*b.cluster)
+        backends
+            .iter()
+            .map(|b| &*b.cluster)
+            .filter(|c| !c.is_empty())
+            .chain(self.mirrors.iter().map(|m| &*m.cluster))
     }
 }
 
@@ -229,9 +302,7 @@ fn compile_direct(d: &pb::DirectResponse) -> Result<DirectResponse, String> {
 }
 
 fn compile_forward(f: &pb::ForwardAction) -> Result<Forward, String> {
-    if f.backends.is_empty() {
-        return Err("backends: empty".into());
-    }
+    // No backends is valid (Gateway API: a rule whose references all failed): answered 500.
     let mut backends = Vec::with_capacity(f.backends.len());
     for (i, b) in f.backends.iter().enumerate() {
         backends.push(Backend::compile(b).map_err(|e| format!("backends[{i}].{e}"))?);
@@ -252,6 +323,19 @@ fn compile_forward(f: &pb::ForwardAction) -> Result<Forward, String> {
         Some(d) => Some(to_duration(d).map_err(|e| format!("backend_timeout: {e}"))?)
             .filter(|d| !d.is_zero()),
     };
+    let host_rewrite = if f.host_rewrite.is_empty() {
+        None
+    } else {
+        validate_hostname(&f.host_rewrite)
+            .ok()
+            .filter(|_| !f.host_rewrite.starts_with("*."))
+            .and_then(|_| HeaderValue::from_str(&f.host_rewrite).ok())
+            .map(Some)
+            .ok_or(format!(
+                "host_rewrite: {:?} is not a valid hostname",
+                f.host_rewrite
+            ))?
+    };
     let retry = match &f.retry {
         None => Retry::default(),
         Some(p) => Retry::compile(p).map_err(|e| format!("retry.{e}"))?,
@@ -260,6 +344,7 @@ fn compile_forward(f: &pb::ForwardAction) -> Result<Forward, String> {
         backends: BackendSet::new(backends),
         rewrite,
         preserve_host: f.preserve_host,
+        host_rewrite,
         timeout,
         backend_timeout,
         retry,

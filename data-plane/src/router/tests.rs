@@ -241,6 +241,49 @@ fn name_breaks_ties() {
 }
 
 #[test]
+fn creation_order_breaks_ties_before_the_name() {
+    let aged = |name: &str, order: i64| pb::Route {
+        creation_order: order,
+        ..route(name)
+    };
+    let t = Table::new(vec![aged("a", 20), aged("b", 10), aged("c", 10)]);
+    // The oldest wins; among equally old, the smaller name.
+    assert_eq!(t.at("h", "/x"), "b");
+    // Precedence still comes first: a longer prefix beats an older route.
+    let mut young = aged("young", 99);
+    young.matches = vec![prefix("/x")];
+    let t = Table::new(vec![aged("old", 1), young]);
+    assert_eq!(t.at("h", "/x/y"), "young");
+}
+
+#[test]
+fn listener_isolation_on_a_shared_port() {
+    let mut wild = route("wild");
+    wild.listeners = vec!["wildcard".into()];
+    let mut foo = route("foo");
+    foo.listeners = vec!["foo".into()];
+    foo.matches = vec![prefix("/only-foo")];
+    let mut empty = route("empty");
+    empty.listeners = vec!["empty".into()];
+    let t = Table::with_listeners(
+        vec![
+            listener("wildcard", 80, "*.example.com"),
+            listener("foo", 80, "foo.example.com"),
+            listener("empty", 80, ""),
+        ],
+        vec![wild, foo, empty],
+    );
+    assert_eq!(t.at("bar.example.com", "/"), "wild");
+    assert_eq!(t.at("foo.example.com", "/only-foo"), "foo");
+    // foo.example.com belongs to the "foo" listener: the wildcard listener's route must not
+    // serve it even where "foo" has no matching route, nor may the catch-all listener's.
+    assert_eq!(t.at("foo.example.com", "/"), "404");
+    // Hosts no hostname listener takes fall to the listener without a hostname.
+    assert_eq!(t.at("other.org", "/"), "empty");
+    assert_eq!(t.at("bar.example.com", "/x"), "wild");
+}
+
+#[test]
 fn header_and_query_kinds_with_invert() {
     use pb::string_match::Kind;
     let mut r = route("r");
