@@ -133,14 +133,18 @@ impl Echo {
             .and_then(|s| StatusCode::from_u16(s).ok())
             .or(self.options.status)
             .unwrap_or(StatusCode::OK);
+        // Repeated header lines are shown joined with ", ", as HTTP defines them to combine.
         let headers: serde_json::Map<String, serde_json::Value> = req
             .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned().into(),
-                )
+            .keys()
+            .map(|k| {
+                let values: Vec<String> = req
+                    .headers()
+                    .get_all(k)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect();
+                (k.as_str().to_string(), values.join(", ").into())
             })
             .collect();
         let host = header("host")
