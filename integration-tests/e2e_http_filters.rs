@@ -182,6 +182,13 @@ async fn start(routes: Vec<pb::Route>) -> Fixture {
         resource("mirror", &cluster("mirror", mirror_port)),
         // Nothing listens there: a mirror that fails must not matter.
         resource("dead", &cluster("dead", free_port())),
+        resource(
+            "a-h2c",
+            &pb::Cluster {
+                protocol: pb::UpstreamProtocol::H2c as i32,
+                ..cluster("a-h2c", a_port)
+            },
+        ),
     ];
     let r = push(&tx, &mut rx, type_url::CLUSTER, "c", clusters).await;
     assert!(r.error_detail.is_none(), "{r:?}");
@@ -281,7 +288,16 @@ async fn header_modifiers_redirects_and_host_rewrite() {
     if let Some(pb::route::Action::Forward(f)) = &mut rewrite.action {
         f.host_rewrite = "backend.internal".into();
     }
-    let mut f = start(vec![headers, to_https, other_host, rewrite]).await;
+    let mut rewrite_h2 = route(
+        "rewrite-h2",
+        "rewrite-h2.test",
+        "/",
+        forward(vec![backend("a-h2c", 1)]),
+    );
+    if let Some(pb::route::Action::Forward(f)) = &mut rewrite_h2.action {
+        f.host_rewrite = "backend.internal".into();
+    }
+    let mut f = start(vec![headers, to_https, other_host, rewrite, rewrite_h2]).await;
     let port = f.port;
 
     let r = send(
@@ -321,6 +337,10 @@ async fn header_modifiers_redirects_and_host_rewrite() {
     );
 
     let r = send(port, "GET", "rewrite.test", "/", &[]).await;
+    assert_eq!(r.json()["host"], "backend.internal");
+    // HTTP/2 upstream: the rewritten host is the :authority.
+    let r = send(port, "GET", "rewrite-h2.test", "/", &[]).await;
+    assert_eq!(r.json()["version"], "HTTP/2.0", "{}", r.body);
     assert_eq!(r.json()["host"], "backend.internal");
 
     // A bad redirect status is NACKed with the field named; the last good version serves on.

@@ -204,7 +204,12 @@ where
     let mut _token: Option<RetryToken> = None;
     loop {
         let more = may_retry && retries < retry.attempts;
-        let keep_copy = more && replayable && !retry.statuses.is_empty();
+        // A backend's own request modifier must not follow the request to another backend:
+        // keep the unmodified head when a retry may follow.
+        let modifies = target
+            .backend
+            .is_some_and(|b| !b.request_headers.is_empty());
+        let keep_copy = more && ((replayable && !retry.statuses.is_empty()) || modifies);
         let (Some(head), Some(attempt_body)) = (next_head.take(), body.next()) else {
             // Unreachable: a retry is only decided when the head and the body are available.
             return response::upstream_error();

@@ -25,13 +25,14 @@ const MIRROR_QUEUE: usize = 16;
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts the mirrors of a route that take this request (after the route's request header
-/// modifier: `head` is the request as it will be forwarded) and returns the client's body,
-/// teed to them when it has one.
+/// modifier: `head` is the request as it will be forwarded, its Host kept when
+/// `host_preserved`) and returns the client's body, teed to them when it has one.
 pub fn start<B>(
     snapshot: &Arc<Snapshot>,
     route: &Arc<str>,
     mirrors: &[Mirror],
     head: &Parts,
+    host_preserved: bool,
     body: B,
 ) -> TeeBody<B>
 where
@@ -75,7 +76,7 @@ where
             };
             (body.boxed_unsync(), Some((tx, complete)))
         };
-        let request = upstream_request(parts, body, &target, false, None);
+        let request = upstream_request(parts, body, &target, host_preserved, None);
         let route = route.clone();
         let task = tokio::spawn(async move {
             let cluster = &target.cluster;

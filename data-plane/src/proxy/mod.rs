@@ -66,7 +66,7 @@ where
         return response::uri_too_long();
     }
     let Some(index) = snapshot.port(port) else {
-        return response::not_found();
+        return not_found(req.headers());
     };
     let origin = {
         let peer = client.addr.ip().to_canonical();
@@ -101,8 +101,7 @@ where
                 report.matched(r);
                 return response::method_not_allowed(r.allow.as_ref());
             }
-            Lookup::NotFound if is_grpc(req.headers()) => return response::grpc_unimplemented(),
-            Lookup::NotFound => return response::not_found(),
+            Lookup::NotFound => return not_found(req.headers()),
         };
         let route = &entry.route;
         report.matched(route);
@@ -192,11 +191,16 @@ enum Plan {
     },
 }
 
-/// A gRPC request: its "not found" is a gRPC status, not an HTTP 404.
-fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
+/// No route: 404, or for a gRPC request the gRPC status UNIMPLEMENTED.
+fn not_found(headers: &http::HeaderMap) -> Response<ProxyBody> {
+    let grpc = headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        response::grpc_unimplemented()
+    } else {
+        response::not_found()
+    }
 }
 
 /// Prepares the headers (hop-by-hop, forwarding headers, request id, the route's modifier,
@@ -252,7 +256,14 @@ where
         parts.headers.insert(header::HOST, h);
     }
     parts.uri = Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
-    let body = mirror::start(snapshot, &route.name, &route.mirrors, &parts, body);
+    let body = mirror::start(
+        snapshot,
+        &route.name,
+        &route.mirrors,
+        &parts,
+        host_preserved,
+        body,
+    );
     let body = if route.exploit_protection {
         match inspect_body(route, client_ip, &parts.headers, body).await {
             Ok(body) => body,
