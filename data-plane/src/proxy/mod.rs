@@ -354,6 +354,7 @@ mod tests {
     use sluice_proto::config as pb;
     use std::convert::Infallible;
     use std::net::SocketAddr;
+    use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -667,6 +668,90 @@ mod tests {
         assert_ne!(
             first.headers()["x-goma-request-id"],
             second.headers()["x-goma-request-id"]
+        );
+    }
+
+    /// Answers every request with the length of its body, read to the end.
+    async fn draining_backend() -> SocketAddr {
+        use hyper_util::rt::TokioIo;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                    let n = req.into_body().collect().await?.to_bytes().len();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(n.to_string()))))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_mirror_that_cannot_keep_up_is_abandoned() {
+        // The mirror target accepts and reads nothing until told to, then reads to the end.
+        let stalled = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stalled_addr = stalled.local_addr().unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let drained = tokio::spawn(async move {
+            let (mut stream, _) = stalled.accept().await.unwrap();
+            let _ = go_rx.await;
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let main = draining_backend().await;
+        let mut res = Resources::default();
+        res.add_http_listener("http", PORT)
+            .add_cluster("main", &[("127.0.0.1", main.port())])
+            .add_cluster("stalled", &[("127.0.0.1", stalled_addr.port())]);
+        let mut r = route("mirrored", "/", forward(vec![backend("main", false)], None));
+        r.mirrors = vec![pb::RequestMirror {
+            cluster: "stalled".into(),
+            ..Default::default()
+        }];
+        res.routes.insert(r.name.clone(), Arc::new(r));
+        let snap = Compiler::new().compile(&res);
+
+        // 32 MiB in 8 KiB chunks: far more than the socket buffers and the mirror's queue.
+        const CHUNKS: usize = 4096;
+        let chunks =
+            futures::stream::iter((0..CHUNKS).map(|_| {
+                Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from(vec![b'x'; 8192])))
+            }));
+        let req = Request::post("/upload")
+            .header("host", "h.example.com")
+            .body(http_body_util::StreamBody::new(chunks))
+            .unwrap();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(30),
+            handle(snap.clone(), PORT, client().into(), None, req),
+        )
+        .await
+        .expect("the client is never held back by its mirror");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body(resp).await, (CHUNKS * 8192).to_string());
+        // The abandoned mirror's request is aborted: its connection closes before the whole
+        // body was sent.
+        go_tx.send(()).unwrap();
+        // (Well before the mirror's own 30 s limit would drop it.)
+        let mirrored = tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .expect("the mirror connection closes")
+            .unwrap();
+        assert!(
+            mirrored < CHUNKS * 8192,
+            "{mirrored} bytes reached the mirror"
         );
     }
 }
