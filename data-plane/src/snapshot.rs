@@ -751,6 +751,78 @@ mod tests {
     }
 
     #[test]
+    fn validate_gateway_api_fields_names_the_field() {
+        let c = Compiler::new();
+        let res = resources();
+        // An unresolved backend (empty cluster) and no backends at all are valid: answered 500.
+        assert_eq!(c.validate_route(&forward_route("r", ""), &res), Ok(()));
+        let mut no_backends = forward_route("r", "backend");
+        no_backends.action = Some(pb::route::Action::Forward(pb::ForwardAction::default()));
+        assert_eq!(c.validate_route(&no_backends, &res), Ok(()));
+
+        let mirror = |cluster: &str, numerator: u32, denominator: u32| {
+            let mut r = forward_route("r", "backend");
+            r.mirrors = vec![pb::RequestMirror {
+                cluster: cluster.into(),
+                numerator,
+                denominator,
+            }];
+            r
+        };
+        assert_eq!(c.validate_route(&mirror("backend", 1, 10), &res), Ok(()));
+        let err = c
+            .validate_route(&mirror("missing", 0, 0), &res)
+            .unwrap_err();
+        assert!(
+            err.starts_with("mirrors[0].cluster: cluster \"missing\""),
+            "{err}"
+        );
+        let err = c
+            .validate_route(&mirror("backend", 3, 2), &res)
+            .unwrap_err();
+        assert!(err.starts_with("mirrors[0].numerator: "), "{err}");
+
+        let mut redirect = forward_route("r", "backend");
+        redirect.action = Some(pb::route::Action::Redirect(pb::Redirect {
+            status: 304,
+            ..Default::default()
+        }));
+        let err = c.validate_route(&redirect, &res).unwrap_err();
+        assert_eq!(err, "redirect.status: 304 is not a redirect status");
+
+        let mut rewrite = forward_route("r", "backend");
+        if let Some(pb::route::Action::Forward(f)) = &mut rewrite.action {
+            f.host_rewrite = "bad host".into();
+            f.backends[0].response_headers = Some(pb::HeaderModifier {
+                remove: vec!["ok".into()],
+                ..Default::default()
+            });
+        }
+        let err = c.validate_route(&rewrite, &res).unwrap_err();
+        assert!(err.starts_with("forward.host_rewrite: "), "{err}");
+        if let Some(pb::route::Action::Forward(f)) = &mut rewrite.action {
+            f.host_rewrite = "api.internal".into();
+            f.backends[0].response_headers = Some(pb::HeaderModifier {
+                remove: vec!["bad:name".into()],
+                ..Default::default()
+            });
+        }
+        let err = c.validate_route(&rewrite, &res).unwrap_err();
+        assert!(
+            err.starts_with("forward.backends[0].response_headers.remove[0]: "),
+            "{err}"
+        );
+
+        let mut cors = forward_route("r", "backend");
+        cors.cors = Some(pb::Cors {
+            allow_methods: vec!["*".into(), "GET".into()],
+            ..Default::default()
+        });
+        let err = c.validate_route(&cors, &res).unwrap_err();
+        assert!(err.starts_with("cors.allow_methods: "), "{err}");
+    }
+
+    #[test]
     fn validate_resilience_settings_names_the_field() {
         let c = Compiler::new();
         let res = resources();

@@ -1,6 +1,7 @@
-//! The per-request proxy: route lookup on the request's snapshot, local answers (404, 405, direct
-//! responses), path rewrite and header handling; `forward` picks backends and endpoints and
-//! sends the attempts.
+//! The per-request proxy: route lookup on the request's snapshot, local answers (404 or gRPC
+//! UNIMPLEMENTED, 405, direct responses, redirects, CORS preflights), path and host rewrite,
+//! header handling (forwarding headers, the route's header modifiers, CORS headers) and
+//! mirrors; `forward` picks backends and endpoints and sends the attempts.
 
 pub mod client_ip;
 pub mod exploit;

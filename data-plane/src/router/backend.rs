@@ -117,7 +117,8 @@ impl BackendSet {
         self.backends.iter().all(|b| b.weight == 0)
     }
 
-    /// Picks the backend for a request, or None when no backend may take it (503).
+    /// Picks the backend for a request, or None when no backend may take it (500 when the
+    /// route [carries nothing](Self::carries_nothing), else 503).
     pub fn select(&self, req: &RequestView<'_>, rng: &mut fastrand::Rng) -> Option<&Backend> {
         self.choose(self.pinned(req), rng, true, |_| true)
     }
