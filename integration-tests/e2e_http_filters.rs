@@ -509,6 +509,12 @@ async fn mirrors_and_cors() {
     assert_eq!(header(&r, "access-control-allow-headers"), Some("x-token"));
     assert_eq!(header(&r, "access-control-allow-credentials"), Some("true"));
     assert_eq!(header(&r, "access-control-max-age"), Some("600"));
+    assert_eq!(
+        r.headers.get_all("vary").iter().count(),
+        1,
+        "{:?}",
+        r.headers
+    );
     // A stranger's preflight: OK, but no CORS headers.
     let r = preflight("https://evil.test").await;
     assert_eq!(r.status, 200);

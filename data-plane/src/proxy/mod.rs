@@ -116,13 +116,16 @@ where
             PathMatcher::Prefix(p) => Some(&**p),
             _ => None,
         };
-        // Only a route with CORS keeps the Origin (a refcount bump) for its response.
+        let preflight = route.cors.is_some() && Cors::is_preflight(req.method(), req.headers());
+        // Only a route with CORS keeps the Origin (a refcount bump) for its response; a
+        // preflight answer already carries its CORS headers.
         let cors_origin = route
             .cors
             .as_ref()
+            .filter(|_| !preflight)
             .and_then(|_| req.headers().get(header::ORIGIN).cloned());
         let plan = match (&route.cors, &route.action) {
-            (Some(cors), _) if Cors::is_preflight(req.method(), req.headers()) => {
+            (Some(cors), _) if preflight => {
                 Plan::Local(response::preflight(cors.preflight(req.headers())))
             }
             (_, RouteAction::Direct(d)) => Plan::Local(response::direct(d)),

@@ -148,7 +148,7 @@ impl IndexBuilder {
                 members
                     .into_iter()
                     .flat_map(|m| m.values())
-                    .map(|(r, via)| (r, via)),
+                    .map(|member| (&member.0, &member.1)),
             );
             if members.is_some_and(BTreeMap::is_empty) {
                 self.members.remove(&placement);

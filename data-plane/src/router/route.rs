@@ -34,7 +34,7 @@ pub struct CompiledRoute {
     pub action: RouteAction,
     /// Block SQL injection, XSS and path traversal attempts (see `proxy::exploit`).
     pub exploit_protection: bool,
-    /// Applied to the request before anything else is done with it.
+    /// Applied to the request (after the forwarding headers) before it is forwarded and mirrored.
     pub request_headers: HeaderModifier,
     /// Applied to every response of this route, the gateway's own answers included.
     pub response_headers: HeaderModifier,
