@@ -654,6 +654,17 @@ async fn backends_precedence_grpc_and_listener_isolation() {
         send(port, "GET", "nothing.test", "/", &[]).await.status,
         404
     );
+    // A real gRPC client over h2c sees the status UNIMPLEMENTED.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 
     // Listener isolation: foo.iso.test belongs to the "foo" listener, so the wildcard
     // listener's route never serves it, even where "foo" has no route.

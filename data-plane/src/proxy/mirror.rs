@@ -42,6 +42,9 @@ where
         inner: body,
         copies: Vec::new(),
     };
+    if mirrors.is_empty() {
+        return tee;
+    }
     let mut rng = fastrand::Rng::new();
     for mirror in mirrors {
         if !mirror.takes(rng.u32(0..mirror.denominator)) {
