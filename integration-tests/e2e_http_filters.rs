@@ -583,12 +583,16 @@ async fn mirrors_and_cors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_precedence_grpc_and_listener_isolation() {
-    let half = route(
+    let mut half = route(
         "half",
         "weights.test",
         "/",
         forward(vec![backend("a", 1), backend("", 1)]),
     );
+    half.response_headers = Some(pb::HeaderModifier {
+        set: vec![hv("x-route", "half")],
+        ..Default::default()
+    });
     let zero = route(
         "zero",
         "zero.test",
@@ -620,6 +624,8 @@ async fn backends_precedence_grpc_and_listener_isolation() {
         if r.status == 500 {
             assert!(r.body.contains("backend reference"), "{}", r.body);
         }
+        // The route's response modifier covers the gateway's 500s too.
+        assert_eq!(header(&r, "x-route"), Some("half"));
         *statuses.entry(r.status).or_insert(0) += 1;
     }
     assert_eq!(
