@@ -189,6 +189,12 @@ async fn leader_duties(
             reconciles.clone(),
             std::future::pending(),
         ));
+        duties.spawn(crate::operator::gateway_api_controller::run(
+            client.clone(),
+            operator.clone(),
+            reconciles.clone(),
+            std::future::pending(),
+        ));
         let (workloads_tx, workloads) = watch::channel(Default::default());
         duties.spawn(crate::status::workloads::run(
             client.clone(),

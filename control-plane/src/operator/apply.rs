@@ -6,6 +6,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, Resource};
@@ -14,7 +15,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::autoscaler::autoscaler_name;
+use super::bootstrap::bootstrap_name;
 use super::metadata::is_controlled_by;
+use super::service::service_name;
+use super::service_account::service_account_name;
 use super::{DesiredObjects, GatewayObject, OperatorError, OperatorSettings};
 
 /// Applies every object of one Gateway: ServiceAccount and bootstrap ConfigMap first (the pods
@@ -119,37 +123,67 @@ fn applies_replicas(meta: &ObjectMeta, manager: &str) -> bool {
 }
 
 /// Deletes the Gateway's HPA if there is one and this Gateway controls it (an HPA of the same
-/// name that someone else created is left alone). The uid precondition makes sure the object
-/// deleted is the one inspected.
+/// name that someone else created is left alone).
 async fn remove_autoscaler(client: &Client, gw: &GatewayObject) -> Result<(), OperatorError> {
-    let name = autoscaler_name(gw);
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &gw.namespace);
-    let error =
-        |action, source| api_error::<HorizontalPodAutoscaler>(&gw.namespace, &name, action, source);
-    let Some(live) = api.get_opt(&name).await.map_err(|e| error("get", e))? else {
-        return Ok(());
+    let removed =
+        delete_if_controlled::<HorizontalPodAutoscaler>(client, gw, &autoscaler_name(gw)).await?;
+    if removed {
+        tracing::info!(gateway = %gw.key(), hpa = %autoscaler_name(gw), "autoscaling switched off: HPA deleted");
+    }
+    Ok(())
+}
+
+/// Deletes every object the Gateway's workload consists of, where this Gateway controls it: the
+/// Gateway is no longer ours to serve (a Gateway API Gateway whose class moved to another
+/// controller). Returns whether anything was deleted.
+pub async fn remove_workload(client: &Client, gw: &GatewayObject) -> Result<bool, OperatorError> {
+    let mut removed = false;
+    removed |= delete_if_controlled::<Deployment>(client, gw, &gw.name).await?;
+    removed |=
+        delete_if_controlled::<HorizontalPodAutoscaler>(client, gw, &autoscaler_name(gw)).await?;
+    removed |= delete_if_controlled::<Service>(client, gw, &service_name(gw)).await?;
+    removed |= delete_if_controlled::<ConfigMap>(client, gw, &bootstrap_name(gw)).await?;
+    removed |=
+        delete_if_controlled::<ServiceAccount>(client, gw, &service_account_name(gw)).await?;
+    Ok(removed)
+}
+
+/// Deletes the object `name` of type `K` in the Gateway's namespace if the Gateway controls it.
+/// The uid precondition makes sure the object deleted is the one inspected.
+async fn delete_if_controlled<K>(
+    client: &Client,
+    gw: &GatewayObject,
+    name: &str,
+) -> Result<bool, OperatorError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + DeserializeOwned
+        + Clone
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &gw.namespace);
+    let error = |action, source| api_error::<K>(&gw.namespace, name, action, source);
+    let Some(live) = api.get_opt(name).await.map_err(|e| error("get", e))? else {
+        return Ok(false);
     };
-    if !is_controlled_by(&live.metadata, gw) {
+    if !is_controlled_by(live.meta(), gw) {
         tracing::warn!(
             gateway = %gw.key(),
-            hpa = %name,
-            "autoscaling is off but an HPA of the gateway's name exists that the gateway does not control; left alone"
+            object = %format!("{} {}/{name}", K::kind(&()), gw.namespace),
+            "an object of the gateway's name exists that the gateway does not control; left alone"
         );
-        return Ok(());
+        return Ok(false);
     }
     let params = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: live.metadata.uid.clone(),
+            uid: live.meta().uid.clone(),
             resource_version: None,
         }),
         ..DeleteParams::background()
     };
-    match api.delete(&name, &params).await {
-        Ok(_) => {
-            tracing::info!(gateway = %gw.key(), hpa = %name, "autoscaling switched off: HPA deleted");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
         Err(e) => Err(error("delete", e)),
     }
 }

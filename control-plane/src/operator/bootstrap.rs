@@ -61,6 +61,7 @@ pub fn bootstrap_digest(config_map: &ConfigMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::GatewaySource;
     use serde_json::json;
 
     fn gw(level: Option<LogLevel>) -> GatewayObject {
@@ -70,6 +71,7 @@ mod tests {
             name: "gw".into(),
             namespace: "edge".into(),
             uid: "u-1".into(),
+            source: GatewaySource::Goma,
             generation: Some(1),
             spec,
         }

@@ -148,7 +148,9 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Acti
         },
     );
     let existing: BTreeSet<ObjectKey> = ctx.store.state().iter().map(|o| key_of(o)).collect();
-    ctx.reports.retain(|k| existing.contains(k));
+    // Gateway API Gateways' reports are the other controller's.
+    ctx.reports
+        .retain(|k| k.kind != Kind::GomaGateway || existing.contains(k));
     let warnings = outcome?;
     ctx.failures().remove(&key);
     for warning in &warnings {

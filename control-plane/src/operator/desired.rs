@@ -70,6 +70,7 @@ pub fn desired_objects(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::GatewaySource;
     use serde_json::{Value, json};
 
     fn settings() -> OperatorSettings {
@@ -84,6 +85,7 @@ mod tests {
             name: "gw".into(),
             namespace: "edge".into(),
             uid: "u-1".into(),
+            source: GatewaySource::Goma,
             generation: Some(4),
             spec: serde_json::from_value(spec).expect("a valid GatewaySpec"),
         }

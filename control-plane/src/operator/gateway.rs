@@ -1,12 +1,19 @@
 //! The Goma Gateway as the operator reconciles it: its identity (for owner references) and its
 //! spec, read from the API server's untyped object.
 
+use std::collections::BTreeMap;
+
 use kube::core::{ApiResource, DynamicObject};
 use serde_json::{Map, Value};
+
+use super::ports::ListenerPort;
 
 use crate::model::goma::{self, GatewaySpec};
 use crate::model::{Kind, Object, ObjectKey, ObjectMeta};
 use crate::provider::{ParseError, parse_object};
+
+/// `apiVersion` of the Gateway API Gateways the operator reads and owner references name.
+pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
 
 /// `gateway.jkaninda.dev/v1alpha1` `Gateway`, plural `gateways`.
 pub fn gateway_api_resource() -> ApiResource {
@@ -22,11 +29,45 @@ pub struct GatewayObject {
     pub uid: String,
     pub generation: Option<i64>,
     pub spec: GatewaySpec,
+    /// Which API the Gateway belongs to: it decides the owner references and the ports.
+    pub source: GatewaySource,
+}
+
+/// The API a Gateway comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GatewaySource {
+    /// `gateway.jkaninda.dev` Gateway: everything comes from its `spec`.
+    Goma,
+    /// `gateway.networking.k8s.io` Gateway of our GatewayClass. Its workload uses the defaults
+    /// of `spec` (a LoadBalancer Service) and these.
+    GatewayApi(GatewayApiWorkload),
+}
+
+/// What a Gateway API Gateway decides about its workload.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayApiWorkload {
+    /// One per distinct listener port and transport.
+    pub ports: Vec<ListenerPort>,
+    /// `spec.infrastructure.labels` / `annotations`, for every generated object.
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl GatewayObject {
     pub fn key(&self) -> ObjectKey {
-        ObjectKey::new(Kind::GomaGateway, &self.namespace, &self.name)
+        let kind = match self.source {
+            GatewaySource::Goma => Kind::GomaGateway,
+            GatewaySource::GatewayApi(_) => Kind::Gateway,
+        };
+        ObjectKey::new(kind, &self.namespace, &self.name)
+    }
+
+    /// `apiVersion` and `kind` of the Gateway, as its children's owner references name it.
+    pub fn owner_type(&self) -> (&'static str, &'static str) {
+        match self.source {
+            GatewaySource::Goma => (goma::API_VERSION, "Gateway"),
+            GatewaySource::GatewayApi(_) => (GATEWAY_API_VERSION, "Gateway"),
+        }
     }
 
     /// Reads a Gateway as the API server sends it, through the parse path every provider uses
@@ -72,6 +113,7 @@ impl GatewayObject {
             uid,
             generation: meta.generation,
             spec: gateway.spec.clone(),
+            source: GatewaySource::Goma,
         })
     }
 

@@ -4,8 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::GatewayObject;
-use crate::model::goma;
+use super::{GatewayObject, GatewaySource};
 
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
@@ -32,9 +31,14 @@ pub fn selector_labels(gw: &GatewayObject) -> BTreeMap<String, String> {
     ])
 }
 
-/// The selector labels plus `managed-by`.
+/// The selector labels plus `managed-by`, over a Gateway API Gateway's
+/// `spec.infrastructure.labels` (ours win: the controller finds its children by them).
 pub fn labels(gw: &GatewayObject) -> BTreeMap<String, String> {
-    let mut labels = selector_labels(gw);
+    let mut labels = match &gw.source {
+        GatewaySource::Goma => BTreeMap::new(),
+        GatewaySource::GatewayApi(w) => w.labels.clone(),
+    };
+    labels.extend(selector_labels(gw));
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned());
     labels
 }
@@ -42,9 +46,10 @@ pub fn labels(gw: &GatewayObject) -> BTreeMap<String, String> {
 /// The Gateway as controller owner: the garbage collector deletes the child with the Gateway,
 /// and (blockOwnerDeletion) a foreground deletion of the Gateway waits for it.
 pub fn owner_reference(gw: &GatewayObject) -> OwnerReference {
+    let (api_version, kind) = gw.owner_type();
     OwnerReference {
-        api_version: goma::API_VERSION.to_owned(),
-        kind: "Gateway".to_owned(),
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
         name: gw.name.clone(),
         uid: gw.uid.clone(),
         controller: Some(true),
@@ -59,17 +64,24 @@ pub fn child_metadata(gw: &GatewayObject, name: &str) -> ObjectMeta {
         namespace: Some(gw.namespace.clone()),
         labels: Some(labels(gw)),
         owner_references: Some(vec![owner_reference(gw)]),
+        annotations: match &gw.source {
+            GatewaySource::GatewayApi(w) if !w.annotations.is_empty() => {
+                Some(w.annotations.clone())
+            }
+            _ => None,
+        },
         ..ObjectMeta::default()
     }
 }
 
 /// True when `meta` names this Gateway (by uid) as its controller.
 pub fn is_controlled_by(meta: &ObjectMeta, gw: &GatewayObject) -> bool {
+    let (api_version, kind) = gw.owner_type();
     meta.owner_references.iter().flatten().any(|o| {
         o.controller == Some(true)
             && o.uid == gw.uid
-            && o.kind == "Gateway"
-            && o.api_version == goma::API_VERSION
+            && o.kind == kind
+            && o.api_version == api_version
     })
 }
 
@@ -96,12 +108,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::GatewaySource;
 
     fn gw() -> GatewayObject {
         GatewayObject {
             name: "gw".into(),
             namespace: "edge".into(),
             uid: "u-1".into(),
+            source: GatewaySource::Goma,
             generation: Some(1),
             spec: Default::default(),
         }
@@ -132,6 +146,7 @@ mod tests {
         assert!(is_controlled_by(&meta, &gw()));
         let other = GatewayObject {
             uid: "u-2".into(),
+            source: GatewaySource::Goma,
             ..gw()
         };
         assert!(!is_controlled_by(&meta, &other));

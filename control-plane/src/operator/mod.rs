@@ -16,6 +16,8 @@ pub mod deployment;
 pub mod desired;
 pub mod error;
 pub mod gateway;
+pub mod gateway_api;
+pub mod gateway_api_controller;
 pub mod metadata;
 pub mod ports;
 pub mod reports;
@@ -27,11 +29,11 @@ pub mod workload_status;
 #[cfg(test)]
 mod api_tests;
 
-pub use apply::apply;
+pub use apply::{apply, remove_workload};
 pub use controller::run;
 pub use desired::{DesiredObjects, desired_objects};
 pub use error::OperatorError;
-pub use gateway::GatewayObject;
+pub use gateway::{GatewayApiWorkload, GatewayObject, GatewaySource};
 pub use reports::{GatewayReports, Report};
 pub use settings::OperatorSettings;
 pub use workload_status::{WorkloadStatus, workload_status};

@@ -7,7 +7,7 @@ use sluice_proto::config as pb;
 use crate::translate::TranslateError;
 use crate::translate::goma::translate_gateway;
 
-use super::GatewayObject;
+use super::{GatewayObject, GatewaySource};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerPort {
@@ -20,8 +20,21 @@ pub struct ListenerPort {
 
 /// The listener ports of a Gateway, or the translator's error naming the invalid fields.
 pub fn listener_ports(gw: &GatewayObject) -> Result<Vec<ListenerPort>, TranslateError> {
+    if let GatewaySource::GatewayApi(w) = &gw.source {
+        return Ok(w.ports.clone());
+    }
     let (listeners, _warnings) = translate_gateway(&gw.to_model())?;
     Ok(listeners.iter().map(listener_port).collect())
+}
+
+/// The port entry of a Gateway API listener's port and transport (`tcp-443`, `udp-53`).
+pub fn transport_port(port: u16, udp: bool) -> ListenerPort {
+    let protocol = if udp { "UDP" } else { "TCP" };
+    ListenerPort {
+        name: format!("{}-{port}", protocol.to_ascii_lowercase()),
+        port,
+        protocol,
+    }
 }
 
 fn listener_port(listener: &pb::Listener) -> ListenerPort {
@@ -61,12 +74,14 @@ fn is_port_name(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::model::goma::{GatewaySpec, SecretRef};
+    use crate::operator::GatewaySource;
 
     fn gw(spec: GatewaySpec) -> GatewayObject {
         GatewayObject {
             name: "gw".into(),
             namespace: "edge".into(),
             uid: "u".into(),
+            source: GatewaySource::Goma,
             generation: None,
             spec,
         }

@@ -5,6 +5,8 @@
 pub mod board;
 pub mod compute;
 pub mod gateway_api;
+pub mod gateway_api_status;
+pub mod gateway_api_writer;
 pub mod workloads;
 pub mod writer;
 

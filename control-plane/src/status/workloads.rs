@@ -3,6 +3,7 @@
 
 use crate::model::goma;
 use crate::model::{Kind, ObjectKey};
+use crate::operator::gateway::GATEWAY_API_VERSION;
 use crate::operator::metadata::managed_selector;
 use crate::operator::{WorkloadStatus, workload_status};
 use futures::StreamExt;
@@ -14,16 +15,22 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use std::collections::BTreeMap;
 use tokio::sync::watch;
 
-/// The Gateway controlling an object, from its controller owner reference.
+/// The Gateway controlling an object, from its controller owner reference: a Goma Gateway or a
+/// Gateway API Gateway.
 fn owning_gateway(meta: &ObjectMeta) -> Option<ObjectKey> {
     let namespace = meta.namespace.as_deref()?;
     meta.owner_references
         .iter()
         .flatten()
-        .find(|o| {
-            o.controller == Some(true) && o.kind == "Gateway" && o.api_version == goma::API_VERSION
+        .filter(|o| o.controller == Some(true) && o.kind == "Gateway")
+        .find_map(|o| {
+            let kind = match o.api_version.as_str() {
+                goma::API_VERSION => Kind::GomaGateway,
+                GATEWAY_API_VERSION => Kind::Gateway,
+                _ => return None,
+            };
+            Some(ObjectKey::new(kind, namespace, &o.name))
         })
-        .map(|o| ObjectKey::new(Kind::GomaGateway, namespace, &o.name))
 }
 
 /// Each Gateway's workload, from the Deployments and Services the operator created. A Gateway
@@ -143,15 +150,21 @@ mod tests {
             },
             ..Default::default()
         };
+        let mut api_owned = deployment("c", 1);
+        if let Some(owners) = api_owned.metadata.owner_references.as_mut() {
+            owners[0].api_version = "gateway.networking.k8s.io/v1".into();
+        }
         let got = workloads(
-            [&deployment("a", 2), &deployment("b", 0), &stray],
+            [&deployment("a", 2), &deployment("b", 0), &stray, &api_owned],
             [&service],
         );
+        let c = &got[&ObjectKey::new(Kind::Gateway, "edge", "c")];
+        assert_eq!((c.replicas, c.ready_replicas), (3, 1));
         let a = &got[&ObjectKey::new(Kind::GomaGateway, "edge", "a")];
         assert_eq!((a.replicas, a.ready_replicas), (3, 2));
         assert_eq!(a.addresses, ["10.96.0.10"]);
         let b = &got[&ObjectKey::new(Kind::GomaGateway, "edge", "b")];
         assert_eq!((b.replicas, b.ready_replicas, b.addresses.len()), (3, 0, 0));
-        assert_eq!(got.len(), 2, "objects no Gateway controls are ignored");
+        assert_eq!(got.len(), 3, "objects no Gateway controls are ignored");
     }
 }

@@ -6,6 +6,7 @@
 use super::board::StatusBoard;
 use super::compute::{self, Inputs, Pod, Status};
 use super::gateway_api::GatewayApiBoard;
+use super::gateway_api_writer::{ApiInputs, ApiStatusWriter};
 use crate::model::goma;
 use crate::model::{Kind, ObjectKey};
 use crate::operator::{GatewayReports, WorkloadStatus};
@@ -59,6 +60,8 @@ pub struct StatusWriter {
     sources: Sources,
     /// What the API server holds from us, per object.
     written: BTreeMap<ObjectKey, Status>,
+    /// The same for the Gateway API objects.
+    api: ApiStatusWriter,
 }
 
 impl StatusWriter {
@@ -67,6 +70,7 @@ impl StatusWriter {
             client,
             sources,
             written: BTreeMap::new(),
+            api: ApiStatusWriter::default(),
         }
     }
 
@@ -74,6 +78,7 @@ impl StatusWriter {
     /// new term starts a new writer, which rewrites every status once.
     pub async fn run(mut self) {
         let mut board = self.sources.board.subscribe();
+        let mut api_board = self.sources.api_board.subscribe();
         let mut errors = self.sources.errors.subscribe();
         let mut clients = self.sources.clients.subscribe();
         let mut reconciles = self.sources.reconciles.subscribe();
@@ -81,6 +86,7 @@ impl StatusWriter {
             self.sync_once().await;
             tokio::select! {
                 r = board.changed() => if r.is_err() { return },
+                _ = api_board.changed() => {}
                 _ = errors.changed() => {}
                 _ = clients.changed() => {}
                 _ = self.sources.workloads.changed() => {}
@@ -91,9 +97,32 @@ impl StatusWriter {
         }
     }
 
-    /// Computes every object's status and writes those that differ from the last write.
-    /// Returns how many patches were sent.
+    /// Computes every object's status (Goma and Gateway API) and writes those that differ from
+    /// the last write. Returns how many objects were written.
     pub async fn sync_once(&mut self) -> usize {
+        let goma = self.sync_goma().await;
+        let reports = self.sources.api_board.snapshot();
+        let goma_gateways = self
+            .sources
+            .board
+            .snapshot()
+            .into_keys()
+            .chain(self.sources.errors.snapshot().into_keys())
+            .filter(|k| k.kind == Kind::GomaGateway)
+            .map(|k| format!("{}/{}", k.namespace, k.name))
+            .collect();
+        let pods = pods_by_gateway(&self.sources.clients);
+        let workloads = self.sources.workloads.borrow().clone();
+        let inputs = ApiInputs {
+            reports: &reports,
+            pods: &pods,
+            workloads: &workloads,
+            goma_gateways: &goma_gateways,
+        };
+        goma + self.api.sync_once(&self.client, &inputs).await
+    }
+
+    async fn sync_goma(&mut self) -> usize {
         let records = self.sources.board.snapshot();
         let errors = self.sources.errors.snapshot();
         let pods = pods_by_gateway(&self.sources.clients);
@@ -176,6 +205,7 @@ mod tests {
         let (_tx, workloads) = watch::channel(BTreeMap::new());
         let sources = Sources {
             board: board.clone(),
+            api_board: GatewayApiBoard::default(),
             errors: ObjectErrors::default(),
             clients: clients.clone(),
             workloads,

@@ -1350,6 +1350,7 @@ mod tests {
                 ca_secret: "default/ca".into(),
                 client_certificate_secret: "default/client".into(),
                 insecure_skip_verify: true,
+                subject_alt_names: vec![],
             })
         );
         assert_eq!(t.clusters[1].tls, None);
