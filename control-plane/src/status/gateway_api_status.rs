@@ -371,3 +371,435 @@ fn address(value: &str) -> Value {
     };
     json!({"type": type_, "value": value})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::gateway_api::{ListenerReport, ParentReport};
+    use crate::xds::stream::ClientLedger;
+
+    const LISTENER_TYPE: usize = 2;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).expect("a time")
+    }
+
+    fn later() -> Timestamp {
+        Timestamp::from_second(1_800_000_100).expect("a time")
+    }
+
+    fn gateway_key() -> ObjectKey {
+        ObjectKey::new(Kind::Gateway, "edge", "gw")
+    }
+
+    fn listeners_resource() -> ResourceRef {
+        ResourceRef {
+            type_index: LISTENER_TYPE,
+            name: "http".into(),
+            version: "v7".into(),
+        }
+    }
+
+    fn gateway_report(programmed: bool) -> ApiStatus {
+        ApiStatus::Gateway {
+            generation: Some(3),
+            conditions: vec![
+                Condition::new("Accepted", true, "Accepted", ""),
+                Condition::new(
+                    "Programmed",
+                    programmed,
+                    if programmed { "Programmed" } else { "Invalid" },
+                    if programmed { "" } else { "no usable listener" },
+                ),
+            ],
+            listeners: vec![ListenerReport {
+                name: "http".into(),
+                supported_kinds: vec![GroupKind {
+                    group: "gateway.networking.k8s.io".into(),
+                    kind: "HTTPRoute".into(),
+                }],
+                attached_routes: 2,
+                conditions: vec![
+                    Condition::new("Accepted", true, "Accepted", ""),
+                    Condition::new("Programmed", true, "Programmed", ""),
+                ],
+            }],
+            resources: vec![listeners_resource()],
+        }
+    }
+
+    fn pod(acked: Option<&str>, nacked: Option<&str>) -> Pod {
+        let mut ledger = ClientLedger::default();
+        let id = (LISTENER_TYPE, "http".to_owned());
+        if let Some(v) = acked {
+            ledger.acked.insert(id.clone(), v.into());
+        }
+        if let Some(why) = nacked {
+            ledger.nacked.insert(id, why.into());
+        }
+        Pod {
+            node_id: "pod-1".into(),
+            ledger,
+        }
+    }
+
+    fn gateway_status(
+        report: &ApiStatus,
+        pods: Vec<Pod>,
+        workloads: &BTreeMap<ObjectKey, WorkloadStatus>,
+        goma_holds_id: bool,
+        previous: Option<&Value>,
+        at: Timestamp,
+    ) -> Value {
+        let pods = BTreeMap::from([("edge/gw".to_owned(), pods)]);
+        let inputs = GatewayInputs {
+            pods: &pods,
+            workloads,
+            goma_holds_id,
+        };
+        ours(&gateway_key(), report, &inputs, previous, at)
+    }
+
+    fn condition<'a>(conditions: &'a Value, type_: &str) -> &'a Value {
+        conditions
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no {type_} condition in {conditions}"))
+    }
+
+    #[test]
+    fn gateway_status_has_the_crd_shape() {
+        let workloads = BTreeMap::from([(
+            gateway_key(),
+            WorkloadStatus {
+                replicas: 1,
+                ready_replicas: 1,
+                addresses: vec!["203.0.113.7".into(), "lb.example.com".into()],
+            },
+        )]);
+        let status = gateway_status(
+            &gateway_report(true),
+            vec![pod(Some("v7"), None)],
+            &workloads,
+            false,
+            None,
+            now(),
+        );
+        assert_eq!(
+            status,
+            json!({
+                "addresses": [
+                    {"type": "IPAddress", "value": "203.0.113.7"},
+                    {"type": "Hostname", "value": "lb.example.com"}
+                ],
+                "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                     "observedGeneration": 3, "lastTransitionTime": "2027-01-15T08:00:00Z"},
+                    {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "",
+                     "observedGeneration": 3, "lastTransitionTime": "2027-01-15T08:00:00Z"}
+                ],
+                "listeners": [{
+                    "name": "http",
+                    "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+                    "attachedRoutes": 2,
+                    "conditions": [
+                        {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                         "observedGeneration": 3, "lastTransitionTime": "2027-01-15T08:00:00Z"},
+                        {"type": "Programmed", "status": "True", "reason": "Programmed", "message": "",
+                         "observedGeneration": 3, "lastTransitionTime": "2027-01-15T08:00:00Z"}
+                    ]
+                }]
+            })
+        );
+    }
+
+    #[test]
+    fn programmed_waits_for_one_data_plane_to_ack_the_listed_version() {
+        let none = BTreeMap::new();
+        let report = gateway_report(true);
+        let reason_and_message = |pods| {
+            let s = gateway_status(&report, pods, &none, false, None, now());
+            let gw = condition(&s["conditions"], "Programmed").clone();
+            let listener = condition(&s["listeners"][0]["conditions"], "Programmed").clone();
+            assert_eq!(
+                gw["status"], listener["status"],
+                "listeners follow the gateway"
+            );
+            (
+                gw["status"].clone(),
+                gw["reason"].clone(),
+                gw["message"].clone(),
+            )
+        };
+        assert_eq!(
+            reason_and_message(vec![]),
+            (
+                json!("False"),
+                json!("Pending"),
+                json!("no data plane of gateway edge/gw is connected")
+            )
+        );
+        let (status, reason, _) = reason_and_message(vec![pod(Some("v6"), None)]);
+        assert_eq!((status, reason), (json!("False"), json!("Pending")));
+        let (status, reason, message) = reason_and_message(vec![pod(None, Some("bad cert"))]);
+        assert_eq!((status, reason), (json!("False"), json!("Invalid")));
+        assert_eq!(
+            message,
+            "data plane pod-1 of gateway edge/gw rejected http: bad cert"
+        );
+        // One pod holding the version is enough, whatever the others do.
+        let (status, reason, _) =
+            reason_and_message(vec![pod(None, Some("old")), pod(Some("v7"), None)]);
+        assert_eq!((status, reason), (json!("True"), json!("Programmed")));
+    }
+
+    #[test]
+    fn an_invalid_verdict_passes_through_and_a_goma_gateway_takes_the_id() {
+        let none = BTreeMap::new();
+        let s = gateway_status(
+            &gateway_report(false),
+            vec![pod(Some("v7"), None)],
+            &none,
+            false,
+            None,
+            now(),
+        );
+        let c = condition(&s["conditions"], "Programmed");
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("False"), &json!("Invalid"))
+        );
+        assert_eq!(c["message"], "no usable listener");
+
+        let s = gateway_status(
+            &gateway_report(true),
+            vec![pod(Some("v7"), None)],
+            &none,
+            true,
+            None,
+            now(),
+        );
+        let c = condition(&s["conditions"], "Programmed");
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("False"), &json!("Invalid"))
+        );
+        assert!(
+            c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Goma Gateway edge/gw")),
+            "{c}"
+        );
+        assert_eq!(s["addresses"], json!([]));
+    }
+
+    #[test]
+    fn transition_times_change_only_with_the_status() {
+        let none = BTreeMap::new();
+        let report = gateway_report(true);
+        let first = gateway_status(&report, vec![], &none, false, None, now());
+        // Same statuses later: every time kept, so the status compares equal.
+        let again = gateway_status(&report, vec![], &none, false, Some(&first), later());
+        assert_eq!(again, first);
+        // Programmed flips: its time (gateway and listener) moves, Accepted keeps its own.
+        let acked = gateway_status(
+            &report,
+            vec![pod(Some("v7"), None)],
+            &none,
+            false,
+            Some(&first),
+            later(),
+        );
+        let time =
+            |s: &Value, t: &str| condition(&s["conditions"], t)["lastTransitionTime"].clone();
+        assert_eq!(time(&acked, "Accepted"), time(&first, "Accepted"));
+        assert_eq!(time(&acked, "Programmed"), json!("2027-01-15T08:01:40Z"));
+        assert_eq!(
+            condition(&acked["listeners"][0]["conditions"], "Programmed")["lastTransitionTime"],
+            json!("2027-01-15T08:01:40Z")
+        );
+        assert_eq!(
+            condition(&acked["listeners"][0]["conditions"], "Accepted")["lastTransitionTime"],
+            json!("2027-01-15T08:00:00Z")
+        );
+    }
+
+    fn route_report(accepted: bool) -> ApiStatus {
+        ApiStatus::Route {
+            generation: Some(5),
+            parents: vec![ParentReport {
+                parent_ref: ParentRef {
+                    group: Some("gateway.networking.k8s.io".into()),
+                    kind: Some("Gateway".into()),
+                    namespace: None,
+                    name: "gw".into(),
+                    section_name: Some("http".into()),
+                    port: None,
+                },
+                conditions: vec![
+                    Condition::new(
+                        "Accepted",
+                        accepted,
+                        if accepted {
+                            "Accepted"
+                        } else {
+                            "NotAllowedByListeners"
+                        },
+                        "",
+                    ),
+                    Condition::new("ResolvedRefs", true, "ResolvedRefs", ""),
+                ],
+            }],
+        }
+    }
+
+    fn route_status(report: &ApiStatus, previous: Option<&Value>, at: Timestamp) -> Value {
+        let pods = BTreeMap::new();
+        let workloads = BTreeMap::new();
+        let inputs = GatewayInputs {
+            pods: &pods,
+            workloads: &workloads,
+            goma_holds_id: false,
+        };
+        let key = ObjectKey::new(Kind::HttpRoute, "edge", "api");
+        ours(&key, report, &inputs, previous, at)
+    }
+
+    fn other_controllers_entry() -> Value {
+        json!({
+            "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "theirs"},
+            "controllerName": "example.com/other",
+            "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                            "lastTransitionTime": "2020-01-01T00:00:00Z"}]
+        })
+    }
+
+    #[test]
+    fn route_parents_echo_the_ref_and_name_our_controller() {
+        let status = route_status(&route_report(true), None, now());
+        assert_eq!(
+            status,
+            json!({"parents": [{
+                "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw", "sectionName": "http"},
+                "controllerName": "sluice.dev/gateway-controller",
+                "conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                     "observedGeneration": 5, "lastTransitionTime": "2027-01-15T08:00:00Z"},
+                    {"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": "",
+                     "observedGeneration": 5, "lastTransitionTime": "2027-01-15T08:00:00Z"}
+                ]
+            }]})
+        );
+    }
+
+    #[test]
+    fn other_controllers_parents_are_kept_and_ours_replaced() {
+        let ours_before = route_status(&route_report(true), None, now());
+        let mut live = ours_before.clone();
+        let mut parents = vec![other_controllers_entry()];
+        parents.extend(
+            ours_before["parents"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        live["parents"] = Value::Array(parents);
+        // The API server defaulted the namespace of our ref: still the same parent.
+        live["parents"][1]["parentRef"]["namespace"] = json!("edge");
+
+        assert_eq!(
+            ours_in(Kind::HttpRoute, &live)["parents"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+        let ours_now = route_status(
+            &route_report(false),
+            Some(&ours_in(Kind::HttpRoute, &live)),
+            later(),
+        );
+        let merged = merge(Kind::HttpRoute, &ours_now, Some(&live));
+        let parents = merged["parents"].as_array().cloned().unwrap_or_default();
+        assert_eq!(parents.len(), 2);
+        assert_eq!(parents[0], other_controllers_entry());
+        let accepted = condition(&parents[1]["conditions"], "Accepted");
+        assert_eq!(accepted["reason"], "NotAllowedByListeners");
+        assert_eq!(accepted["lastTransitionTime"], "2027-01-15T08:01:40Z");
+        let resolved = condition(&parents[1]["conditions"], "ResolvedRefs");
+        assert_eq!(resolved["lastTransitionTime"], "2027-01-15T08:00:00Z");
+
+        // A route no longer ours on any parent: the others' entries stay, ours go.
+        let empty = route_status(
+            &ApiStatus::Route {
+                generation: Some(6),
+                parents: vec![],
+            },
+            None,
+            later(),
+        );
+        assert_eq!(
+            merge(Kind::HttpRoute, &empty, Some(&live)),
+            json!({"parents": [other_controllers_entry()]})
+        );
+    }
+
+    #[test]
+    fn policy_ancestors_and_class_features() {
+        let pods = BTreeMap::new();
+        let workloads = BTreeMap::new();
+        let inputs = GatewayInputs {
+            pods: &pods,
+            workloads: &workloads,
+            goma_holds_id: false,
+        };
+        let policy = ApiStatus::Policy {
+            generation: Some(1),
+            ancestors: vec![ParentReport {
+                parent_ref: ParentRef {
+                    name: "gw".into(),
+                    ..ParentRef::default()
+                },
+                conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+            }],
+        };
+        let key = ObjectKey::new(Kind::BackendTlsPolicy, "edge", "p");
+        let s = ours(&key, &policy, &inputs, None, now());
+        assert_eq!(s["ancestors"][0]["ancestorRef"], json!({"name": "gw"}));
+        assert_eq!(s["ancestors"][0]["controllerName"], CONTROLLER_NAME);
+        let live = json!({"ancestors": [
+            {"ancestorRef": {"name": "x"}, "controllerName": "example.com/other", "conditions": []}
+        ]});
+        assert_eq!(
+            merge(Kind::BackendTlsPolicy, &s, Some(&live))["ancestors"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+
+        let class = ApiStatus::GatewayClass {
+            generation: Some(2),
+            conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+            supported_features: vec![
+                "HTTPRouteQueryParamMatching".into(),
+                "Gateway".into(),
+                "Gateway".into(),
+            ],
+        };
+        let key = ObjectKey::new(Kind::GatewayClass, "", "sluice");
+        let s = ours(&key, &class, &inputs, None, now());
+        assert_eq!(
+            s["supportedFeatures"],
+            json!([{"name": "Gateway"}, {"name": "HTTPRouteQueryParamMatching"}])
+        );
+        assert_eq!(s["conditions"][0]["observedGeneration"], 2);
+        // A GatewayClass and a Gateway share nothing with other controllers.
+        assert_eq!(merge(Kind::GatewayClass, &s, Some(&json!({"x": 1}))), s);
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_the_crd_limit() {
+        let message = "é".repeat(MAX_MESSAGE);
+        let cut = truncate(&message);
+        assert!(cut.len() <= MAX_MESSAGE && cut.len() > MAX_MESSAGE - 2);
+    }
+}

@@ -155,3 +155,222 @@ pub fn status_patch(key: &ObjectKey, status: Value, resource_version: Option<Str
         "status": status,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::gateway_api::{CONTROLLER_NAME, Condition, ParentRef, ParentReport};
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    /// Answers the next request with `status` and `body`; returns method, URI and request body.
+    async fn answer(
+        handle: &mut Handle,
+        status: StatusCode,
+        body: Value,
+    ) -> (Method, String, Value) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let method = request.method().clone();
+        if method == Method::PATCH {
+            assert_eq!(
+                request.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+        }
+        let uri = request.uri().to_string();
+        let bytes = request.into_body().collect_bytes().await.expect("a body");
+        let sent = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                .expect("a response"),
+        );
+        (method, uri, sent)
+    }
+
+    fn not_found() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+    }
+
+    fn conflict() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"})
+    }
+
+    fn route_report() -> ApiStatus {
+        ApiStatus::Route {
+            generation: Some(2),
+            parents: vec![ParentReport {
+                parent_ref: ParentRef {
+                    name: "gw".into(),
+                    ..ParentRef::default()
+                },
+                conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+            }],
+        }
+    }
+
+    fn live_route(resource_version: &str) -> Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "api", "namespace": "edge", "resourceVersion": resource_version},
+            "spec": {},
+            "status": {"parents": [{
+                "parentRef": {"name": "theirs"},
+                "controllerName": "example.com/other",
+                "conditions": []
+            }]}
+        })
+    }
+
+    async fn sync(
+        writer: &mut ApiStatusWriter,
+        client: &kube::Client,
+        reports: &BTreeMap<ObjectKey, ApiStatus>,
+    ) -> usize {
+        let (pods, workloads, goma) = (BTreeMap::new(), BTreeMap::new(), BTreeSet::new());
+        let inputs = ApiInputs {
+            reports,
+            pods: &pods,
+            workloads: &workloads,
+            goma_gateways: &goma,
+        };
+        writer.sync_once(client, &inputs).await
+    }
+
+    #[tokio::test]
+    async fn a_route_keeps_other_controllers_parents_and_retries_a_conflict() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let key = ObjectKey::new(Kind::HttpRoute, "edge", "api");
+        let reports = BTreeMap::from([(key, route_report())]);
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            seen.push(answer(&mut handle, StatusCode::OK, live_route("10")).await);
+            seen.push(answer(&mut handle, StatusCode::CONFLICT, conflict()).await);
+            seen.push(answer(&mut handle, StatusCode::OK, live_route("11")).await);
+            seen.push(answer(&mut handle, StatusCode::OK, live_route("12")).await);
+            (seen, handle)
+        });
+        let mut writer = ApiStatusWriter::default();
+        assert_eq!(sync(&mut writer, &client, &reports).await, 1);
+        let (seen, mut handle) = server.await.expect("server");
+        let path = "/apis/gateway.networking.k8s.io/v1/namespaces/edge/httproutes/api";
+        assert_eq!((&seen[0].0, seen[0].1.as_str()), (&Method::GET, path));
+        assert_eq!(
+            seen[1].1,
+            format!("{path}/status?&force=true&fieldManager=sluice-status")
+        );
+        assert_eq!(seen[1].2["metadata"]["resourceVersion"], "10");
+        // The conflict made it read again and apply on the fresh version.
+        assert_eq!(seen[2].0, Method::GET);
+        let patch = &seen[3].2;
+        assert_eq!(
+            patch["metadata"],
+            json!({"name": "api", "namespace": "edge", "resourceVersion": "11"})
+        );
+        assert_eq!(patch["apiVersion"], "gateway.networking.k8s.io/v1");
+        assert_eq!(patch["kind"], "HTTPRoute");
+        let parents = patch["status"]["parents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(parents.len(), 2);
+        assert_eq!(parents[0]["controllerName"], "example.com/other");
+        assert_eq!(parents[1]["controllerName"], CONTROLLER_NAME);
+        assert_eq!(parents[1]["parentRef"], json!({"name": "gw"}));
+
+        // Nothing changed: no request at all.
+        assert_eq!(sync(&mut writer, &client, &reports).await, 0);
+        // Off the board: forgotten, nothing written.
+        assert_eq!(sync(&mut writer, &client, &BTreeMap::new()).await, 0);
+        assert!(writer.written.is_empty());
+        drop(client);
+        assert!(handle.next_request().await.is_none(), "no further request");
+    }
+
+    #[tokio::test]
+    async fn a_gateway_class_is_read_once_then_written_only_on_change() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let key = ObjectKey::new(Kind::GatewayClass, "", "sluice");
+        let report = |accepted| ApiStatus::GatewayClass {
+            generation: Some(1),
+            conditions: vec![Condition::new("Accepted", accepted, "Accepted", "")],
+            supported_features: vec!["Gateway".into()],
+        };
+        let live = json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "sluice", "resourceVersion": "3"},
+            "spec": {"controllerName": CONTROLLER_NAME},
+            "status": {"conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted",
+                        "message": "", "observedGeneration": 1, "lastTransitionTime": "2020-01-01T00:00:00Z"}]}
+        });
+        let echo = live.clone();
+        let server = tokio::spawn(async move {
+            let get = answer(&mut handle, StatusCode::OK, live).await;
+            let patch = answer(&mut handle, StatusCode::OK, echo.clone()).await;
+            let second = answer(&mut handle, StatusCode::OK, echo).await;
+            (get, patch, second)
+        });
+        let mut writer = ApiStatusWriter::default();
+        let reports = BTreeMap::from([(key.clone(), report(true))]);
+        assert_eq!(sync(&mut writer, &client, &reports).await, 1);
+        // The class changes: written from memory, without a read.
+        let reports = BTreeMap::from([(key, report(false))]);
+        assert_eq!(sync(&mut writer, &client, &reports).await, 1);
+        let (get, patch, second) = server.await.expect("server");
+        let path = "/apis/gateway.networking.k8s.io/v1/gatewayclasses/sluice";
+        assert_eq!((get.0, get.1.as_str()), (Method::GET, path));
+        assert_eq!(
+            patch.1,
+            format!("{path}/status?&force=true&fieldManager=sluice-status")
+        );
+        // Cluster-scoped: no namespace; no resourceVersion (nothing shared to protect).
+        assert_eq!(patch.2["metadata"], json!({"name": "sluice"}));
+        // The live transition time is kept: the status did not change.
+        assert_eq!(
+            patch.2["status"]["conditions"][0]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            patch.2["status"]["supportedFeatures"],
+            json!([{"name": "Gateway"}])
+        );
+        assert_eq!(second.0, Method::PATCH);
+        assert_eq!(second.2["status"]["conditions"][0]["status"], "False");
+        assert_ne!(
+            second.2["status"]["conditions"][0]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_object_already_deleted_is_not_written() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let key = ObjectKey::new(Kind::TcpRoute, "edge", "db");
+        let reports = BTreeMap::from([(key, route_report())]);
+        let server = tokio::spawn(async move {
+            let get = answer(&mut handle, StatusCode::NOT_FOUND, not_found()).await;
+            (get, handle)
+        });
+        let mut writer = ApiStatusWriter::default();
+        assert_eq!(sync(&mut writer, &client, &reports).await, 1);
+        let (get, mut handle) = server.await.expect("server");
+        assert_eq!(
+            get.1,
+            "/apis/gateway.networking.k8s.io/v1/namespaces/edge/tcproutes/db"
+        );
+        assert!(writer.written.is_empty());
+        drop(client);
+        assert!(
+            handle.next_request().await.is_none(),
+            "no patch after a 404"
+        );
+    }
+}
