@@ -638,3 +638,271 @@ async fn a_namespaced_operator_lists_and_watches_its_namespace_only() {
         .expect("the operator stops on shutdown")
         .expect("operator task");
 }
+
+// Gateway API Gateways.
+
+use super::gateway_api_controller::{self, Outcome};
+
+fn api_gateway(spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "edge", "uid": "u-9", "generation": 1},
+        "spec": spec
+    }))
+    .expect("gateway")
+}
+
+fn gateway_class(controller: &str) -> Reply {
+    Reply::Json(
+        StatusCode::OK,
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "GatewayClass",
+            "metadata": {"name": "sluice"},
+            "spec": {"controllerName": controller}
+        }),
+    )
+}
+
+async fn reconcile_api(
+    spec: Value,
+    replies: Vec<Reply>,
+) -> (Result<Outcome, OperatorError>, Vec<Call>) {
+    let (client, server) = mock_api(replies);
+    let result =
+        gateway_api_controller::reconcile_gateway(&client, &settings(), &api_gateway(spec)).await;
+    drop(client);
+    let calls = server.await.expect("mock server");
+    (result, calls)
+}
+
+fn api_spec() -> Value {
+    json!({
+        "gatewayClassName": "sluice",
+        "listeners": [
+            {"name": "http", "port": 80, "protocol": "HTTP"},
+            {"name": "dns", "port": 53, "protocol": "UDP"}
+        ],
+        "infrastructure": {"labels": {"team": "edge"}, "annotations": {"example.com/cost": "7"}}
+    })
+}
+
+#[tokio::test]
+async fn a_gateway_api_gateway_of_our_class_gets_the_workload() {
+    let (result, calls) = reconcile_api(
+        api_spec(),
+        vec![
+            gateway_class(crate::status::gateway_api::CONTROLLER_NAME),
+            not_found(), // no Goma Gateway edge/gw
+            Reply::Echo,
+            Reply::Echo,
+            Reply::Echo,
+            Reply::Echo,
+            not_found(), // no HPA to remove
+        ],
+    )
+    .await;
+    assert_eq!(result.expect("applied"), Outcome::Applied(vec![]));
+    let summary: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.method.as_str(), c.uri.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "GET",
+                "/apis/gateway.networking.k8s.io/v1/gatewayclasses/sluice"
+            ),
+            (
+                "GET",
+                "/apis/gateway.jkaninda.dev/v1alpha1/namespaces/edge/gateways/gw"
+            ),
+            (
+                "PATCH",
+                &*format!("/api/v1/namespaces/edge/serviceaccounts/gw?{APPLY}")
+            ),
+            (
+                "PATCH",
+                &*format!("/api/v1/namespaces/edge/configmaps/gw-bootstrap?{APPLY}")
+            ),
+            (
+                "PATCH",
+                &*format!("/api/v1/namespaces/edge/services/gw?{APPLY}")
+            ),
+            (
+                "PATCH",
+                &*format!("/apis/apps/v1/namespaces/edge/deployments/gw?{APPLY}")
+            ),
+            (
+                "GET",
+                "/apis/autoscaling/v2/namespaces/edge/horizontalpodautoscalers/gw"
+            ),
+        ]
+    );
+    let owner = json!([{
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "name": "gw",
+        "uid": "u-9",
+        "controller": true,
+        "blockOwnerDeletion": true
+    }]);
+    for call in &calls[2..6] {
+        assert_eq!(call.content_type, APPLY_PATCH);
+        assert_eq!(
+            call.body["metadata"]["ownerReferences"], owner,
+            "{}",
+            call.uri
+        );
+        assert_eq!(call.body["metadata"]["labels"]["team"], "edge");
+        assert_eq!(
+            call.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "sluice"
+        );
+        assert_eq!(
+            call.body["metadata"]["annotations"]["example.com/cost"], "7",
+            "{}",
+            call.uri
+        );
+    }
+    assert_eq!(calls[3].body["data"]["SLUICE_GATEWAY"], "edge/gw");
+    let service = &calls[4].body["spec"];
+    assert_eq!(service["type"], "LoadBalancer");
+    assert_eq!(
+        service["ports"],
+        json!([
+            {"name": "tcp-80", "port": 80, "targetPort": "tcp-80", "protocol": "TCP"},
+            {"name": "udp-53", "port": 53, "targetPort": "udp-53", "protocol": "UDP"}
+        ])
+    );
+    let pod = &calls[5].body["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["ports"],
+        json!([
+            {"name": "tcp-80", "containerPort": 80, "protocol": "TCP"},
+            {"name": "udp-53", "containerPort": 53, "protocol": "UDP"},
+            {"name": "admin", "containerPort": 9901, "protocol": "TCP"}
+        ])
+    );
+    assert_eq!(
+        pod["securityContext"]["sysctls"],
+        json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}])
+    );
+    assert_eq!(
+        calls[5].body["spec"]["template"]["metadata"]["labels"]["team"],
+        "edge"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_of_another_class_is_not_applied_and_loses_only_what_it_controls() {
+    let controlled = |kind: &str, api_version: &str, uid: &str| {
+        Reply::Json(
+            StatusCode::OK,
+            json!({
+                "apiVersion": api_version, "kind": kind,
+                "metadata": {"name": "gw", "namespace": "edge", "uid": uid,
+                    "ownerReferences": [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                        "name": "gw", "uid": "u-9", "controller": true}]}
+            }),
+        )
+    };
+    let foreign = Reply::Json(
+        StatusCode::OK,
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "gw", "namespace": "edge", "uid": "s-1"}}),
+    );
+    let (result, calls) = reconcile_api(
+        api_spec(),
+        vec![
+            gateway_class("example.com/other"),
+            controlled("Deployment", "apps/v1", "d-1"),
+            Reply::Json(
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ),
+            not_found(), // HPA
+            foreign,     // a Service of the same name someone else made: left alone
+            not_found(), // ConfigMap
+            not_found(), // ServiceAccount
+        ],
+    )
+    .await;
+    assert_eq!(result.expect("ok"), Outcome::NotOurs { removed: true });
+    let summary: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.method.as_str(), c.uri.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "GET",
+                "/apis/gateway.networking.k8s.io/v1/gatewayclasses/sluice"
+            ),
+            ("GET", "/apis/apps/v1/namespaces/edge/deployments/gw"),
+            ("DELETE", "/apis/apps/v1/namespaces/edge/deployments/gw?"),
+            (
+                "GET",
+                "/apis/autoscaling/v2/namespaces/edge/horizontalpodautoscalers/gw"
+            ),
+            ("GET", "/api/v1/namespaces/edge/services/gw"),
+            ("GET", "/api/v1/namespaces/edge/configmaps/gw-bootstrap"),
+            ("GET", "/api/v1/namespaces/edge/serviceaccounts/gw"),
+        ]
+    );
+    assert_eq!(calls[2].body["preconditions"]["uid"], "d-1");
+    assert!(
+        calls.iter().all(|c| !c.uri.contains("gateways/gw")),
+        "the Gateway is never touched"
+    );
+}
+
+#[tokio::test]
+async fn a_goma_gateway_of_the_same_name_keeps_the_id() {
+    let (result, calls) = reconcile_api(
+        api_spec(),
+        vec![
+            gateway_class(crate::status::gateway_api::CONTROLLER_NAME),
+            Reply::Json(
+                StatusCode::OK,
+                json!({
+                    "apiVersion": "gateway.jkaninda.dev/v1alpha1", "kind": "Gateway",
+                    "metadata": {"name": "gw", "namespace": "edge", "uid": "g-1"}, "spec": {}
+                }),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(result.expect("ok"), Outcome::IdTaken);
+    assert_eq!(calls.len(), 2, "nothing applied: {calls:?}");
+}
+
+#[tokio::test]
+async fn a_missing_class_is_not_ours_and_an_unreadable_gateway_names_the_field() {
+    let (result, calls) = reconcile_api(
+        api_spec(),
+        vec![
+            not_found(),
+            not_found(),
+            not_found(),
+            not_found(),
+            not_found(),
+            not_found(),
+        ],
+    )
+    .await;
+    assert_eq!(result.expect("ok"), Outcome::NotOurs { removed: false });
+    assert_eq!(calls.len(), 6);
+
+    let (result, calls) = reconcile_api(json!({"listeners": []}), vec![]).await;
+    let err = result.expect_err("no class name");
+    assert_eq!(
+        err.to_string(),
+        "Gateway.gateway.networking.k8s.io edge/gw: spec: missing field `gatewayClassName`"
+    );
+    assert!(!err.is_transient());
+    assert!(calls.is_empty());
+}

@@ -179,7 +179,7 @@ fn error_policy(object: Arc<DynamicObject>, error: &OperatorError, ctx: Arc<Cont
 }
 
 /// 1 s, 2 s, 4 s ... capped at 5 min.
-fn backoff(attempt: u32) -> Duration {
+pub(super) fn backoff(attempt: u32) -> Duration {
     let factor = 1u32 << attempt.saturating_sub(1).min(16);
     BACKOFF_FIRST.saturating_mul(factor).min(BACKOFF_MAX)
 }

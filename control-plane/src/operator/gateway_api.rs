@@ -96,8 +96,15 @@ pub fn from_dynamic(object: &DynamicObject) -> Result<ApiGateway, ParseError> {
         .data
         .get("spec")
         .ok_or_else(|| error("spec: required".to_owned()))?;
-    let spec: Spec = serde_path_to_error::deserialize(spec_value)
-        .map_err(|e| error(format!("spec.{}: {}", e.path(), e.inner())))?;
+    let spec: Spec = serde_path_to_error::deserialize(spec_value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "spec".to_owned()
+        } else {
+            format!("spec.{path}")
+        };
+        error(format!("{field}: {}", e.inner()))
+    })?;
     let Some(uid) = object.metadata.uid.clone().filter(|u| !u.is_empty()) else {
         return Err(error(
             "metadata.uid: required (set by the API server)".to_owned(),

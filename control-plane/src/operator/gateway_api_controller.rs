@@ -5,8 +5,9 @@
 //! A Gateway of another class is never touched; one whose class moved away loses the workload
 //! this operator made for it.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,6 +21,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
+use super::controller::backoff;
 use super::gateway::gateway_api_resource as goma_gateway_resource;
 use super::gateway_api::{
     class_name_of, from_dynamic, gateway_class_resource, gateway_resource, is_our_class, key_of,
@@ -33,7 +35,6 @@ use crate::model::{Kind, ObjectKey};
 
 const RESYNC: Duration = Duration::from_secs(600);
 const DEBOUNCE: Duration = Duration::from_millis(500);
-const RETRY: Duration = Duration::from_secs(10);
 
 /// What one reconcile did.
 #[derive(Debug, PartialEq, Eq)]
@@ -151,6 +152,7 @@ pub async fn run(
         settings,
         reports,
         store,
+        failures: Mutex::default(),
     });
     tracing::info!("operator started: reconciling Gateway API Gateways of our GatewayClasses");
     controller
@@ -200,6 +202,14 @@ struct Context {
     settings: OperatorSettings,
     reports: GatewayReports,
     store: Store<DynamicObject>,
+    /// Consecutive failed reconciles per Gateway, for the backoff.
+    failures: Mutex<HashMap<ObjectKey, u32>>,
+}
+
+impl Context {
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, u32>> {
+        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
@@ -215,6 +225,9 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Acti
         generation: object.metadata.generation,
         outcome,
     };
+    if outcome.is_ok() {
+        ctx.failures().remove(&key);
+    }
     match outcome {
         Ok(Outcome::Applied(warnings)) => {
             for warning in &warnings {
@@ -247,12 +260,20 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Acti
     }
 }
 
-fn error_policy(object: Arc<DynamicObject>, error: &OperatorError, _ctx: Arc<Context>) -> Action {
+fn error_policy(object: Arc<DynamicObject>, error: &OperatorError, ctx: Arc<Context>) -> Action {
     let key = key_of(&object);
     if !error.is_transient() {
         tracing::warn!(gateway = %key, %error, "gateway not applied: fix its spec");
+        ctx.failures().remove(&key);
         return Action::await_change();
     }
-    tracing::warn!(gateway = %key, %error, retry_in = ?RETRY, "gateway reconcile failed");
-    Action::requeue(RETRY)
+    let attempt = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(attempt);
+    tracing::warn!(gateway = %key, %error, attempt, retry_in = ?delay, "gateway reconcile failed");
+    Action::requeue(delay)
 }
