@@ -278,3 +278,117 @@ async fn the_leader_dies_and_the_other_replica_takes_over() {
     );
     let _ = second.terminate(Duration::from_secs(10));
 }
+
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+
+fn gateway_class(name: &str, controller: &str) -> Value {
+    json!({
+        "apiVersion": GATEWAY_API, "kind": "GatewayClass",
+        "metadata": {"name": name},
+        "spec": {"controllerName": controller},
+    })
+}
+
+/// The operator gives a Gateway API Gateway of our class the workload of a Goma Gateway, with
+/// ports from its listeners; a Gateway of another class gets nothing until its class names our
+/// controller, and loses its workload when the class moves away again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_runs_gateway_api_gateways_of_our_class() {
+    let api = FakeApiServer::start().await;
+    let dir = TempDir::new("k8s-gwapi");
+    dir.write("kubeconfig", &api.kubeconfig());
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.apply(gateway_class("ours", "sluice.dev/gateway-controller"));
+    api.apply(gateway_class("theirs", "example.com/other"));
+    let listeners = json!([
+        {"name": "http", "port": 8081, "protocol": "HTTP"},
+        {"name": "dns", "port": 5353, "protocol": "UDP"}
+    ]);
+    api.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "edge", "namespace": "default"},
+        "spec": {"gatewayClassName": "ours", "listeners": listeners,
+                 "infrastructure": {"labels": {"team": "net"}}},
+    }));
+    api.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "other", "namespace": "default"},
+        "spec": {"gatewayClassName": "theirs", "listeners": listeners},
+    }));
+
+    let xds = free_port();
+    let mut cp = Proc::start(
+        &[
+            "control-plane",
+            "--kubernetes",
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAME", "cp-0"),
+            ("POD_NAMESPACE", "sluice-system"),
+        ],
+    );
+
+    let deployment = eventually_some("deployment of the Gateway API gateway", || {
+        api.get("/apis/apps/v1", "deployments", "default", "edge")
+    })
+    .await;
+    let owner = &deployment["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["apiVersion"], GATEWAY_API);
+    assert_eq!(owner["kind"], "Gateway");
+    assert_eq!(owner["name"], "edge");
+    assert_eq!(deployment["metadata"]["labels"]["team"], "net");
+    let service = eventually_some("service", || {
+        api.get("/api/v1", "services", "default", "edge")
+    })
+    .await;
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([
+            {"name": "tcp-8081", "port": 8081, "targetPort": "tcp-8081", "protocol": "TCP"},
+            {"name": "udp-5353", "port": 5353, "targetPort": "udp-5353", "protocol": "UDP"}
+        ])
+    );
+    let bootstrap = eventually_some("bootstrap", || {
+        api.get("/api/v1", "configmaps", "default", "edge-bootstrap")
+    })
+    .await;
+    assert_eq!(bootstrap["data"]["SLUICE_GATEWAY"], "default/edge");
+    assert!(
+        api.get("/apis/apps/v1", "deployments", "default", "other")
+            .is_none(),
+        "a Gateway of another class gets nothing"
+    );
+
+    // Its class switches to our controller: the watch on GatewayClasses brings it in.
+    api.apply(gateway_class("theirs", "sluice.dev/gateway-controller"));
+    eventually_some("deployment once the class is ours", || {
+        api.get("/apis/apps/v1", "deployments", "default", "other")
+    })
+    .await;
+    // ...and away again: the workload made for it goes, the other gateway's stays.
+    api.apply(gateway_class("theirs", "example.com/other"));
+    eventually_some("deployment removed once the class is not ours", || {
+        api.get("/apis/apps/v1", "deployments", "default", "other")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        api.get("/apis/apps/v1", "deployments", "default", "edge")
+            .is_some()
+    );
+    // The Gateways themselves are never written by the operator.
+    assert!(
+        !api.requests().iter().any(|r| r.method != http::Method::GET
+            && r.path
+                .contains("/gateway.networking.k8s.io/v1/namespaces/default/gateways/")
+            && !r.path.ends_with("/status")),
+        "{}",
+        cp.log()
+    );
+    let _ = cp.terminate(Duration::from_secs(10));
+}

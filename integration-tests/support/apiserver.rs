@@ -3,7 +3,8 @@
 //! of the API the control plane uses, the way the real one does: `/version`, list and watch
 //! (JSON event lines, resourceVersion semantics, `fieldSelector` on Secret `type`), get, create,
 //! replace with optimistic concurrency (409 on a stale resourceVersion), server-side apply
-//! (`application/apply-patch+yaml`) on objects and on the `status` subresource (status-only
+//! (`application/apply-patch+yaml`, 409 too when it names a stale resourceVersion) on objects
+//! and on the `status` subresource (status-only
 //! writes do not bump `metadata.generation`), and delete. Objects are stored as JSON; every
 //! request is recorded so tests can assert what the binary sent.
 
@@ -213,6 +214,8 @@ impl FakeApiServer {
         object["metadata"]["generation"] = next_generation(old, &object["spec"]);
         if let Some(old) = old {
             object["status"] = old["status"].clone();
+            // The same object, changed: its identity stays.
+            object["metadata"]["uid"] = old["metadata"]["uid"].clone();
         }
         self.store(&mut st, key, object);
     }
@@ -374,6 +377,19 @@ impl FakeApiServer {
                 let mut st = self.state.lock().unwrap();
                 let key = t.key(name);
                 let existing = st.objects.get(&key).cloned();
+                // An apply that names a resourceVersion is a precondition, as with PUT.
+                let sent_rv = body["metadata"]["resourceVersion"].as_str().unwrap_or("");
+                if !sent_rv.is_empty()
+                    && existing.as_ref().is_some_and(|o| {
+                        o["metadata"]["resourceVersion"].as_str().unwrap_or("") != sent_rv
+                    })
+                {
+                    return status_error(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    );
+                }
                 let object = match (existing, t.status) {
                     (None, true) => {
                         return status_error(StatusCode::NOT_FOUND, "NotFound", "not found");
