@@ -29,6 +29,8 @@ pub struct GatewayInputs<'a> {
     pub workloads: &'a BTreeMap<ObjectKey, WorkloadStatus>,
     /// True when a Goma Gateway of the same namespace/name holds the gateway id.
     pub goma_holds_id: bool,
+    /// Why the operator could not apply the gateway's workload, if it tried and failed.
+    pub workload_error: Option<&'a str>,
 }
 
 /// The list a kind shares with other controllers, if any: `parents` or `ancestors`.
@@ -205,7 +207,13 @@ fn gateway_delivery(
     }
     let pods = inputs.pods.get(&id).map_or(&[][..], Vec::as_slice);
     if pods.is_empty() {
-        return Delivery::Pending(format!("no data plane of gateway {id} is connected"));
+        // Without pods, an operator that failed is the reason; its error names the field.
+        return match inputs.workload_error {
+            Some(error) => Delivery::Rejected(format!(
+                "the data-plane workload of gateway {id} could not be applied: {error}"
+            )),
+            None => Delivery::Pending(format!("no data plane of gateway {id} is connected")),
+        };
     }
     let holds_all = |pod: &Pod| {
         resources.iter().all(|r| {
@@ -456,6 +464,7 @@ mod tests {
             pods: &pods,
             workloads,
             goma_holds_id,
+            workload_error: None,
         };
         ours(&gateway_key(), report, &inputs, previous, at)
     }
@@ -594,6 +603,28 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_the_operator_could_not_apply_is_named_until_a_pod_serves() {
+        let (pods, workloads) = (BTreeMap::new(), BTreeMap::new());
+        let inputs = GatewayInputs {
+            pods: &pods,
+            workloads: &workloads,
+            goma_holds_id: false,
+            workload_error: Some("spec.listeners[0].port: 9901 is the data plane's admin port"),
+        };
+        let s = ours(&gateway_key(), &gateway_report(true), &inputs, None, now());
+        let c = condition(&s["conditions"], "Programmed");
+        assert_eq!(
+            (&c["status"], &c["reason"]),
+            (&json!("False"), &json!("Invalid"))
+        );
+        assert_eq!(
+            c["message"],
+            "the data-plane workload of gateway edge/gw could not be applied: \
+             spec.listeners[0].port: 9901 is the data plane's admin port"
+        );
+    }
+
+    #[test]
     fn transition_times_change_only_with_the_status() {
         let none = BTreeMap::new();
         let report = gateway_report(true);
@@ -660,6 +691,7 @@ mod tests {
             pods: &pods,
             workloads: &workloads,
             goma_holds_id: false,
+            workload_error: None,
         };
         let key = ObjectKey::new(Kind::HttpRoute, "edge", "api");
         ours(&key, report, &inputs, previous, at)
@@ -751,6 +783,7 @@ mod tests {
             pods: &pods,
             workloads: &workloads,
             goma_holds_id: false,
+            workload_error: None,
         };
         let policy = ApiStatus::Policy {
             generation: Some(1),

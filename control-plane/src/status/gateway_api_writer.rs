@@ -12,7 +12,7 @@ use super::gateway_api::ApiStatus;
 use super::gateway_api_status::{self as api_status, GatewayInputs};
 use super::writer::FIELD_MANAGER;
 use crate::model::{Kind, ObjectKey};
-use crate::operator::WorkloadStatus;
+use crate::operator::{Report, WorkloadStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -29,6 +29,8 @@ pub struct ApiInputs<'a> {
     pub workloads: &'a BTreeMap<ObjectKey, WorkloadStatus>,
     /// Gateway ids ("namespace/name") held by Goma Gateways.
     pub goma_gateways: &'a BTreeSet<String>,
+    /// The operator's last reconcile of each Gateway (`Kind::Gateway` keys are ours).
+    pub reconciles: &'a BTreeMap<ObjectKey, Report>,
 }
 
 /// Remembers what we last wrote (our part of each status) so an unchanged status costs nothing.
@@ -52,6 +54,12 @@ impl ApiStatusWriter {
                     && inputs
                         .goma_gateways
                         .contains(&format!("{}/{}", key.namespace, key.name)),
+                workload_error: inputs
+                    .reconciles
+                    .get(key)
+                    .filter(|_| key.kind == Kind::Gateway)
+                    .and_then(|r| r.outcome.as_ref().err())
+                    .map(String::as_str),
             };
             let previous = self.written.get(key);
             let desired = api_status::ours(key, report, &gateway, previous, now);
@@ -232,11 +240,13 @@ mod tests {
         reports: &BTreeMap<ObjectKey, ApiStatus>,
     ) -> usize {
         let (pods, workloads, goma) = (BTreeMap::new(), BTreeMap::new(), BTreeSet::new());
+        let reconciles = BTreeMap::new();
         let inputs = ApiInputs {
             reports,
             pods: &pods,
             workloads: &workloads,
             goma_gateways: &goma,
+            reconciles: &reconciles,
         };
         writer.sync_once(client, &inputs).await
     }

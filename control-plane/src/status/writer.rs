@@ -113,11 +113,13 @@ impl StatusWriter {
             .collect();
         let pods = pods_by_gateway(&self.sources.clients);
         let workloads = self.sources.workloads.borrow().clone();
+        let reconciles = self.sources.reconciles.snapshot();
         let inputs = ApiInputs {
             reports: &reports,
             pods: &pods,
             workloads: &workloads,
             goma_gateways: &goma_gateways,
+            reconciles: &reconciles,
         };
         goma + self.api.sync_once(&self.client, &inputs).await
     }
@@ -324,5 +326,108 @@ mod tests {
             &route_body["status"]["conditions"][0]["lastTransitionTime"],
             valid_time
         );
+    }
+}
+
+#[cfg(test)]
+mod gateway_api_tests {
+    use super::*;
+    use crate::status::ResourceRef;
+    use crate::status::gateway_api::{ApiStatus, Condition};
+    use crate::xds::clients::ClientInfo;
+    use http::{Method, Request, Response};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use std::sync::Mutex;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    async fn answer(handle: &mut Handle, body: Value) -> (Method, Value) {
+        let (request, send) = handle.next_request().await.expect("a request");
+        let method = request.method().clone();
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        let sent = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&body).expect("json")))
+                .expect("response"),
+        );
+        (method, sent)
+    }
+
+    fn live_gateway() -> Value {
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "gw", "namespace": "edge", "resourceVersion": "1"},
+            "spec": {}
+        })
+    }
+
+    /// Filling the board is all it takes to get Gateway API status written; the gateway turns
+    /// Programmed once a connected data plane ACKed the listed listener version.
+    #[tokio::test]
+    async fn the_board_and_the_acks_make_the_gateway_status() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let api_board = GatewayApiBoard::default();
+        let clients = Arc::new(Clients::default());
+        let (_tx, workloads) = watch::channel(BTreeMap::new());
+        let mut writer = StatusWriter::new(
+            client,
+            Sources {
+                board: StatusBoard::default(),
+                api_board: api_board.clone(),
+                errors: ObjectErrors::default(),
+                clients: clients.clone(),
+                workloads,
+                reconciles: GatewayReports::default(),
+            },
+        );
+        let listener = ResourceRef {
+            type_index: 2,
+            name: "edge/gw/http".into(),
+            version: "v1".into(),
+        };
+        api_board.insert(
+            ObjectKey::new(Kind::Gateway, "edge", "gw"),
+            ApiStatus::Gateway {
+                generation: Some(1),
+                conditions: vec![
+                    Condition::new("Accepted", true, "Accepted", ""),
+                    Condition::new("Programmed", true, "Programmed", ""),
+                ],
+                listeners: vec![],
+                resources: vec![listener.clone()],
+            },
+        );
+        let server = tokio::spawn(async move {
+            let get = answer(&mut handle, live_gateway()).await;
+            let patch = answer(&mut handle, live_gateway()).await;
+            (get, patch, handle)
+        });
+        assert_eq!(writer.sync_once().await, 1);
+        let (get, patch, mut handle) = server.await.expect("server");
+        assert_eq!(get.0, Method::GET);
+        assert_eq!(patch.1["status"]["conditions"][1]["reason"], "Pending");
+
+        let ledger = Arc::new(Mutex::new(crate::xds::stream::ClientLedger::default()));
+        ledger
+            .lock()
+            .expect("ledger")
+            .acked
+            .insert((listener.type_index, listener.name.clone()), "v1".into());
+        clients.register(ClientInfo {
+            node_id: "pod-1".into(),
+            gateway: "edge/gw".into(),
+            peer: String::new(),
+            build_version: String::new(),
+            ledger,
+        });
+        let server = tokio::spawn(async move { answer(&mut handle, live_gateway()).await });
+        assert_eq!(writer.sync_once().await, 1);
+        let (method, body) = server.await.expect("server");
+        assert_eq!(method, Method::PATCH, "remembered: no second read");
+        assert_eq!(body["status"]["conditions"][1]["status"], "True");
+        assert_eq!(body["status"]["conditions"][1]["reason"], "Programmed");
     }
 }
