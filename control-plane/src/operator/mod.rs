@@ -1,12 +1,14 @@
-//! The operator: a Goma `Gateway` becomes the workload that serves it — a ServiceAccount, a
-//! bootstrap ConfigMap, a Deployment of `sluice data-plane` pods, a Service and, when
-//! `spec.autoScaling.enabled`, a HorizontalPodAutoscaler.
+//! The operator: a Goma `Gateway`, or a Gateway API `Gateway` of a GatewayClass naming our
+//! controller, becomes the workload that serves it — a ServiceAccount, a bootstrap ConfigMap, a
+//! Deployment of `sluice data-plane` pods, a Service and, when `spec.autoScaling.enabled` (Goma),
+//! a HorizontalPodAutoscaler.
 //!
 //! The desired objects are computed by pure functions ([`desired_objects`]); [`apply`] sends them
-//! with server-side apply under one field manager; [`run`] is the kube-runtime controller that
-//! re-applies them whenever the Gateway or one of its children changes (drift correction).
-//! Every child carries a controller owner reference to its Gateway, so deleting the Gateway
-//! lets the garbage collector delete the children.
+//! with server-side apply under one field manager; [`run`] (Goma) and
+//! [`gateway_api_controller::run`] are the kube-runtime controllers that re-apply them whenever
+//! the Gateway or one of its children changes (drift correction). Every child carries a
+//! controller owner reference to its Gateway, so deleting the Gateway lets the garbage collector
+//! delete the children.
 
 pub mod apply;
 pub mod autoscaler;
