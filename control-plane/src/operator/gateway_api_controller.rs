@@ -277,3 +277,33 @@ fn error_policy(object: Arc<DynamicObject>, error: &OperatorError, ctx: Arc<Cont
     tracing::warn!(gateway = %key, %error, attempt, retry_in = ?delay, "gateway reconcile failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector;
+    use serde_json::json;
+
+    #[test]
+    fn a_class_change_reconciles_exactly_the_gateways_of_that_class() {
+        let mut writer = reflector::store::Writer::<DynamicObject>::new(gateway_resource());
+        let store = writer.as_reader();
+        for (name, class) in [("a", "ours"), ("b", "theirs"), ("c", "ours")] {
+            let object: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "Gateway",
+                "metadata": {"name": name, "namespace": "edge"},
+                "spec": {"gatewayClassName": class}
+            }))
+            .expect("gateway");
+            writer.apply_watcher_event(&watcher::Event::Apply(object));
+        }
+        let mut names: Vec<String> = gateways_of_class(&store, Some("ours".into()))
+            .into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["edge/a", "edge/c"]);
+        assert!(gateways_of_class(&store, None).is_empty());
+    }
+}
