@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+pub mod gateway_api;
 pub mod goma;
 pub mod meta;
 
@@ -32,10 +33,11 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Secret,
+    ConfigMap,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::GomaGateway,
         Kind::GomaRoute,
         Kind::GomaMiddleware,
@@ -52,6 +54,7 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Secret,
+        Kind::ConfigMap,
     ];
 
     /// Resolves a manifest's `apiVersion` and `kind`. Goma kinds need `v1alpha1`; Gateway API kinds
@@ -85,7 +88,7 @@ impl Kind {
             | Kind::UdpRoute
             | Kind::ReferenceGrant
             | Kind::BackendTlsPolicy => GATEWAY_API_GROUP,
-            Kind::Namespace | Kind::Service | Kind::Secret => "",
+            Kind::Namespace | Kind::Service | Kind::Secret | Kind::ConfigMap => "",
             Kind::EndpointSlice => DISCOVERY_GROUP,
         }
     }
@@ -118,6 +121,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Secret => "secrets",
+            Kind::ConfigMap => "configmaps",
         }
     }
 
@@ -149,6 +153,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
         }
     }
 
@@ -203,7 +208,9 @@ pub enum Object {
     GomaGateway(Arc<goma::Gateway>),
     GomaRoute(Arc<goma::Route>),
     GomaMiddleware(Arc<goma::Middleware>),
-    /// Any other accepted kind: the whole manifest as read.
+    /// A Gateway API kind, or a Service or EndpointSlice.
+    Api(Arc<gateway_api::ApiObject>),
+    /// Any other accepted kind (Namespace, Secret, ConfigMap): the whole manifest as read.
     Other {
         key: ObjectKey,
         labels: BTreeMap<String, String>,
@@ -225,6 +232,7 @@ impl Object {
                 &o.metadata.namespace,
                 &o.metadata.name,
             ),
+            Object::Api(o) => o.key(),
             Object::Other { key, .. } => key.clone(),
         }
     }
@@ -234,6 +242,7 @@ impl Object {
             Object::GomaGateway(_) => Kind::GomaGateway,
             Object::GomaRoute(_) => Kind::GomaRoute,
             Object::GomaMiddleware(_) => Kind::GomaMiddleware,
+            Object::Api(o) => o.kind(),
             Object::Other { key, .. } => key.kind,
         }
     }
@@ -243,6 +252,7 @@ impl Object {
             Object::GomaGateway(o) => &o.metadata.labels,
             Object::GomaRoute(o) => &o.metadata.labels,
             Object::GomaMiddleware(o) => &o.metadata.labels,
+            Object::Api(o) => &o.metadata().labels,
             Object::Other { labels, .. } => labels,
         }
     }
@@ -280,7 +290,8 @@ mod tests {
             Kind::from_type("discovery.k8s.io/v1", "EndpointSlice"),
             Some(Kind::EndpointSlice)
         );
-        assert_eq!(Kind::from_type("v1", "ConfigMap"), None);
+        assert_eq!(Kind::from_type("v1", "ConfigMap"), Some(Kind::ConfigMap));
+        assert_eq!(Kind::from_type("v1", "Pod"), None);
         assert_eq!(Kind::from_type("apps/v1", "Service"), None);
         for k in Kind::ALL {
             let version = if k.group() == goma::GROUP {

@@ -687,14 +687,13 @@ spec:
 
     #[test]
     fn unknown_kind_is_reported_and_the_rest_kept() {
-        let text =
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: x}}\n---\n{ROUTE_API}");
+        let text = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: x}}\n---\n{ROUTE_API}");
         let (objects, diags) = parse("m.yaml", &text);
         assert_eq!(keys(&objects), ["Route default/api"]);
         assert_eq!(diags.len(), 1);
         assert_eq!(
             diags[0].to_string(),
-            "m.yaml: document 1: unknown kind ConfigMap (apiVersion v1); ignored"
+            "m.yaml: document 1: unknown kind Pod (apiVersion v1); ignored"
         );
     }
 
@@ -848,7 +847,7 @@ spec:
     }
 
     #[test]
-    fn gateway_api_and_core_kinds_are_kept_as_manifests() {
+    fn gateway_api_and_core_kinds_are_typed() {
         let text = "apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
 metadata: {name: sluice, namespace: ignored}
@@ -857,18 +856,27 @@ spec: {controllerName: sluice.dev/gateway}
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: infra}
+spec: {gatewayClassName: sluice, listeners: [{name: http, port: 80, protocol: HTTP}]}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: r}
+spec: {}
 ---
 apiVersion: v1
 kind: Service
 metadata: {name: echo, labels: {app: echo}}
+spec: {ports: [{port: 80, targetPort: http}]}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: echo-1}
+addressType: IPv4
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ca}
+data: {ca.crt: pem}
 ";
         let (objects, diags) = parse("m.yaml", text);
         assert!(diags.is_empty(), "{diags:?}");
@@ -880,20 +888,43 @@ metadata: {name: echo-1}
                 "HTTPRoute default/r",
                 "Service default/echo",
                 "EndpointSlice default/echo-1",
+                "ConfigMap default/ca",
             ]
         );
-        let Object::Other { body, .. } = &objects[0] else {
-            panic!("not other")
+        let Object::Api(route) = &objects[2] else {
+            panic!("not typed")
         };
-        assert_eq!(body.pointer("/metadata/namespace"), None, "cluster-scoped");
-        let Object::Other { key, labels, body } = &objects[3] else {
-            panic!("not other")
+        let crate::model::gateway_api::ApiObject::HttpRoute(route) = &**route else {
+            panic!("not an HTTPRoute")
         };
-        assert_eq!(key.kind, Kind::Service);
-        assert_eq!(labels.get("app").map(String::as_str), Some("echo"));
+        assert_eq!(route.spec.rules.len(), 1, "the CRD's default rule");
         assert_eq!(
-            body.pointer("/metadata/namespace"),
-            Some(&Value::String("default".into()))
+            objects[3].labels().get("app").map(String::as_str),
+            Some("echo")
+        );
+        let Object::Other { key, body, .. } = &objects[5] else {
+            panic!("not other")
+        };
+        assert_eq!(key.kind, Kind::ConfigMap);
+        assert_eq!(
+            body.pointer("/data/ca.crt"),
+            Some(&Value::String("pem".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_gateway_api_objects_name_the_field() {
+        let (objects, diags) = parse(
+            "m.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec: {gatewayClassName: c, listeners: [{name: a, port: x, protocol: HTTP}]}\n",
+        );
+        assert!(objects.is_empty());
+        assert!(
+            diags[0].to_string().contains(
+                "Gateway.gateway.networking.k8s.io default/gw: spec.listeners[0].port: invalid type"
+            ),
+            "{}",
+            diags[0]
         );
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::model::{DEFAULT_NAMESPACE, Kind, Object, ObjectKey, goma};
+use crate::model::{DEFAULT_NAMESPACE, Kind, Object, ObjectKey, gateway_api, goma};
 
 /// Why a manifest was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +42,9 @@ fn unattributed(message: String) -> ParseError {
     }
 }
 
-/// Parses one manifest: resolves its kind and identity, checks its names, and types it (Goma
-/// kinds fully, every other accepted kind kept as its JSON).
+/// Parses one manifest: resolves its kind and identity, checks its names, and types it (Goma and
+/// Gateway API kinds, Services and EndpointSlices; Namespaces, Secrets and ConfigMaps are kept as
+/// their JSON).
 pub fn parse_object(doc: Value) -> Result<Object, ParseError> {
     let Some(map) = doc.as_object() else {
         return Err(unattributed(format!(
@@ -131,6 +132,9 @@ fn typed_object(key: &ObjectKey, mut doc: Value) -> Result<Object, String> {
             // A rule its type cannot use is an error here, not a middleware silently skipped.
             middleware.spec.typed_rule().map_err(|e| e.to_string())?;
             Object::GomaMiddleware(Arc::new(middleware))
+        }
+        kind if let Some(typed) = gateway_api::ApiObject::from_manifest(kind, &doc) => {
+            Object::Api(Arc::new(typed?))
         }
         _ => {
             let labels = match doc.pointer("/metadata/labels") {

@@ -4,9 +4,10 @@
 //! usable as a CA bundle: put the CA in an Opaque Secret. Pure: no I/O.
 
 use super::{Errors, TranslateError};
+use crate::model::gateway_api::gateway::GatewaySpec;
+use crate::model::gateway_api::{ApiObject, ObjectReference};
 use crate::model::{Kind, Object, ObjectKey};
 use base64::Engine;
-use serde_json::Value;
 use sluice_proto::config as pb;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -119,14 +120,20 @@ pub fn referenced_secrets(object: &Object) -> BTreeSet<ObjectKey> {
                 }
             }
         }
-        Object::GomaMiddleware(_) => {}
-        Object::Other { key, body, .. } => match key.kind {
-            Kind::Gateway => gateway_api_gateway_refs(&key.namespace, body, &mut out),
-            Kind::BackendTlsPolicy => {
-                for r in items(body.pointer("/spec/validation/caCertificateRefs")) {
+        Object::GomaMiddleware(_) | Object::Other { .. } => {}
+        Object::Api(api) => match &**api {
+            ApiObject::Gateway(gw) => {
+                gateway_api_gateway_refs(&gw.metadata.namespace, &gw.spec, &mut out)
+            }
+            ApiObject::BackendTlsPolicy(policy) => {
+                for r in &policy.spec.validation.ca_certificate_refs {
                     // A LocalObjectReference: always the policy's namespace.
-                    if let Some(k) = secret_ref(&key.namespace, r, false) {
-                        out.insert(ObjectKey::new(Kind::Secret, &key.namespace, k.name));
+                    if let Some(k) = secret_ref(&policy.metadata.namespace, r, false) {
+                        out.insert(ObjectKey::new(
+                            Kind::Secret,
+                            &policy.metadata.namespace,
+                            k.name,
+                        ));
                     }
                 }
             }
@@ -136,48 +143,52 @@ pub fn referenced_secrets(object: &Object) -> BTreeSet<ObjectKey> {
     out
 }
 
-fn gateway_api_gateway_refs(namespace: &str, body: &Value, out: &mut BTreeSet<ObjectKey>) {
-    for listener in items(body.pointer("/spec/listeners")) {
-        for r in items(listener.pointer("/tls/certificateRefs")) {
+fn gateway_api_gateway_refs(namespace: &str, spec: &GatewaySpec, out: &mut BTreeSet<ObjectKey>) {
+    for listener in &spec.listeners {
+        for r in listener.tls.iter().flat_map(|t| &t.certificate_refs) {
             out.extend(secret_ref(namespace, r, true));
         }
     }
-    if let Some(r) = body.pointer("/spec/tls/backend/clientCertificateRef") {
+    let Some(tls) = &spec.tls else { return };
+    if let Some(r) = tls
+        .backend
+        .as_ref()
+        .and_then(|b| b.client_certificate_ref.as_ref())
+    {
         out.extend(secret_ref(namespace, r, true));
     }
-    let frontend = body.pointer("/spec/tls/frontend");
+    let frontend = tls.frontend.iter();
     let validations = frontend
-        .and_then(|f| f.pointer("/default/validation"))
-        .into_iter()
-        .chain(
-            items(frontend.and_then(|f| f.get("perPort")))
-                .filter_map(|p| p.pointer("/tls/validation")),
-        );
+        .clone()
+        .filter_map(|f| f.default.as_ref())
+        .chain(frontend.flat_map(|f| f.per_port.iter().map(|p| &p.tls)))
+        .filter_map(|t| t.validation.as_ref());
     for validation in validations {
-        for r in items(validation.get("caCertificateRefs")) {
+        for r in &validation.ca_certificate_refs {
             // An ObjectReference: the kind is required, Secret is one of several.
             out.extend(secret_ref(namespace, r, false));
         }
     }
 }
 
-fn items(value: Option<&Value>) -> impl Iterator<Item = &Value> {
-    value.and_then(Value::as_array).into_iter().flatten()
-}
-
 /// A Gateway API reference to a core Secret (group "" and kind Secret; `kind_defaults_to_secret`
 /// for SecretObjectReference, whose kind may be omitted). The namespace defaults to the
 /// referrer's.
-fn secret_ref(namespace: &str, r: &Value, kind_defaults_to_secret: bool) -> Option<ObjectKey> {
-    let field = |name: &str| r.get(name).and_then(Value::as_str);
-    let group_is_core = field("group").is_none_or(str::is_empty);
-    let kind_is_secret = match field("kind") {
+pub(crate) fn secret_ref(
+    namespace: &str,
+    r: &ObjectReference,
+    kind_defaults_to_secret: bool,
+) -> Option<ObjectKey> {
+    let group_is_core = r.group.as_deref().is_none_or(str::is_empty);
+    let kind_is_secret = match r.kind.as_deref() {
         Some(kind) => kind == "Secret",
         None => kind_defaults_to_secret,
     };
-    let name = field("name").filter(|n| !n.is_empty())?;
+    let name = Some(r.name.as_str()).filter(|n| !n.is_empty())?;
     (group_is_core && kind_is_secret).then(|| {
-        let ns = field("namespace")
+        let ns = r
+            .namespace
+            .as_deref()
             .filter(|n| !n.is_empty())
             .unwrap_or(namespace);
         ObjectKey::new(Kind::Secret, ns, name)

@@ -416,14 +416,14 @@ mod tests {
             )),
             &mut out,
         );
-        let [ProviderEvent::Apply(Object::Other { key, body, .. })] = out.as_slice() else {
+        let [ProviderEvent::Apply(Object::Api(service))] = out.as_slice() else {
             panic!("one Service expected: {out:?}")
         };
-        assert_eq!(*key, ObjectKey::new(Kind::Service, "apps", "api"));
-        assert_eq!(body["apiVersion"], "v1");
-        assert_eq!(body["kind"], "Service");
-        assert_eq!(body.pointer("/metadata/managedFields"), None);
-        assert_eq!(body.pointer("/spec/ports/0/port"), Some(&json!(80)));
+        assert_eq!(service.key(), ObjectKey::new(Kind::Service, "apps", "api"));
+        let crate::model::gateway_api::ApiObject::Service(service) = &**service else {
+            panic!("a typed Service expected: {service:?}")
+        };
+        assert_eq!(service.spec.ports[0].port, 80);
         // Cluster-scoped kinds have no namespace in their key.
         let namespaces = f.id(Kind::Namespace, None);
         let ns = object("ignored", "apps", "1", json!({}));
@@ -518,7 +518,7 @@ mod tests {
                 "default",
                 "db",
                 "5",
-                json!({"spec": {"parentRefs": [{"name": "gw"}]}}),
+                json!({"spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "db", "port": 5432}]}]}}),
             )
         };
         f.send(tcp, watcher::Event::Apply(tcp_route()));

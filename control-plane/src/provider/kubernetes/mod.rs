@@ -525,6 +525,7 @@ mod tests {
             "/apis/discovery.k8s.io/v1/namespaces/apps/endpointslices?&limit=500",
             "/api/v1/namespaces/apps/secrets?&fieldSelector=type%3Dkubernetes.io%2Ftls&limit=500",
             "/api/v1/namespaces/apps/secrets?&fieldSelector=type%3DOpaque&limit=500",
+            "/api/v1/namespaces/apps/configmaps?&limit=500",
         ]
         .into_iter()
         .map(String::from)
