@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+pub mod gateway_api;
 pub mod goma;
 pub mod secret;
 

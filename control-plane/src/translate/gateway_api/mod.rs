@@ -1,0 +1,464 @@
+//! Gateway API translation: one Gateway of our GatewayClass, with the routes attached to it, to
+//! Listener/Route/Cluster resources and status reports. Pure: no I/O, no logging.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sluice_proto::config as pb;
+
+pub mod attach;
+pub mod backend;
+pub mod grant;
+pub mod hostname;
+pub mod index;
+pub mod listener;
+pub mod route;
+
+pub use index::Index;
+
+use crate::model::gateway_api::{ApiObject, ParentReference};
+use crate::model::meta::ObjectMeta;
+use crate::model::{Kind, Object, ObjectKey};
+use crate::status::gateway_api::{ApiStatus, CONTROLLER_NAME, Condition, ParentReport};
+use attach::{RouteRef, attach};
+use backend::Backends;
+use route::{Placement, RouteContext, RuleProblems};
+
+/// Features of the standard channel this translator implements (GatewayClass status).
+pub const SUPPORTED_FEATURES: &[&str] = &[
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
+    "Gateway",
+    "GatewayPort8080",
+    "GRPCRoute",
+    "HTTPRoute",
+    "HTTPRouteBackendProtocolH2C",
+    "HTTPRouteBackendRequestHeaderModification",
+    "HTTPRouteBackendTimeout",
+    "HTTPRouteCORS",
+    "HTTPRouteDestinationPortMatching",
+    "HTTPRouteHostRewrite",
+    "HTTPRouteMethodMatching",
+    "HTTPRouteNamedRouteRule",
+    "HTTPRouteParentRefPort",
+    "HTTPRoutePathRedirect",
+    "HTTPRoutePathRewrite",
+    "HTTPRoutePortRedirect",
+    "HTTPRouteQueryParamMatching",
+    "HTTPRouteRequestMirror",
+    "HTTPRouteRequestMultipleMirrors",
+    "HTTPRouteRequestPercentageMirror",
+    "HTTPRouteRequestTimeout",
+    "HTTPRouteResponseHeaderModification",
+    "HTTPRouteSchemeRedirect",
+    "HTTPRoute303RedirectStatusCode",
+    "HTTPRoute307RedirectStatusCode",
+    "HTTPRoute308RedirectStatusCode",
+    "ReferenceGrant",
+    "TCPRoute",
+    "TLSRoute",
+    "UDPRoute",
+];
+
+/// Everything one Gateway contributes.
+#[derive(Debug, Default)]
+pub struct GatewayTranslation {
+    /// False when a Goma Gateway holds the same id: status only, nothing served.
+    pub served: bool,
+    pub listeners: Vec<pb::Listener>,
+    pub routes: Vec<pb::Route>,
+    pub clusters: Vec<pb::Cluster>,
+    /// CaBundle resources made from ConfigMaps (BackendTLSPolicy).
+    pub ca_bundles: Vec<pb::Secret>,
+    /// Kubernetes Secret resource names (`ns/name`) the listeners and clusters reference.
+    pub secrets: BTreeSet<String>,
+    pub gateway_status: Option<ApiStatus>,
+    /// Per route: its generation and its parents that are this Gateway.
+    pub route_parents: BTreeMap<ObjectKey, (Option<i64>, Vec<ParentReport>)>,
+    /// Per BackendTLSPolicy: its generation and this Gateway as ancestor.
+    pub policy_ancestors: BTreeMap<ObjectKey, (Option<i64>, Vec<ParentReport>)>,
+}
+
+/// Seconds since the epoch of `metadata.creationTimestamp` (RFC 3339, UTC as the API server
+/// writes it); objects without one (files) count as created at 0.
+pub fn creation_seconds(meta: &ObjectMeta) -> i64 {
+    meta.creation_timestamp
+        .as_deref()
+        .and_then(parse_rfc3339)
+        .unwrap_or(0)
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let (date, time) = s.split_once(['T', 't'])?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let time = time.trim_end_matches(['Z', 'z']);
+    let time = time.split(['+', '-']).next()?;
+    let mut t = time.splitn(3, ':');
+    let (h, mi) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec = t.next()?.split('.').next()?.parse::<i64>().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
+}
+
+/// Whether GatewayClass `name` exists and names our controller.
+pub fn is_our_class(index: &Index, name: &str) -> bool {
+    matches!(index.api(Kind::GatewayClass, "", name), Some(ApiObject::GatewayClass(c)) if c.spec.controller_name == CONTROLLER_NAME)
+}
+
+/// Status of one of our GatewayClasses.
+pub fn gateway_class_status(meta: &ObjectMeta) -> ApiStatus {
+    ApiStatus::GatewayClass {
+        generation: meta.generation,
+        conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+        supported_features: SUPPORTED_FEATURES.iter().map(|f| f.to_string()).collect(),
+    }
+}
+
+/// A route of any kind, as translation needs it.
+enum AnyRoute<'a> {
+    Http(&'a crate::model::gateway_api::Resource<crate::model::gateway_api::HttpRouteSpec>),
+    Grpc(&'a crate::model::gateway_api::Resource<crate::model::gateway_api::GrpcRouteSpec>),
+    L4(
+        &'static str,
+        &'a crate::model::gateway_api::Resource<crate::model::gateway_api::L4RouteSpec>,
+    ),
+}
+
+impl AnyRoute<'_> {
+    fn kind_name(&self) -> &'static str {
+        match self {
+            AnyRoute::Http(_) => "HTTPRoute",
+            AnyRoute::Grpc(_) => "GRPCRoute",
+            AnyRoute::L4(k, _) => k,
+        }
+    }
+    fn metadata(&self) -> &ObjectMeta {
+        match self {
+            AnyRoute::Http(r) => &r.metadata,
+            AnyRoute::Grpc(r) => &r.metadata,
+            AnyRoute::L4(_, r) => &r.metadata,
+        }
+    }
+    fn parent_refs(&self) -> &[ParentReference] {
+        match self {
+            AnyRoute::Http(r) => &r.spec.parent_refs,
+            AnyRoute::Grpc(r) => &r.spec.parent_refs,
+            AnyRoute::L4(_, r) => &r.spec.parent_refs,
+        }
+    }
+    fn hostnames(&self) -> &[String] {
+        match self {
+            AnyRoute::Http(r) => &r.spec.hostnames,
+            AnyRoute::Grpc(r) => &r.spec.hostnames,
+            AnyRoute::L4(_, r) => &r.spec.hostnames,
+        }
+    }
+}
+
+const ROUTE_KINDS: [Kind; 5] = [
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+    Kind::TlsRoute,
+    Kind::TcpRoute,
+    Kind::UdpRoute,
+];
+
+fn any_route(o: &Object) -> Option<AnyRoute<'_>> {
+    let Object::Api(a) = o else { return None };
+    Some(match &**a {
+        ApiObject::HttpRoute(r) => AnyRoute::Http(r),
+        ApiObject::GrpcRoute(r) => AnyRoute::Grpc(r),
+        ApiObject::TlsRoute(r) => AnyRoute::L4("TLSRoute", r),
+        ApiObject::TcpRoute(r) => AnyRoute::L4("TCPRoute", r),
+        ApiObject::UdpRoute(r) => AnyRoute::L4("UDPRoute", r),
+        _ => return None,
+    })
+}
+
+/// The Gateways (`ns/name`) a route's parentRefs name.
+pub fn route_parent_gateways(object: &Object) -> BTreeSet<ObjectKey> {
+    let Some(route) = any_route(object) else {
+        return BTreeSet::new();
+    };
+    let ns = &route.metadata().namespace;
+    route
+        .parent_refs()
+        .iter()
+        .filter(|p| {
+            p.group
+                .as_deref()
+                .unwrap_or(crate::model::GATEWAY_API_GROUP)
+                == crate::model::GATEWAY_API_GROUP
+                && p.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        })
+        .map(|p| {
+            let pns = p
+                .namespace
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(ns);
+            ObjectKey::new(Kind::Gateway, pns, &p.name)
+        })
+        .collect()
+}
+
+/// Translates Gateway `key`; `None` when it does not exist or its class is not ours (such
+/// Gateways are ignored entirely). Also returns every object read: a change to any of them may
+/// change the translation.
+pub fn translate_gateway(
+    objects: &BTreeMap<ObjectKey, Object>,
+    key: &ObjectKey,
+) -> (Option<GatewayTranslation>, BTreeSet<ObjectKey>) {
+    let index = Index::new(objects);
+    let result = translate(&index, key);
+    (result, index.into_dependencies())
+}
+
+fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
+    let Some(ApiObject::Gateway(gw)) = index.api(Kind::Gateway, &key.namespace, &key.name) else {
+        return None;
+    };
+    if !is_our_class(index, &gw.spec.gateway_class_name) {
+        return None;
+    }
+    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
+    let mut out = GatewayTranslation::default();
+    let mut certificates = Vec::new();
+    let mut listeners = listener::listeners(index, ns, name, &gw.spec.listeners, &mut certificates);
+    out.secrets.extend(certificates);
+    let mut backends = Backends::default();
+
+    for kind in ROUTE_KINDS {
+        for object in index.all(kind) {
+            let Some(route) = any_route(object) else {
+                continue;
+            };
+            let meta = route.metadata();
+            let rref = RouteRef {
+                kind: route.kind_name(),
+                namespace: &meta.namespace,
+                parent_refs: route.parent_refs(),
+                hostnames: route.hostnames(),
+            };
+            let attachments = attach(index, &rref, ns, name, &listeners);
+            if attachments.is_empty() {
+                continue;
+            }
+            let route_key = object.key();
+            index.depend(route_key.clone());
+            // Group accepted listeners by their effective hostnames.
+            let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+            let mut attached_to: BTreeSet<usize> = BTreeSet::new();
+            for a in &attachments {
+                for (i, hosts) in &a.listeners {
+                    let names = groups.entry(hosts.clone()).or_default();
+                    if !names.contains(&listeners[*i].name) {
+                        names.push(listeners[*i].name.clone());
+                    }
+                    attached_to.insert(*i);
+                }
+            }
+            let placements: Vec<Placement> = groups
+                .into_iter()
+                .map(|(hostnames, mut listeners)| {
+                    listeners.sort();
+                    Placement {
+                        listeners,
+                        hostnames,
+                    }
+                })
+                .collect();
+            let ctx = RouteContext {
+                kind: route.kind_name(),
+                namespace: &meta.namespace,
+                name: &meta.name,
+                creation_order: creation_seconds(meta),
+                placements: &placements,
+            };
+            let mut problems = RuleProblems::default();
+            let mut resources = Vec::new();
+            let rule_count = match &route {
+                AnyRoute::Http(r) => {
+                    route::http_rules(
+                        index,
+                        &mut backends,
+                        &ctx,
+                        &r.spec.rules,
+                        &mut resources,
+                        &mut problems,
+                    );
+                    r.spec.rules.len()
+                }
+                AnyRoute::Grpc(r) => {
+                    route::grpc_rules(
+                        index,
+                        &mut backends,
+                        &ctx,
+                        &r.spec.rules,
+                        &mut resources,
+                        &mut problems,
+                    );
+                    r.spec.rules.len()
+                }
+                AnyRoute::L4(_, r) => {
+                    route::l4_rules(
+                        index,
+                        &mut backends,
+                        &ctx,
+                        &r.spec.rules,
+                        &mut resources,
+                        &mut problems,
+                    );
+                    r.spec.rules.len()
+                }
+            };
+            let all_invalid = rule_count > 0 && problems.invalid.len() == rule_count;
+            let accepted_somewhere = !placements.is_empty() && !all_invalid;
+            if accepted_somewhere {
+                out.routes.extend(resources);
+                for i in &attached_to {
+                    listeners[*i].report.attached_routes += 1;
+                }
+            }
+            let resolved = match problems.unresolved.first() {
+                None => Condition::new("ResolvedRefs", true, "ResolvedRefs", ""),
+                Some(u) => Condition::new(
+                    "ResolvedRefs",
+                    false,
+                    u.reason,
+                    problems
+                        .unresolved
+                        .iter()
+                        .map(|u| u.message.clone())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+            };
+            let reports = attachments
+                .into_iter()
+                .map(|a| {
+                    let mut conditions = Vec::new();
+                    match (&a.refused, all_invalid) {
+                        (Some((reason, message)), _) => conditions.push(Condition::new(
+                            "Accepted",
+                            false,
+                            reason,
+                            message.clone(),
+                        )),
+                        (None, true) => {
+                            let (reason, _) = problems.invalid[0];
+                            let message = problems
+                                .invalid
+                                .iter()
+                                .map(|(_, m)| m.clone())
+                                .collect::<Vec<_>>()
+                                .join("; ");
+                            conditions.push(Condition::new("Accepted", false, reason, message));
+                        }
+                        (None, false) => {
+                            conditions.push(Condition::new("Accepted", true, "Accepted", ""));
+                            if !problems.invalid.is_empty() {
+                                let message = problems
+                                    .invalid
+                                    .iter()
+                                    .map(|(_, m)| m.clone())
+                                    .collect::<Vec<_>>()
+                                    .join("; ");
+                                conditions.push(Condition::new(
+                                    "PartiallyInvalid",
+                                    true,
+                                    "UnsupportedValue",
+                                    message,
+                                ));
+                            }
+                        }
+                    }
+                    conditions.push(resolved.clone());
+                    ParentReport {
+                        parent_ref: a.parent_ref,
+                        conditions,
+                    }
+                })
+                .collect();
+            out.route_parents
+                .insert(route_key, (meta.generation, reports));
+        }
+    }
+
+    // Gateway status.
+    let usable = listeners.iter().filter(|l| l.usable).count();
+    let invalid: Vec<&str> = listeners
+        .iter()
+        .filter(|l| !l.usable)
+        .map(|l| l.name.as_str())
+        .collect();
+    let mut conditions = Vec::new();
+    if invalid.is_empty() {
+        conditions.push(Condition::new("Accepted", true, "Accepted", ""));
+    } else {
+        conditions.push(Condition::new(
+            "Accepted",
+            usable > 0,
+            "ListenersNotValid",
+            format!("listeners not accepted: {}", invalid.join(", ")),
+        ));
+    }
+    let goma = index.get(Kind::GomaGateway, ns, name).is_some();
+    out.served = !goma && usable > 0;
+    conditions.push(if goma {
+        Condition::new(
+            "Programmed",
+            false,
+            "Invalid",
+            format!("Goma Gateway {ns}/{name} already serves the gateway id {ns}/{name}"),
+        )
+    } else if usable == 0 {
+        Condition::new("Programmed", false, "Invalid", "no listener can be served")
+    } else {
+        Condition::new("Programmed", true, "Programmed", "")
+    });
+    let listener_resources: Vec<pb::Listener> = listeners
+        .iter()
+        .filter(|l| l.usable)
+        .map(|l| l.resource.clone())
+        .collect();
+    out.gateway_status = Some(ApiStatus::Gateway {
+        generation: gw.metadata.generation,
+        conditions,
+        listeners: listeners.iter().map(|l| l.report.clone()).collect(),
+        resources: listener_resources
+            .iter()
+            .map(|l| {
+                crate::status::ResourceRef::of(&crate::resource::Encoded::new(
+                    sluice_proto::type_url::LISTENER,
+                    l.name.clone(),
+                    l,
+                ))
+            })
+            .collect(),
+    });
+    out.policy_ancestors = backends.policy_reports(ns, name);
+    if out.served {
+        out.listeners = listener_resources;
+        out.clusters = backends.clusters.into_values().collect();
+        out.ca_bundles = backends.ca_bundles.into_values().collect();
+        out.secrets.extend(backends.secrets);
+    } else {
+        out.routes.clear();
+        out.secrets.clear();
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;
