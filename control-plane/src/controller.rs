@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+mod gateway_api;
+
 /// What one translated object contributes to the views.
 #[derive(Default, Clone)]
 struct Contribution {
@@ -46,8 +48,13 @@ pub struct Controller {
     /// Translation verdicts, for status.
     board: StatusBoard,
     /// Gateway API status from translation.
-    #[allow(dead_code)] // written by the Gateway API translation, landing next
     api_board: GatewayApiBoard,
+    /// Gateway API Gateways translated (ours, or waiting for an input that may make them ours).
+    api_gateways: HashMap<ObjectKey, gateway_api::ApiGateway>,
+    /// Each route's parent reports from each of our gateways.
+    api_route_parents: gateway_api::Reports,
+    /// Each BackendTLSPolicy's ancestor reports from each of our gateways.
+    api_policy_ancestors: gateway_api::Reports,
     synced: bool,
 }
 
@@ -91,6 +98,9 @@ impl Controller {
             listener_secrets: HashMap::new(),
             board,
             api_board,
+            api_gateways: HashMap::new(),
+            api_route_parents: BTreeMap::new(),
+            api_policy_ancestors: BTreeMap::new(),
             synced: false,
         }
     }
@@ -117,17 +127,26 @@ impl Controller {
 
     pub fn apply(&mut self, events: Vec<ProviderEvent>) {
         let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
+        // The version of each changed object before this batch (for what it used to reference).
+        let mut before: BTreeMap<ObjectKey, Object> = BTreeMap::new();
         for event in events {
             match event {
                 ProviderEvent::Apply(object) => {
                     let key = object.key();
                     if self.objects.get(&key) != Some(&object) {
-                        self.objects.insert(key.clone(), object);
+                        if let Some(old) = self.objects.insert(key.clone(), object)
+                            && !dirty.contains(&key)
+                        {
+                            before.insert(key.clone(), old);
+                        }
                         dirty.insert(key);
                     }
                 }
                 ProviderEvent::Delete(key) => {
-                    if self.objects.remove(&key).is_some() {
+                    if let Some(old) = self.objects.remove(&key) {
+                        if !dirty.contains(&key) {
+                            before.insert(key.clone(), old);
+                        }
                         dirty.insert(key);
                     }
                 }
@@ -140,6 +159,9 @@ impl Controller {
         }
         // Gateways before routes, so routes changed in the same batch attach to gateways that now exist.
         for key in dirty.iter().filter(|k| k.kind == Kind::GomaGateway) {
+            // A Goma Gateway owns its id: a Gateway API Gateway of the same name leaves the view
+            // first (it is re-translated below, as not served, or served again once Goma's goes).
+            self.api_withdraw(&ObjectKey::new(Kind::Gateway, &key.namespace, &key.name));
             self.gateway_changed(key);
         }
         for key in dirty.iter().filter(|k| k.kind == Kind::GomaRoute) {
@@ -155,6 +177,12 @@ impl Controller {
                 ),
                 _ => self.board.remove(key),
             }
+        }
+        for key in dirty.iter().filter(|k| k.kind == Kind::GatewayClass) {
+            self.api_class_changed(key);
+        }
+        for key in self.api_affected(&dirty, &before) {
+            self.api_gateway_changed(&key);
         }
         if self.synced && !self.views.is_ready() {
             tracing::info!(
@@ -484,6 +512,7 @@ impl Controller {
 mod tests {
     use super::*;
     use crate::provider::file::parse_manifests;
+    use crate::status::gateway_api::ApiStatus;
     use std::path::Path;
 
     fn apply(c: &mut Controller, yaml: &str) {
@@ -639,5 +668,226 @@ mod tests {
         );
         apply(&mut c, &upstream_tls_route(""));
         assert!(secrets(&views, "default/plain").is_empty());
+    }
+
+    const API_CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n---\n";
+
+    fn api_gateway(name: &str, ns: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  gatewayClassName: sluice\n  listeners: [{{name: http, port: 80, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}]\n---\n"
+        )
+    }
+
+    fn service(name: &str, ns: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [{ip}]}}]\n---\n"
+        )
+    }
+
+    fn http_route(name: &str, ns: &str, gateway: &str, backend: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{name: {gateway}, namespace: default}}]\n  rules: [{{backendRefs: [{backend}]}}]\n---\n"
+        )
+    }
+
+    fn names(views: &Views, gw: &str, type_index: usize) -> Vec<String> {
+        views
+            .gateway(gw)
+            .read(|v| v.resources[type_index].keys().cloned().collect())
+    }
+
+    fn route_backends(views: &Views, gw: &str, name: &str) -> Vec<String> {
+        use prost::Message;
+        let bytes = views
+            .gateway(gw)
+            .read(|v| v.resources[3][name].bytes.clone());
+        let route = sluice_proto::config::Route::decode(bytes.as_slice()).expect("route");
+        match route.action {
+            Some(sluice_proto::config::route::Action::Forward(f)) => {
+                f.backends.into_iter().map(|b| b.cluster).collect()
+            }
+            other => panic!("forward expected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_endpoint_change_reaches_only_the_gateway_using_the_service() {
+        let views = Arc::new(Views::default());
+        let board = GatewayApiBoard::default();
+        let mut c = Controller::with_boards(views.clone(), StatusBoard::default(), board.clone());
+        apply(
+            &mut c,
+            &format!(
+                "{API_CLASS}{}{}{}{}{}{}",
+                api_gateway("a", "default"),
+                api_gateway("b", "default"),
+                service("one", "default", "10.0.0.1"),
+                service("two", "default", "10.0.0.2"),
+                http_route("ra", "default", "a", "{name: one, port: 80}"),
+                http_route("rb", "default", "b", "{name: two, port: 80}"),
+            ),
+        );
+        assert_eq!(names(&views, "default/a", 2), ["http"]);
+        assert_eq!(names(&views, "default/a", 1), ["service/default/one/80"]);
+        assert_eq!(names(&views, "default/a", 3), ["httproute/default/ra/0000"]);
+        assert_eq!(names(&views, "default/b", 1), ["service/default/two/80"]);
+        let (rev_a, rev_b) = (
+            views.gateway("default/a").read(|v| v.revision),
+            views.gateway("default/b").read(|v| v.revision),
+        );
+        apply(&mut c, &service("one", "default", "10.0.0.9"));
+        assert!(views.gateway("default/a").read(|v| v.revision) > rev_a);
+        assert_eq!(views.gateway("default/b").read(|v| v.revision), rev_b);
+        // Status: the class, both gateways and both routes.
+        let keys: Vec<String> = board.snapshot().keys().map(ToString::to_string).collect();
+        assert_eq!(
+            keys,
+            [
+                "GatewayClass sluice",
+                "Gateway.gateway.networking.k8s.io default/a",
+                "Gateway.gateway.networking.k8s.io default/b",
+                "HTTPRoute default/ra",
+                "HTTPRoute default/rb",
+            ]
+        );
+        // The route moves to gateway b: it leaves a, and both routes are on b.
+        apply(
+            &mut c,
+            &http_route("ra", "default", "b", "{name: one, port: 80}"),
+        );
+        assert!(names(&views, "default/a", 3).is_empty());
+        assert!(names(&views, "default/a", 1).is_empty());
+        assert_eq!(
+            names(&views, "default/b", 3),
+            ["httproute/default/ra/0000", "httproute/default/rb/0000"]
+        );
+        // Deleting the gateway empties its view and its status.
+        c.apply(vec![ProviderEvent::Delete(ObjectKey::new(
+            Kind::Gateway,
+            "default",
+            "b",
+        ))]);
+        assert!(
+            names(&views, "default/b", 2).is_empty() && names(&views, "default/b", 3).is_empty()
+        );
+        assert!(
+            board
+                .get(&ObjectKey::new(Kind::Gateway, "default", "b"))
+                .is_none()
+        );
+        assert!(
+            board
+                .get(&ObjectKey::new(Kind::HttpRoute, "default", "rb"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn revoking_a_reference_grant_withdraws_the_backend() {
+        let views = Arc::new(Views::default());
+        let mut c = Controller::new(views.clone());
+        let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: apps}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]\n  to: [{group: '', kind: Service}]\n---\n";
+        apply(
+            &mut c,
+            &format!(
+                "{API_CLASS}{}{}{}{grant}",
+                api_gateway("gw", "default"),
+                service("echo", "apps", "10.0.0.1"),
+                http_route(
+                    "r",
+                    "default",
+                    "gw",
+                    "{name: echo, namespace: apps, port: 80}"
+                ),
+            ),
+        );
+        assert_eq!(
+            route_backends(&views, "default/gw", "httproute/default/r/0000"),
+            ["service/apps/echo/80"]
+        );
+        c.apply(vec![ProviderEvent::Delete(ObjectKey::new(
+            Kind::ReferenceGrant,
+            "apps",
+            "g",
+        ))]);
+        // The share is answered 500 and the cluster leaves the view.
+        assert_eq!(
+            route_backends(&views, "default/gw", "httproute/default/r/0000"),
+            [""]
+        );
+        assert!(names(&views, "default/gw", 1).is_empty());
+        apply(&mut c, grant);
+        assert_eq!(
+            route_backends(&views, "default/gw", "httproute/default/r/0000"),
+            ["service/apps/echo/80"]
+        );
+    }
+
+    #[test]
+    fn a_goma_gateway_takes_the_id_and_gives_it_back() {
+        let views = Arc::new(Views::default());
+        let board = GatewayApiBoard::default();
+        let mut c = Controller::with_boards(views.clone(), StatusBoard::default(), board.clone());
+        apply(
+            &mut c,
+            &format!(
+                "{API_CLASS}{}{}{}",
+                api_gateway("gw", "default"),
+                service("echo", "default", "10.0.0.1"),
+                http_route("r", "default", "gw", "{name: echo, port: 80}"),
+            ),
+        );
+        assert_eq!(names(&views, "default/gw", 3), ["httproute/default/r/0000"]);
+        apply(
+            &mut c,
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {name: gw}\nspec: {}\n",
+        );
+        // Only Goma's listener is left; the Gateway API gateway says why it is not served.
+        assert_eq!(names(&views, "default/gw", 2), ["http"]);
+        assert!(
+            names(&views, "default/gw", 3).is_empty() && names(&views, "default/gw", 1).is_empty()
+        );
+        let Some(ApiStatus::Gateway { conditions, .. }) =
+            board.get(&ObjectKey::new(Kind::Gateway, "default", "gw"))
+        else {
+            panic!("gateway status")
+        };
+        assert!(conditions.iter().any(|c| c.type_ == "Programmed"
+            && !c.status
+            && c.message.contains("Goma Gateway default/gw")));
+        delete(&mut c, Kind::GomaGateway, "gw");
+        assert_eq!(names(&views, "default/gw", 3), ["httproute/default/r/0000"]);
+        assert_eq!(names(&views, "default/gw", 1), ["service/default/echo/80"]);
+    }
+
+    #[test]
+    fn listener_certificates_reach_only_their_gateway() {
+        let views = Arc::new(Views::default());
+        let mut c = Controller::new(views.clone());
+        let https = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls}\nspec:\n  gatewayClassName: sluice\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: site}]}}]\n---\n";
+        apply(
+            &mut c,
+            &format!(
+                "{API_CLASS}{https}{}{}",
+                api_gateway("plain", "default"),
+                secret("site", "v1")
+            ),
+        );
+        assert_eq!(
+            secrets(&views, "default/tls").keys().collect::<Vec<_>>(),
+            ["default/site"]
+        );
+        assert!(secrets(&views, "default/plain").is_empty());
+        // Rotation reaches it.
+        let before = secrets(&views, "default/tls");
+        apply(&mut c, &secret("site", "v2"));
+        assert_ne!(secrets(&views, "default/tls"), before);
+        // The class stops being ours: the gateway is no longer served at all.
+        apply(
+            &mut c,
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: example.com/other}\n",
+        );
+        assert!(secrets(&views, "default/tls").is_empty());
+        assert!(names(&views, "default/tls", 2).is_empty());
     }
 }
