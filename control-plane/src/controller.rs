@@ -696,6 +696,7 @@ mod tests {
             .read(|v| v.resources[type_index].keys().cloned().collect())
     }
 
+    /// The clusters a route forwards to, or `["500"]` when it answers 500 itself.
     fn route_backends(views: &Views, gw: &str, name: &str) -> Vec<String> {
         use prost::Message;
         let bytes = views
@@ -705,6 +706,9 @@ mod tests {
         match route.action {
             Some(sluice_proto::config::route::Action::Forward(f)) => {
                 f.backends.into_iter().map(|b| b.cluster).collect()
+            }
+            Some(sluice_proto::config::route::Action::DirectResponse(d)) => {
+                vec![d.status.to_string()]
             }
             other => panic!("forward expected: {other:?}"),
         }
@@ -810,10 +814,10 @@ mod tests {
             "apps",
             "g",
         ))]);
-        // The share is answered 500 and the cluster leaves the view.
+        // Requests are answered 500 and the cluster leaves the view.
         assert_eq!(
             route_backends(&views, "default/gw", "httproute/default/r/0000"),
-            [""]
+            ["500"]
         );
         assert!(names(&views, "default/gw", 1).is_empty());
         apply(&mut c, grant);

@@ -166,6 +166,16 @@ fn path_rewrite(p: &PathModifier, field: &str) -> Result<pb::PathRewrite, String
     Ok(pb::PathRewrite { kind: Some(kind) })
 }
 
+/// Forwarding, unless no backend resolved: then every request is answered 500 by the gateway
+/// itself (the same answer each unresolved share gets, without naming a cluster).
+fn forward_or_500(forward: pb::ForwardAction) -> pb::route::Action {
+    if forward.backends.iter().all(|b| b.cluster.is_empty()) {
+        direct(500)
+    } else {
+        pb::route::Action::Forward(forward)
+    }
+}
+
 fn direct(status: u32) -> pb::route::Action {
     pb::route::Action::DirectResponse(pb::DirectResponse {
         status,
@@ -429,7 +439,7 @@ fn http_rule(
                 false,
                 problems,
             )?;
-            pb::route::Action::Forward(forward)
+            forward_or_500(forward)
         }
     });
     Ok(route)
@@ -566,7 +576,7 @@ fn grpc_rule(
             true,
             problems,
         )?;
-        pb::route::Action::Forward(forward)
+        forward_or_500(forward)
     });
     Ok(route)
 }

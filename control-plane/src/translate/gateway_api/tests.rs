@@ -321,8 +321,8 @@ fn cross_namespace_backends_need_a_reference_grant() {
     let c = route_conditions(&t, "front", "web");
     assert!(condition(c, "Accepted").status);
     assert_eq!(condition(c, "ResolvedRefs").reason, "RefNotPermitted");
-    // The share stays, answered 500.
-    assert_eq!(forward(&t.routes[0]).backends[0].cluster, "");
+    // Its only backend is unresolved: every request is answered 500.
+    assert_eq!(t.routes[0].action, Some(internal_error()));
     assert!(t.clusters.is_empty());
 
     let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: g, namespace: apps}\nspec:\n  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: front}]\n  to: [{group: '', kind: Service}]\n---\n";
@@ -402,6 +402,13 @@ fn unresolved_backends_keep_their_share() {
         .reason,
         "InvalidKind"
     );
+}
+
+fn internal_error() -> pb::route::Action {
+    pb::route::Action::DirectResponse(pb::DirectResponse {
+        status: 500,
+        ..Default::default()
+    })
 }
 
 #[test]
@@ -883,7 +890,7 @@ spec:
 
     // A missing CA fails closed: the backend is not reached in plaintext.
     let t = translate_yaml(&yaml.replace(ca, ""));
-    assert_eq!(forward(&t.routes[0]).backends[0].cluster, "");
+    assert_eq!(t.routes[0].action, Some(internal_error()));
     assert_eq!(
         condition(&status_of(&t, "older"), "Accepted").reason,
         "NoValidCACertificate"

@@ -1,0 +1,299 @@
+//! Gateway API in standalone mode through the real binary: a GatewayClass of ours, a Gateway,
+//! HTTPRoutes, Services and EndpointSlices pointing at `sluice echo` backends on loopback.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use support::*;
+
+const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+";
+
+fn gateway(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: http
+    port: {port}
+    protocol: HTTP
+    allowedRoutes: {{namespaces: {{from: All}}}}
+"
+    )
+}
+
+/// A Service `ns/name` (port 80) whose one endpoint is 127.0.0.1:`port`.
+fn service(ns: &str, name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+    )
+}
+
+fn route(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: gw, namespace: default}}]
+{spec}"
+    )
+}
+
+async fn backend_of(
+    port: u16,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let r = request(&client(), method, port, host, path, headers)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {host}{path}: {e}"));
+    let backend = if r.status == 200 {
+        r.backend()
+    } else {
+        String::new()
+    };
+    (r.status, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routes_match_host_path_headers_query_and_method() {
+    let (_a, port_a) = echo("a");
+    let (_b, port_b) = echo("b");
+    let gw_port = free_port();
+    let dir = TempDir::new("gwapi-routing");
+    dir.write("class.yaml", CLASS);
+    dir.write("gw.yaml", &gateway(gw_port));
+    dir.write(
+        "services.yaml",
+        &format!(
+            "{}---\n{}",
+            service("default", "svc-a", port_a),
+            service("default", "svc-b", port_b)
+        ),
+    );
+    dir.write(
+        "route.yaml",
+        &route(
+            "api",
+            "default",
+            "  hostnames: [api.test]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /a}}]
+    backendRefs: [{name: svc-a, port: 80}]
+  - matches: [{path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: svc-b, port: 80}]
+  - matches: [{path: {value: /h}}]
+    backendRefs: [{name: svc-a, port: 80}]
+  - matches: [{path: {value: /h}, headers: [{name: x-env, value: canary}]}]
+    backendRefs: [{name: svc-b, port: 80}]
+  - matches: [{path: {value: /q}}]
+    backendRefs: [{name: svc-a, port: 80}]
+  - matches: [{path: {value: /q}, queryParams: [{name: v, value: '2'}]}]
+    backendRefs: [{name: svc-b, port: 80}]
+  - matches: [{path: {value: /m}, method: POST}]
+    backendRefs: [{name: svc-b, port: 80}]
+  - matches: [{path: {value: /m}}]
+    backendRefs: [{name: svc-a, port: 80}]
+  - matches: [{path: {value: /split}}]
+    backendRefs: [{name: svc-a, port: 80, weight: 3}, {name: svc-b, port: 80, weight: 1}]
+",
+        ),
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+    wait_ok(gw_port, "api.test", "/a", Duration::from_secs(20)).await;
+
+    let p = gw_port;
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/a/x", &[]).await,
+        (200, "a".into())
+    );
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/exact", &[]).await,
+        (200, "b".into())
+    );
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/exact/more", &[]).await.0,
+        404
+    );
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/h", &[]).await,
+        (200, "a".into())
+    );
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/h", &[("x-env", "canary")]).await,
+        (200, "b".into())
+    );
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/q?v=1", &[]).await,
+        (200, "a".into())
+    );
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/q?v=2", &[]).await,
+        (200, "b".into())
+    );
+    assert_eq!(
+        backend_of(p, "POST", "api.test", "/m", &[]).await,
+        (200, "b".into())
+    );
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/m", &[]).await,
+        (200, "a".into())
+    );
+    // Nothing matches: 404, for an unknown path and for another host.
+    assert_eq!(
+        backend_of(p, "GET", "api.test", "/nothing", &[]).await.0,
+        404
+    );
+    assert_eq!(backend_of(p, "GET", "other.test", "/a", &[]).await.0, 404);
+
+    // Weighted split, roughly 3:1.
+    let mut a = 0;
+    for _ in 0..400 {
+        if backend_of(p, "GET", "api.test", "/split", &[]).await == (200, "a".into()) {
+            a += 1;
+        }
+    }
+    assert!(
+        (240..=360).contains(&a),
+        "svc-a served {a} of 400 (expected about 300)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cross_namespace_backend_needs_a_reference_grant_live() {
+    let (_a, port_a) = echo("a");
+    let gw_port = free_port();
+    let dir = TempDir::new("gwapi-grant");
+    dir.write("class.yaml", CLASS);
+    dir.write("gw.yaml", &gateway(gw_port));
+    dir.write("service.yaml", &service("backends", "svc", port_a));
+    dir.write(
+        "route.yaml",
+        &route(
+            "r",
+            "default",
+            "  rules: [{backendRefs: [{name: svc, namespace: backends, port: 80}]}]\n",
+        ),
+    );
+    let grant = "apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-default, namespace: backends}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}]
+  to: [{group: '', kind: Service}]
+";
+    dir.write("grant.yaml", grant);
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+    wait_ok(gw_port, "any.test", "/", Duration::from_secs(20)).await;
+    assert_eq!(
+        backend_of(gw_port, "GET", "any.test", "/", &[]).await,
+        (200, "a".into())
+    );
+
+    // The grant is deleted: the reference is no longer permitted and requests get 500.
+    dir.remove("grant.yaml");
+    eventually(
+        "the revoked backend answers 500",
+        Duration::from_secs(20),
+        || async { backend_of(gw_port, "GET", "any.test", "/", &[]).await.0 == 500 },
+    )
+    .await;
+    // Granted again: served again.
+    dir.write("grant.yaml", grant);
+    wait_ok(gw_port, "any.test", "/", Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_added_and_removed_under_traffic_fails_no_request() {
+    let (_a, port_a) = echo("a");
+    let (_b, port_b) = echo("b");
+    let gw_port = free_port();
+    let dir = TempDir::new("gwapi-live");
+    dir.write("class.yaml", CLASS);
+    dir.write("gw.yaml", &gateway(gw_port));
+    dir.write(
+        "services.yaml",
+        &format!(
+            "{}---\n{}",
+            service("default", "svc-a", port_a),
+            service("default", "svc-b", port_b)
+        ),
+    );
+    dir.write(
+        "steady.yaml",
+        &route("steady", "default", "  rules: [{matches: [{path: {value: /steady}}], backendRefs: [{name: svc-a, port: 80}]}]\n"),
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+    wait_ok(gw_port, "x.test", "/steady", Duration::from_secs(20)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let (mut sent, mut failures) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match request(&c, "GET", gw_port, "x.test", "/steady", &[]).await {
+                        Ok(r) if r.status == 200 && r.backend() == "a" => {}
+                        Ok(r) => failures.push(format!("status {}: {}", r.status, r.body)),
+                        Err(e) => failures.push(e),
+                    }
+                    sent += 1;
+                }
+                (sent, failures)
+            })
+        })
+        .collect();
+
+    for _ in 0..3 {
+        dir.write(
+            "extra.yaml",
+            &route("extra", "default", "  rules: [{matches: [{path: {value: /extra}}], backendRefs: [{name: svc-b, port: 80}]}]\n"),
+        );
+        wait_ok(gw_port, "x.test", "/extra", Duration::from_secs(20)).await;
+        dir.remove("extra.yaml");
+        eventually(
+            "the removed route answers 404",
+            Duration::from_secs(20),
+            || async { backend_of(gw_port, "GET", "x.test", "/extra", &[]).await.0 == 404 },
+        )
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failures) = (0, Vec::new());
+    for w in workers {
+        let (s, f) = w.await.expect("traffic worker");
+        sent += s;
+        failures.extend(f);
+    }
+    assert!(sent > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
