@@ -8,9 +8,7 @@ use sluice_proto::config as pb;
 
 use super::grant::{Referrer, permitted};
 use super::index::Index;
-use crate::model::gateway_api::core::{
-    EndpointSlice, IntOrString, SERVICE_NAME_LABEL, ServicePort,
-};
+use crate::model::gateway_api::core::{EndpointSlice, IntOrString, ServicePort};
 use crate::model::gateway_api::policy::BackendTlsPolicySpec;
 use crate::model::gateway_api::{ApiObject, BackendObjectReference, Resource};
 use crate::model::{Kind, Object, ObjectKey};
@@ -413,6 +411,3 @@ fn slice_port(slice: &EndpointSlice, port: &ServicePort) -> Option<u32> {
     };
     u32::try_from(number).ok().filter(|n| *n > 0 && *n <= 65535)
 }
-
-/// The label that ties EndpointSlices to Services (re-exported for the controller).
-pub const SLICE_SERVICE_LABEL: &str = SERVICE_NAME_LABEL;
