@@ -102,16 +102,15 @@ pub fn listeners(
                 .filter(|(j, _)| *j != i)
                 .find_map(|(j, other)| conflict(l, other).map(|r| (j, other, r)));
             if let Some((j, other, reason)) = conflicted {
+                let message = format!(
+                    "{field}: port {} is also used by spec.listeners[{j}] ({:?}, {}); neither is accepted",
+                    l.port, other.name, other.protocol
+                );
+                if accepted {
+                    conditions.push(Condition::new("Accepted", false, reason, message.clone()));
+                }
                 accepted = false;
-                conditions.push(Condition::new(
-                    "Conflicted",
-                    true,
-                    reason,
-                    format!(
-                        "{field}: port {} is also used by spec.listeners[{j}] ({:?}, {})",
-                        l.port, other.name, other.protocol
-                    ),
-                ));
+                conditions.push(Condition::new("Conflicted", true, reason, message));
             } else {
                 conditions.push(Condition::new("Conflicted", false, "NoConflicts", ""));
             }

@@ -447,6 +447,13 @@ fn listener_conflicts_reject_every_indistinct_listener() {
     assert_eq!(conflicted("d"), (true, "ProtocolConflict"));
     assert_eq!(conflicted("e"), (true, "ProtocolConflict"));
     assert_eq!(conflicted("f"), (false, "NoConflicts"));
+    let a = reports.iter().find(|l| l.name == "a").expect("a");
+    let accepted = condition(&a.conditions, "Accepted");
+    assert_eq!(
+        (accepted.status, accepted.reason),
+        (false, "HostnameConflict")
+    );
+    assert!(!condition(&a.conditions, "Programmed").status);
     let served: Vec<&str> = t.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(served, ["c", "f"]);
     let accepted = condition(gateway_conditions(&t), "Accepted");
@@ -933,4 +940,67 @@ fn the_class_reports_accepted_and_its_features() {
             .iter()
             .any(|f| f == "HTTPRouteQueryParamMatching")
     );
+}
+
+#[test]
+fn zero_timeouts_disable_and_bad_ones_invalidate_the_rule() {
+    let spec = "  parentRefs: [{name: gw}]
+  rules:
+  - timeouts: {request: 0s}
+    backendRefs: [{name: echo, port: 80}]
+  - timeouts: {request: soon}
+    backendRefs: [{name: echo, port: 80}]
+";
+    let t = translate_yaml(&format!(
+        "{CLASS}{ECHO}{}{}",
+        gateway(HTTP),
+        http_route("web", "apps", spec)
+    ));
+    assert_eq!(t.routes.len(), 1);
+    assert_eq!(forward(&t.routes[0]).timeout, None);
+    let partial = condition(route_conditions(&t, "apps", "web"), "PartiallyInvalid");
+    assert!(
+        partial
+            .message
+            .starts_with("spec.rules[1].timeouts.request: "),
+        "{}",
+        partial.message
+    );
+}
+
+#[test]
+fn grpc_routes_refuse_http_only_filters() {
+    let route = "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: apps}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]
+    backendRefs: [{name: echo, port: 80}]
+---
+";
+    let t = translate_yaml(&format!("{CLASS}{ECHO}{}{route}", gateway(HTTP)));
+    let c = &t.route_parents[&ObjectKey::new(Kind::GrpcRoute, "apps", "rpc")].1[0].conditions;
+    let accepted = condition(c, "Accepted");
+    assert_eq!(
+        (accepted.status, accepted.reason),
+        (false, "UnsupportedValue")
+    );
+    assert!(t.routes.is_empty());
+}
+
+#[test]
+fn routes_from_kinds_a_listener_does_not_allow_are_refused() {
+    let listeners = "  - name: http\n    port: 80\n    protocol: HTTP\n    allowedRoutes: {kinds: [{kind: GRPCRoute}]}\n";
+    let t = translate_yaml(&format!(
+        "{CLASS}{ECHO}{}{}",
+        gateway(listeners),
+        http_route("web", "apps", TO_ECHO)
+    ));
+    assert_eq!(
+        condition(route_conditions(&t, "apps", "web"), "Accepted").reason,
+        "NotAllowedByListeners"
+    );
+    assert!(t.routes.is_empty());
 }
