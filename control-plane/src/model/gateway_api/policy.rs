@@ -51,7 +51,7 @@ pub struct BackendTlsValidation {
     #[serde(default)]
     pub ca_certificate_refs: Vec<ObjectReference>,
     /// "System": the platform's trusted CAs.
-    #[serde(default)]
+    #[serde(default, rename = "wellKnownCACertificates")]
     pub well_known_ca_certificates: Option<String>,
     pub hostname: String,
     #[serde(default)]

@@ -35,6 +35,8 @@ pub struct Backends {
     pub secrets: BTreeSet<String>,
     /// Per policy: its generation and conditions for this gateway.
     pub policies: BTreeMap<ObjectKey, (Option<i64>, Vec<Condition>)>,
+    /// The Gateway's backend client certificate (Secret resource), presented on upstream TLS.
+    pub client_certificate: Option<String>,
 }
 
 impl Backends {
@@ -282,9 +284,13 @@ impl Backends {
                 )),
                 None => conditions.push(Condition::new("ResolvedRefs", true, "ResolvedRefs", "")),
             }
+            if let Some(cert) = &self.client_certificate {
+                self.secrets.insert(cert.clone());
+            }
             Ok(Some(pb::UpstreamTls {
                 server_name: validation.hostname.clone(),
                 ca_secret,
+                client_certificate_secret: self.client_certificate.clone().unwrap_or_default(),
                 subject_alt_names: validation
                     .subject_alt_names
                     .iter()
@@ -338,7 +344,7 @@ impl Backends {
 }
 
 /// A CaBundle Secret resource from ConfigMap `ns/name`'s `ca.crt`, named `configmap/{ns}/{name}`.
-fn config_map_bundle(index: &Index, ns: &str, name: &str) -> Result<pb::Secret, String> {
+pub(super) fn config_map_bundle(index: &Index, ns: &str, name: &str) -> Result<pb::Secret, String> {
     let Some(Object::Other { body, .. }) = index.get(Kind::ConfigMap, ns, name) else {
         return Err(format!("ConfigMap {ns}/{name} does not exist"));
     };

@@ -6,7 +6,7 @@ use sluice_proto::config as pb;
 
 use super::grant::{Referrer, permitted};
 use super::index::Index;
-use crate::model::gateway_api::gateway::{Listener, RouteNamespaces};
+use crate::model::gateway_api::gateway::{FrontendTls, GatewaySpec, Listener, RouteNamespaces};
 use crate::model::{GATEWAY_API_GROUP, Kind, Object};
 use crate::status::gateway_api::{Condition, GroupKind, ListenerReport};
 
@@ -75,10 +75,12 @@ pub fn listeners(
     index: &Index,
     namespace: &str,
     gateway: &str,
-    spec: &[Listener],
-    certificates: &mut Vec<String>,
+    gateway_spec: &GatewaySpec,
+    refs: &mut ListenerRefs,
 ) -> Vec<ListenerState> {
     let source = format!("Gateway {namespace}/{gateway}");
+    let spec = &gateway_spec.listeners;
+    let frontend = gateway_spec.tls.as_ref().and_then(|t| t.frontend.as_ref());
     spec.iter()
         .enumerate()
         .map(|(i, l)| {
@@ -200,7 +202,32 @@ pub fn listeners(
                         }
                     }
                 }
-                certificates.extend(secrets.iter().cloned());
+                refs.certificates.extend(secrets.iter().cloned());
+                let mut client_ca_secret = String::new();
+                let mut client_certificate_optional = false;
+                if !passthrough {
+                    match client_validation(index, namespace, frontend, l.port, refs) {
+                        Ok(None) => {}
+                        Ok(Some((ca, optional))) => {
+                            client_ca_secret = ca;
+                            client_certificate_optional = optional;
+                        }
+                        Err((reason, message)) => {
+                            // Fails closed: a listener that must verify clients is not served
+                            // without the CA to verify them with.
+                            accepted = false;
+                            if resolved {
+                                conditions.push(Condition::new(
+                                    "ResolvedRefs",
+                                    false,
+                                    reason,
+                                    message,
+                                ));
+                            }
+                            resolved = false;
+                        }
+                    }
+                }
                 tls = Some(pb::ListenerTls {
                     certificate_secrets: secrets,
                     mode: if passthrough {
@@ -208,7 +235,8 @@ pub fn listeners(
                     } else {
                         pb::TlsMode::Terminate as i32
                     },
-                    ..Default::default()
+                    client_ca_secret,
+                    client_certificate_optional,
                 });
             }
             let servable = accepted
@@ -260,6 +288,113 @@ pub fn listeners(
             }
         })
         .collect()
+}
+
+/// What the listeners reference besides themselves.
+#[derive(Default)]
+pub struct ListenerRefs {
+    /// Kubernetes Secret resource names (certificates, client CAs).
+    pub certificates: Vec<String>,
+    /// CaBundle resources made from ConfigMaps, by name.
+    pub ca_bundles: BTreeMap<String, pb::Secret>,
+}
+
+/// Client-certificate validation of a TLS-terminating listener on `port` (Gateway
+/// `spec.tls.frontend`: the `perPort` entry for the port, else `default`): the CaBundle resource
+/// and whether clients without a certificate are let in.
+fn client_validation(
+    index: &Index,
+    namespace: &str,
+    frontend: Option<&FrontendTls>,
+    port: i32,
+    refs: &mut ListenerRefs,
+) -> Result<Option<(String, bool)>, (&'static str, String)> {
+    let Some(frontend) = frontend else {
+        return Ok(None);
+    };
+    let (field, config) = match frontend.per_port.iter().position(|p| p.port == port) {
+        Some(i) => (
+            format!("spec.tls.frontend.perPort[{i}].tls.validation"),
+            Some(&frontend.per_port[i].tls),
+        ),
+        None => (
+            "spec.tls.frontend.default.validation".to_owned(),
+            frontend.default.as_ref(),
+        ),
+    };
+    let Some(validation) = config.and_then(|c| c.validation.as_ref()) else {
+        return Ok(None);
+    };
+    let optional = validation.mode.as_deref() == Some("AllowInsecureFallback");
+    let mut problem = None;
+    for (i, r) in validation.ca_certificate_refs.iter().enumerate() {
+        let at = format!("{field}.caCertificateRefs[{i}]");
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("");
+        let ns = r
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        if !group.is_empty() || !matches!(kind, "ConfigMap" | "Secret") {
+            problem.get_or_insert((
+                "InvalidCACertificateKind",
+                format!("{at}: {group}/{kind} is not supported (ConfigMap or Secret)"),
+            ));
+            continue;
+        }
+        let from = Referrer {
+            group: GATEWAY_API_GROUP,
+            kind: "Gateway",
+            namespace,
+        };
+        if !permitted(index, &from, "", kind, ns, &r.name) {
+            problem.get_or_insert((
+                "RefNotPermitted",
+                format!(
+                    "{at}: {kind} {ns}/{} is in another namespace and no ReferenceGrant allows it",
+                    r.name
+                ),
+            ));
+            continue;
+        }
+        let bundle = if kind == "ConfigMap" {
+            super::backend::config_map_bundle(index, ns, &r.name).map(|s| {
+                let name = s.name.clone();
+                refs.ca_bundles.insert(name.clone(), s);
+                name
+            })
+        } else {
+            let key = crate::model::ObjectKey::new(Kind::Secret, ns, &r.name);
+            match index.get(Kind::Secret, ns, &r.name) {
+                Some(Object::Other { body, .. }) => {
+                    match crate::translate::secret::translate_secret(&key, body) {
+                        Ok(pb::Secret {
+                            name,
+                            kind: Some(pb::secret::Kind::CaBundle(_)),
+                            ..
+                        }) => {
+                            refs.certificates.push(name.clone());
+                            Ok(name)
+                        }
+                        _ => Err(format!("Secret {ns}/{} has no ca.crt", r.name)),
+                    }
+                }
+                _ => Err(format!("Secret {ns}/{} does not exist", r.name)),
+            }
+        };
+        match bundle {
+            // The data plane takes one CA bundle per listener: the first valid reference.
+            Ok(name) => return Ok(Some((name, optional))),
+            Err(message) => {
+                problem.get_or_insert(("InvalidCACertificateRef", format!("{at}: {message}")));
+            }
+        }
+    }
+    Err(problem.unwrap_or((
+        "InvalidCACertificateRef",
+        format!("{field}.caCertificateRefs: no CA certificate to verify clients with"),
+    )))
 }
 
 /// A listener certificate: the Secret resource name, or (reason, message).

@@ -110,6 +110,44 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + sec)
 }
 
+/// The Secret resource of `spec.tls.backend.clientCertificateRef` (presented to backends that a
+/// BackendTLSPolicy puts behind TLS), when it resolves to a TLS Secret.
+fn backend_client_certificate(
+    index: &Index,
+    namespace: &str,
+    spec: &crate::model::gateway_api::GatewaySpec,
+) -> Option<String> {
+    let r = spec
+        .tls
+        .as_ref()?
+        .backend
+        .as_ref()?
+        .client_certificate_ref
+        .as_ref()?;
+    let key = crate::translate::secret::secret_ref(namespace, r, true)?;
+    let from = grant::Referrer {
+        group: crate::model::GATEWAY_API_GROUP,
+        kind: "Gateway",
+        namespace,
+    };
+    if !grant::permitted(index, &from, "", "Secret", &key.namespace, &key.name) {
+        return None;
+    }
+    match index.get(Kind::Secret, &key.namespace, &key.name) {
+        Some(Object::Other { body, .. }) => {
+            match crate::translate::secret::translate_secret(&key, body) {
+                Ok(pb::Secret {
+                    name,
+                    kind: Some(pb::secret::Kind::TlsCertificate(_)),
+                    ..
+                }) => Some(name),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Whether GatewayClass `name` exists and names our controller.
 pub fn is_our_class(index: &Index, name: &str) -> bool {
     matches!(index.api(Kind::GatewayClass, "", name), Some(ApiObject::GatewayClass(c)) if c.spec.controller_name == CONTROLLER_NAME)
@@ -233,10 +271,14 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
     }
     let (ns, name) = (key.namespace.as_str(), key.name.as_str());
     let mut out = GatewayTranslation::default();
-    let mut certificates = Vec::new();
-    let mut listeners = listener::listeners(index, ns, name, &gw.spec.listeners, &mut certificates);
-    out.secrets.extend(certificates);
-    let mut backends = Backends::default();
+    let mut refs = listener::ListenerRefs::default();
+    let mut listeners = listener::listeners(index, ns, name, &gw.spec, &mut refs);
+    out.secrets.extend(refs.certificates);
+    let mut backends = Backends {
+        ca_bundles: refs.ca_bundles,
+        client_certificate: backend_client_certificate(index, ns, &gw.spec),
+        ..Default::default()
+    };
 
     for kind in ROUTE_KINDS {
         for object in index.all(kind) {

@@ -1004,3 +1004,81 @@ fn routes_from_kinds_a_listener_does_not_allow_are_refused() {
     );
     assert!(t.routes.is_empty());
 }
+
+#[test]
+fn frontend_validation_asks_clients_for_certificates() {
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: cert, namespace: apps}\ntype: kubernetes.io/tls\nstringData: {tls.crt: C, tls.key: K}\n---\n";
+    let ca = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: clients, namespace: apps}\ndata: {ca.crt: PEM}\n---\n";
+    let gw = |tls: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: apps}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {{name: mtls, port: 443, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}
+  - {{name: open, port: 8443, protocol: HTTPS, tls: {{certificateRefs: [{{name: cert}}]}}}}
+  tls:
+    frontend:
+{tls}---
+"
+        )
+    };
+    let config = "      perPort:\n      - port: 443\n        tls: {validation: {caCertificateRefs: [{group: '', kind: ConfigMap, name: clients}], mode: AllowInsecureFallback}}\n";
+    let t = translate_yaml(&format!("{CLASS}{secret}{ca}{}", gw(config)));
+    let tls = |name: &str| {
+        t.listeners
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.tls.clone())
+            .expect(name)
+    };
+    assert_eq!(tls("mtls").client_ca_secret, "configmap/apps/clients");
+    assert!(tls("mtls").client_certificate_optional);
+    assert_eq!(tls("open").client_ca_secret, "");
+    assert_eq!(
+        t.ca_bundles
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["configmap/apps/clients"]
+    );
+
+    // Without the CA the listener is not served (fail closed); the other one is.
+    let t = translate_yaml(&format!("{CLASS}{secret}{}", gw(config)));
+    assert_eq!(
+        t.listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect::<Vec<_>>(),
+        ["open"]
+    );
+    let mtls = &listener_reports(&t)[0];
+    let c = condition(&mtls.conditions, "ResolvedRefs");
+    assert_eq!((c.status, c.reason), (false, "InvalidCACertificateRef"));
+    assert!(c.message.starts_with("spec.tls.frontend.perPort[0].tls.validation.caCertificateRefs[0]: ConfigMap apps/clients does not exist"), "{}", c.message);
+}
+
+#[test]
+fn the_backend_client_certificate_is_presented_on_backend_tls() {
+    let client = "apiVersion: v1\nkind: Secret\nmetadata: {name: client, namespace: apps}\ntype: kubernetes.io/tls\nstringData: {tls.crt: C, tls.key: K}\n---\n";
+    let policy = "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: p, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: echo}]\n  validation: {hostname: echo.test, wellKnownCACertificates: System}\n---\n";
+    let gw = gateway(HTTP).replace(
+        "  listeners:\n",
+        "  tls: {backend: {clientCertificateRef: {name: client}}}\n  listeners:\n",
+    );
+    let t = translate_yaml(&format!(
+        "{CLASS}{ECHO}{client}{policy}{gw}{}",
+        http_route("web", "apps", TO_ECHO)
+    ));
+    let tls = t.clusters[0].tls.as_ref().expect("upstream tls");
+    assert_eq!(
+        (
+            tls.ca_secret.as_str(),
+            tls.client_certificate_secret.as_str()
+        ),
+        ("", "apps/client")
+    );
+    assert!(t.secrets.contains("apps/client"));
+}
