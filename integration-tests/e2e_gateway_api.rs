@@ -297,3 +297,86 @@ async fn a_route_added_and_removed_under_traffic_fails_no_request() {
         &failures[..failures.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_and_unresolved_shares_from_manifests() {
+    let (_a, port_a) = echo("a");
+    let gw_port = free_port();
+    let dir = TempDir::new("gwapi-filters");
+    dir.write("class.yaml", CLASS);
+    dir.write("gw.yaml", &gateway(gw_port));
+    dir.write("service.yaml", &service("default", "svc-a", port_a));
+    dir.write(
+        "route.yaml",
+        &route(
+            "f",
+            "default",
+            "  hostnames: [f.test]
+  rules:
+  - matches: [{path: {value: /mod}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-set, value: s}], add: [{name: x-add, value: new}], remove: [x-drop]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-served-by, value: sluice}]}
+    - type: URLRewrite
+      urlRewrite: {hostname: internal.test, path: {type: ReplacePrefixMatch, replacePrefixMatch: /inner}}
+    backendRefs: [{name: svc-a, port: 80}]
+  - matches: [{path: {type: Exact, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, hostname: new.test, path: {type: ReplaceFullPath, replaceFullPath: /new}, statusCode: 301}
+  - matches: [{path: {value: /half}}]
+    backendRefs: [{name: svc-a, port: 80}, {name: nowhere, port: 80}]
+",
+        ),
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+    wait_ok(gw_port, "f.test", "/mod", Duration::from_secs(20)).await;
+
+    let c = client();
+    let r = request(
+        &c,
+        "GET",
+        gw_port,
+        "f.test",
+        "/mod/x",
+        &[("x-add", "old"), ("x-drop", "1")],
+    )
+    .await
+    .expect("modified request");
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["path"], "/inner/x");
+    assert_eq!(seen["host"], "internal.test");
+    assert_eq!(seen["headers"]["x-set"], "s");
+    assert_eq!(seen["headers"]["x-add"], "old, new");
+    assert!(seen["headers"].get("x-drop").is_none(), "{seen}");
+    assert_eq!(
+        r.headers.get("x-served-by").map(|v| v.as_bytes()),
+        Some(&b"sluice"[..])
+    );
+
+    let r = request(&c, "GET", gw_port, "f.test", "/old", &[])
+        .await
+        .expect("redirect");
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some("https://new.test/new")
+    );
+
+    // Half the weight points at a Service that does not exist: that half is answered 500.
+    let (mut ok, mut errors) = (0, 0);
+    for _ in 0..200 {
+        match backend_of(gw_port, "GET", "f.test", "/half", &[]).await.0 {
+            200 => ok += 1,
+            500 => errors += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        (60..=140).contains(&errors),
+        "{errors} of 200 answered 500 (expected about 100), {ok} served"
+    );
+}
