@@ -89,9 +89,10 @@ fn secret_data(body: &serde_json::Value, errors: &mut Errors) -> BTreeMap<String
 /// `spec.server.tls[].secretName`, Route `spec.tls.secretName` and `spec.security.tls`
 /// `rootCAsSecret` / `clientCertSecret`; Gateway API Gateway listener `tls.certificateRefs`,
 /// `spec.tls.backend.clientCertificateRef` and the frontend `validation.caCertificateRefs`;
-/// BackendTLSPolicy `spec.validation.caCertificateRefs`. Only references to core Secrets count.
-/// Whether a reference is allowed (ReferenceGrant) is the translator's business: this only says
-/// which Secrets a provider must make available. Goma Middlewares name no Secret.
+/// BackendTLSPolicy `spec.validation.caCertificateRefs`. Only references to core Secrets count,
+/// plus the core ConfigMaps the CA references name (they hold CA bundles and are gated the same
+/// way). Whether a reference is allowed (ReferenceGrant) is the translator's business: this only
+/// says which objects a provider must make available. Goma Middlewares name no Secret.
 pub fn referenced_secrets(object: &Object) -> BTreeSet<ObjectKey> {
     let mut out = BTreeSet::new();
     let mut local = |namespace: &str, name: &str| {
@@ -128,12 +129,10 @@ pub fn referenced_secrets(object: &Object) -> BTreeSet<ObjectKey> {
             ApiObject::BackendTlsPolicy(policy) => {
                 for r in &policy.spec.validation.ca_certificate_refs {
                     // A LocalObjectReference: always the policy's namespace.
-                    if let Some(k) = secret_ref(&policy.metadata.namespace, r, false) {
-                        out.insert(ObjectKey::new(
-                            Kind::Secret,
-                            &policy.metadata.namespace,
-                            k.name,
-                        ));
+                    let referenced = secret_ref(&policy.metadata.namespace, r, false)
+                        .or_else(|| config_map_ref(&policy.metadata.namespace, r));
+                    if let Some(k) = referenced {
+                        out.insert(ObjectKey::new(k.kind, &policy.metadata.namespace, k.name));
                     }
                 }
             }
@@ -165,8 +164,8 @@ fn gateway_api_gateway_refs(namespace: &str, spec: &GatewaySpec, out: &mut BTree
         .filter_map(|t| t.validation.as_ref());
     for validation in validations {
         for r in &validation.ca_certificate_refs {
-            // An ObjectReference: the kind is required, Secret is one of several.
-            out.extend(secret_ref(namespace, r, false));
+            // An ObjectReference: the kind is required, Secret or ConfigMap.
+            out.extend(secret_ref(namespace, r, false).or_else(|| config_map_ref(namespace, r)));
         }
     }
 }
@@ -192,6 +191,21 @@ pub(crate) fn secret_ref(
             .filter(|n| !n.is_empty())
             .unwrap_or(namespace);
         ObjectKey::new(Kind::Secret, ns, name)
+    })
+}
+
+/// A Gateway API reference to a core ConfigMap (a CA bundle); the namespace defaults to the
+/// referrer's.
+fn config_map_ref(namespace: &str, r: &ObjectReference) -> Option<ObjectKey> {
+    let is_config_map =
+        r.group.as_deref().is_none_or(str::is_empty) && r.kind.as_deref() == Some("ConfigMap");
+    (is_config_map && !r.name.is_empty()).then(|| {
+        let ns = r
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(namespace);
+        ObjectKey::new(Kind::ConfigMap, ns, &r.name)
     })
 }
 
@@ -327,7 +341,8 @@ spec:
                 "certs/shared",
                 "infra/ca",
                 "infra/client",
-                "infra/site"
+                "infra/site",
+                "infra/ca-cm"
             ]
         );
         let policy = parse(
@@ -341,7 +356,7 @@ spec:
     caCertificateRefs: [{group: '', kind: Secret, name: ca}, {group: '', kind: ConfigMap, name: cm}]
 ",
         );
-        assert_eq!(names(referenced_secrets(&policy)), ["apps/ca"]);
+        assert_eq!(names(referenced_secrets(&policy)), ["apps/ca", "apps/cm"]);
         let http_route = parse(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec: {}\n",
         );

@@ -184,7 +184,7 @@ impl WatchCore {
         match parsed {
             Ok(object) => {
                 self.errors.remove(&key);
-                if key.kind == Kind::Secret {
+                if is_gated(key.kind) {
                     self.secrets.secret_applied(object, out);
                 } else {
                     self.secrets
@@ -213,7 +213,7 @@ impl WatchCore {
         if !seen.valid {
             return;
         }
-        if key.kind == Kind::Secret {
+        if is_gated(key.kind) {
             self.secrets.secret_deleted(key, out);
         } else {
             self.secrets
@@ -221,6 +221,12 @@ impl WatchCore {
             out.push(ProviderEvent::Delete(key.clone()));
         }
     }
+}
+
+/// Kinds that reach the store only while an object references them: Secrets, and ConfigMaps
+/// (CA bundles) for the same reasons.
+fn is_gated(kind: Kind) -> bool {
+    matches!(kind, Kind::Secret | Kind::ConfigMap)
 }
 
 /// The object as a manifest: `apiVersion` and `kind` of the watched resource (list items of
@@ -622,6 +628,47 @@ mod tests {
         assert!(
             f.send(tls, watcher::Event::Apply(tls_secret("site", "7", "c3")))
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn config_maps_are_forwarded_only_while_a_policy_names_them() {
+        let mut f = Fixture::new();
+        let config_maps = f.id(Kind::ConfigMap, None);
+        let policies = f.id(Kind::BackendTlsPolicy, None);
+        let ca = |rv: &str| object("apps", "ca", rv, json!({"data": {"ca.crt": "PEM"}}));
+        let other = object("apps", "unrelated", "2", json!({"data": {"x": "y"}}));
+        assert!(
+            f.send(config_maps, watcher::Event::Apply(ca("1")))
+                .is_empty()
+        );
+        assert!(f.send(config_maps, watcher::Event::Apply(other)).is_empty());
+        let policy = |rv: &str, refs: Value| {
+            object(
+                "apps",
+                "p",
+                rv,
+                json!({"spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "api"}],
+                    "validation": {"hostname": "api.test", "caCertificateRefs": refs}}}),
+            )
+        };
+        assert_eq!(
+            f.send(
+                policies,
+                watcher::Event::Apply(policy(
+                    "3",
+                    json!([{"group": "", "kind": "ConfigMap", "name": "ca"}])
+                ))
+            ),
+            ["+ConfigMap apps/ca", "+BackendTLSPolicy apps/p"]
+        );
+        assert_eq!(
+            f.send(config_maps, watcher::Event::Apply(ca("4"))),
+            ["+ConfigMap apps/ca"]
+        );
+        assert_eq!(
+            f.send(policies, watcher::Event::Apply(policy("5", json!([])))),
+            ["-ConfigMap apps/ca", "+BackendTLSPolicy apps/p"]
         );
     }
 

@@ -1,6 +1,7 @@
-//! Which watched Secrets reach the store: only those some object references. A cluster holds many
-//! Secrets (service-account tokens, Helm releases, other teams' credentials) that a gateway must
-//! never receive and the control plane should not translate.
+//! Which watched Secrets (and ConfigMaps) reach the store: only those some object references. A
+//! cluster holds many Secrets (service-account tokens, Helm releases, other teams' credentials)
+//! that a gateway must never receive and the control plane should not translate, and many
+//! ConfigMaps of which only the CA bundles named by Gateway API objects matter.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
