@@ -55,6 +55,9 @@ pub struct Controller {
     api_route_parents: gateway_api::Reports,
     /// Each BackendTLSPolicy's ancestor reports from each of our gateways.
     api_policy_ancestors: gateway_api::Reports,
+    /// Every Gateway API translation run, in order (tests check what an event re-translates).
+    #[cfg(test)]
+    api_translated: Vec<ObjectKey>,
     synced: bool,
 }
 
@@ -101,6 +104,8 @@ impl Controller {
             api_gateways: HashMap::new(),
             api_route_parents: BTreeMap::new(),
             api_policy_ancestors: BTreeMap::new(),
+            #[cfg(test)]
+            api_translated: Vec::new(),
             synced: false,
         }
     }
@@ -739,7 +744,13 @@ mod tests {
             views.gateway("default/a").read(|v| v.revision),
             views.gateway("default/b").read(|v| v.revision),
         );
+        c.api_translated.clear();
         apply(&mut c, &service("one", "default", "10.0.0.9"));
+        // Only the gateway whose route uses the Service was translated again.
+        assert_eq!(
+            c.api_translated,
+            [ObjectKey::new(Kind::Gateway, "default", "a")]
+        );
         assert!(views.gateway("default/a").read(|v| v.revision) > rev_a);
         assert_eq!(views.gateway("default/b").read(|v| v.revision), rev_b);
         // Status: the class, both gateways and both routes.
@@ -784,6 +795,50 @@ mod tests {
                 .get(&ObjectKey::new(Kind::HttpRoute, "default", "rb"))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_route_on_two_gateways_reports_both_parents() {
+        let views = Arc::new(Views::default());
+        let board = GatewayApiBoard::default();
+        let mut c = Controller::with_boards(views.clone(), StatusBoard::default(), board.clone());
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, generation: 7}\nspec:\n  parentRefs: [{name: a}, {name: b}]\n  rules: [{backendRefs: [{name: one, port: 80}]}]\n---\n";
+        apply(
+            &mut c,
+            &format!(
+                "{API_CLASS}{}{}{}{route}",
+                api_gateway("a", "default"),
+                api_gateway("b", "default"),
+                service("one", "default", "10.0.0.1"),
+            ),
+        );
+        let parents = |board: &GatewayApiBoard| match board.get(&ObjectKey::new(
+            Kind::HttpRoute,
+            "default",
+            "r",
+        )) {
+            Some(ApiStatus::Route {
+                generation,
+                parents,
+            }) => {
+                assert_eq!(generation, Some(7));
+                parents
+                    .into_iter()
+                    .map(|p| p.parent_ref.name)
+                    .collect::<Vec<_>>()
+            }
+            other => panic!("route status expected: {other:?}"),
+        };
+        assert_eq!(parents(&board), ["a", "b"]);
+        c.apply(vec![ProviderEvent::Delete(ObjectKey::new(
+            Kind::Gateway,
+            "default",
+            "a",
+        ))]);
+        assert_eq!(parents(&board), ["b"]);
+        // Translating one gateway leaves the other's report in place.
+        apply(&mut c, &service("one", "default", "10.0.0.2"));
+        assert_eq!(parents(&board), ["b"]);
     }
 
     #[test]

@@ -149,6 +149,8 @@ impl Controller {
     pub(super) fn api_gateway_changed(&mut self, key: &ObjectKey) {
         let id = gateway_id(&key.namespace, &key.name);
         let (translation, dependencies) = translate_gateway(&self.objects, key);
+        #[cfg(test)]
+        self.api_translated.push(key.clone());
         let old = self.api_gateways.remove(key).unwrap_or_default();
         let mut resources = BTreeMap::new();
         let mut secrets = BTreeSet::new();
