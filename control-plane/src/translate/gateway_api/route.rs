@@ -264,7 +264,7 @@ fn apply_filters(
                     ctx.namespace,
                     &format!("{at}.requestMirror.backendRef"),
                     &m.backend_ref,
-                    false,
+                    ctx.kind == "GRPCRoute",
                 ) {
                     Ok(cluster) => route.mirrors.push(pb::RequestMirror {
                         cluster,
@@ -415,6 +415,18 @@ fn http_rule(
             &t.backend_request,
             &format!("{field}.timeouts.backendRequest"),
         )?;
+    }
+    // An extension filter we cannot run must not be skipped: the requests it would have
+    // processed get an error instead.
+    if let Some(i) = rule.filters.iter().position(|f| f.type_ == "ExtensionRef") {
+        problems.unresolved.push(Unresolved {
+            reason: "InvalidKind",
+            message: format!(
+                "{field}.filters[{i}]: ExtensionRef filters are not supported; the rule answers 500"
+            ),
+        });
+        route.action = Some(direct(500));
+        return Ok(route);
     }
     let redirect = apply_filters(
         index,

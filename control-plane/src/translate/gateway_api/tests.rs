@@ -1082,3 +1082,22 @@ fn the_backend_client_certificate_is_presented_on_backend_tls() {
     );
     assert!(t.secrets.contains("apps/client"));
 }
+
+#[test]
+fn an_extension_filter_is_never_skipped() {
+    let spec = "  parentRefs: [{name: gw}]
+  rules:
+  - filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Auth, name: a}}]
+    backendRefs: [{name: echo, port: 80}]
+";
+    let t = translate_yaml(&format!(
+        "{CLASS}{ECHO}{}{}",
+        gateway(HTTP),
+        http_route("web", "apps", spec)
+    ));
+    assert_eq!(t.routes[0].action, Some(internal_error()));
+    let c = route_conditions(&t, "apps", "web");
+    assert!(condition(c, "Accepted").status);
+    let resolved = condition(c, "ResolvedRefs");
+    assert_eq!((resolved.status, resolved.reason), (false, "InvalidKind"));
+}
