@@ -23,10 +23,12 @@ use attach::{RouteRef, attach};
 use backend::Backends;
 use route::{Placement, RouteContext, RuleProblems};
 
-/// Features of the standard channel this translator implements (GatewayClass status).
+/// Features of the standard channel implemented end to end (GatewayClass status), so the
+/// conformance suite selects their tests. TLSRoute, TCPRoute, UDPRoute and
+/// BackendTLSPolicySANValidation are translated too, but join this list only with a data plane
+/// that serves L4 routes and checks SANs.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicy",
-    "BackendTLSPolicySANValidation",
     "Gateway",
     "GatewayPort8080",
     "GRPCRoute",
@@ -54,9 +56,6 @@ pub const SUPPORTED_FEATURES: &[&str] = &[
     "HTTPRoute307RedirectStatusCode",
     "HTTPRoute308RedirectStatusCode",
     "ReferenceGrant",
-    "TCPRoute",
-    "TLSRoute",
-    "UDPRoute",
 ];
 
 /// Everything one Gateway contributes.
