@@ -380,3 +380,104 @@ async fn filters_and_unresolved_shares_from_manifests() {
         "{errors} of 200 answered 500 (expected about 100), {ok} served"
     );
 }
+
+/// A CA and a leaf for `name`: (CA DER, leaf PEM chain, leaf PEM key).
+fn certificate(name: &str) -> (rustls::pki_types::CertificateDer<'static>, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("ca key"))
+        .expect("ca cert");
+    let key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .expect("leaf params")
+        .signed_by(&key, &ca)
+        .expect("leaf cert");
+    (ca.der().clone(), leaf.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_listener_terminates_with_its_certificate_ref() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+
+    let (_a, port_a) = echo("a");
+    let https_port = free_port();
+    let (ca, cert, key) = certificate("secure.test");
+    let dir = TempDir::new("gwapi-https");
+    dir.write("class.yaml", CLASS);
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: https
+    port: {https_port}
+    protocol: HTTPS
+    hostname: secure.test
+    tls: {{certificateRefs: [{{name: site}}]}}
+"
+        ),
+    );
+    dir.write("secret.yaml", &tls_secret_yaml("site", &cert, &key));
+    dir.write("service.yaml", &service("default", "svc-a", port_a));
+    dir.write(
+        "route.yaml",
+        &route(
+            "r",
+            "default",
+            "  rules: [{backendRefs: [{name: svc-a, port: 80}]}]\n",
+        ),
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("ca root");
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("secure.test").expect("server name");
+    let mut status = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 200 over TLS (last status {status})"
+        );
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", https_port)).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(tls) = connector.connect(name.clone(), tcp).await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("http1 handshake");
+        tokio::spawn(conn);
+        let req = http::Request::get("/hello")
+            .header("host", "secure.test")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = sender.send_request(req).await.expect("response");
+        status = resp.status().as_u16();
+        if status == 200 {
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            assert!(String::from_utf8_lossy(&body).contains("\"backend\":\"a\""));
+        } else {
+            // Configuration still arriving (the route after the listener).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
