@@ -327,11 +327,23 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
             };
             let mut problems = RuleProblems::default();
             let mut resources = Vec::new();
+            // A route attached nowhere is still checked (its ResolvedRefs), but its clusters
+            // and policies are not this gateway's.
+            let mut scratch;
+            let target = if placements.is_empty() {
+                scratch = Backends {
+                    client_certificate: backends.client_certificate.clone(),
+                    ..Default::default()
+                };
+                &mut scratch
+            } else {
+                &mut backends
+            };
             let rule_count = match &route {
                 AnyRoute::Http(r) => {
                     route::http_rules(
                         index,
-                        &mut backends,
+                        target,
                         &ctx,
                         &r.spec.rules,
                         &mut resources,
@@ -342,7 +354,7 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
                 AnyRoute::Grpc(r) => {
                     route::grpc_rules(
                         index,
-                        &mut backends,
+                        target,
                         &ctx,
                         &r.spec.rules,
                         &mut resources,
@@ -353,7 +365,7 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
                 AnyRoute::L4(_, r) => {
                     route::l4_rules(
                         index,
-                        &mut backends,
+                        target,
                         &ctx,
                         &r.spec.rules,
                         &mut resources,

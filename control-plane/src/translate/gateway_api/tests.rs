@@ -207,6 +207,8 @@ fn hostnames_must_intersect_the_listeners() {
     );
     assert!(!condition(c, "Accepted").status);
     assert!(t.routes.is_empty());
+    // Nothing of a route attached nowhere is served.
+    assert!(t.clusters.is_empty());
     assert_eq!(listener_reports(&t)[0].attached_routes, 0);
 }
 
