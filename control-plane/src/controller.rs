@@ -783,6 +783,10 @@ mod tests {
             "b",
         ))]);
         assert!(
+            !c.api_gateways
+                .contains_key(&ObjectKey::new(Kind::Gateway, "default", "b"))
+        );
+        assert!(
             names(&views, "default/b", 2).is_empty() && names(&views, "default/b", 3).is_empty()
         );
         assert!(

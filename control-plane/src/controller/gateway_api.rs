@@ -156,6 +156,9 @@ impl Controller {
         let mut secrets = BTreeSet::new();
         let mut route_reports = BTreeMap::new();
         let mut policy_reports = BTreeMap::new();
+        // Only our Gateways are remembered; any other is found again through its own or its
+        // class's events.
+        let ours = translation.is_some();
         match translation {
             Some(t) => {
                 for l in &t.listeners {
@@ -220,7 +223,7 @@ impl Controller {
             },
             &self.api_board,
         );
-        if !dependencies.is_empty() {
+        if ours {
             self.api_gateways.insert(
                 key.clone(),
                 ApiGateway {
