@@ -481,3 +481,122 @@ spec:
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_cors_and_the_clients_host_from_manifests() {
+    let (_a, port_a) = echo("a");
+    let gw_port = free_port();
+    let dir = TempDir::new("gwapi-grpc");
+    dir.write("class.yaml", CLASS);
+    dir.write("gw.yaml", &gateway(gw_port));
+    dir.write("service.yaml", &service("default", "svc-a", port_a));
+    dir.write(
+        "grpc.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: health, namespace: default}
+spec:
+  parentRefs: [{name: gw, namespace: default}]
+  hostnames: [grpc.test]
+  rules:
+  - matches: [{method: {service: grpc.health.v1.Health, method: Check}}]
+    backendRefs: [{name: svc-a, port: 80}]
+",
+    );
+    dir.write(
+        "route.yaml",
+        &route(
+            "web",
+            "default",
+            "  hostnames: [web.test]
+  rules:
+  - filters:
+    - type: CORS
+      cors: {allowOrigins: ['https://*.app.test'], allowMethods: [GET, PUT], allowHeaders: [x-token], maxAge: 60}
+    backendRefs: [{name: svc-a, port: 80}]
+",
+        ),
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+    wait_ok(gw_port, "web.test", "/", Duration::from_secs(20)).await;
+
+    // The backend sees the client's Host, as Gateway API implementations pass it.
+    let c = client();
+    let r = request(
+        &c,
+        "GET",
+        gw_port,
+        "web.test",
+        "/x",
+        &[("origin", "https://ui.app.test")],
+    )
+    .await
+    .expect("request with an origin");
+    assert_eq!(r.json()["host"], "web.test");
+    let header = |r: &Reply, name: &str| {
+        r.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("https://ui.app.test")
+    );
+
+    // A preflight is answered by the gateway; an origin not allowed gets no CORS headers.
+    let preflight = [
+        ("origin", "https://ui.app.test"),
+        ("access-control-request-method", "PUT"),
+    ];
+    let r = request(&c, "OPTIONS", gw_port, "web.test", "/x", &preflight)
+        .await
+        .expect("preflight");
+    assert!(r.status == 200 || r.status == 204, "{}", r.status);
+    assert!(
+        r.body.is_empty() || !r.body.contains("\"backend\""),
+        "answered by the backend: {}",
+        r.body
+    );
+    let methods = header(&r, "access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("PUT"), "{methods}");
+    assert_eq!(header(&r, "access-control-max-age").as_deref(), Some("60"));
+    let r = request(
+        &c,
+        "OPTIONS",
+        gw_port,
+        "web.test",
+        "/x",
+        &[
+            ("origin", "https://evil.test"),
+            ("access-control-request-method", "PUT"),
+        ],
+    )
+    .await
+    .expect("preflight from another origin");
+    assert!(header(&r, "access-control-allow-origin").is_none());
+
+    // GRPCRoute: the matched method reaches the backend over h2c; any other is UNIMPLEMENTED.
+    // Dial loopback, but send `:authority: grpc.test` (the route's hostname).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{gw_port}"))
+        .expect("endpoint")
+        .origin("http://grpc.test".parse().expect("origin"))
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let ok = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "a".into(),
+        })
+        .await
+        .expect("Check through the GRPCRoute");
+    assert_eq!(ok.into_inner().status, 1, "SERVING");
+    let status = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "a".into(),
+        })
+        .await
+        .expect_err("Watch has no route");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+}

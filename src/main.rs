@@ -5,15 +5,18 @@ mod echo;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_control_plane::leader::LeaseConfig;
-use sluice_control_plane::model::Object;
+use sluice_control_plane::model::gateway_api::ApiObject;
+use sluice_control_plane::model::{Object, ObjectKey};
 use sluice_control_plane::operator::OperatorSettings;
 use sluice_control_plane::run::{
     Handles, KubernetesOptions, kubernetes_client, run_file_control_plane,
     run_kubernetes_control_plane,
 };
+use sluice_control_plane::translate::gateway_api::index::Index;
+use sluice_control_plane::translate::gateway_api::is_our_class;
 use sluice_data_plane::pod::{self, PodOptions};
 use sluice_data_plane::xds::ClientOptions;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -345,15 +348,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     }
     let (objects, _) = sluice_control_plane::provider::file::load_dir(&args.config);
     let gateways: Vec<String> = if args.gateways.is_empty() {
-        objects
-            .iter()
-            .filter_map(|o| match o {
-                Object::GomaGateway(g) => {
-                    Some(format!("{}/{}", g.metadata.namespace, g.metadata.name))
-                }
-                _ => None,
-            })
-            .collect()
+        served_gateways(&objects)
     } else {
         args.gateways.clone()
     };
@@ -414,10 +409,56 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loopback `http://` backend addresses named by Goma routes (targets and backends).
+/// Every gateway a data plane should run for, "namespace/name": Goma Gateways, and Gateway API
+/// Gateways whose GatewayClass is ours (a Goma Gateway keeps a shared id).
+fn served_gateways(objects: &[Object]) -> Vec<String> {
+    let by_key: BTreeMap<ObjectKey, Object> =
+        objects.iter().map(|o| (o.key(), o.clone())).collect();
+    let index = Index::new(&by_key);
+    let mut out: Vec<String> = Vec::new();
+    for o in objects {
+        let id = match o {
+            Object::GomaGateway(g) => format!("{}/{}", g.metadata.namespace, g.metadata.name),
+            Object::Api(api) => match api.as_ref() {
+                ApiObject::Gateway(g) if is_our_class(&index, &g.spec.gateway_class_name) => {
+                    format!("{}/{}", g.metadata.namespace, g.metadata.name)
+                }
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+/// Loopback backend addresses the manifests name: Goma route `http://` targets and backends,
+/// and the loopback endpoints of EndpointSlices (Gateway API backends).
 fn demo_backend_addresses(objects: &[Object]) -> BTreeSet<SocketAddr> {
     let mut out = BTreeSet::new();
     for o in objects {
+        if let Object::Api(api) = o
+            && let ApiObject::EndpointSlice(slice) = api.as_ref()
+        {
+            let ports = slice.ports.iter().filter_map(|p| p.port);
+            for port in ports {
+                let Ok(port) = u16::try_from(port) else {
+                    continue;
+                };
+                for ep in &slice.endpoints {
+                    for addr in &ep.addresses {
+                        if let Ok(ip) = addr.parse::<IpAddr>()
+                            && ip.is_loopback()
+                        {
+                            out.insert(SocketAddr::new(ip, port));
+                        }
+                    }
+                }
+            }
+            continue;
+        }
         let Object::GomaRoute(r) = o else { continue };
         let urls = r
             .spec

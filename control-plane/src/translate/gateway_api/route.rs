@@ -168,6 +168,15 @@ fn path_rewrite(p: &PathModifier, field: &str) -> Result<pb::PathRewrite, String
 
 /// Forwarding, unless no backend resolved: then every request is answered 500 by the gateway
 /// itself (the same answer each unresolved share gets, without naming a cluster).
+/// Gateway API backends see the client's Host (`:authority`), as with every conformant
+/// implementation; only URLRewrite's hostname changes it.
+fn pass_host() -> pb::ForwardAction {
+    pb::ForwardAction {
+        preserve_host: true,
+        ..Default::default()
+    }
+}
+
 fn forward_or_500(forward: pb::ForwardAction) -> pb::route::Action {
     if forward.backends.iter().all(|b| b.cluster.is_empty()) {
         direct(500)
@@ -408,7 +417,7 @@ fn http_rule(
         matches,
         ..Default::default()
     };
-    let mut forward = pb::ForwardAction::default();
+    let mut forward = pass_host();
     if let Some(t) = &rule.timeouts {
         forward.timeout = timeout(&t.request, &format!("{field}.timeouts.request"))?;
         forward.backend_timeout = timeout(
@@ -546,7 +555,7 @@ fn grpc_rule(
         matches,
         ..Default::default()
     };
-    let mut forward = pb::ForwardAction::default();
+    let mut forward = pass_host();
     let allowed = [
         "RequestHeaderModifier",
         "ResponseHeaderModifier",
