@@ -43,9 +43,8 @@ impl ApiStatusWriter {
     /// Writes every object's status that differs from our last write; returns how many objects
     /// were written (or attempted).
     pub async fn sync_once(&mut self, client: &kube::Client, inputs: &ApiInputs<'_>) -> usize {
-        self.written.retain(|k, _| inputs.reports.contains_key(k));
+        let mut sent = self.withdraw_gone(client, inputs.reports).await;
         let now = Timestamp::now();
-        let mut sent = 0;
         for (key, report) in inputs.reports {
             let gateway = GatewayInputs {
                 pods: inputs.pods,
@@ -78,6 +77,48 @@ impl ApiStatusWriter {
                 Err(error) => {
                     self.written.remove(key);
                     tracing::warn!(object = %key, %error, "status write failed; retried on the next change or resync");
+                }
+            }
+        }
+        sent
+    }
+
+    /// Objects we wrote that translation no longer reports: a route or policy that left our
+    /// Gateways must not keep our entries in its shared list (they would claim an attachment
+    /// that no longer exists), so they are withdrawn; the rest are forgotten. A failed
+    /// withdrawal stays remembered and is retried on the next sync.
+    async fn withdraw_gone(
+        &mut self,
+        client: &kube::Client,
+        reports: &BTreeMap<ObjectKey, ApiStatus>,
+    ) -> usize {
+        let gone: Vec<ObjectKey> = self
+            .written
+            .keys()
+            .filter(|k| !reports.contains_key(k))
+            .cloned()
+            .collect();
+        let mut sent = 0;
+        for key in gone {
+            let Some(list) = api_status::shared_list(key.kind) else {
+                self.written.remove(&key);
+                continue;
+            };
+            let had_entries = self.written[&key]
+                .get(list)
+                .and_then(Value::as_array)
+                .is_some_and(|entries| !entries.is_empty());
+            if !had_entries {
+                self.written.remove(&key);
+                continue;
+            }
+            sent += 1;
+            match withdraw(client, &key, list).await {
+                Ok(()) => {
+                    self.written.remove(&key);
+                }
+                Err(error) => {
+                    tracing::warn!(object = %key, %error, "withdrawing our status entries failed; retried on the next sync");
                 }
             }
         }
@@ -132,6 +173,44 @@ impl ApiStatusWriter {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+/// Removes our entries from the shared `list` of `key`'s status, keeping the other
+/// controllers' (read, merge, apply on the version read; retried on a conflict). Nothing to do
+/// when the object is gone or shows none of ours.
+async fn withdraw(client: &kube::Client, key: &ObjectKey, list: &str) -> Result<(), kube::Error> {
+    let api = api_of(client, key);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(live) = api.get_opt(&key.name).await? else {
+            return Ok(());
+        };
+        let live_status = live.data.get("status");
+        let ours_live = live_status.map(|s| api_status::ours_in(key.kind, s));
+        let shows_ours = ours_live
+            .as_ref()
+            .and_then(|o| o.get(list))
+            .and_then(Value::as_array)
+            .is_some_and(|entries| !entries.is_empty());
+        if !shows_ours {
+            return Ok(());
+        }
+        let status = api_status::merge(key.kind, &json!({ list: [] }), live_status);
+        let patch = status_patch(key, status, live.metadata.resource_version.clone());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&key.name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && attempt < ATTEMPTS => {
+                tracing::debug!(object = %key, "status changed meanwhile; withdrawing again");
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -295,11 +374,88 @@ mod tests {
 
         // Nothing changed: no request at all.
         assert_eq!(sync(&mut writer, &client, &reports).await, 0);
-        // Off the board: forgotten, nothing written.
-        assert_eq!(sync(&mut writer, &client, &BTreeMap::new()).await, 0);
-        assert!(writer.written.is_empty());
         drop(client);
         assert!(handle.next_request().await.is_none(), "no further request");
+    }
+
+    /// The live route after our write: the other controller's entry, then ours.
+    fn live_route_with_ours(resource_version: &str) -> Value {
+        let mut route = live_route(resource_version);
+        route["status"]["parents"]
+            .as_array_mut()
+            .expect("parents")
+            .push(json!({"parentRef": {"name": "gw"}, "controllerName": CONTROLLER_NAME, "conditions": []}));
+        route
+    }
+
+    #[tokio::test]
+    async fn a_route_off_the_board_loses_our_entry_and_keeps_the_others() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let key = ObjectKey::new(Kind::HttpRoute, "edge", "api");
+        let reports = BTreeMap::from([(key, route_report())]);
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            seen.push(answer(&mut handle, StatusCode::OK, live_route("10")).await);
+            seen.push(answer(&mut handle, StatusCode::OK, live_route_with_ours("11")).await);
+            // Withdrawal: read, a conflict, read again, apply.
+            seen.push(answer(&mut handle, StatusCode::OK, live_route_with_ours("11")).await);
+            seen.push(answer(&mut handle, StatusCode::CONFLICT, conflict()).await);
+            seen.push(answer(&mut handle, StatusCode::OK, live_route_with_ours("12")).await);
+            seen.push(answer(&mut handle, StatusCode::OK, live_route("13")).await);
+            (seen, handle)
+        });
+        let mut writer = ApiStatusWriter::default();
+        assert_eq!(sync(&mut writer, &client, &reports).await, 1);
+        // No longer reported (the route left our Gateways): our entry is withdrawn.
+        assert_eq!(sync(&mut writer, &client, &BTreeMap::new()).await, 1);
+        let (seen, mut handle) = server.await.expect("server");
+        let path = "/apis/gateway.networking.k8s.io/v1/namespaces/edge/httproutes/api";
+        assert_eq!((&seen[2].0, seen[2].1.as_str()), (&Method::GET, path));
+        assert_eq!(seen[3].2["metadata"]["resourceVersion"], "11");
+        assert_eq!(seen[4].0, Method::GET);
+        let patch = &seen[5];
+        assert_eq!(
+            (&patch.0, patch.1.as_str()),
+            (
+                &Method::PATCH,
+                format!("{path}/status?&force=true&fieldManager=sluice-status").as_str()
+            )
+        );
+        assert_eq!(patch.2["metadata"]["resourceVersion"], "12");
+        assert_eq!(
+            patch.2["status"]["parents"],
+            live_route("0")["status"]["parents"],
+            "only the other controller's entry is left"
+        );
+        assert!(writer.written.is_empty());
+        // Forgotten: nothing more to write.
+        assert_eq!(sync(&mut writer, &client, &BTreeMap::new()).await, 0);
+        drop(client);
+        assert!(handle.next_request().await.is_none(), "no further request");
+    }
+
+    #[tokio::test]
+    async fn a_route_off_the_board_that_shows_none_of_ours_is_not_written() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let key = ObjectKey::new(Kind::HttpRoute, "edge", "api");
+        let reports = BTreeMap::from([(key, route_report())]);
+        let server = tokio::spawn(async move {
+            answer(&mut handle, StatusCode::OK, live_route("10")).await;
+            answer(&mut handle, StatusCode::OK, live_route_with_ours("11")).await;
+            // Someone else already rewrote the list without our entry.
+            let get = answer(&mut handle, StatusCode::OK, live_route("12")).await;
+            (get, handle)
+        });
+        let mut writer = ApiStatusWriter::default();
+        assert_eq!(sync(&mut writer, &client, &reports).await, 1);
+        assert_eq!(sync(&mut writer, &client, &BTreeMap::new()).await, 1);
+        let (get, mut handle) = server.await.expect("server");
+        assert_eq!(get.0, Method::GET);
+        assert!(writer.written.is_empty());
+        drop(client);
+        assert!(handle.next_request().await.is_none(), "no patch");
     }
 
     #[tokio::test]
