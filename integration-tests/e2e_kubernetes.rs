@@ -392,3 +392,362 @@ async fn the_operator_runs_gateway_api_gateways_of_our_class() {
     );
     let _ = cp.terminate(Duration::from_secs(10));
 }
+
+const GATEWAY_API_PATH: &str = "/apis/gateway.networking.k8s.io/v1";
+const OUR_CONTROLLER: &str = "sluice.dev/gateway-controller";
+
+/// A Service `ns/name` (port 80, no appProtocol) whose one endpoint is 127.0.0.1:`port`, and
+/// its EndpointSlice.
+fn service_with_endpoints(ns: &str, name: &str, port: u16) -> [Value; 2] {
+    [
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-1"), "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        }),
+    ]
+}
+
+/// An HTTPRoute `default/name` on Gateway `default/gw` (listener `section`, if any) sending
+/// `/api` to `backend_ns/backend` port 80.
+fn http_route(name: &str, section: Option<&str>, backend_ns: &str, backend: &str) -> Value {
+    let mut parent = json!({"name": "gw"});
+    if let Some(section) = section {
+        parent["sectionName"] = json!(section);
+    }
+    json!({
+        "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "parentRefs": [parent],
+            "rules": [{
+                "matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                "backendRefs": [{"name": backend, "namespace": backend_ns, "port": 80}],
+            }],
+        },
+    })
+}
+
+/// Our entry in a route's `status.parents`.
+fn our_parent(route: &Value) -> Option<&Value> {
+    route["status"]["parents"]
+        .as_array()?
+        .iter()
+        .find(|p| p["controllerName"] == OUR_CONTROLLER)
+}
+
+/// `type_` condition of our parent entry, as (status, reason, observedGeneration).
+fn parent_condition(route: &Value, type_: &str) -> Option<(String, String, i64)> {
+    let c = our_parent(route)?["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+        c["observedGeneration"].as_i64()?,
+    ))
+}
+
+/// Gateway API end to end in Kubernetes mode: a Gateway of our class is served to the data plane
+/// subscribed as its "namespace/name", and every object gets the spec's status: the class
+/// Accepted with its features, the Gateway Programmed only once the data plane ACKed, the
+/// routes' parents with Accepted/ResolvedRefs that follow a cross-namespace reference and its
+/// ReferenceGrant. Objects of another controller's class get no status from us.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_objects_are_served_and_get_the_specs_status() {
+    let api = FakeApiServer::start().await;
+    let dir = TempDir::new("k8s-gwapi-status");
+    dir.write("kubeconfig", &api.kubeconfig());
+    let kubeconfig = dir.path().join("kubeconfig");
+    let (_a, a_port) = echo("alpha");
+    let (_b, b_port) = echo("beta");
+    let http = free_port();
+    api.apply(gateway_class("sluice", OUR_CONTROLLER));
+    api.apply(gateway_class("theirs", "example.com/other"));
+    api.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "default"},
+        "spec": {"gatewayClassName": "sluice",
+                 "listeners": [{"name": "http", "port": http, "protocol": "HTTP"}]},
+    }));
+    api.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "foreign", "namespace": "default"},
+        "spec": {"gatewayClassName": "theirs",
+                 "listeners": [{"name": "http", "port": free_port(), "protocol": "HTTP"}]},
+    }));
+    for object in service_with_endpoints("default", "alpha", a_port)
+        .into_iter()
+        .chain(service_with_endpoints("far", "beta", b_port))
+    {
+        api.apply(object);
+    }
+    api.apply(http_route("api", None, "default", "alpha"));
+    api.apply(http_route(
+        "lost",
+        Some("no-such-listener"),
+        "default",
+        "alpha",
+    ));
+
+    let xds = free_port();
+    let mut cp = Proc::start(
+        &[
+            "control-plane",
+            "--kubernetes",
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAME", "cp-0"),
+            ("POD_NAMESPACE", "sluice-system"),
+        ],
+    );
+    let gateway_status = |what: &str, ready: fn(&Value) -> bool| {
+        let what = what.to_owned();
+        let api = api.clone();
+        async move {
+            eventually_some(&what, || {
+                api.get(GATEWAY_API_PATH, "gateways", "default", "gw")
+                    .filter(ready)
+            })
+            .await
+        }
+    };
+
+    // Before any data plane connects: accepted, not programmed yet.
+    // (The CRD's default status says Pending too, but Unknown and without observedGeneration.)
+    let gw = gateway_status("gateway accepted, pending", |g| {
+        condition(g, "Accepted")["status"] == "True"
+            && condition(g, "Programmed")["observedGeneration"] == 1
+    })
+    .await;
+    let programmed = condition(&gw, "Programmed");
+    assert_eq!(programmed["status"], "False", "{gw}");
+    assert_eq!(programmed["reason"], "Pending", "{gw}");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("default/gw")),
+        "{gw}"
+    );
+
+    let admin = free_port();
+    let dp = data_plane("default/gw", xds, admin, &[], &[]);
+    wait_ok(http, "localhost", "/api", Duration::from_secs(20)).await;
+    let client = client();
+    assert_eq!(
+        get(&client, http, "localhost", "/api").await.backend(),
+        "alpha"
+    );
+
+    // Programmed once the data plane ACKed its listener.
+    let gw = gateway_status("gateway programmed", |g| {
+        condition(g, "Programmed")["status"] == "True"
+    })
+    .await;
+    for type_ in ["Accepted", "Programmed"] {
+        let c = condition(&gw, type_);
+        assert_eq!(c["reason"], type_, "{gw}");
+        assert_eq!(c["observedGeneration"], 1, "{gw}");
+        assert!(c["lastTransitionTime"].is_string(), "{gw}");
+    }
+    let listener = &gw["status"]["listeners"][0];
+    assert_eq!(listener["name"], "http", "{gw}");
+    assert_eq!(listener["attachedRoutes"], 1, "only `api` attaches: {gw}");
+    let kinds = listener["supportedKinds"]
+        .as_array()
+        .expect("supportedKinds");
+    assert!(
+        kinds.contains(&json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"})),
+        "{gw}"
+    );
+    for type_ in ["Accepted", "ResolvedRefs", "Programmed"] {
+        let c = listener["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("listener condition {type_}: {gw}"));
+        assert_eq!(c["status"], "True", "{gw}");
+        assert_eq!(c["observedGeneration"], 1, "{gw}");
+    }
+
+    // The class is accepted, with the features it supports.
+    let class = eventually_some("class accepted", || {
+        api.get(GATEWAY_API_PATH, "gatewayclasses", "", "sluice")
+            .filter(|c| condition(c, "Accepted")["status"] == "True")
+    })
+    .await;
+    assert_eq!(condition(&class, "Accepted")["reason"], "Accepted");
+    assert_eq!(condition(&class, "Accepted")["observedGeneration"], 1);
+    let features = class["status"]["supportedFeatures"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(features.contains(&json!({"name": "HTTPRoute"})), "{class}");
+
+    // The route: our parent entry echoes its parentRef, accepted with its references resolved.
+    let route = eventually_some("route accepted", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "api")
+            .filter(|r| parent_condition(r, "ResolvedRefs").is_some())
+    })
+    .await;
+    let parent = our_parent(&route).expect("our parent");
+    assert_eq!(parent["parentRef"], json!({"name": "gw"}), "{route}");
+    assert_eq!(
+        parent_condition(&route, "Accepted"),
+        Some(("True".into(), "Accepted".into(), 1))
+    );
+    assert_eq!(
+        parent_condition(&route, "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into(), 1))
+    );
+    // A parentRef naming no listener of the Gateway is not accepted.
+    let lost = eventually_some("lost route status", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "lost")
+            .filter(|r| parent_condition(r, "Accepted").is_some())
+    })
+    .await;
+    assert_eq!(
+        parent_condition(&lost, "Accepted"),
+        Some(("False".into(), "NoMatchingParent".into(), 1)),
+        "{lost}"
+    );
+    assert_eq!(
+        our_parent(&lost).expect("our parent")["parentRef"],
+        json!({"name": "gw", "sectionName": "no-such-listener"})
+    );
+
+    // The route moves to a Service in another namespace without a ReferenceGrant: refused,
+    // and its share answered 500.
+    api.apply(http_route("api", None, "far", "beta"));
+    let route = eventually_some("route refused its reference", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "api")
+            .filter(|r| parent_condition(r, "ResolvedRefs").is_some_and(|c| c.2 == 2))
+    })
+    .await;
+    assert_eq!(
+        parent_condition(&route, "ResolvedRefs"),
+        Some(("False".into(), "RefNotPermitted".into(), 2)),
+        "{route}"
+    );
+    assert_eq!(
+        parent_condition(&route, "Accepted"),
+        Some(("True".into(), "Accepted".into(), 2)),
+        "{route}"
+    );
+    eventually(
+        "500 for the refused reference",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move { get(&client, http, "localhost", "/api").await.status == 500 }
+        },
+    )
+    .await;
+
+    // The namespace grants it: resolved, and served by the other backend.
+    api.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "ReferenceGrant",
+        "metadata": {"name": "from-default", "namespace": "far"},
+        "spec": {
+            "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "default"}],
+            "to": [{"group": "", "kind": "Service"}],
+        },
+    }));
+    eventually("served across the grant", Duration::from_secs(20), || {
+        let client = client.clone();
+        async move {
+            let reply = get(&client, http, "localhost", "/api").await;
+            reply.status == 200 && reply.backend() == "beta"
+        }
+    })
+    .await;
+    let route = eventually_some("route resolved with the grant", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "api")
+            .filter(|r| parent_condition(r, "ResolvedRefs").is_some_and(|c| c.0 == "True"))
+    })
+    .await;
+    assert_eq!(
+        parent_condition(&route, "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into(), 2))
+    );
+
+    // A route that leaves our Gateway for another controller's loses our entry in its status.
+    let mut moved = http_route("lost", None, "default", "alpha");
+    moved["spec"]["parentRefs"] = json!([{"name": "foreign"}]);
+    api.apply(moved);
+    eventually_some("our parent entry removed", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "lost")
+            .filter(|r| our_parent(r).is_none())
+    })
+    .await;
+
+    // The operator runs the gateway's data-plane workload alongside.
+    eventually_some("data-plane deployment of the gateway", || {
+        api.get("/apis/apps/v1", "deployments", "default", "gw")
+    })
+    .await;
+
+    // Another controller's class and its Gateway: never written by us (they keep the status
+    // their CRDs defaulted), and the Gateway gets no workload.
+    for (plural, namespace, name) in [
+        ("gateways", "default", "foreign"),
+        ("gatewayclasses", "", "theirs"),
+    ] {
+        let object = api
+            .get(GATEWAY_API_PATH, plural, namespace, name)
+            .expect("foreign object");
+        assert_eq!(
+            condition(&object, "Accepted")["message"],
+            "Waiting for controller",
+            "{object}"
+        );
+    }
+    assert!(
+        api.get("/apis/apps/v1", "deployments", "default", "foreign")
+            .is_none()
+    );
+    let foreign_writes: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method != http::Method::GET
+                && (r.path.ends_with("/gateways/foreign/status")
+                    || r.path.ends_with("/gatewayclasses/theirs/status"))
+        })
+        .map(|r| r.path)
+        .collect();
+    assert!(foreign_writes.is_empty(), "{foreign_writes:?}");
+    // Every status write is a server-side apply by the status field manager.
+    assert!(
+        api.requests()
+            .iter()
+            .filter(|r| r.path.starts_with(GATEWAY_API_PATH) && r.path.ends_with("/status"))
+            .all(|r| r.method == http::Method::PATCH
+                && r.query.contains("fieldManager=sluice-status")),
+        "{}",
+        cp.log()
+    );
+
+    // Without a data plane the gateway is no longer programmed.
+    drop(dp);
+    let gw = gateway_status("gateway pending again", |g| {
+        condition(g, "Programmed")["status"] == "False"
+    })
+    .await;
+    assert_eq!(condition(&gw, "Programmed")["reason"], "Pending", "{gw}");
+    assert_eq!(condition(&gw, "Accepted")["status"], "True", "{gw}");
+
+    let status = cp.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", cp.log());
+}

@@ -4,9 +4,10 @@
 //! (JSON event lines, resourceVersion semantics, `fieldSelector` on Secret `type`), get, create,
 //! replace with optimistic concurrency (409 on a stale resourceVersion), server-side apply
 //! (`application/apply-patch+yaml`, 409 too when it names a stale resourceVersion) on objects
-//! and on the `status` subresource (status-only
-//! writes do not bump `metadata.generation`), and delete. Objects are stored as JSON; every
-//! request is recorded so tests can assert what the binary sent.
+//! and on the `status` subresource (status-only writes do not bump `metadata.generation`), and
+//! delete. New GatewayClasses and Gateways get the status their CRDs default ("Waiting for
+//! controller"). Objects are stored as JSON; every request is recorded so tests can assert what
+//! the binary sent.
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -259,6 +260,9 @@ impl FakeApiServer {
         } else {
             "ADDED"
         };
+        if kind == "ADDED" && object["status"].is_null() {
+            object["status"] = default_status(&key);
+        }
         st.revision += 1;
         let rv = st.revision;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -518,6 +522,24 @@ impl FakeApiServer {
     }
 }
 
+/// The `status` the v1.6 CRDs default on a new GatewayClass or Gateway, as the API server
+/// stores it before any controller writes: every condition Unknown, "Waiting for controller".
+fn default_status(key: &Key) -> Value {
+    let types: &[&str] = match (key.0.as_str(), key.1.as_str()) {
+        ("/apis/gateway.networking.k8s.io/v1", "gatewayclasses") => &["Accepted"],
+        ("/apis/gateway.networking.k8s.io/v1", "gateways") => &["Accepted", "Programmed"],
+        _ => return Value::Null,
+    };
+    let conditions: Vec<Value> = types
+        .iter()
+        .map(|type_| {
+            json!({"type": type_, "status": "Unknown", "reason": "Pending",
+                   "message": "Waiting for controller", "lastTransitionTime": "1970-01-01T00:00:00Z"})
+        })
+        .collect();
+    json!({ "conditions": conditions })
+}
+
 fn cluster_scoped(kind: &str) -> bool {
     matches!(
         kind,
@@ -542,6 +564,7 @@ fn plural_of(kind: &str) -> String {
         "HTTPRoute" => "httproutes".into(),
         "GRPCRoute" => "grpcroutes".into(),
         "GatewayClass" => "gatewayclasses".into(),
+        "BackendTLSPolicy" => "backendtlspolicies".into(),
         other => format!("{}s", other.to_lowercase()),
     }
 }
