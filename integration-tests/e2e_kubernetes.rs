@@ -682,6 +682,30 @@ async fn gateway_api_objects_are_served_and_get_the_specs_status() {
         Some(("True".into(), "ResolvedRefs".into(), 2))
     );
 
+    // The Gateway gains a listener: its status follows the new generation, programmed again
+    // once the data plane ACKed the new listener too, and the route attaches to both.
+    let second = free_port();
+    api.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "default"},
+        "spec": {"gatewayClassName": "sluice",
+                 "listeners": [{"name": "http", "port": http, "protocol": "HTTP"},
+                               {"name": "second", "port": second, "protocol": "HTTP"}]},
+    }));
+    let gw = gateway_status("gateway generation 2 programmed", |g| {
+        let programmed = condition(g, "Programmed");
+        programmed["status"] == "True" && programmed["observedGeneration"] == 2
+    })
+    .await;
+    assert_eq!(condition(&gw, "Accepted")["observedGeneration"], 2, "{gw}");
+    let listeners = gw["status"]["listeners"].as_array().expect("listeners");
+    assert_eq!(listeners.len(), 2, "{gw}");
+    for listener in listeners {
+        assert_eq!(listener["attachedRoutes"], 1, "{gw}");
+    }
+    assert_eq!(get(&client, http, "localhost", "/api").await.status, 200);
+    wait_ok(second, "localhost", "/api", Duration::from_secs(5)).await;
+
     // A route that leaves our Gateway for another controller's loses our entry in its status.
     let mut moved = http_route("lost", None, "default", "alpha");
     moved["spec"]["parentRefs"] = json!([{"name": "foreign"}]);
@@ -748,6 +772,105 @@ async fn gateway_api_objects_are_served_and_get_the_specs_status() {
     assert_eq!(condition(&gw, "Programmed")["reason"], "Pending", "{gw}");
     assert_eq!(condition(&gw, "Accepted")["status"], "True", "{gw}");
 
+    // The Gateway is deleted: its routes no longer show an entry for it.
+    api.delete(&gw);
+    eventually_some("route entry withdrawn with its gateway", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "api")
+            .filter(|r| our_parent(r).is_none())
+    })
+    .await;
+
+    let status = cp.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", cp.log());
+}
+
+/// A Goma Gateway and a Gateway API Gateway of the same namespace/name: the Goma one keeps the
+/// gateway id and is served; the other reports Programmed=False/Invalid naming the Goma Gateway,
+/// and takes the id over once the Goma Gateway is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goma_gateway_keeps_its_id_from_a_gateway_api_gateway() {
+    let api = FakeApiServer::start().await;
+    let dir = TempDir::new("k8s-gwapi-id");
+    dir.write("kubeconfig", &api.kubeconfig());
+    let kubeconfig = dir.path().join("kubeconfig");
+    let (_a, a_port) = echo("alpha");
+    let (_b, b_port) = echo("beta");
+    let (goma_port, api_port) = (free_port(), free_port());
+    api.apply(gateway(goma_port));
+    api.apply(route("goma", "/api", a_port));
+    api.apply(gateway_class("sluice", OUR_CONTROLLER));
+    api.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "default"},
+        "spec": {"gatewayClassName": "sluice",
+                 "listeners": [{"name": "http", "port": api_port, "protocol": "HTTP"}]},
+    }));
+    for object in service_with_endpoints("default", "beta", b_port) {
+        api.apply(object);
+    }
+    api.apply(http_route("api", None, "default", "beta"));
+
+    let xds = free_port();
+    let mut cp = Proc::start(
+        &[
+            "control-plane",
+            "--kubernetes",
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("POD_NAME", "cp-0"),
+            ("POD_NAMESPACE", "sluice-system"),
+        ],
+    );
+    let admin = free_port();
+    let _dp = data_plane("default/gw", xds, admin, &[], &[]);
+    wait_ok(goma_port, "localhost", "/api", Duration::from_secs(20)).await;
+    let client = client();
+    assert_eq!(
+        get(&client, goma_port, "localhost", "/api").await.backend(),
+        "alpha"
+    );
+    let gw = eventually_some("Gateway API gateway not served", || {
+        api.get(GATEWAY_API_PATH, "gateways", "default", "gw")
+            .filter(|g| condition(g, "Programmed")["reason"] == "Invalid")
+    })
+    .await;
+    let programmed = condition(&gw, "Programmed");
+    assert_eq!(programmed["status"], "False", "{gw}");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Goma Gateway default/gw")),
+        "{gw}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+            .await
+            .is_err(),
+        "the Gateway API listener is not served"
+    );
+
+    // The Goma Gateway goes: the Gateway API one takes the id and is served.
+    api.delete(&gateway(goma_port));
+    eventually(
+        "the Gateway API gateway served",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move {
+                matches!(request(&client, "GET", api_port, "localhost", "/api", &[]).await,
+                     Ok(r) if r.status == 200 && r.backend() == "beta")
+            }
+        },
+    )
+    .await;
+    eventually_some("Gateway API gateway programmed", || {
+        api.get(GATEWAY_API_PATH, "gateways", "default", "gw")
+            .filter(|g| condition(g, "Programmed")["status"] == "True")
+    })
+    .await;
     let status = cp.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status:?}\n{}", cp.log());
 }
