@@ -656,14 +656,15 @@ async fn gateway_api_objects_are_served_and_get_the_specs_status() {
     .await;
 
     // The namespace grants it: resolved, and served by the other backend.
-    api.apply(json!({
+    let grant = json!({
         "apiVersion": GATEWAY_API, "kind": "ReferenceGrant",
         "metadata": {"name": "from-default", "namespace": "far"},
         "spec": {
             "from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "default"}],
             "to": [{"group": "", "kind": "Service"}],
         },
-    }));
+    });
+    api.apply(grant.clone());
     eventually("served across the grant", Duration::from_secs(20), || {
         let client = client.clone();
         async move {
@@ -681,6 +682,37 @@ async fn gateway_api_objects_are_served_and_get_the_specs_status() {
         parent_condition(&route, "ResolvedRefs"),
         Some(("True".into(), "ResolvedRefs".into(), 2))
     );
+
+    // Revoked live: the grant goes, the reference is refused again.
+    api.delete(&grant);
+    eventually(
+        "500 once the grant is revoked",
+        Duration::from_secs(20),
+        || {
+            let client = client.clone();
+            async move { get(&client, http, "localhost", "/api").await.status == 500 }
+        },
+    )
+    .await;
+    let route = eventually_some("route refused again", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "api")
+            .filter(|r| parent_condition(r, "ResolvedRefs").is_some_and(|c| c.0 == "False"))
+    })
+    .await;
+    assert_eq!(
+        parent_condition(&route, "ResolvedRefs"),
+        Some(("False".into(), "RefNotPermitted".into(), 2))
+    );
+
+    // The class's spec changes: its status follows the new generation.
+    let mut class = gateway_class("sluice", OUR_CONTROLLER);
+    class["spec"]["description"] = json!("Sluice gateways");
+    api.apply(class);
+    eventually_some("class generation 2", || {
+        api.get(GATEWAY_API_PATH, "gatewayclasses", "", "sluice")
+            .filter(|c| condition(c, "Accepted")["observedGeneration"] == 2)
+    })
+    .await;
 
     // The Gateway gains a listener: its status follows the new generation, programmed again
     // once the data plane ACKed the new listener too, and the route attaches to both.
@@ -703,8 +735,10 @@ async fn gateway_api_objects_are_served_and_get_the_specs_status() {
     for listener in listeners {
         assert_eq!(listener["attachedRoutes"], 1, "{gw}");
     }
-    assert_eq!(get(&client, http, "localhost", "/api").await.status, 200);
-    wait_ok(second, "localhost", "/api", Duration::from_secs(5)).await;
+    // Both listeners serve the route (its reference still refused: 500).
+    for port in [http, second] {
+        assert_eq!(get(&client, port, "localhost", "/api").await.status, 500);
+    }
 
     // A route that leaves our Gateway for another controller's loses our entry in its status.
     let mut moved = http_route("lost", None, "default", "alpha");
