@@ -750,9 +750,25 @@ async fn gateway_api_objects_are_served_and_get_the_specs_status() {
     })
     .await;
 
-    // The operator runs the gateway's data-plane workload alongside.
+    // The operator runs the gateway's data-plane workload alongside; the address its load
+    // balancer gets is the Gateway's address.
     eventually_some("data-plane deployment of the gateway", || {
         api.get("/apis/apps/v1", "deployments", "default", "gw")
+    })
+    .await;
+    eventually_some("the gateway's service", || {
+        api.set_status(
+            "/api/v1",
+            "services",
+            "default",
+            "gw",
+            json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}),
+        )
+        .then_some(())
+    })
+    .await;
+    gateway_status("gateway address", |g| {
+        g["status"]["addresses"] == json!([{"type": "IPAddress", "value": "203.0.113.7"}])
     })
     .await;
 

@@ -221,6 +221,26 @@ impl FakeApiServer {
         self.store(&mut st, key, object);
     }
 
+    /// Sets the `status` of a stored object, as its own controller would (e.g. the load
+    /// balancer's address on a Service); false when there is no such object.
+    pub fn set_status(
+        &self,
+        prefix: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> bool {
+        let key = (prefix.into(), plural.into(), namespace.into(), name.into());
+        let mut st = self.state.lock().unwrap();
+        let Some(mut object) = st.objects.get(&key).cloned() else {
+            return false;
+        };
+        object["status"] = status;
+        self.store(&mut st, key, object);
+        true
+    }
+
     pub fn delete(&self, manifest: &Value) {
         let key = Self::key_of(manifest).expect("manifest");
         self.remove(&mut self.state.lock().unwrap(), key);
