@@ -211,9 +211,16 @@ async fn leader_duties(
                 clients: handles.clients.clone(),
                 workloads,
                 reconciles: reconciles.clone(),
+                namespace: namespace.clone(),
             },
         );
-        duties.spawn(writer.run());
+        // Partial translation would write partial status (and withdraw entries about to be
+        // reported again): the writer starts once the initial translation is complete.
+        let views = handles.views.clone();
+        duties.spawn(async move {
+            views.wait_ready().await;
+            writer.run().await;
+        });
         if leading.wait_for(|l| !*l).await.is_err() {
             return;
         }

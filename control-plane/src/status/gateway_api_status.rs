@@ -182,6 +182,14 @@ pub fn ours_in(kind: Kind, live: &Value) -> Value {
     json!({ list: entries })
 }
 
+/// Whether `ours` (as [`ours_in`] or [`ours`] give it) holds any entry in the kind's shared list.
+pub fn has_entries(kind: Kind, ours: &Value) -> bool {
+    shared_list(kind)
+        .and_then(|list| ours.get(list))
+        .and_then(Value::as_array)
+        .is_some_and(|entries| !entries.is_empty())
+}
+
 /// Whether the gateway's data planes serve its listeners.
 #[derive(Debug, PartialEq)]
 enum Delivery {

@@ -14,7 +14,7 @@ use super::writer::FIELD_MANAGER;
 use crate::model::{Kind, ObjectKey};
 use crate::operator::{Report, WorkloadStatus};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -83,6 +83,50 @@ impl ApiStatusWriter {
         sent
     }
 
+    /// Takes on the entries a previous leader (or an earlier run) left in routes' and
+    /// policies' shared lists, so that those translation does not report are withdrawn by the
+    /// next sync like any of ours. Call it once translation is complete, before the first sync.
+    /// `namespace`: the one namespace watched, if any. A kind that cannot be listed (its CRD is
+    /// not installed, or RBAC forbids it) is skipped with a warning.
+    pub async fn adopt(&mut self, client: &kube::Client, namespace: Option<&str>) {
+        for kind in [
+            Kind::HttpRoute,
+            Kind::GrpcRoute,
+            Kind::TlsRoute,
+            Kind::TcpRoute,
+            Kind::UdpRoute,
+            Kind::BackendTlsPolicy,
+        ] {
+            let ar = kind.api_resource();
+            let api: Api<DynamicObject> = match namespace {
+                Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+                None => Api::all_with(client.clone(), &ar),
+            };
+            let list = match api.list(&ListParams::default()).await {
+                Ok(list) => list,
+                Err(error) => {
+                    tracing::warn!(kind = ar.kind, %error, "cannot list to adopt our status entries; stale ones stay");
+                    continue;
+                }
+            };
+            for object in list.items {
+                let (Some(ns), Some(name)) = (&object.metadata.namespace, &object.metadata.name)
+                else {
+                    continue;
+                };
+                let Some(status) = object.data.get("status") else {
+                    continue;
+                };
+                let ours = api_status::ours_in(kind, status);
+                if api_status::has_entries(kind, &ours) {
+                    self.written
+                        .entry(ObjectKey::new(kind, ns, name))
+                        .or_insert(ours);
+                }
+            }
+        }
+    }
+
     /// Objects we wrote that translation no longer reports: a route or policy that left our
     /// Gateways must not keep our entries in its shared list (they would claim an attachment
     /// that no longer exists), so they are withdrawn; the rest are forgotten. A failed
@@ -104,11 +148,7 @@ impl ApiStatusWriter {
                 self.written.remove(&key);
                 continue;
             };
-            let had_entries = self.written[&key]
-                .get(list)
-                .and_then(Value::as_array)
-                .is_some_and(|entries| !entries.is_empty());
-            if !had_entries {
+            if !api_status::has_entries(key.kind, &self.written[&key]) {
                 self.written.remove(&key);
                 continue;
             }
@@ -189,12 +229,8 @@ async fn withdraw(client: &kube::Client, key: &ObjectKey, list: &str) -> Result<
             return Ok(());
         };
         let live_status = live.data.get("status");
-        let ours_live = live_status.map(|s| api_status::ours_in(key.kind, s));
-        let shows_ours = ours_live
-            .as_ref()
-            .and_then(|o| o.get(list))
-            .and_then(Value::as_array)
-            .is_some_and(|entries| !entries.is_empty());
+        let shows_ours = live_status
+            .is_some_and(|s| api_status::has_entries(key.kind, &api_status::ours_in(key.kind, s)));
         if !shows_ours {
             return Ok(());
         }
@@ -431,6 +467,64 @@ mod tests {
         assert!(writer.written.is_empty());
         // Forgotten: nothing more to write.
         assert_eq!(sync(&mut writer, &client, &BTreeMap::new()).await, 0);
+        drop(client);
+        assert!(handle.next_request().await.is_none(), "no further request");
+    }
+
+    #[tokio::test]
+    async fn entries_left_by_an_earlier_leader_are_adopted_and_withdrawn_when_not_reported() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let list = |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "20"}, "items": items});
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            // HTTPRoutes: one with our entry, one with only another controller's.
+            let mut theirs_only = live_route("9");
+            theirs_only["metadata"]["name"] = json!("web");
+            seen.push(
+                answer(
+                    &mut handle,
+                    StatusCode::OK,
+                    list(vec![live_route_with_ours("11"), theirs_only]),
+                )
+                .await,
+            );
+            // GRPCRoutes: not served by this cluster (no CRD).
+            seen.push(answer(&mut handle, StatusCode::NOT_FOUND, not_found()).await);
+            for _ in 0..4 {
+                seen.push(answer(&mut handle, StatusCode::OK, list(vec![])).await);
+            }
+            // The first sync withdraws the adopted entry.
+            seen.push(answer(&mut handle, StatusCode::OK, live_route_with_ours("11")).await);
+            seen.push(answer(&mut handle, StatusCode::OK, live_route("12")).await);
+            (seen, handle)
+        });
+        let mut writer = ApiStatusWriter::default();
+        writer.adopt(&client, Some("edge")).await;
+        assert_eq!(
+            writer.written.keys().cloned().collect::<Vec<_>>(),
+            vec![ObjectKey::new(Kind::HttpRoute, "edge", "api")]
+        );
+        assert_eq!(sync(&mut writer, &client, &BTreeMap::new()).await, 1);
+        let (seen, mut handle) = server.await.expect("server");
+        let lists: Vec<&str> = seen[..6].iter().map(|s| s.1.as_str()).collect();
+        assert_eq!(
+            lists,
+            [
+                "/apis/gateway.networking.k8s.io/v1/namespaces/edge/httproutes?",
+                "/apis/gateway.networking.k8s.io/v1/namespaces/edge/grpcroutes?",
+                "/apis/gateway.networking.k8s.io/v1/namespaces/edge/tlsroutes?",
+                "/apis/gateway.networking.k8s.io/v1/namespaces/edge/tcproutes?",
+                "/apis/gateway.networking.k8s.io/v1/namespaces/edge/udproutes?",
+                "/apis/gateway.networking.k8s.io/v1/namespaces/edge/backendtlspolicies?",
+            ]
+        );
+        assert_eq!(seen[7].0, Method::PATCH);
+        assert_eq!(
+            seen[7].2["status"]["parents"],
+            live_route("0")["status"]["parents"]
+        );
+        assert!(writer.written.is_empty());
         drop(client);
         assert!(handle.next_request().await.is_none(), "no further request");
     }

@@ -38,6 +38,8 @@ pub struct Sources {
     pub workloads: watch::Receiver<BTreeMap<ObjectKey, WorkloadStatus>>,
     /// The operator's reconcile outcomes.
     pub reconciles: GatewayReports,
+    /// The one namespace watched, if any (where earlier status entries are looked for).
+    pub namespace: Option<String>,
 }
 
 /// The API resource of a Goma kind (the only kinds given status here).
@@ -74,9 +76,13 @@ impl StatusWriter {
         }
     }
 
-    /// Writes status whenever an input changes, until dropped. Run it only on the leader: a
-    /// new term starts a new writer, which rewrites every status once.
+    /// Writes status whenever an input changes, until dropped. Run it only on the leader, once
+    /// the initial translation is complete: a new term starts a new writer, which rewrites
+    /// every status once and withdraws the route entries translation no longer reports.
     pub async fn run(mut self) {
+        self.api
+            .adopt(&self.client, self.sources.namespace.as_deref())
+            .await;
         let mut board = self.sources.board.subscribe();
         let mut api_board = self.sources.api_board.subscribe();
         let mut errors = self.sources.errors.subscribe();
@@ -212,6 +218,7 @@ mod tests {
             clients: clients.clone(),
             workloads,
             reconciles: GatewayReports::default(),
+            namespace: None,
         };
         (sources, board, clients)
     }
@@ -381,6 +388,7 @@ mod gateway_api_tests {
                 clients: clients.clone(),
                 workloads,
                 reconciles: GatewayReports::default(),
+                namespace: None,
             },
         );
         let listener = ResourceRef {
