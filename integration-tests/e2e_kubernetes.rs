@@ -924,3 +924,66 @@ async fn a_goma_gateway_keeps_its_id_from_a_gateway_api_gateway() {
     let status = cp.terminate(Duration::from_secs(15));
     assert!(status.success(), "{status:?}\n{}", cp.log());
 }
+
+/// A route that leaves our Gateway while no control plane runs: the next leader finds our stale
+/// entry in its status and withdraws it, keeping the entries of routes still attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_leader_withdraws_entries_left_behind() {
+    let api = FakeApiServer::start().await;
+    let dir = TempDir::new("k8s-gwapi-restart");
+    dir.write("kubeconfig", &api.kubeconfig());
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.apply(gateway_class("sluice", OUR_CONTROLLER));
+    api.apply(gateway_class("theirs", "example.com/other"));
+    for (name, class) in [("gw", "sluice"), ("foreign", "theirs")] {
+        api.apply(json!({
+            "apiVersion": GATEWAY_API, "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"gatewayClassName": class,
+                     "listeners": [{"name": "http", "port": free_port(), "protocol": "HTTP"}]},
+        }));
+    }
+    for object in service_with_endpoints("default", "alpha", free_port()) {
+        api.apply(object);
+    }
+    api.apply(http_route("stays", None, "default", "alpha"));
+    api.apply(http_route("leaves", None, "default", "alpha"));
+    let control_plane = || {
+        Proc::start(
+            &[
+                "control-plane",
+                "--kubernetes",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+            &[
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+                ("POD_NAME", "cp-0"),
+                ("POD_NAMESPACE", "sluice-system"),
+            ],
+        )
+    };
+    let accepted = |name: &str| {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", name)
+            .filter(|r| parent_condition(r, "Accepted").is_some_and(|c| c.0 == "True"))
+    };
+    let mut first = control_plane();
+    for name in ["stays", "leaves"] {
+        eventually_some("route accepted", || accepted(name)).await;
+    }
+    let status = first.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", first.log());
+
+    let mut moved = http_route("leaves", None, "default", "alpha");
+    moved["spec"]["parentRefs"] = json!([{"name": "foreign"}]);
+    api.apply(moved);
+    let mut second = control_plane();
+    eventually_some("stale entry withdrawn", || {
+        api.get(GATEWAY_API_PATH, "httproutes", "default", "leaves")
+            .filter(|r| our_parent(r).is_none())
+    })
+    .await;
+    assert!(accepted("stays").is_some());
+    let status = second.terminate(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", second.log());
+}
