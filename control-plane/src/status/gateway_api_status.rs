@@ -141,8 +141,18 @@ pub fn ours(
     }
 }
 
+/// The CRDs' `maxItems` on a shared list: 32 route parents, 16 policy ancestors.
+fn max_entries(kind: Kind) -> usize {
+    match kind {
+        Kind::BackendTlsPolicy => 16,
+        _ => 32,
+    }
+}
+
 /// The whole `status` to apply: `ours`, plus, for kinds that share a list, the entries other
 /// controllers have in `live` (the object's current status), kept in their order before ours.
+/// The list is cut at the CRD's limit (the API server would refuse the whole write): entries
+/// past it are ours, which is all we may drop.
 pub fn merge(kind: Kind, ours: &Value, live: Option<&Value>) -> Value {
     let Some(list) = shared_list(kind) else {
         return ours.clone();
@@ -162,6 +172,7 @@ pub fn merge(kind: Kind, ours: &Value, live: Option<&Value>) -> Value {
             .flatten()
             .cloned(),
     );
+    entries.truncate(max_entries(kind));
     json!({ list: entries })
 }
 
@@ -835,6 +846,33 @@ mod tests {
         assert_eq!(s["conditions"][0]["observedGeneration"], 2);
         // A GatewayClass and a Gateway share nothing with other controllers.
         assert_eq!(merge(Kind::GatewayClass, &s, Some(&json!({"x": 1}))), s);
+    }
+
+    #[test]
+    fn a_shared_list_is_cut_at_the_crd_limit_dropping_ours_only() {
+        let entry = |controller: &str, i: usize| json!({"parentRef": {"name": format!("gw-{i}")}, "controllerName": controller, "conditions": []});
+        let theirs: Vec<Value> = (0..30).map(|i| entry("example.com/other", i)).collect();
+        let ours_list: Vec<Value> = (0..5).map(|i| entry(CONTROLLER_NAME, i)).collect();
+        let merged = merge(
+            Kind::HttpRoute,
+            &json!({"parents": ours_list}),
+            Some(&json!({"parents": theirs})),
+        );
+        let parents = merged["parents"].as_array().cloned().unwrap_or_default();
+        assert_eq!(parents.len(), 32);
+        assert_eq!(parents[..30], theirs[..]);
+        assert_eq!(parents[30..], ours_list[..2]);
+        let ancestors: Vec<Value> = (0..20)
+            .map(|i| {
+                json!({"ancestorRef": {"name": format!("gw-{i}")}, "controllerName": CONTROLLER_NAME, "conditions": []})
+            })
+            .collect();
+        let merged = merge(
+            Kind::BackendTlsPolicy,
+            &json!({"ancestors": ancestors}),
+            None,
+        );
+        assert_eq!(merged["ancestors"].as_array().map(Vec::len), Some(16));
     }
 
     #[test]
