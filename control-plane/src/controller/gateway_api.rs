@@ -123,7 +123,7 @@ impl Controller {
         match api(self.objects.get(key)) {
             Some(ApiObject::GatewayClass(c)) if c.spec.controller_name == CONTROLLER_NAME => {
                 self.api_board
-                    .insert(key.clone(), gateway_class_status(&c.metadata));
+                    .insert(key.clone(), gateway_class_status(&c.metadata, &c.spec));
             }
             _ => self.api_board.remove(key),
         }

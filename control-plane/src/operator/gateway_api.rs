@@ -10,10 +10,11 @@ use serde::Deserialize;
 use super::deployment::ADMIN_PORT;
 use super::gateway::{GatewayApiWorkload, GatewayObject, GatewaySource};
 use super::ports::transport_port;
+use crate::model::gateway_api::GatewayClassSpec;
 use crate::model::goma::{GatewaySpec, ServiceType};
 use crate::model::{Kind, ObjectKey};
 use crate::provider::ParseError;
-use crate::status::gateway_api::CONTROLLER_NAME;
+use crate::translate::gateway_api::serves_class;
 
 pub fn gateway_resource() -> ApiResource {
     Kind::Gateway.api_resource()
@@ -47,12 +48,6 @@ struct Infrastructure {
     annotations: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ClassSpec {
-    controller_name: String,
-}
-
 /// A Gateway API Gateway: its class and the workload it asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiGateway {
@@ -74,13 +69,13 @@ pub fn class_name_of(object: &DynamicObject) -> Option<&str> {
     object.data.get("spec")?.get("gatewayClassName")?.as_str()
 }
 
-/// True when the GatewayClass names our controller.
+/// True when the GatewayClass names our controller and we accepted it (no parameters).
 pub fn is_our_class(class: &DynamicObject) -> bool {
     class
         .data
         .get("spec")
-        .and_then(|s| ClassSpec::deserialize(s).ok())
-        .is_some_and(|s| s.controller_name == CONTROLLER_NAME)
+        .and_then(|s| GatewayClassSpec::deserialize(s).ok())
+        .is_some_and(|s| serves_class(&s))
 }
 
 /// Reads a Gateway: one Service and container port per distinct listener port and transport
@@ -157,6 +152,7 @@ pub fn from_dynamic(object: &DynamicObject) -> Result<ApiGateway, ParseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::status::gateway_api::CONTROLLER_NAME;
     use serde_json::json;
 
     fn dynamic(value: serde_json::Value) -> DynamicObject {
@@ -255,6 +251,13 @@ mod tests {
             }))
         };
         assert!(is_our_class(&class(CONTROLLER_NAME)));
+        let mut with_parameters = class(CONTROLLER_NAME);
+        with_parameters.data["spec"]["parametersRef"] =
+            json!({"group": "example.com", "kind": "Config", "name": "p"});
+        assert!(
+            !is_our_class(&with_parameters),
+            "a refused class gets no workload"
+        );
         assert!(!is_our_class(&class("example.com/other")));
         assert_eq!(
             class_name_of(&gateway(json!({"gatewayClassName": "x"}))),

@@ -8,6 +8,19 @@ use super::{LabelSelector, ObjectReference};
 #[serde(rename_all = "camelCase")]
 pub struct GatewayClassSpec {
     pub controller_name: String,
+    /// Sluice takes no class parameters: a class that names some is not accepted.
+    #[serde(default)]
+    pub parameters_ref: Option<ParametersReference>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParametersReference {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -15,7 +15,7 @@ pub mod route;
 
 pub use index::Index;
 
-use crate::model::gateway_api::{ApiObject, ParentReference};
+use crate::model::gateway_api::{ApiObject, GatewayClassSpec, ParentReference};
 use crate::model::meta::ObjectMeta;
 use crate::model::{Kind, Object, ObjectKey};
 use crate::status::gateway_api::{ApiStatus, CONTROLLER_NAME, Condition, ParentReport};
@@ -146,16 +146,37 @@ fn backend_client_certificate(
     }
 }
 
-/// Whether GatewayClass `name` exists and names our controller.
+/// Whether GatewayClass `name` exists, names our controller and is accepted: its Gateways are
+/// ours to serve.
 pub fn is_our_class(index: &Index, name: &str) -> bool {
-    matches!(index.api(Kind::GatewayClass, "", name), Some(ApiObject::GatewayClass(c)) if c.spec.controller_name == CONTROLLER_NAME)
+    matches!(index.api(Kind::GatewayClass, "", name), Some(ApiObject::GatewayClass(c)) if serves_class(&c.spec))
+}
+
+/// Whether a GatewayClass names our controller and is accepted (the operator's check too).
+pub fn serves_class(spec: &GatewayClassSpec) -> bool {
+    spec.controller_name == CONTROLLER_NAME && class_refusal(spec).is_none()
+}
+
+/// Why one of our GatewayClasses is not accepted: sluice takes no class parameters, so any
+/// `parametersRef` is one it cannot honour.
+fn class_refusal(spec: &GatewayClassSpec) -> Option<String> {
+    spec.parameters_ref.as_ref().map(|p| {
+        format!(
+            "spec.parametersRef: {}/{} {:?} is not supported; sluice takes no GatewayClass parameters",
+            p.group, p.kind, p.name
+        )
+    })
 }
 
 /// Status of one of our GatewayClasses.
-pub fn gateway_class_status(meta: &ObjectMeta) -> ApiStatus {
+pub fn gateway_class_status(meta: &ObjectMeta, spec: &GatewayClassSpec) -> ApiStatus {
+    let accepted = match class_refusal(spec) {
+        None => Condition::new("Accepted", true, "Accepted", ""),
+        Some(why) => Condition::new("Accepted", false, "InvalidParameters", why),
+    };
     ApiStatus::GatewayClass {
         generation: meta.generation,
-        conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+        conditions: vec![accepted],
         supported_features: SUPPORTED_FEATURES.iter().map(|f| f.to_string()).collect(),
     }
 }

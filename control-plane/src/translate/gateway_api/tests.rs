@@ -928,11 +928,14 @@ fn the_class_reports_accepted_and_its_features() {
     let Some(Object::Api(class)) = objects.values().next() else {
         panic!()
     };
+    let ApiObject::GatewayClass(class) = class.as_ref() else {
+        panic!()
+    };
     let ApiStatus::GatewayClass {
         conditions,
         supported_features,
         ..
-    } = gateway_class_status(class.metadata())
+    } = gateway_class_status(&class.metadata, &class.spec)
     else {
         panic!()
     };
@@ -1102,4 +1105,44 @@ fn an_extension_filter_is_never_skipped() {
     assert!(condition(c, "Accepted").status);
     let resolved = condition(c, "ResolvedRefs");
     assert_eq!((resolved.status, resolved.reason), (false, "InvalidKind"));
+}
+
+#[test]
+fn a_class_with_parameters_is_refused_and_its_gateways_are_not_served() {
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec:
+  controllerName: sluice.dev/gateway-controller
+  parametersRef: {{group: example.com, kind: Config, name: big}}
+---
+{}",
+        gateway(HTTP)
+    );
+    let objects = objects(&yaml);
+    let Some(Object::Api(class)) = objects.get(&ObjectKey::new(Kind::GatewayClass, "", "sluice"))
+    else {
+        panic!()
+    };
+    let ApiObject::GatewayClass(class) = class.as_ref() else {
+        panic!()
+    };
+    let ApiStatus::GatewayClass { conditions, .. } =
+        gateway_class_status(&class.metadata, &class.spec)
+    else {
+        panic!()
+    };
+    let accepted = condition(&conditions, "Accepted");
+    assert!(!accepted.status);
+    assert_eq!(accepted.reason, "InvalidParameters");
+    assert!(
+        accepted.message.contains("spec.parametersRef"),
+        "{accepted:?}"
+    );
+    assert!(
+        translate_gateway(&objects, &ObjectKey::new(Kind::Gateway, "apps", "gw"))
+            .0
+            .is_none()
+    );
 }
