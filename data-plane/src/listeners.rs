@@ -1,11 +1,12 @@
 //! The proxy runtime: owns the current snapshot and the listening sockets, reconciles sockets
 //! against each new snapshot (bind new ports, stop removed ones, never reopen a kept one) and
 //! serves every accepted connection (HTTP/1.1 and h2c, or TLS with h2/http1.1 by ALPN on HTTPS
-//! ports) on its own task.
+//! ports; TCP, TLS and UDP listeners through `l4`) on its own task.
 
+use crate::l4::{self, L4Context};
 use crate::observe::Observer;
 use crate::proxy::Peer;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{PortKind, Snapshot};
 use crate::timeouts::{Activity, ClientIo, InFlightBody, Protocol, WaitingBody};
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::{Mutex, Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
@@ -52,8 +53,8 @@ struct PortHandle {
     stop: watch::Sender<bool>,
     /// Identifies this bind (logged), so a kept socket can be told from a reopened one.
     generation: u64,
-    /// Whether this socket terminates TLS; switching protocol rebinds the port.
-    tls: bool,
+    /// What the socket serves; switching kind rebinds the port. None: a UDP socket.
+    kind: Option<PortKind>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -61,6 +62,8 @@ pub struct ProxyRuntime {
     bind_ip: IpAddr,
     shared: Arc<Shared>,
     ports: Mutex<HashMap<u16, PortHandle>>,
+    /// UDP sockets by port (locked after `ports`).
+    udp_ports: Mutex<HashMap<u16, PortHandle>>,
     next_generation: std::sync::atomic::AtomicU64,
     /// Probe tasks of the clusters with active health checks, following each applied snapshot.
     health: HealthCheckers,
@@ -96,6 +99,7 @@ impl ProxyRuntime {
                 observer: Arc::new(observer),
             }),
             ports: Mutex::new(HashMap::new()),
+            udp_ports: Mutex::new(HashMap::new()),
             next_generation: std::sync::atomic::AtomicU64::new(1),
             health: HealthCheckers::default(),
         })
@@ -118,10 +122,10 @@ impl ProxyRuntime {
         self.shared.current.store(snapshot.clone());
         self.health.reconcile(snapshot.clusters());
         let wanted: HashMap<u16, &[String]> = snapshot.ports().collect();
-        // A port switching between HTTP and HTTPS is closed and rebound (rare).
+        // A port switching kind (e.g. between HTTP and HTTPS) is closed and rebound (rare).
         let removed: Vec<u16> = ports
             .iter()
-            .filter(|(p, h)| !wanted.contains_key(p) || h.tls != snapshot.tls(**p).is_some())
+            .filter(|(p, h)| h.kind != snapshot.port_kind(**p))
             .map(|(p, _)| *p)
             .collect();
         for port in removed {
@@ -144,9 +148,15 @@ impl ProxyRuntime {
             if ports.contains_key(&port) {
                 continue;
             }
-            let is_tls = snapshot.tls(port).is_some();
-            let acceptor = if is_tls {
-                match tls::server_config(self.shared.current.clone(), port) {
+            let kind = snapshot.port_kind(port).unwrap_or(PortKind::Http);
+            let config = match kind {
+                PortKind::Https => Some(tls::server_config(self.shared.current.clone(), port)),
+                PortKind::Tls => Some(tls::stream_server_config(self.shared.current.clone(), port)),
+                PortKind::Http | PortKind::Tcp => None,
+            };
+            let is_tls = config.is_some();
+            let acceptor = if let Some(config) = config {
+                match config {
                     Ok(config) => Some(TlsAcceptor::from(config)),
                     Err(error) => {
                         let reason = format!("cannot configure TLS on port {port}: {error}");
@@ -163,18 +173,19 @@ impl ProxyRuntime {
                     let accept_loop = tokio::spawn(accept_loop(
                         listener,
                         port,
+                        kind,
                         acceptor,
                         stop_rx,
                         self.shared.clone(),
                     ));
                     let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(port, generation, tls = is_tls, listeners = ?names, "listening");
+                    tracing::info!(port, generation, ?kind, tls = is_tls, listeners = ?names, "listening");
                     ports.insert(
                         port,
                         PortHandle {
                             stop,
                             generation,
-                            tls: is_tls,
+                            kind: Some(kind),
                             accept_loop,
                         },
                     );
@@ -186,6 +197,66 @@ impl ProxyRuntime {
                 }
             }
         }
+        drop(ports);
+        failures.extend(self.reconcile_udp(&snapshot).await);
+        failures
+    }
+
+    /// Binds the UDP ports `snapshot` wants and stops the others; a kept port keeps its socket
+    /// and sessions. Returns (listener, reason) for ports that could not be bound.
+    async fn reconcile_udp(&self, snapshot: &Snapshot) -> Vec<(String, String)> {
+        let mut udp = self.udp_ports.lock().await;
+        let wanted: HashMap<u16, &[String]> = snapshot.udp_ports().collect();
+        let removed: Vec<u16> = udp
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for port in removed {
+            if let Some(handle) = udp.remove(&port) {
+                tracing::info!(
+                    port,
+                    generation = handle.generation,
+                    "UDP listener port removed"
+                );
+                let _ = handle.stop.send(true);
+                let _ = handle.accept_loop.await;
+            }
+        }
+        let mut failures = Vec::new();
+        let mut wanted: Vec<_> = wanted.into_iter().collect();
+        wanted.sort_unstable_by_key(|(p, _)| *p);
+        for (port, names) in wanted {
+            if udp.contains_key(&port) {
+                continue;
+            }
+            match UdpSocket::bind(SocketAddr::new(self.bind_ip, port)).await {
+                Ok(socket) => {
+                    let (stop, stop_rx) = watch::channel(false);
+                    let ctx = L4Context {
+                        current: self.shared.current.clone(),
+                        metrics: self.shared.observer.metrics().clone(),
+                    };
+                    let accept_loop = tokio::spawn(l4::udp::serve(socket, port, stop_rx, ctx));
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(port, generation, listeners = ?names, "listening (UDP)");
+                    udp.insert(
+                        port,
+                        PortHandle {
+                            stop,
+                            generation,
+                            kind: None,
+                            accept_loop,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(port, listeners = ?names, %error, "cannot bind UDP listener port");
+                    let reason = format!("cannot bind UDP {}:{port}: {error}", self.bind_ip);
+                    failures.extend(names.iter().map(|n| (n.clone(), reason.clone())));
+                }
+            }
+        }
         failures
     }
 
@@ -193,7 +264,9 @@ impl ProxyRuntime {
     /// waits for them, at most `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         self.health.stop();
-        let handles: Vec<PortHandle> = self.ports.lock().await.drain().map(|(_, h)| h).collect();
+        let mut handles: Vec<PortHandle> =
+            self.ports.lock().await.drain().map(|(_, h)| h).collect();
+        handles.extend(self.udp_ports.lock().await.drain().map(|(_, h)| h));
         for handle in &handles {
             let _ = handle.stop.send(true);
         }
@@ -237,6 +310,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept_loop(
     listener: TcpListener,
     port: u16,
+    kind: PortKind,
     acceptor: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
@@ -246,6 +320,20 @@ async fn accept_loop(
             // A stop signal or a dropped sender both end the loop; the socket closes on return.
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) if matches!(kind, PortKind::Tcp | PortKind::Tls) => {
+                    shared.connections.fetch_add(1, Ordering::AcqRel);
+                    let guard = ConnectionGuard(shared.clone());
+                    let ctx = L4Context {
+                        current: shared.current.clone(),
+                        metrics: shared.observer.metrics().clone(),
+                    };
+                    let acceptor = acceptor.clone();
+                    // Established streams outlive a removed listener: no stop signal here.
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        l4::serve_stream(stream, remote, port, acceptor, ctx).await;
+                    });
+                }
                 Ok((stream, remote)) => {
                     tokio::spawn(serve_connection(
                         stream,

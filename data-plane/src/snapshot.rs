@@ -2,10 +2,12 @@
 //! resources and builds snapshots incrementally (unchanged routes and clusters are reused).
 
 use crate::fast_map::FastMap;
+use crate::l4::route::{L4Kind, L4Listener, L4Port, L4Route, sort_routes};
 use crate::metrics::Metrics;
 use crate::metrics::endpoint::MetricsEndpoint;
 use crate::resources::Resources;
 use crate::router::host::validate_hostname;
+use crate::router::route::to_duration;
 use crate::router::{
     CompiledRoute, HostPattern, IndexBuilder, ListenerInfo, PortIndex, RouteTable,
 };
@@ -14,8 +16,9 @@ use crate::tls::{self, ClientAuth, SniIndex};
 use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster, pool};
 use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Compiled, immutable configuration. Requests load it once and keep it to completion.
 #[derive(Debug, Default)]
@@ -23,8 +26,14 @@ pub struct Snapshot {
     table: RouteTable,
     /// Shared with the next snapshot until a cluster changes (copy on write).
     clusters: Arc<FastMap<Arc<str>, Arc<CompiledCluster>>>,
-    /// Port -> names of the listeners on it.
+    /// TCP port -> names of the listeners on it (HTTP, HTTPS, TLS and TCP listeners).
     ports: BTreeMap<u16, Vec<String>>,
+    /// UDP port -> names of the listeners on it.
+    udp_ports: BTreeMap<u16, Vec<String>>,
+    /// TCP and TLS listener ports -> their listeners and routes.
+    l4: Arc<FastMap<u16, Arc<L4Port>>>,
+    /// UDP listener ports -> their listeners and routes.
+    udp: Arc<FastMap<u16, Arc<L4Port>>>,
     /// TLS (HTTPS) ports -> certificate selection. Shared until a certificate input changes.
     tls: Arc<FastMap<u16, Arc<SniIndex>>>,
     /// Ports whose settings differ from the defaults (from the port's first listener by name).
@@ -87,6 +96,36 @@ impl Snapshot {
         self.server.get(&port).map_or(&*server::DEFAULT, |s| &**s)
     }
 
+    /// UDP ports to listen on, each with the names of its listeners.
+    pub fn udp_ports(&self) -> impl Iterator<Item = (u16, &[String])> {
+        self.udp_ports
+            .iter()
+            .map(|(p, names)| (*p, names.as_slice()))
+    }
+
+    /// What is served on TCP port `port` (None: nothing).
+    pub fn port_kind(&self, port: u16) -> Option<PortKind> {
+        if !self.ports.contains_key(&port) {
+            return None;
+        }
+        Some(match self.l4.get(&port).and_then(|p| p.first()) {
+            Some(l) if l.kind == L4Kind::Tcp => PortKind::Tcp,
+            Some(_) => PortKind::Tls,
+            None if self.tls.contains_key(&port) => PortKind::Https,
+            None => PortKind::Http,
+        })
+    }
+
+    /// The TCP or TLS listeners of `port` with their routes.
+    pub fn l4_port(&self, port: u16) -> Option<&L4Port> {
+        self.l4.get(&port).map(|p| &**p)
+    }
+
+    /// The UDP listeners of `port` with their routes.
+    pub fn udp_port(&self, port: u16) -> Option<&L4Port> {
+        self.udp.get(&port).map(|p| &**p)
+    }
+
     /// Certificate selection of `port` when it terminates TLS (None: plain HTTP).
     pub fn tls(&self, port: u16) -> Option<&SniIndex> {
         self.tls.get(&port).map(|i| &**i)
@@ -96,6 +135,27 @@ impl Snapshot {
     pub fn metrics_endpoints(&self) -> &[MetricsEndpoint] {
         &self.metrics_endpoints
     }
+}
+
+/// What a TCP listening port serves; a port changing kind is closed and bound again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    Http,
+    Https,
+    /// TCP listeners: streams forwarded as they are.
+    Tcp,
+    /// TLS listeners: passthrough by SNI, or terminated and forwarded.
+    Tls,
+}
+
+/// An accepted TCP, UDP or TLS listener, as the L4 tables need it.
+#[derive(Debug, Clone)]
+struct L4ListenerSpec {
+    name: Arc<str>,
+    port: u16,
+    kind: L4Kind,
+    hostname: HostPattern,
+    idle_timeout: Option<Duration>,
 }
 
 /// What certificate selection needs to know about an accepted HTTPS listener.
@@ -131,12 +191,23 @@ fn check_listener(l: &pb::Listener) -> Result<(), String> {
                 );
             }
         }
-        Ok(p) => {
-            return Err(format!(
-                "protocol {} is not supported by this data plane yet",
-                p.as_str_name()
-            ));
+        Ok(pb::Protocol::Tls) => {
+            let mode = l.tls.as_ref().map_or(0, |t| t.mode);
+            match pb::TlsMode::try_from(mode) {
+                Ok(pb::TlsMode::Passthrough) => {}
+                Ok(pb::TlsMode::Terminate) => {
+                    if l.tls
+                        .as_ref()
+                        .is_none_or(|t| t.certificate_secrets.is_empty())
+                    {
+                        return Err("tls.certificate_secrets: a TLS listener in terminate mode needs at least one certificate".into());
+                    }
+                }
+                Err(_) => return Err(format!("tls.mode: unknown value {mode}")),
+            }
         }
+        Ok(pb::Protocol::Tcp | pb::Protocol::Udp) => {}
+        Ok(pb::Protocol::Unspecified) => return Err("protocol: not set".into()),
         Err(_) => return Err(format!("protocol: unknown value {}", l.protocol)),
     }
     validate_hostname(&l.hostname).map_err(|e| format!("hostname: {e}"))?;
@@ -144,6 +215,16 @@ fn check_listener(l: &pb::Listener) -> Result<(), String> {
         pool::validate_defaults(d).map_err(|e| format!("http.upstream_defaults.{e}"))?;
     }
     MetricsEndpoint::from_listener(l, 0).map(drop)
+}
+
+/// The idle bound of an L4 listener's streams or sessions: its `http.idle_timeout` when set and
+/// not zero (TCP and TLS then have none; UDP sessions use their default).
+fn l4_idle_timeout(l: &pb::Listener) -> Option<Duration> {
+    l.http
+        .as_ref()
+        .and_then(|h| h.idle_timeout.as_ref())
+        .and_then(|d| to_duration(d).ok())
+        .filter(|d| !d.is_zero())
 }
 
 /// `name` is a TlsCertificate Secret among `resources` (which hold only validated Secrets).
@@ -164,8 +245,13 @@ pub struct Compiler {
     secrets: HashMap<String, (Arc<pb::Secret>, Option<Arc<CertifiedKey>>)>,
     /// Routes that carry a certificate_secret, by name (inputs of the SNI indexes).
     route_certs: BTreeMap<String, Arc<CompiledRoute>>,
-    /// Accepted HTTPS listeners in name order, as of the last listener change.
+    /// Accepted HTTPS listeners and TLS listeners in terminate mode, in name order, as of the
+    /// last listener change.
     tls_listeners: Vec<TlsListener>,
+    /// Accepted TCP, UDP and TLS listeners in name order, as of the last listener change.
+    l4_listeners: Vec<L4ListenerSpec>,
+    /// Compiled routes attached to some L4 listener, by name.
+    l4_routes: BTreeMap<String, (Arc<pb::Route>, Arc<L4Route>)>,
     /// Survives cluster changes (round-robin position, endpoint health, retry budget); dropped
     /// when the cluster is removed.
     cluster_states: HashMap<String, Arc<ClusterState>>,
@@ -194,6 +280,8 @@ impl Compiler {
             secrets: HashMap::new(),
             route_certs: BTreeMap::new(),
             tls_listeners: Vec::new(),
+            l4_listeners: Vec::new(),
+            l4_routes: BTreeMap::new(),
             cluster_states: HashMap::new(),
             clients: Arc::new(Clients::default()),
             pool_defaults: PoolSettings::default(),
@@ -273,7 +361,8 @@ impl Compiler {
         }
         if let Some(pb::route::Action::Forward(f)) = &r.action {
             for (i, b) in f.backends.iter().enumerate() {
-                // An empty name is an unresolved reference, answered 500 by design.
+                // An empty name is an unresolved reference: HTTP answers its share 500, TCP, UDP
+                // and TLS listeners refuse the connection.
                 if !b.cluster.is_empty() && !resources.clusters.contains_key(&b.cluster) {
                     return Err(format!(
                         "forward.backends[{i}].cluster: cluster {:?} does not exist",
@@ -470,13 +559,17 @@ impl Compiler {
         }
 
         let mut server = self.last.server.clone();
+        let mut udp_ports = self.last.udp_ports.clone();
         let (table, ports, metrics_endpoints) = if changed.listeners {
             let mut settings: FastMap<u16, Arc<ServerSettings>> = FastMap::default();
             let mut metrics_endpoints = Vec::new();
             let mut listeners = Vec::with_capacity(resources.listeners.len());
             let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
-            let mut protocols: HashMap<u16, i32> = HashMap::new();
+            udp_ports = BTreeMap::new();
+            // By (port, is UDP): TCP and UDP listeners may share a port number.
+            let mut protocols: HashMap<(u16, bool), i32> = HashMap::new();
             self.tls_listeners.clear();
+            self.l4_listeners.clear();
             for (name, l) in &resources.listeners {
                 // Secret references are not checked here: a missing certificate is skipped
                 // when the SNI index is built (fail closed), the listener still serves routes.
@@ -487,9 +580,12 @@ impl Compiler {
                 let Ok(port) = u16::try_from(l.port) else {
                     continue;
                 };
-                // One protocol per port. Validation sees one listener at a time and cannot
-                // refuse this reliably, so the later listener by name order is left out.
-                let first = *protocols.entry(port).or_insert(l.protocol);
+                // One protocol per port (HTTP, HTTPS, TLS and TCP share TCP ports; UDP has its
+                // own). Validation sees one listener at a time and cannot refuse this reliably,
+                // so the later listener by name order is left out.
+                let l4_kind = L4Kind::of(l);
+                let udp = l4_kind == Some(L4Kind::Udp);
+                let first = *protocols.entry((port, udp)).or_insert(l.protocol);
                 if first != l.protocol {
                     tracing::warn!(
                         listener = %name,
@@ -498,7 +594,33 @@ impl Compiler {
                     );
                     continue;
                 }
-                ports.entry(port).or_default().push(name.clone());
+                if udp {
+                    udp_ports.entry(port).or_default().push(name.clone());
+                } else {
+                    ports.entry(port).or_default().push(name.clone());
+                }
+                let hostname = HostPattern::parse(&l.hostname);
+                if let Some(kind) = l4_kind {
+                    if kind == L4Kind::TlsTerminate {
+                        let tls = l.tls.clone().unwrap_or_default();
+                        self.tls_listeners.push(TlsListener {
+                            name: name.clone(),
+                            port,
+                            hostname: hostname.clone(),
+                            certificate_secrets: tls.certificate_secrets,
+                            client_ca_secret: tls.client_ca_secret,
+                            client_certificate_optional: tls.client_certificate_optional,
+                        });
+                    }
+                    self.l4_listeners.push(L4ListenerSpec {
+                        name: name.as_str().into(),
+                        port,
+                        kind,
+                        hostname,
+                        idle_timeout: l4_idle_timeout(l),
+                    });
+                    continue;
+                }
                 if let std::collections::hash_map::Entry::Vacant(slot) = settings.entry(port) {
                     match ServerSettings::of_listener(l) {
                         Ok(s) if s == *server::DEFAULT => {}
@@ -513,7 +635,6 @@ impl Compiler {
                 if let Ok(Some(endpoint)) = MetricsEndpoint::from_listener(l, port) {
                     metrics_endpoints.push(endpoint);
                 }
-                let hostname = HostPattern::parse(&l.hostname);
                 if l.protocol == pb::Protocol::Https as i32 {
                     let tls = l.tls.clone().unwrap_or_default();
                     self.tls_listeners.push(TlsListener {
@@ -559,10 +680,18 @@ impl Compiler {
         } else {
             self.last.tls.clone()
         };
+        let (l4, udp) = if self.sync_l4_routes(resources, changed) {
+            self.build_l4_tables()
+        } else {
+            (self.last.l4.clone(), self.last.udp.clone())
+        };
         self.last = Snapshot {
             table,
             clusters,
             ports,
+            udp_ports,
+            l4,
+            udp,
             tls,
             server,
             metrics_endpoints,
@@ -572,11 +701,101 @@ impl Compiler {
             table: self.last.table.clone(),
             clusters: self.last.clusters.clone(),
             ports: self.last.ports.clone(),
+            udp_ports: self.last.udp_ports.clone(),
+            l4: self.last.l4.clone(),
+            udp: self.last.udp.clone(),
             tls: self.last.tls.clone(),
             server: self.last.server.clone(),
             metrics_endpoints: self.last.metrics_endpoints.clone(),
             route_count: self.last.route_count,
         })
+    }
+
+    /// Brings the compiled L4 routes up to date: every route on a listener change, else the
+    /// changed ones. Returns whether the L4 tables must be rebuilt.
+    fn sync_l4_routes(&mut self, resources: &Resources, changed: &Changed) -> bool {
+        let l4_names: HashSet<&str> = self.l4_listeners.iter().map(|l| &*l.name).collect();
+        let names: Vec<String> = if changed.listeners {
+            let mut all: BTreeSet<String> = resources.routes.keys().cloned().collect();
+            all.extend(self.l4_routes.keys().cloned());
+            all.into_iter().collect()
+        } else {
+            changed.routes.iter().cloned().collect()
+        };
+        let mut dirty = changed.listeners;
+        for name in names {
+            let attached = resources
+                .routes
+                .get(&name)
+                .filter(|r| r.listeners.iter().any(|l| l4_names.contains(l.as_str())));
+            let Some(pb_route) = attached else {
+                dirty |= self.l4_routes.remove(&name).is_some();
+                continue;
+            };
+            if self
+                .l4_routes
+                .get(&name)
+                .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_route))
+            {
+                continue;
+            }
+            dirty = true;
+            match L4Route::compile(pb_route) {
+                Ok(r) => {
+                    self.l4_routes.insert(name, (pb_route.clone(), Arc::new(r)));
+                }
+                Err(error) => {
+                    tracing::warn!(route = %name, %error, "route left out of TCP, UDP and TLS listeners");
+                    self.l4_routes.remove(&name);
+                }
+            }
+        }
+        dirty
+    }
+
+    /// The TCP/TLS and UDP port tables: each port's listeners in name order with their routes.
+    #[allow(clippy::type_complexity)]
+    fn build_l4_tables(
+        &self,
+    ) -> (
+        Arc<FastMap<u16, Arc<L4Port>>>,
+        Arc<FastMap<u16, Arc<L4Port>>>,
+    ) {
+        let mut stream: BTreeMap<u16, L4Port> = BTreeMap::new();
+        let mut udp: BTreeMap<u16, L4Port> = BTreeMap::new();
+        for spec in &self.l4_listeners {
+            let mut routes: Vec<Arc<L4Route>> = self
+                .l4_routes
+                .values()
+                .filter(|(_, r)| r.listeners.iter().any(|l| **l == *spec.name))
+                .map(|(_, r)| r.clone())
+                .collect();
+            sort_routes(&mut routes);
+            let table = if spec.kind == L4Kind::Udp {
+                &mut udp
+            } else {
+                &mut stream
+            };
+            table
+                .entry(spec.port)
+                .or_default()
+                .listeners
+                .push(L4Listener {
+                    name: spec.name.clone(),
+                    hostname: spec.hostname.clone(),
+                    kind: spec.kind,
+                    idle_timeout: spec.idle_timeout,
+                    routes,
+                });
+        }
+        let shared = |t: BTreeMap<u16, L4Port>| {
+            Arc::new(
+                t.into_iter()
+                    .map(|(port, p)| (port, Arc::new(p)))
+                    .collect::<FastMap<_, _>>(),
+            )
+        };
+        (shared(stream), shared(udp))
     }
 
     /// One SNI index per HTTPS port: route certificates under the hosts each route is reachable
@@ -934,11 +1153,34 @@ mod tests {
                 .starts_with("port:")
         );
         l.port = 80;
-        l.protocol = pb::Protocol::Tcp as i32;
+        for p in [pb::Protocol::Tcp, pb::Protocol::Udp] {
+            l.protocol = p as i32;
+            assert_eq!(c.validate_listener(&l, &res), Ok(()));
+        }
+        l.protocol = pb::Protocol::Unspecified as i32;
         assert_eq!(
             c.validate_listener(&l, &res).unwrap_err(),
-            "protocol PROTOCOL_TCP is not supported by this data plane yet"
+            "protocol: not set"
         );
+        l.protocol = pb::Protocol::Tls as i32;
+        assert_eq!(
+            c.validate_listener(&l, &res).unwrap_err(),
+            "tls.certificate_secrets: a TLS listener in terminate mode needs at least one certificate"
+        );
+        l.tls = Some(pb::ListenerTls {
+            mode: pb::TlsMode::Passthrough as i32,
+            ..Default::default()
+        });
+        assert_eq!(c.validate_listener(&l, &res), Ok(()));
+        l.tls = Some(pb::ListenerTls {
+            mode: 7,
+            ..Default::default()
+        });
+        assert_eq!(
+            c.validate_listener(&l, &res).unwrap_err(),
+            "tls.mode: unknown value 7"
+        );
+        l.tls = None;
         l.protocol = pb::Protocol::Http as i32;
         l.http = Some(pb::HttpSettings {
             upstream_defaults: Some(pb::UpstreamDefaults {
@@ -1546,5 +1788,150 @@ mod metrics_tests {
         bad.listeners.insert("http".into(), Arc::new(l.clone()));
         let err = c.validate_listener(&l, &bad).unwrap_err();
         assert!(err.starts_with("http.metrics.path:"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod l4_tests {
+    use super::*;
+
+    fn listener(
+        name: &str,
+        port: u32,
+        protocol: pb::Protocol,
+        tls: Option<pb::ListenerTls>,
+    ) -> Arc<pb::Listener> {
+        Arc::new(pb::Listener {
+            name: name.into(),
+            port,
+            protocol: protocol as i32,
+            tls,
+            ..Default::default()
+        })
+    }
+
+    fn l4_route(name: &str, listener: &str, order: i64, cluster: &str) -> Arc<pb::Route> {
+        Arc::new(pb::Route {
+            name: name.into(),
+            listeners: vec![listener.into()],
+            creation_order: order,
+            action: Some(pb::route::Action::Forward(pb::ForwardAction {
+                backends: vec![pb::WeightedBackend {
+                    cluster: cluster.into(),
+                    weight: 1,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+    }
+
+    fn resources() -> Resources {
+        let mut res = Resources::default();
+        res.add_http_listener("http", 8080)
+            .add_cluster("backend", &[("127.0.0.1", 9)]);
+        let passthrough = pb::ListenerTls {
+            mode: pb::TlsMode::Passthrough as i32,
+            ..Default::default()
+        };
+        for l in [
+            listener("tcp", 9000, pb::Protocol::Tcp, None),
+            listener("udp", 9000, pb::Protocol::Udp, None),
+            // Same TCP port as "tcp" with another protocol, later by name: left out.
+            listener("z-http", 9000, pb::Protocol::Http, None),
+            listener("tls", 9443, pb::Protocol::Tls, Some(passthrough)),
+        ] {
+            res.listeners.insert(l.name.clone(), l);
+        }
+        for r in [
+            l4_route("tcp-new", "tcp", 20, "backend"),
+            l4_route("tcp-old", "tcp", 10, "backend"),
+            l4_route("udp", "udp", 0, "backend"),
+            l4_route("unresolved", "tls", 0, ""),
+        ] {
+            res.routes.insert(r.name.clone(), r);
+        }
+        res
+    }
+
+    #[test]
+    fn l4_listeners_get_ports_kinds_and_routes() {
+        let res = resources();
+        let c = Compiler::new();
+        assert_eq!(
+            c.validate_route(&res.routes["unresolved"], &res),
+            Ok(()),
+            "an unresolved backend is valid"
+        );
+        let mut c = Compiler::new();
+        let snap = c.compile(&res);
+        let ports: Vec<(u16, Vec<String>)> = snap.ports().map(|(p, n)| (p, n.to_vec())).collect();
+        assert_eq!(
+            ports,
+            [
+                (8080, vec!["http".to_string()]),
+                (9000, vec!["tcp".to_string()]),
+                (9443, vec!["tls".to_string()]),
+            ]
+        );
+        let udp: Vec<(u16, Vec<String>)> = snap.udp_ports().map(|(p, n)| (p, n.to_vec())).collect();
+        assert_eq!(udp, [(9000, vec!["udp".to_string()])]);
+        assert_eq!(snap.port_kind(8080), Some(PortKind::Http));
+        assert_eq!(snap.port_kind(9000), Some(PortKind::Tcp));
+        assert_eq!(snap.port_kind(9443), Some(PortKind::Tls));
+        assert_eq!(snap.port_kind(1), None);
+        let tcp = snap.l4_port(9000).and_then(|p| p.first()).unwrap();
+        let names: Vec<&str> = tcp.routes.iter().map(|r| &*r.name).collect();
+        assert_eq!(names, ["tcp-old", "tcp-new"]);
+        let udp = snap.udp_port(9000).and_then(|p| p.first()).unwrap();
+        assert_eq!(udp.first_route().map(|r| &*r.name), Some("udp"));
+        // L4 routes stay out of the HTTP index.
+        assert!(snap.port(9000).is_none());
+    }
+
+    #[test]
+    fn l4_tables_follow_route_changes_only_when_they_touch_l4() {
+        let mut res = resources();
+        let mut c = Compiler::new();
+        let first = c.compile(&res);
+        // An HTTP route change keeps the L4 tables.
+        res.add_cluster("other", &[("127.0.0.1", 10)]);
+        let mut http = (*l4_route("web", "http", 0, "backend")).clone();
+        http.matches = Vec::new();
+        res.routes.insert("web".into(), Arc::new(http));
+        let changed = Changed {
+            routes: ["web".to_string()].into(),
+            ..Default::default()
+        };
+        let second = c.compile_changes(&res, &changed);
+        assert!(Arc::ptr_eq(&first.l4, &second.l4));
+        // Making tcp-new the oldest changes the winner.
+        res.routes
+            .insert("tcp-new".into(), l4_route("tcp-new", "tcp", 1, "backend"));
+        let changed = Changed {
+            routes: ["tcp-new".to_string()].into(),
+            ..Default::default()
+        };
+        let third = c.compile_changes(&res, &changed);
+        let winner = third
+            .l4_port(9000)
+            .and_then(|p| p.first())
+            .and_then(|l| l.first_route())
+            .map(|r| r.name.to_string());
+        assert_eq!(winner.as_deref(), Some("tcp-new"));
+        // Removing the route removes it from the table.
+        res.routes.remove("tcp-new");
+        let changed = Changed {
+            routes: ["tcp-new".to_string()].into(),
+            ..Default::default()
+        };
+        let fourth = c.compile_changes(&res, &changed);
+        let names: Vec<String> = fourth.l4_port(9000).unwrap().listeners[0]
+            .routes
+            .iter()
+            .map(|r| r.name.to_string())
+            .collect();
+        assert_eq!(names, ["tcp-old"]);
     }
 }

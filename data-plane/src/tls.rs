@@ -360,6 +360,24 @@ pub fn server_config(
     current: Arc<ArcSwap<Snapshot>>,
     port: u16,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    build_server_config(current, port, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+}
+
+/// The ServerConfig of a TLS listener port that terminates and forwards the byte stream (TLSRoute
+/// in terminate mode): like [`server_config`] without ALPN, since the protocol inside is the
+/// backend's, not ours to negotiate.
+pub fn stream_server_config(
+    current: Arc<ArcSwap<Snapshot>>,
+    port: u16,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    build_server_config(current, port, Vec::new())
+}
+
+fn build_server_config(
+    current: Arc<ArcSwap<Snapshot>>,
+    port: u16,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(PROVIDER.clone())
         .with_protocol_versions(&[&version::TLS13, &version::TLS12])?
         .with_client_cert_verifier(Arc::new(SnapshotClientVerifier {
@@ -367,7 +385,7 @@ pub fn server_config(
             port,
         }))
         .with_cert_resolver(Arc::new(SnapshotResolver { current, port }));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
 }

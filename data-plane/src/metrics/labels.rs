@@ -39,7 +39,7 @@ pub struct TypeLabel {
     pub r#type: &'static str,
 }
 
-fn label(e: &mut LabelSetEncoder, key: &str, value: &str) -> Result<(), Error> {
+pub(super) fn label(e: &mut LabelSetEncoder, key: &str, value: &str) -> Result<(), Error> {
     (key, value).encode(e.encode_label())
 }
 

@@ -8,6 +8,7 @@
 
 pub mod endpoint;
 pub mod histogram;
+pub mod l4;
 pub mod labels;
 pub mod route;
 
@@ -43,6 +44,7 @@ pub struct Metrics {
     connect_errors: Family<ClusterLabel, Counter>,
     timeouts: Family<ClusterLabel, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
+    l4: l4::L4Families,
     xds_connected: Gauge,
     config_applied: Gauge<f64, AtomicU64>,
     config_resources: Family<TypeLabel, Gauge>,
@@ -127,6 +129,8 @@ impl Metrics {
             "TLS handshakes on listener ports by result (ok, failed)",
             Family::<HandshakeLabels, Counter>::clone(&handshakes),
         );
+        let l4 = l4::L4Families::default();
+        l4.register(&mut r);
         let xds_connected = Gauge::default();
         let config_applied = Gauge::<f64, AtomicU64>::default();
         let config_resources = Family::default();
@@ -171,6 +175,7 @@ impl Metrics {
             connect_errors,
             timeouts,
             handshakes,
+            l4,
             xds_connected,
             config_applied,
             config_resources,
@@ -211,6 +216,11 @@ impl Metrics {
         self.handshakes
             .get_or_create(&HandshakeLabels { port, result })
             .inc();
+    }
+
+    /// Counters of TCP, UDP and TLS listeners.
+    pub fn l4(&self) -> &l4::L4Families {
+        &self.l4
     }
 
     pub fn xds_connected(&self, connected: bool) {
