@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod l4;
 pub mod xds;
 
 use bytes::Bytes;
