@@ -261,7 +261,15 @@ async fn tcp_forwarding_weights_live_changes_and_unresolved_backends() {
         "a got {to_a} of 200 at weight 3:1"
     );
 
-    // An unresolved backend (cluster "") and a backend without endpoints refuse connections.
+    // A backend nothing listens on, and an unresolved backend (cluster ""), refuse connections.
+    gw.clusters(&[("dead", free_port())]).await;
+    gw.routes(&[route("r", "tcp", &[], &[("dead", 1)])]).await;
+    eventually("dead backend refuses", Duration::from_secs(10), || async {
+        tcp_backend(port).await.is_err()
+    })
+    .await;
+    gw.routes(&[route("r", "tcp", &[], &[("b", 1)])]).await;
+    wait_tcp_backend(port, "b").await;
     gw.routes(&[route("r", "tcp", &[], &[("", 1)])]).await;
     eventually(
         "unresolved backend refuses",
@@ -387,7 +395,7 @@ async fn tls_passthrough_by_sni_to_backends_with_their_own_certificates() {
 }
 
 #[tokio::test]
-async fn tls_terminate_forwards_the_decrypted_stream() {
+async fn tls_terminate_forwards_the_decrypted_stream_beside_passthrough_on_one_port() {
     let pki = TestPki::new();
     let (chain, key) = pki.leaf(&["gw.test"]);
     let t = tcp_echo("t").await;
@@ -402,28 +410,34 @@ async fn tls_terminate_forwards_the_decrypted_stream() {
         ..Default::default()
     };
     gw.push(type_url::SECRET, &[("gw-cert", &secret)]).await;
-    gw.clusters(&[("t", t)]).await;
-    gw.listeners(&[tls_listener(
-        "tls",
-        port,
-        pb::TlsMode::Terminate,
-        &["gw-cert"],
-    )])
+    // On the same port, a passthrough listener for a.test: its connections reach a TLS backend
+    // untouched while gw.test is terminated by the gateway.
+    let a = tls_echo("a", &pki.leaf(&["a.test"])).await;
+    gw.clusters(&[("t", t), ("a", a)]).await;
+    let mut terminate = tls_listener("term", port, pb::TlsMode::Terminate, &["gw-cert"]);
+    terminate.hostname = "gw.test".into();
+    let mut passthrough = tls_listener("pass", port, pb::TlsMode::Passthrough, &[]);
+    passthrough.hostname = "a.test".into();
+    gw.listeners(&[terminate, passthrough]).await;
+    gw.routes(&[
+        route("rt", "term", &[], &[("t", 1)]),
+        route("ra", "pass", &[], &[("a", 1)]),
+    ])
     .await;
-    gw.routes(&[route("rt", "tls", &[], &[("t", 1)])]).await;
     let client = pki.client();
-    let connect = || {
+    let connect_to = |sni: &'static str| {
         let client = client.clone();
         async move {
             let tcp = TcpStream::connect(("127.0.0.1", port))
                 .await
                 .map_err(|e| e.to_string())?;
-            let name = ServerName::try_from("gw.test").map_err(|e| e.to_string())?;
+            let name = ServerName::try_from(sni).map_err(|e| e.to_string())?;
             let mut tls = client.connect(name, tcp).await.map_err(|e| e.to_string())?;
             let backend = greeting(&mut tls).await?;
             Ok::<_, String>((tls, backend))
         }
     };
+    let connect = || connect_to("gw.test");
     eventually("terminate reaches t", Duration::from_secs(10), || async {
         connect().await.is_ok_and(|(_, n)| n == "t")
     })
@@ -433,4 +447,9 @@ async fn tls_terminate_forwards_the_decrypted_stream() {
     // plain TCP backend echoes the decrypted bytes.
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
     assert_eq!(echo_round(&mut tls, "decrypted").await, "decrypted");
+    let (mut passed, backend) = connect_to("a.test").await.expect("a.test passthrough");
+    assert_eq!(backend, "a");
+    assert_eq!(echo_round(&mut passed, "encrypted").await, "encrypted");
+    // A name neither listener accepts is closed.
+    assert!(connect_to("other.test").await.is_err());
 }

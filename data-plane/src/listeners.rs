@@ -1021,6 +1021,86 @@ mod tests {
         assert_eq!(runtime.shared.connections.load(Ordering::Acquire), 0);
     }
 
+    /// A raw TCP echo backend.
+    async fn tcp_echo_backend() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn echo_once(stream: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+            .await
+            .expect("echo within 5 s")
+            .unwrap();
+        buf
+    }
+
+    #[tokio::test]
+    async fn tcp_listener_keeps_its_socket_and_a_removed_one_lets_streams_finish() {
+        let backend = tcp_echo_backend().await;
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let mut compiler = Compiler::new();
+        let port = free_port();
+        let mut res = Resources::default();
+        res.add_cluster("echo", &[("127.0.0.1", backend.port())]);
+        res.listeners.insert(
+            "tcp".into(),
+            Arc::new(pb::Listener {
+                name: "tcp".into(),
+                port: u32::from(port),
+                protocol: pb::Protocol::Tcp as i32,
+                ..Default::default()
+            }),
+        );
+        let route = |order: i64| {
+            Arc::new(pb::Route {
+                name: "r".into(),
+                listeners: vec!["tcp".into()],
+                creation_order: order,
+                action: Some(pb::route::Action::Forward(pb::ForwardAction {
+                    backends: vec![pb::WeightedBackend {
+                        cluster: "echo".into(),
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        };
+        res.routes.insert("r".into(), route(0));
+        assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+        let generation = runtime.port_generation(port).await.expect("bound");
+        let mut open = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert_eq!(echo_once(&mut open, b"one").await, b"one");
+
+        // A route change keeps the socket.
+        res.routes.insert("r".into(), route(5));
+        assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+        assert_eq!(runtime.port_generation(port).await, Some(generation));
+
+        // The listener removed: nothing accepts any more, the open stream keeps relaying.
+        res.listeners.clear();
+        assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+        assert_eq!(runtime.port_generation(port).await, None);
+        assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+        assert_eq!(echo_once(&mut open, b"two").await, b"two");
+        drop(open);
+        runtime.shutdown(Duration::from_secs(5)).await;
+    }
+
     mod tls {
         use super::*;
         use crate::tls::test_certs::{TestCert, self_signed};
