@@ -32,7 +32,17 @@ struct Session {
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
 
 /// Serves a bound UDP socket until `stop` fires; sessions end with it.
-pub async fn serve(socket: UdpSocket, port: u16, mut stop: watch::Receiver<bool>, ctx: L4Context) {
+pub async fn serve(socket: UdpSocket, port: u16, stop: watch::Receiver<bool>, ctx: L4Context) {
+    serve_limited(socket, port, stop, ctx, MAX_SESSIONS).await;
+}
+
+async fn serve_limited(
+    socket: UdpSocket,
+    port: u16,
+    mut stop: watch::Receiver<bool>,
+    ctx: L4Context,
+    max_sessions: usize,
+) {
     let socket = Arc::new(socket);
     let sessions: Sessions = Arc::default();
     let start = Instant::now();
@@ -53,7 +63,7 @@ pub async fn serve(socket: UdpSocket, port: u16, mut stop: watch::Receiver<bool>
         let session = match existing {
             Some(s) => s,
             None => {
-                if lock(&sessions).len() >= MAX_SESSIONS {
+                if lock(&sessions).len() >= max_sessions {
                     tracing::debug!(port, %client, "UDP session limit reached; datagram dropped");
                     continue;
                 }
@@ -213,5 +223,97 @@ async fn replies(
         .is_some_and(|s| Arc::ptr_eq(s, &session))
     {
         sessions.remove(&client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::resources::Resources;
+    use crate::snapshot::Compiler;
+    use arc_swap::ArcSwap;
+    use sluice_proto::config as pb;
+
+    async fn udp_echo() -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..n], from).await;
+            }
+        });
+        addr
+    }
+
+    async fn round(client: &UdpSocket, msg: &[u8]) -> Option<Vec<u8>> {
+        client.send(msg).await.ok()?;
+        let mut buf = [0u8; 1500];
+        let n = tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(buf[..n].to_vec())
+    }
+
+    #[tokio::test]
+    async fn sessions_beyond_the_bound_wait_for_an_expiry() {
+        let backend = udp_echo().await;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let mut res = Resources::default();
+        res.add_cluster("echo", &[("127.0.0.1", backend.port())]);
+        res.listeners.insert(
+            "udp".into(),
+            Arc::new(pb::Listener {
+                name: "udp".into(),
+                port: u32::from(port),
+                protocol: pb::Protocol::Udp as i32,
+                http: Some(pb::HttpSettings {
+                    idle_timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 400_000_000,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        );
+        res.routes.insert(
+            "r".into(),
+            Arc::new(pb::Route {
+                name: "r".into(),
+                listeners: vec!["udp".into()],
+                action: Some(pb::route::Action::Forward(pb::ForwardAction {
+                    backends: vec![pb::WeightedBackend {
+                        cluster: "echo".into(),
+                        weight: 1,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        );
+        let ctx = L4Context {
+            current: Arc::new(ArcSwap::new(Compiler::new().compile(&res))),
+            metrics: Arc::new(Metrics::new()),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve_limited(socket, port, stop_rx, ctx, 1));
+        let one = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let two = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        one.connect(("127.0.0.1", port)).await.unwrap();
+        two.connect(("127.0.0.1", port)).await.unwrap();
+        assert_eq!(round(&one, b"a").await.as_deref(), Some(&b"a"[..]));
+        // The one session slot is taken: the new client's datagrams are dropped.
+        assert_eq!(round(&two, b"b").await, None);
+        // Once the first session has been idle for 400 ms it ends and frees the slot.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(round(&two, b"c").await.as_deref(), Some(&b"c"[..]));
+        assert_eq!(round(&one, b"d").await, None);
+        let _ = stop.send(true);
+        server.await.unwrap();
     }
 }
