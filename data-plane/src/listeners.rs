@@ -197,15 +197,20 @@ impl ProxyRuntime {
                 }
             }
         }
+        // Taken before `ports` is released, so concurrent applies reconcile UDP in swap order too.
+        let mut udp = self.udp_ports.lock().await;
         drop(ports);
-        failures.extend(self.reconcile_udp(&snapshot).await);
+        failures.extend(self.reconcile_udp(&mut udp, &snapshot).await);
         failures
     }
 
     /// Binds the UDP ports `snapshot` wants and stops the others; a kept port keeps its socket
     /// and sessions. Returns (listener, reason) for ports that could not be bound.
-    async fn reconcile_udp(&self, snapshot: &Snapshot) -> Vec<(String, String)> {
-        let mut udp = self.udp_ports.lock().await;
+    async fn reconcile_udp(
+        &self,
+        udp: &mut HashMap<u16, PortHandle>,
+        snapshot: &Snapshot,
+    ) -> Vec<(String, String)> {
         let wanted: HashMap<u16, &[String]> = snapshot.udp_ports().collect();
         let removed: Vec<u16> = udp
             .keys()
