@@ -52,6 +52,20 @@ impl Gateway {
 
     /// Sends resources of one type and waits for their ACK (a NACK fails the test).
     async fn push<M: Message + prost::Name>(&mut self, t: &str, items: &[(&str, &M)]) {
+        let r = self.answer(t, items).await;
+        assert!(
+            r.error_detail.is_none(),
+            "{t} NACKed: {:?}",
+            r.resource_errors
+        );
+    }
+
+    /// Sends resources of one type and returns the data plane's answer (ACK or NACK).
+    async fn answer<M: Message + prost::Name>(
+        &mut self,
+        t: &str,
+        items: &[(&str, &M)],
+    ) -> DeltaDiscoveryRequest {
         self.nonce += 1;
         let nonce = format!("n{}", self.nonce);
         let resources = items.iter().map(|(n, m)| resource(n, *m)).collect();
@@ -62,12 +76,7 @@ impl Gateway {
         loop {
             let r = next_request(&mut self.rx).await;
             if r.response_nonce == nonce {
-                assert!(
-                    r.error_detail.is_none(),
-                    "{t} NACKed: {:?}",
-                    r.resource_errors
-                );
-                return;
+                return r;
             }
         }
     }
@@ -220,6 +229,27 @@ async fn tcp_forwarding_weights_live_changes_and_unresolved_backends() {
     gw.listeners(&[listener("tcp", port, pb::Protocol::Tcp)])
         .await;
     gw.routes(&[route("r", "tcp", &[], &[("a", 1)])]).await;
+    wait_tcp_backend(port, "a").await;
+
+    // An HTTP listener on the TCP listener's port is NACKed by name, with the reason.
+    let http = listener("z-http", port, pb::Protocol::Http);
+    let nack = gw.answer(type_url::LISTENER, &[("z-http", &http)]).await;
+    let reasons: Vec<(String, String)> = nack
+        .resource_errors
+        .iter()
+        .map(|e| {
+            let message = e.error_detail.as_ref().map(|d| d.message.clone());
+            (e.name.clone(), message.unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert_eq!(reasons[0].0, "z-http");
+    assert!(
+        reasons[0]
+            .1
+            .contains("already used by listener \"tcp\" with protocol PROTOCOL_TCP"),
+        "{reasons:?}"
+    );
     wait_tcp_backend(port, "a").await;
 
     // Bytes both ways, and half-close: the backend sees our end of stream and ends its own.

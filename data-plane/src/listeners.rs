@@ -115,7 +115,8 @@ impl ProxyRuntime {
     }
 
     /// Swaps in `snapshot`, then reconciles sockets. Returns (listener, reason) for every listener
-    /// whose port could not be bound; those ports are retried on the next apply.
+    /// whose port could not be bound (those ports are retried on the next apply) or is taken by
+    /// a listener of another protocol.
     pub async fn apply(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Vec<(String, String)> {
         // Lock before swapping so concurrent applies reconcile sockets in the order they swap.
         let mut ports = self.ports.lock().await;
@@ -141,7 +142,7 @@ impl ProxyRuntime {
                 let _ = handle.accept_loop.await;
             }
         }
-        let mut failures = Vec::new();
+        let mut failures = snapshot.port_conflicts().to_vec();
         let mut wanted: Vec<_> = wanted.into_iter().collect();
         wanted.sort_unstable_by_key(|(p, _)| *p);
         for (port, names) in wanted {

@@ -41,6 +41,9 @@ pub struct Snapshot {
     /// Listener metrics endpoints (usually none).
     metrics_endpoints: Arc<[MetricsEndpoint]>,
     route_count: usize,
+    /// Listeners left out of this snapshot because their port is taken by another protocol,
+    /// with the reason (only on the compile that saw the listener change).
+    port_conflicts: Vec<(String, String)>,
 }
 
 /// Names whose resources were upserted or removed since the previous compile.
@@ -94,6 +97,11 @@ impl Snapshot {
     /// Timeouts and trusted proxies of `port`.
     pub fn server_settings(&self, port: u16) -> &ServerSettings {
         self.server.get(&port).map_or(&*server::DEFAULT, |s| &**s)
+    }
+
+    /// Listeners left out because another protocol holds their port: (listener, reason).
+    pub fn port_conflicts(&self) -> &[(String, String)] {
+        &self.port_conflicts
     }
 
     /// UDP ports to listen on, each with the names of its listeners.
@@ -402,8 +410,9 @@ impl Compiler {
     /// the cost follows the size of the change, not of the configuration (unchanged clusters
     /// and host tables are shared with the previous snapshot).
     ///
-    /// Listeners on one port must share a protocol (HTTP or HTTPS): when they do not, the ones
-    /// after the first by name are left out with a warning. A certificate Secret that is missing
+    /// Listeners on one port must share a protocol (TCP and UDP ports are separate): when they
+    /// do not, the ones after the first by name are left out and reported in
+    /// [`Snapshot::port_conflicts`] (the runtime NACKs them). A certificate Secret that is missing
     /// or invalid at compile time is skipped with a warning; a TLS port with no certificate left
     /// refuses handshakes (fail closed).
     pub fn compile_changes(&mut self, resources: &Resources, changed: &Changed) -> Arc<Snapshot> {
@@ -560,6 +569,7 @@ impl Compiler {
 
         let mut server = self.last.server.clone();
         let mut udp_ports = self.last.udp_ports.clone();
+        let mut port_conflicts = Vec::new();
         let (table, ports, metrics_endpoints) = if changed.listeners {
             let mut settings: FastMap<u16, Arc<ServerSettings>> = FastMap::default();
             let mut metrics_endpoints = Vec::new();
@@ -567,7 +577,7 @@ impl Compiler {
             let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
             udp_ports = BTreeMap::new();
             // By (port, is UDP): TCP and UDP listeners may share a port number.
-            let mut protocols: HashMap<(u16, bool), i32> = HashMap::new();
+            let mut protocols: HashMap<(u16, bool), (i32, &str)> = HashMap::new();
             self.tls_listeners.clear();
             self.l4_listeners.clear();
             for (name, l) in &resources.listeners {
@@ -585,13 +595,18 @@ impl Compiler {
                 // so the later listener by name order is left out.
                 let l4_kind = L4Kind::of(l);
                 let udp = l4_kind == Some(L4Kind::Udp);
-                let first = *protocols.entry((port, udp)).or_insert(l.protocol);
+                let (first, owner) = *protocols
+                    .entry((port, udp))
+                    .or_insert((l.protocol, name.as_str()));
                 if first != l.protocol {
-                    tracing::warn!(
-                        listener = %name,
-                        port,
-                        "another listener on this port has a different protocol; listener left out of snapshot"
+                    let protocol_name =
+                        |p: i32| pb::Protocol::try_from(p).map_or("UNKNOWN", |p| p.as_str_name());
+                    let reason = format!(
+                        "port: {port} is already used by listener {owner:?} with protocol {}; a port serves one protocol (only TCP and UDP may share a number)",
+                        protocol_name(first)
                     );
+                    tracing::warn!(listener = %name, port, %reason, "listener left out of snapshot");
+                    port_conflicts.push((name.clone(), reason));
                     continue;
                 }
                 if udp {
@@ -696,6 +711,7 @@ impl Compiler {
             server,
             metrics_endpoints,
             route_count: self.routes.len(),
+            port_conflicts,
         };
         Arc::new(Snapshot {
             table: self.last.table.clone(),
@@ -708,6 +724,7 @@ impl Compiler {
             server: self.last.server.clone(),
             metrics_endpoints: self.last.metrics_endpoints.clone(),
             route_count: self.last.route_count,
+            port_conflicts: self.last.port_conflicts.clone(),
         })
     }
 
@@ -1874,6 +1891,13 @@ mod l4_tests {
                 (9000, vec!["tcp".to_string()]),
                 (9443, vec!["tls".to_string()]),
             ]
+        );
+        assert_eq!(
+            snap.port_conflicts(),
+            [(
+                "z-http".to_string(),
+                "port: 9000 is already used by listener \"tcp\" with protocol PROTOCOL_TCP; a port serves one protocol (only TCP and UDP may share a number)".to_string()
+            )]
         );
         let udp: Vec<(u16, Vec<String>)> = snap.udp_ports().map(|(p, n)| (p, n.to_vec())).collect();
         assert_eq!(udp, [(9000, vec!["udp".to_string()])]);
