@@ -91,6 +91,8 @@ pub async fn serve_stream(
         };
         tracing::debug!(%remote, listener = %labels.listener, cluster = %cluster.name, "L4 connection forwarded");
         let stats = ctx.metrics.l4().opened(&labels);
+        // The stream may outlive this cluster version by far: do not pin it.
+        drop(cluster);
         return tcp::relay(client, upstream, idle, &stats).await;
     }
     let Some(acceptor) = acceptor else {
@@ -117,6 +119,7 @@ pub async fn serve_stream(
     };
     tracing::debug!(%remote, listener = %labels.listener, cluster = %cluster.name, "L4 connection forwarded");
     let stats = ctx.metrics.l4().opened(&labels);
+    drop(cluster);
     tcp::relay(tls, upstream, idle, &stats).await;
 }
 
