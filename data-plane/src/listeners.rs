@@ -1097,6 +1097,20 @@ mod tests {
         assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
         assert_eq!(runtime.port_generation(port).await, Some(generation));
 
+        // Turning it into a TLS passthrough listener rebinds the port (another kind of socket);
+        // the open stream is not affected.
+        let mut tls = (*res.listeners["tcp"]).clone();
+        tls.protocol = pb::Protocol::Tls as i32;
+        tls.tls = Some(pb::ListenerTls {
+            mode: pb::TlsMode::Passthrough as i32,
+            ..Default::default()
+        });
+        res.listeners.insert("tcp".into(), Arc::new(tls));
+        assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
+        let tls_generation = runtime.port_generation(port).await.expect("rebound");
+        assert_ne!(tls_generation, generation);
+        assert_eq!(echo_once(&mut open, b"tls").await, b"tls");
+
         // The listener removed: nothing accepts any more, the open stream keeps relaying.
         res.listeners.clear();
         assert!(runtime.apply(compiler.compile(&res)).await.is_empty());
