@@ -592,7 +592,7 @@ impl Compiler {
                 };
                 // One protocol per port (HTTP, HTTPS, TLS and TCP share TCP ports; UDP has its
                 // own). Validation sees one listener at a time and cannot refuse this reliably,
-                // so the later listener by name order is left out.
+                // so the later listener by name order is left out here and NACKed by the runtime.
                 let l4_kind = L4Kind::of(l);
                 let udp = l4_kind == Some(L4Kind::Udp);
                 let (first, owner) = *protocols
