@@ -600,3 +600,191 @@ spec:
         .expect_err("Watch has no route");
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_udp_and_tls_passthrough_routes_from_manifests() {
+    use support::l4::{TestPki, tcp_echo, tls_echo, udp_echo};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let pki = TestPki::new();
+    let tcp_a = tcp_echo("tcp-a").await;
+    let tcp_b = tcp_echo("tcp-b").await;
+    let udp = udp_echo("udp").await;
+    let tls_a = tls_echo("tls-a", &pki.leaf(&["a.tls.test"])).await;
+    let tls_b = tls_echo("tls-b", &pki.leaf(&["b.tls.test"])).await;
+    let (tcp_port, udp_port, tls_port) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("gwapi-l4");
+    dir.write("class.yaml", CLASS);
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {{name: tcp, port: {tcp_port}, protocol: TCP}}
+  - {{name: udp, port: {udp_port}, protocol: UDP}}
+  - {{name: tls, port: {tls_port}, protocol: TLS, tls: {{mode: Passthrough}}}}
+"
+        ),
+    );
+    let mut services = String::new();
+    for (name, port) in [
+        ("tcp-a", tcp_a),
+        ("tcp-b", tcp_b),
+        ("tls-a", tls_a),
+        ("tls-b", tls_b),
+    ] {
+        services.push_str(&service("default", name, port));
+        services.push_str("---\n");
+    }
+    services.push_str(&format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: udp, namespace: default}}
+spec: {{ports: [{{name: dns, port: 53, protocol: UDP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: udp-1, namespace: default, labels: {{kubernetes.io/service-name: udp}}}}
+addressType: IPv4
+ports: [{{name: dns, port: {udp}, protocol: UDP}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+    ));
+    dir.write("services.yaml", &services);
+    let tcp_route = |wa: u32, wb: u32| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: tcp, namespace: default}}
+spec:
+  parentRefs: [{{name: gw, sectionName: tcp}}]
+  rules:
+  - backendRefs: [{{name: tcp-a, port: 80, weight: {wa}}}, {{name: tcp-b, port: 80, weight: {wb}}}]
+"
+        )
+    };
+    dir.write("tcp.yaml", &tcp_route(1, 0));
+    dir.write(
+        "udp.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: udp, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: udp}]
+  rules:
+  - backendRefs: [{name: udp, port: 53}]
+",
+    );
+    dir.write(
+        "tls.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: a, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: tls}]
+  hostnames: [a.tls.test]
+  rules:
+  - backendRefs: [{name: tls-a, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: b, namespace: default}
+spec:
+  parentRefs: [{name: gw, sectionName: tls}]
+  hostnames: ['*.b.tls.test', b.tls.test]
+  rules:
+  - backendRefs: [{name: tls-b, port: 80}]
+",
+    );
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+
+    // TCP: the greeting names the backend; bytes echo both ways.
+    async fn tcp_greeting(port: u16) -> Option<(String, tokio::net::TcpStream)> {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(2), r.read_line(&mut line))
+            .await
+            .ok()?
+            .ok()?;
+        (!line.is_empty()).then(|| (line.trim().to_owned(), r.into_inner()))
+    }
+    eventually("the TCP route serves", Duration::from_secs(20), || async {
+        tcp_greeting(tcp_port).await.map(|(n, _)| n) == Some("tcp-a".into())
+    })
+    .await;
+    let (_, mut open) = tcp_greeting(tcp_port).await.expect("tcp connection");
+    // Shift the weight: new connections go to b, the open one keeps relaying to a.
+    dir.write("tcp.yaml", &tcp_route(0, 1));
+    eventually(
+        "the weight shift reaches new connections",
+        Duration::from_secs(20),
+        || async { tcp_greeting(tcp_port).await.map(|(n, _)| n) == Some("tcp-b".into()) },
+    )
+    .await;
+    open.write_all(b"still here\n")
+        .await
+        .expect("write on the open connection");
+    let mut r = BufReader::new(open);
+    let mut echoed = String::new();
+    r.read_line(&mut echoed)
+        .await
+        .expect("echo on the open connection");
+    assert_eq!(echoed, "still here\n");
+
+    // UDP: a datagram round trip through the route.
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp client");
+    client
+        .connect(("127.0.0.1", udp_port))
+        .await
+        .expect("udp connect");
+    let mut buf = [0u8; 256];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let _ = client.send(b"ping").await;
+        match tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf)).await {
+            Ok(Ok(n)) if &buf[..n] == b"udp|ping" => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for the UDP route"
+            ),
+        }
+    }
+
+    // TLS passthrough: the client verifies the BACKEND's certificate, chosen by SNI.
+    async fn tls_greeting(pki: &TestPki, port: u16, sni: &str) -> Option<String> {
+        let s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).ok()?;
+        let tls = tokio::time::timeout(Duration::from_secs(2), pki.client().connect(name, s))
+            .await
+            .ok()?
+            .ok()?;
+        let mut r = BufReader::new(tls);
+        let mut line = String::new();
+        r.read_line(&mut line).await.ok()?;
+        Some(line.trim().to_owned())
+    }
+    eventually("the TLS routes serve", Duration::from_secs(20), || async {
+        tls_greeting(&pki, tls_port, "a.tls.test").await == Some("tls-a".into())
+    })
+    .await;
+    assert_eq!(
+        tls_greeting(&pki, tls_port, "b.tls.test").await.as_deref(),
+        Some("tls-b")
+    );
+    assert_eq!(
+        tls_greeting(&pki, tls_port, "unknown.test").await,
+        None,
+        "an SNI no route names is refused"
+    );
+}
