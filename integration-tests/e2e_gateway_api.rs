@@ -788,3 +788,89 @@ spec:
         "an SNI no route names is refused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_shift_under_traffic_with_no_failed_request() {
+    let (_a, port_a) = echo("a");
+    let (_b, port_b) = echo("b");
+    let gw_port = free_port();
+    let dir = TempDir::new("gwapi-shift");
+    dir.write("class.yaml", CLASS);
+    dir.write("gw.yaml", &gateway(gw_port));
+    dir.write(
+        "services.yaml",
+        &format!(
+            "{}---\n{}",
+            service("default", "svc-a", port_a),
+            service("default", "svc-b", port_b)
+        ),
+    );
+    let weights = |a: u32, b: u32| {
+        route(
+            "shift",
+            "default",
+            &format!(
+                "  rules: [{{backendRefs: [{{name: svc-a, port: 80, weight: {a}}}, {{name: svc-b, port: 80, weight: {b}}}]}}]\n"
+            ),
+        )
+    };
+    dir.write("shift.yaml", &weights(1, 0));
+    let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
+    wait_ok(gw_port, "x.test", "/", Duration::from_secs(20)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let c = client();
+                let (mut sent, mut failures) = (0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match request(&c, "GET", gw_port, "x.test", "/", &[]).await {
+                        Ok(r) if r.status == 200 => {}
+                        Ok(r) => failures.push(format!("status {}: {}", r.status, r.body)),
+                        Err(e) => failures.push(e),
+                    }
+                    sent += 1;
+                }
+                (sent, failures)
+            })
+        })
+        .collect();
+
+    // All to b, all back to a, twice: each shift is seen by new requests, none fails.
+    for _ in 0..2 {
+        for (wa, wb, only) in [(0, 1, "b"), (1, 0, "a")] {
+            dir.write("shift.yaml", &weights(wa, wb));
+            eventually(
+                &format!("every request reaches {only}"),
+                Duration::from_secs(20),
+                || async {
+                    for _ in 0..10 {
+                        if backend_of(gw_port, "GET", "x.test", "/", &[]).await
+                            != (200, only.into())
+                        {
+                            return false;
+                        }
+                    }
+                    true
+                },
+            )
+            .await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut sent, mut failures) = (0, Vec::new());
+    for w in workers {
+        let (s, f) = w.await.expect("traffic worker");
+        sent += s;
+        failures.extend(f);
+    }
+    assert!(sent > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
