@@ -85,7 +85,7 @@ pub async fn run(
 }
 
 /// Children live in their Gateway's namespace: watch that one, or all.
-fn child_api<K>(client: &Client, settings: &OperatorSettings) -> Api<K>
+pub(super) fn child_api<K>(client: &Client, settings: &OperatorSettings) -> Api<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
 {
@@ -95,17 +95,18 @@ where
     }
 }
 
-struct Context {
-    client: Client,
-    settings: OperatorSettings,
-    reports: GatewayReports,
-    store: Store<DynamicObject>,
+/// What a reconcile of either Gateway kind works with.
+pub(super) struct Context {
+    pub(super) client: Client,
+    pub(super) settings: OperatorSettings,
+    pub(super) reports: GatewayReports,
+    pub(super) store: Store<DynamicObject>,
     /// Consecutive failed reconciles per Gateway, for the backoff.
-    failures: Mutex<HashMap<ObjectKey, u32>>,
+    pub(super) failures: Mutex<HashMap<ObjectKey, u32>>,
 }
 
 impl Context {
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, u32>> {
+    pub(super) fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, u32>> {
         self.failures.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -5,9 +5,8 @@
 //! A Gateway of another class is never touched; one whose class moved away loses the workload
 //! this operator made for it.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,7 +20,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
-use super::controller::backoff;
+use super::controller::{Context, backoff, child_api};
 use super::gateway::gateway_api_resource as goma_gateway_resource;
 use super::gateway_api::{
     class_name_of, from_dynamic, gateway_class_resource, gateway_resource, is_our_class, key_of,
@@ -185,31 +184,6 @@ fn gateways_of_class(
         .filter(|gw| class_name_of(gw) == Some(class.as_str()))
         .map(|gw| ObjectRef::from_obj_with(&**gw, gateway_resource()))
         .collect()
-}
-
-fn child_api<K>(client: &Client, settings: &OperatorSettings) -> Api<K>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
-{
-    match &settings.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
-struct Context {
-    client: Client,
-    settings: OperatorSettings,
-    reports: GatewayReports,
-    store: Store<DynamicObject>,
-    /// Consecutive failed reconciles per Gateway, for the backoff.
-    failures: Mutex<HashMap<ObjectKey, u32>>,
-}
-
-impl Context {
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, u32>> {
-        self.failures.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
