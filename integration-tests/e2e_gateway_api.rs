@@ -77,6 +77,56 @@ async fn backend_of(
     (r.status, backend)
 }
 
+/// Four clients sending `GET x.test{path}` back to back until stopped; every answer must pass
+/// `ok`.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Traffic {
+    fn start(port: u16, path: &'static str, ok: fn(&Reply) -> bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let c = client();
+                    let (mut sent, mut failures) = (0u64, Vec::new());
+                    while !stop.load(Ordering::Relaxed) {
+                        match request(&c, "GET", port, "x.test", path, &[]).await {
+                            Ok(r) if ok(&r) => {}
+                            Ok(r) => failures.push(format!("status {}: {}", r.status, r.body)),
+                            Err(e) => failures.push(e),
+                        }
+                        sent += 1;
+                    }
+                    (sent, failures)
+                })
+            })
+            .collect();
+        Traffic { stop, workers }
+    }
+
+    /// Stops the clients; panics if none was sent or any failed.
+    async fn stop_and_check(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut sent, mut failures) = (0, Vec::new());
+        for w in self.workers {
+            let (s, f) = w.await.expect("traffic worker");
+            sent += s;
+            failures.extend(f);
+        }
+        assert!(sent > 0);
+        assert!(
+            failures.is_empty(),
+            "{} of {sent} requests failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_routes_match_host_path_headers_query_and_method() {
     let (_a, port_a) = echo("a");
@@ -248,25 +298,9 @@ async fn a_route_added_and_removed_under_traffic_fails_no_request() {
     let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
     wait_ok(gw_port, "x.test", "/steady", Duration::from_secs(20)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let c = client();
-                let (mut sent, mut failures) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match request(&c, "GET", gw_port, "x.test", "/steady", &[]).await {
-                        Ok(r) if r.status == 200 && r.backend() == "a" => {}
-                        Ok(r) => failures.push(format!("status {}: {}", r.status, r.body)),
-                        Err(e) => failures.push(e),
-                    }
-                    sent += 1;
-                }
-                (sent, failures)
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(gw_port, "/steady", |r| {
+        r.status == 200 && r.backend() == "a"
+    });
 
     for _ in 0..3 {
         dir.write(
@@ -282,20 +316,7 @@ async fn a_route_added_and_removed_under_traffic_fails_no_request() {
         )
         .await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failures) = (0, Vec::new());
-    for w in workers {
-        let (s, f) = w.await.expect("traffic worker");
-        sent += s;
-        failures.extend(f);
-    }
-    assert!(sent > 0);
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} requests failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    traffic.stop_and_check().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -818,25 +839,7 @@ async fn weights_shift_under_traffic_with_no_failed_request() {
     let (_sluice, _) = standalone(dir.path(), "gw", free_port()).await;
     wait_ok(gw_port, "x.test", "/", Duration::from_secs(20)).await;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let c = client();
-                let (mut sent, mut failures) = (0u64, Vec::new());
-                while !stop.load(Ordering::Relaxed) {
-                    match request(&c, "GET", gw_port, "x.test", "/", &[]).await {
-                        Ok(r) if r.status == 200 => {}
-                        Ok(r) => failures.push(format!("status {}: {}", r.status, r.body)),
-                        Err(e) => failures.push(e),
-                    }
-                    sent += 1;
-                }
-                (sent, failures)
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(gw_port, "/", |r| r.status == 200);
 
     // All to b, all back to a, twice: each shift is seen by new requests, none fails.
     for _ in 0..2 {
@@ -859,18 +862,5 @@ async fn weights_shift_under_traffic_with_no_failed_request() {
             .await;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let (mut sent, mut failures) = (0, Vec::new());
-    for w in workers {
-        let (s, f) = w.await.expect("traffic worker");
-        sent += s;
-        failures.extend(f);
-    }
-    assert!(sent > 0);
-    assert!(
-        failures.is_empty(),
-        "{} of {sent} requests failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    traffic.stop_and_check().await;
 }
