@@ -3,7 +3,8 @@
 //! at 10, 1,000 and 10,000 routes; and the bytes one change costs on the wire.
 //!
 //! Run: `cargo bench --bench propagation` (set PROPAGATION_SIZES=10,1000 and
-//! PROPAGATION_CHANGES=200 to choose).
+//! PROPAGATION_CHANGES=200 to choose; PROPAGATION_API=gateway-api measures HTTPRoutes on a
+//! Gateway API Gateway instead of Goma Routes).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -31,16 +32,99 @@ struct Result_ {
     bytes: usize,
 }
 
-async fn run_size(routes: usize, changes: usize) -> Result_ {
+/// Which API the routes are written in.
+#[derive(Clone, Copy, PartialEq)]
+enum Api {
+    Goma,
+    GatewayApi,
+}
+
+/// A Gateway API HTTPRoute `name` on Gateway `gw` sending `path` to Service `svc-{backend}`.
+fn http_route_yaml(name: &str, path: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: default}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules: [{{matches: [{{path: {{value: {path}}}}}], backendRefs: [{{name: svc-{backend}, port: 80}}]}}]
+"
+    )
+}
+
+/// GatewayClass, Gateway `default/gw` on `port`, Services svc-a / svc-b on the echo ports.
+fn gateway_api_yaml(port: u16, port_a: u16, port_b: u16) -> String {
+    let mut out = format!(
+        "apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: default}}
+spec:
+  gatewayClassName: sluice
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+"
+    );
+    for (name, p) in [("a", port_a), ("b", port_b)] {
+        out.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Service
+metadata: {{name: svc-{name}, namespace: default}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: svc-{name}-1, namespace: default, labels: {{kubernetes.io/service-name: svc-{name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {p}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"
+        ));
+    }
+    out
+}
+
+fn write_numbered_http_routes(dir: &TempDir, count: usize) {
+    let mut chunk = String::new();
+    for i in 0..count {
+        chunk.push_str(&http_route_yaml(&format!("r{i}"), &format!("/r{i}"), "a"));
+        chunk.push_str("---\n");
+        if (i + 1) % 500 == 0 {
+            dir.write(&format!("chunk-{i}.yaml"), &chunk);
+            chunk.clear();
+        }
+    }
+    if !chunk.is_empty() {
+        dir.write("chunk-last.yaml", &chunk);
+    }
+}
+
+async fn run_size(api: Api, routes: usize, changes: usize) -> Result_ {
     let (_a, port_a) = echo("a");
     let (_b, port_b) = echo("b");
     let gw_port = free_port();
     let admin = free_port();
     let xds = free_port();
     let dir = TempDir::new("bench");
-    dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
-    write_numbered_routes(&dir, "gw", routes.saturating_sub(1), port_a);
-    dir.write("hot.yaml", &route_yaml("hot", "gw", "/hot", port_a, ""));
+    let hot = |port: u16, name: &str| match api {
+        Api::Goma => route_yaml("hot", "gw", "/hot", port, ""),
+        Api::GatewayApi => http_route_yaml("hot", "/hot", name),
+    };
+    match api {
+        Api::Goma => {
+            dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
+            write_numbered_routes(&dir, "gw", routes.saturating_sub(1), port_a);
+        }
+        Api::GatewayApi => {
+            dir.write("gw.yaml", &gateway_api_yaml(gw_port, port_a, port_b));
+            write_numbered_http_routes(&dir, routes.saturating_sub(1));
+        }
+    }
+    dir.write("hot.yaml", &hot(port_a, "a"));
     let _cp = control_plane(dir.path(), xds, &[("RUST_LOG", "warn")]);
     let _dp = data_plane("default/gw", xds, admin, &[], &[("RUST_LOG", "warn")]);
     wait_ready(admin).await;
@@ -108,7 +192,7 @@ async fn run_size(routes: usize, changes: usize) -> Result_ {
             (port_a, "a")
         };
         let started = Instant::now();
-        dir.write("hot.yaml", &route_yaml("hot", "gw", "/hot", port, ""));
+        dir.write("hot.yaml", &hot(port, name));
         let mut size = 0;
         loop {
             let (at, len, hot) = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
@@ -167,6 +251,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
+    let api = match std::env::var("PROPAGATION_API").as_deref() {
+        Ok("gateway-api") => Api::GatewayApi,
+        _ => Api::Goma,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -177,7 +265,7 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|");
     for n in sizes {
-        let r = rt.block_on(run_size(n, changes));
+        let r = rt.block_on(run_size(api, n, changes));
         println!(
             "| {} | {:.2} / {:.2} | {:.2} / {:.2} | {} |",
             r.routes, r.cp_p50, r.cp_p99, r.dp_p50, r.dp_p99, r.bytes

@@ -6,8 +6,8 @@ use sluice_proto::config as pb;
 use super::backend::{Backends, Unresolved};
 use super::index::Index;
 use crate::model::gateway_api::route::{
-    GrpcRouteRule, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
-    L4RouteRule, PathModifier, StringMatch,
+    GrpcRouteRule, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteMatch, HttpRouteRetry,
+    HttpRouteRule, L4RouteRule, PathModifier, StringMatch,
 };
 use crate::translate::{parse_go_duration, pb_duration};
 
@@ -378,6 +378,38 @@ fn timeout(
     }
 }
 
+/// `rules[].retry`: retries after the first attempt (unset: one), on these statuses (400-599;
+/// the data plane retries them for idempotent requests only), waiting at least `backoff`.
+fn retry(r: &HttpRouteRetry, field: &str) -> Result<pb::RetryPolicy, (&'static str, String)> {
+    let attempts = match r.attempts {
+        None => 1,
+        Some(n) if (1..=10).contains(&n) => n as u32,
+        Some(n) => {
+            return Err((
+                "UnsupportedValue",
+                format!("{field}.attempts: {n} is outside 1-10"),
+            ));
+        }
+    };
+    let mut statuses = Vec::with_capacity(r.codes.len());
+    for (i, code) in r.codes.iter().enumerate() {
+        match u32::try_from(*code) {
+            Ok(c) if (400..=599).contains(&c) => statuses.push(c),
+            _ => {
+                return Err((
+                    "UnsupportedValue",
+                    format!("{field}.codes[{i}]: {code} is not a status in 400-599"),
+                ));
+            }
+        }
+    }
+    Ok(pb::RetryPolicy {
+        attempts,
+        statuses,
+        backoff: timeout(&r.backoff, &format!("{field}.backoff"))?,
+    })
+}
+
 pub fn http_rules(
     index: &Index,
     backends: &mut Backends,
@@ -424,6 +456,9 @@ fn http_rule(
             &t.backend_request,
             &format!("{field}.timeouts.backendRequest"),
         )?;
+    }
+    if let Some(r) = &rule.retry {
+        forward.retry = Some(retry(r, &format!("{field}.retry"))?);
     }
     // An extension filter we cannot run must not be skipped: the requests it would have
     // processed get an error instead.

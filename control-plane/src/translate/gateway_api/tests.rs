@@ -1146,3 +1146,39 @@ spec:
             .is_none()
     );
 }
+
+#[test]
+fn retries_translate_and_bad_codes_invalidate_the_rule() {
+    let spec = "  parentRefs: [{name: gw}]
+  rules:
+  - retry: {codes: [502, 503], attempts: 2, backoff: 100ms}
+    backendRefs: [{name: echo, port: 80}]
+  - retry: {codes: [200]}
+    backendRefs: [{name: echo, port: 80}]
+";
+    let t = translate_yaml(&format!(
+        "{CLASS}{ECHO}{}{}",
+        gateway(HTTP),
+        http_route("web", "apps", spec)
+    ));
+    assert_eq!(t.routes.len(), 1);
+    assert_eq!(
+        forward(&t.routes[0]).retry,
+        Some(pb::RetryPolicy {
+            attempts: 2,
+            statuses: vec![502, 503],
+            backoff: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000
+            }),
+        })
+    );
+    let partial = condition(route_conditions(&t, "apps", "web"), "PartiallyInvalid");
+    assert!(
+        partial
+            .message
+            .starts_with("spec.rules[1].retry.codes[0]: 200 is not"),
+        "{}",
+        partial.message
+    );
+}
