@@ -127,11 +127,12 @@ where
 }
 
 /// Wait before retry number `retry` (1-based): the base doubled per retry, capped, with
-/// `jitter` (0..1) taking up to half of it off so retries of many requests spread out.
+/// `jitter` (0..1) adding up to half of it so retries of many requests spread out. Never less
+/// than the base: Gateway API's `retry.backoff` is a minimum.
 pub fn backoff(base: Duration, retry: u32, jitter: f64) -> Duration {
     let doubled = base.saturating_mul(1u32 << retry.saturating_sub(1).min(16));
     let capped = doubled.min(base.saturating_mul(MAX_BACKOFF_FACTOR));
-    capped.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 2.0)
+    capped.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 2.0)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -775,9 +776,10 @@ mod tests {
         assert_eq!(backoff(base, 1, 0.0), Duration::from_millis(25));
         assert_eq!(backoff(base, 2, 0.0), Duration::from_millis(50));
         assert_eq!(backoff(base, 3, 0.0), Duration::from_millis(100));
-        assert_eq!(backoff(base, 3, 1.0), Duration::from_millis(50));
+        assert_eq!(backoff(base, 3, 1.0), Duration::from_millis(150));
+        assert!(backoff(base, 1, 0.999) < Duration::from_micros(37_500));
         assert_eq!(backoff(base, 10, 0.0), Duration::from_millis(250));
-        assert_eq!(backoff(base, u32::MAX, 0.5), Duration::from_micros(187_500));
+        assert_eq!(backoff(base, u32::MAX, 0.5), Duration::from_micros(312_500));
         assert_eq!(backoff(Duration::ZERO, 3, 0.3), Duration::ZERO);
     }
 }
