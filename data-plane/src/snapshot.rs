@@ -1670,6 +1670,27 @@ mod tests {
                 .unwrap_err()
                 .starts_with("tls.server_name: ")
         );
+        // A SAN entry of neither kind, or an empty one, is refused at snapshot time.
+        let mut bad_san = tls_cluster("", "");
+        if let Some(t) = &mut bad_san.tls {
+            t.subject_alt_names = vec![
+                pb::SubjectAltName {
+                    kind: Some(pb::subject_alt_name::Kind::Uri("spiffe://td/sa".into())),
+                },
+                pb::SubjectAltName { kind: None },
+            ];
+        }
+        assert_eq!(
+            c.validate_cluster(&bad_san, &res).unwrap_err(),
+            "tls.subject_alt_names[1]: one of hostname or uri must be set"
+        );
+        if let Some(t) = &mut bad_san.tls {
+            t.subject_alt_names[1].kind = Some(pb::subject_alt_name::Kind::Hostname(String::new()));
+        }
+        assert_eq!(
+            c.validate_cluster(&bad_san, &res).unwrap_err(),
+            "tls.subject_alt_names[1]: hostname: empty"
+        );
     }
 
     #[test]

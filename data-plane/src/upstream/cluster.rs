@@ -11,7 +11,7 @@ use super::health::HealthCheck;
 use super::http1::ResponseBody;
 use super::outlier::{EndpointHealth, Outcome, Outlier, now_ms};
 use super::pool::{self, PoolSettings};
-use super::tls::{Alpn, TlsInputs, client_config};
+use super::tls::{Alpn, TlsInputs, client_config, validate_subject_alt_name};
 use crate::router::route::to_duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response};
@@ -156,10 +156,14 @@ pub fn validate(c: &pb::Cluster) -> Result<(), String> {
         HealthCheck::compile(h)?;
     }
     Outlier::compile(c.outlier_detection.as_ref())?;
-    if let Some(t) = &c.tls
-        && !t.server_name.is_empty()
-    {
-        parse_server_name(&t.server_name).map_err(|e| format!("tls.server_name: {e}"))?;
+    if let Some(t) = &c.tls {
+        if !t.server_name.is_empty() {
+            parse_server_name(&t.server_name).map_err(|e| format!("tls.server_name: {e}"))?;
+        }
+        for (i, san) in t.subject_alt_names.iter().enumerate() {
+            validate_subject_alt_name(san)
+                .map_err(|e| format!("tls.subject_alt_names[{i}]: {e}"))?;
+        }
     }
     if let Some(p) = &c.pool {
         pool::validate(p).map_err(|e| format!("pool.{e}"))?;
