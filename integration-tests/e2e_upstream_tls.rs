@@ -1,6 +1,8 @@
 //! TLS from the data plane to upstreams through the real binary: `https://` targets verified
 //! with a CA Secret (by DNS name and by IP), refused against the public roots, accepted with
-//! insecureSkipVerify, mutual TLS with a client certificate Secret, and live CA rotation.
+//! insecureSkipVerify, mutual TLS with a client certificate Secret, and live CA rotation; and,
+//! configured by the scripted xDS server, a cluster verifying a URI SAN (SPIFFE ID) in place of
+//! the SNI.
 
 mod support;
 
@@ -8,13 +10,17 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use sluice_proto::config as pb;
+use sluice_proto::discovery::DeltaDiscoveryRequest;
+use sluice_proto::type_url;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use support::xds::*;
 use support::*;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -44,6 +50,18 @@ impl Ca {
             .expect("leaf params")
             .signed_by(&key, &self.0)
             .expect("leaf cert");
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A leaf whose only subject alternative name is the URI `uri`.
+    fn uri_leaf(&self, uri: &str) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];
+        let cert = params.signed_by(&key, &self.0).expect("leaf cert");
         Leaf {
             cert: cert.pem(),
             key: key.serialize_pem(),
@@ -225,4 +243,165 @@ async fn upstream_tls_verification_mtls_and_ca_rotation() {
     )
     .await;
     assert_eq!(status(http_port, "/mtls").await, (200, "mtls /mtls".into()));
+}
+
+/// A TLS cluster on `port` trusting the CA Secret `ca`, its certificate checked for `uri`.
+fn uri_san_cluster(name: &str, port: u16, uri: &str) -> pb::Cluster {
+    pb::Cluster {
+        name: name.into(),
+        endpoints: vec![pb::Endpoint {
+            address: "127.0.0.1".into(),
+            port: u32::from(port),
+            weight: 1,
+        }],
+        tls: Some(pb::UpstreamTls {
+            // Sent as SNI only: the certificate carries no DNS name at all.
+            server_name: "api.default.svc".into(),
+            ca_secret: "ca".into(),
+            subject_alt_names: vec![pb::SubjectAltName {
+                kind: Some(pb::subject_alt_name::Kind::Uri(uri.into())),
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn prefix_route(path: &str, cluster: &str) -> pb::Route {
+    pb::Route {
+        name: cluster.into(),
+        listeners: vec!["http".into()],
+        matches: vec![pb::RouteMatch {
+            path: Some(pb::PathMatch {
+                kind: pb::path_match::Kind::Prefix as i32,
+                value: path.into(),
+            }),
+            ..Default::default()
+        }],
+        action: Some(pb::route::Action::Forward(pb::ForwardAction {
+            backends: vec![pb::WeightedBackend {
+                cluster: cluster.into(),
+                weight: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// Sends one response and returns the data plane's answer to it.
+async fn exchange(
+    rx: &mut tonic::Streaming<DeltaDiscoveryRequest>,
+    tx: &tokio::sync::mpsc::Sender<
+        Result<sluice_proto::discovery::DeltaDiscoveryResponse, tonic::Status>,
+    >,
+    t: &str,
+    nonce: &str,
+    resources: Vec<sluice_proto::discovery::Resource>,
+) -> DeltaDiscoveryRequest {
+    tx.send(Ok(response(t, nonce, resources)))
+        .await
+        .expect("xds stream open");
+    loop {
+        let r = next_request(rx).await;
+        if r.response_nonce == nonce {
+            return r;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_alt_names_verify_a_uri_san_instead_of_the_sni() {
+    const SPIFFE: &str = "spiffe://cluster.local/ns/default/sa/api";
+    let ca = Ca::new();
+    let backend = https_backend("spiffe", &ca.uri_leaf(SPIFFE), None).await;
+    let (xds, mut streams) = Scripted::start().await;
+    let (http_port, admin) = (free_port(), free_port());
+    let _dp = data_plane("default/gw", xds, admin, &[], &[]);
+    let (mut rx, tx) = tokio::time::timeout(Duration::from_secs(20), streams.recv())
+        .await
+        .expect("data plane connects")
+        .expect("stream");
+    for _ in 0..4 {
+        next_request(&mut rx).await;
+    }
+    let ca_secret = pb::Secret {
+        name: "ca".into(),
+        kind: Some(pb::secret::Kind::CaBundle(pb::CaBundle {
+            pem: ca.0.pem().into_bytes(),
+        })),
+        ..Default::default()
+    };
+    let other = "spiffe://cluster.local/ns/default/sa/web";
+    let mut empty_san = uri_san_cluster("empty", backend, SPIFFE);
+    if let Some(tls) = &mut empty_san.tls {
+        tls.subject_alt_names[0].kind = Some(pb::subject_alt_name::Kind::Hostname(String::new()));
+    }
+    let steps = [
+        (type_url::SECRET, vec![resource("ca", &ca_secret)]),
+        (
+            type_url::CLUSTER,
+            vec![
+                resource("right", &uri_san_cluster("right", backend, SPIFFE)),
+                resource("wrong", &uri_san_cluster("wrong", backend, other)),
+            ],
+        ),
+        (
+            type_url::LISTENER,
+            vec![resource(
+                "http",
+                &pb::Listener {
+                    name: "http".into(),
+                    port: u32::from(http_port),
+                    protocol: pb::Protocol::Http as i32,
+                    ..Default::default()
+                },
+            )],
+        ),
+        (
+            type_url::ROUTE,
+            vec![
+                resource("right", &prefix_route("/right", "right")),
+                resource("wrong", &prefix_route("/wrong", "wrong")),
+            ],
+        ),
+    ];
+    for (i, (t, resources)) in steps.into_iter().enumerate() {
+        let r = exchange(&mut rx, &tx, t, &format!("n{i}"), resources).await;
+        assert!(
+            r.error_detail.is_none(),
+            "{t} NACKed: {:?}",
+            r.resource_errors
+        );
+    }
+    wait_ready(admin).await;
+    // The backend's certificate holds only the URI SAN: it is accepted for that URI…
+    assert_eq!(
+        status(http_port, "/right").await,
+        (200, "spiffe /right".into())
+    );
+    // …and refused for another one, though the same CA signed it.
+    assert_eq!(status(http_port, "/wrong").await.0, 502);
+    // An empty SAN entry is NACKed naming the field.
+    let nack = exchange(
+        &mut rx,
+        &tx,
+        type_url::CLUSTER,
+        "n-bad",
+        vec![resource("empty", &empty_san)],
+    )
+    .await;
+    let reason = nack
+        .resource_errors
+        .iter()
+        .find(|e| e.name == "empty")
+        .and_then(|e| e.error_detail.as_ref())
+        .map(|d| d.message.clone())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("tls.subject_alt_names[0]: hostname: empty"),
+        "{:?}",
+        nack.resource_errors
+    );
 }

@@ -49,6 +49,7 @@ struct Plan {
     /// Bytes already read from the client (the ClientHello), sent on first.
     first_bytes: Vec<u8>,
     terminate: bool,
+    origination: tcp::Origination,
     idle: Option<Duration>,
     labels: L4Labels,
 }
@@ -80,12 +81,13 @@ pub async fn serve_stream(
         cluster,
         first_bytes,
         terminate,
+        origination,
         idle,
         labels,
     } = plan;
     let client = Rewind::new(first_bytes, stream);
     if !terminate {
-        let Some(upstream) = tcp::connect_backend(&cluster).await else {
+        let Some(upstream) = tcp::connect_backend(&cluster, origination).await else {
             refuse(client.inner(), remote, &labels, &ctx);
             return;
         };
@@ -113,7 +115,7 @@ pub async fn serve_stream(
             return;
         }
     };
-    let Some(upstream) = tcp::connect_backend(&cluster).await else {
+    let Some(upstream) = tcp::connect_backend(&cluster, origination).await else {
         refuse(tls.get_ref().0.inner(), remote, &labels, &ctx);
         return;
     };
@@ -159,6 +161,12 @@ async fn plan(stream: &mut TcpStream, port: u16, ctx: &L4Context) -> Result<Plan
         cluster,
         first_bytes,
         terminate: listener.kind == L4Kind::TlsTerminate,
+        // Passthrough forwards the client's own TLS session, whose peer is the backend:
+        // wrapping it in a second session would break it, so a `tls` cluster gets raw bytes.
+        origination: match listener.kind {
+            L4Kind::TlsPassthrough => tcp::Origination::Raw,
+            L4Kind::Tcp | L4Kind::TlsTerminate | L4Kind::Udp => tcp::Origination::ClusterTls,
+        },
         idle: listener.idle_timeout,
         labels: labels(listener),
     })

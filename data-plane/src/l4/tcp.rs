@@ -1,45 +1,82 @@
 //! Stream forwarding for TCP and TLS listeners: connecting to an endpoint of the chosen cluster
 //! (its endpoint selection, connect timeout and outlier reporting; another endpoint on connect
-//! failure), then relaying bytes both ways with half-close and an optional idle bound.
+//! failure), originating TLS when the cluster asks for it, then relaying bytes both ways with
+//! half-close and an optional idle bound.
 
 use crate::metrics::l4::L4Stats;
 use crate::upstream::CompiledCluster;
 use crate::upstream::cluster::Eligibility;
+use crate::upstream::connector::parse_server_name;
 use crate::upstream::outlier::Outcome;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// Relay buffer per direction.
 const RELAY_BUFFER: usize = 16 * 1024;
 
+/// Whether a stream may originate TLS to a cluster that asks for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origination {
+    /// Per the cluster: TLS when it has `tls` settings (TCP and TLS-terminate listeners).
+    ClusterTls,
+    /// Always raw bytes: TLS passthrough, where the client's own TLS session flows through.
+    Raw,
+}
+
+/// A connected backend: plain TCP, or TLS originated by the gateway.
+pub enum Backend {
+    Plain(TcpStream),
+    /// Boxed: the TLS session state is large, plaintext streams should not pay for it.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
 /// Connects to an endpoint of `cluster`: available endpoints first, ejected ones when no other
 /// is left (outlier detection must not take a route down), never an unhealthy one. A failed
-/// connect is reported to outlier detection and the next endpoint is tried, each endpoint at
-/// most once. None when no endpoint accepted.
-pub async fn connect_backend(cluster: &CompiledCluster) -> Option<TcpStream> {
+/// connect (TCP, or the TLS handshake when the cluster uses TLS) is reported to outlier
+/// detection and the next endpoint is tried, each endpoint at most once. None when no endpoint
+/// accepted.
+pub async fn connect_backend(
+    cluster: &CompiledCluster,
+    origination: Origination,
+) -> Option<Backend> {
+    let tls = match origination {
+        Origination::Raw => None,
+        Origination::ClusterTls => match cluster.stream_tls() {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(error)) => {
+                // Not the endpoints' fault: nothing to report to outlier detection.
+                tracing::warn!(cluster = %cluster.name, %error, "L4 upstream TLS unusable");
+                return None;
+            }
+        },
+    };
     let mut tried = 0u64;
     for _ in 0..cluster.endpoints.len().min(64) {
         let idx = cluster
             .choose(tried, Eligibility::Available)
             .or_else(|| cluster.choose(tried, Eligibility::IgnoreEjection))?;
         let endpoint = cluster.endpoints.get(idx)?;
-        let addr = endpoint.authority.as_str();
-        match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr)).await {
+        let authority = &endpoint.authority;
+        let connect = connect_endpoint(authority, tls);
+        match tokio::time::timeout(cluster.connect_timeout, connect).await {
             Ok(Ok(stream)) => {
                 cluster.report(idx, Outcome::Success);
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::debug!(%error, "set TCP_NODELAY failed");
-                }
                 return Some(stream);
             }
             Ok(Err(error)) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %addr, %error, "L4 connect failed");
+                tracing::debug!(cluster = %cluster.name, endpoint = %authority, %error, "L4 connect failed");
             }
             Err(_) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %addr, timeout = ?cluster.connect_timeout, "L4 connect timed out");
+                tracing::debug!(cluster = %cluster.name, endpoint = %authority, timeout = ?cluster.connect_timeout, "L4 connect timed out");
             }
         }
         cluster.report(idx, Outcome::Failure);
@@ -49,6 +86,71 @@ pub async fn connect_backend(cluster: &CompiledCluster) -> Option<TcpStream> {
         tried |= 1 << idx;
     }
     None
+}
+
+/// TCP to `authority`, then the TLS handshake when `tls` is set (SNI: the fixed name, else the
+/// endpoint's host).
+async fn connect_endpoint(
+    authority: &http::uri::Authority,
+    tls: Option<(&TlsConnector, Option<&str>)>,
+) -> Result<Backend, String> {
+    let stream = TcpStream::connect(authority.as_str())
+        .await
+        .map_err(|e| format!("tcp connect: {e}"))?;
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "set TCP_NODELAY failed");
+    }
+    let Some((connector, server_name)) = tls else {
+        return Ok(Backend::Plain(stream));
+    };
+    let name = parse_server_name(server_name.unwrap_or(authority.host()))
+        .map_err(|e| format!("TLS server name: {e}"))?;
+    let stream = connector
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    Ok(Backend::Tls(Box::new(stream)))
+}
+
+impl AsyncRead for Backend {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Backend::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Backend::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Backend {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Backend::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Backend::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Backend::Plain(s) => Pin::new(s).poll_flush(cx),
+            Backend::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    // A TLS shutdown sends close_notify before the TCP half-close, so half-close still works.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Backend::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Backend::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Closes a client connection with a reset, so the client sees a refusal rather than an

@@ -19,8 +19,9 @@ use sluice_proto::config as pb;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio_rustls::TlsConnector;
 
 /// Per-cluster state that must survive recompiles (kept by the Compiler by cluster name).
 #[derive(Debug, Default)]
@@ -97,6 +98,9 @@ pub struct CompiledCluster {
     pub client: UpstreamClient,
     /// What the TLS client was built from (None: plaintext); equal inputs keep the client.
     pub tls: Option<TlsInputs>,
+    /// The TLS connector of L4 streams (no ALPN), built on the first one: HTTP-only clusters
+    /// never pay for it, and streams do not parse the roots each.
+    stream_tls: OnceLock<Result<TlsConnector, String>>,
     pub health_check: Option<Arc<HealthCheck>>,
     /// None: passive outlier detection is off.
     pub outlier: Option<Outlier>,
@@ -359,9 +363,24 @@ impl CompiledCluster {
             pool,
             client,
             tls,
+            stream_tls: OnceLock::new(),
             health_check,
             outlier,
             state,
+        })
+    }
+
+    /// How L4 streams reach this cluster: None for plaintext, else its TLS connector (offering
+    /// no ALPN) and the fixed SNI (None: each endpoint's host). Errors name the field.
+    pub fn stream_tls(&self) -> Option<Result<(&TlsConnector, Option<&str>), &str>> {
+        let inputs = self.tls.as_ref()?;
+        let connector = self.stream_tls.get_or_init(|| {
+            client_config(inputs, Alpn::None).map(|config| TlsConnector::from(Arc::new(config)))
+        });
+        let server_name = Some(inputs.settings.server_name.as_str()).filter(|n| !n.is_empty());
+        Some(match connector {
+            Ok(connector) => Ok((connector, server_name)),
+            Err(error) => Err(error.as_str()),
         })
     }
 
