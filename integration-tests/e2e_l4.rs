@@ -2,7 +2,8 @@
 //! scripted xDS server: TCP echo and weighted splits, live route changes that leave an open
 //! connection on its backend, unresolved backends refused, UDP sessions per client (sharing a
 //! port number with a TCP listener) and their idle expiry, TLS passthrough by SNI where the
-//! client verifies the backend's own certificate, and TLS terminate forwarding plain TCP.
+//! client verifies the backend's own certificate, and TLS terminate forwarding plain TCP; a TCP
+//! listener originating TLS to a cluster that asks for it (and failing closed with a wrong CA).
 
 mod support;
 
@@ -482,4 +483,98 @@ async fn tls_terminate_forwards_the_decrypted_stream_beside_passthrough_on_one_p
     assert_eq!(echo_round(&mut passed, "encrypted").await, "encrypted");
     // A name neither listener accepts is closed.
     assert!(connect_to("other.test").await.is_err());
+}
+
+/// A cluster on `port` that asks for TLS, trusting the CaBundle Secret `ca`.
+fn tls_cluster(name: &str, port: u16, ca: &str, server_name: &str) -> pb::Cluster {
+    pb::Cluster {
+        tls: Some(pb::UpstreamTls {
+            server_name: server_name.into(),
+            ca_secret: ca.into(),
+            ..Default::default()
+        }),
+        ..cluster(name, port)
+    }
+}
+
+fn ca_bundle(name: &str, pki: &TestPki) -> pb::Secret {
+    pb::Secret {
+        name: name.into(),
+        kind: Some(pb::secret::Kind::CaBundle(pb::CaBundle {
+            pem: pki.ca_pem().into_bytes(),
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn tcp_listener_originates_tls_to_a_cluster_that_asks_for_it() {
+    let (pki, other) = (TestPki::new(), TestPki::new());
+    let backend = tls_echo("secure", &pki.leaf(&["secure.internal", "127.0.0.1"])).await;
+    let (good, by_ip, wrong, pass) = (free_port(), free_port(), free_port(), free_port());
+    let mut gw = Gateway::start().await;
+    gw.push(
+        type_url::SECRET,
+        &[
+            ("ca", &ca_bundle("ca", &pki)),
+            ("other", &ca_bundle("other", &other)),
+        ],
+    )
+    .await;
+    let clusters = [
+        tls_cluster("good", backend, "ca", "secure.internal"),
+        // No server_name: the SNI and the verified name are the endpoint's address.
+        tls_cluster("by-ip", backend, "ca", ""),
+        tls_cluster("wrong", backend, "other", "secure.internal"),
+    ];
+    let refs: Vec<(&str, &pb::Cluster)> = clusters.iter().map(|c| (c.name.as_str(), c)).collect();
+    gw.push(type_url::CLUSTER, &refs).await;
+    gw.listeners(&[
+        listener("good", good, pb::Protocol::Tcp),
+        listener("by-ip", by_ip, pb::Protocol::Tcp),
+        listener("wrong", wrong, pb::Protocol::Tcp),
+        tls_listener("pass", pass, pb::TlsMode::Passthrough, &[]),
+    ])
+    .await;
+    gw.routes(&[
+        route("rg", "good", &[], &[("good", 1)]),
+        route("ri", "by-ip", &[], &[("by-ip", 1)]),
+        route("rw", "wrong", &[], &[("wrong", 1)]),
+        route("rp", "pass", &[], &[("good", 1)]),
+    ])
+    .await;
+    // The plaintext client reaches the TLS backend: the gateway originated TLS and verified it.
+    wait_tcp_backend(good, "secure").await;
+    let (mut s, _) = tcp_backend(good).await.expect("good");
+    assert_eq!(echo_round(&mut s, "over tls").await, "over tls");
+    s.shutdown().await.expect("half-close");
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("backend ends after the half-close")
+        .expect("orderly end");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert_eq!(
+        tcp_backend(by_ip).await.map(|(_, n)| n),
+        Ok("secure".into())
+    );
+    // A CA that did not sign the backend: the handshake fails and the client is reset.
+    let refused = tcp_backend(wrong).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        gw.counter("sluice_l4_refused_total{listener=\"wrong\",protocol=\"tcp\"}")
+            .await
+            >= 1
+    );
+    // Passthrough forwards the client's own TLS session even to a cluster with `tls` set: the
+    // client completes its handshake with the backend itself.
+    let tcp = TcpStream::connect(("127.0.0.1", pass))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("secure.internal").expect("name");
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), pki.client().connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("the client's handshake reaches the backend");
+    assert_eq!(greeting(&mut tls).await, Ok("secure".into()));
 }

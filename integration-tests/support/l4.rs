@@ -130,6 +130,11 @@ impl TestPki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
     /// A client trusting only this CA, offering no ALPN.
     pub fn client(&self) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();

@@ -255,7 +255,109 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::test_certs::{TestCert, self_signed};
+    use crate::upstream::cluster::tls_inputs;
+    use crate::upstream::outlier::now_ms;
+    use crate::upstream::{Clients, PoolSettings};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use sluice_proto::config as pb;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
     use tokio::io::duplex;
+    use tokio::net::TcpListener;
+
+    /// A TLS server presenting `cert` that sends `name` after the handshake; returns its port.
+    async fn tls_greeter(cert: &TestCert, name: &'static str) -> u16 {
+        let chain = vec![CertificateDer::from(cert.der.clone())];
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(crate::tls::PROVIDER.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(name.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_failed_handshake_counts_as_a_connect_failure() {
+        let trusted = self_signed(&["127.0.0.1"]);
+        let untrusted = self_signed(&["127.0.0.1"]);
+        let good = tls_greeter(&trusted, "good").await;
+        let bad = tls_greeter(&untrusted, "bad").await;
+        let endpoint = |port: u16| pb::Endpoint {
+            address: "127.0.0.1".into(),
+            port: u32::from(port),
+            weight: 1,
+        };
+        let c = pb::Cluster {
+            name: "c".into(),
+            endpoints: vec![endpoint(bad), endpoint(good)],
+            tls: Some(pb::UpstreamTls {
+                ca_secret: "ca".into(),
+                ..Default::default()
+            }),
+            outlier_detection: Some(pb::OutlierDetection {
+                consecutive_failures: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let secrets = BTreeMap::from([(
+            "ca".to_string(),
+            Arc::new(pb::Secret {
+                name: "ca".into(),
+                kind: Some(pb::secret::Kind::CaBundle(pb::CaBundle {
+                    pem: trusted.cert_pem.clone().into_bytes(),
+                })),
+                ..Default::default()
+            }),
+        )]);
+        let tls = tls_inputs(&c, &secrets).expect("tls inputs");
+        let cluster = CompiledCluster::compile(
+            &c,
+            Arc::default(),
+            &Clients::default(),
+            tls,
+            PoolSettings::default(),
+            None,
+        )
+        .expect("compiled");
+        // Round robin starts on either endpoint; over two streams the bad one is tried once.
+        for _ in 0..2 {
+            let Some(Backend::Tls(mut stream)) =
+                connect_backend(&cluster, Origination::ClusterTls).await
+            else {
+                panic!("no TLS backend");
+            };
+            assert_eq!(stream.get_ref().1.alpn_protocol(), None, "no ALPN offered");
+            let mut got = String::new();
+            stream.read_to_string(&mut got).await.expect("read");
+            assert_eq!(got, "good");
+        }
+        assert!(cluster.endpoints[0].health.is_ejected(now_ms()), "reported");
+        assert!(!cluster.endpoints[1].health.is_ejected(now_ms()));
+        // Raw origination (passthrough) connects plaintext even to this cluster.
+        assert!(matches!(
+            connect_backend(&cluster, Origination::Raw).await,
+            Some(Backend::Plain(_))
+        ));
+    }
 
     #[tokio::test]
     async fn relays_both_ways_with_half_close() {
