@@ -29,6 +29,7 @@ use route::{Placement, RouteContext, RuleProblems};
 /// that serves L4 routes and checks SANs.
 pub const SUPPORTED_FEATURES: &[&str] = &[
     "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
     "Gateway",
     "GatewayHTTPListenerIsolation",
     "GatewayHTTPSListenerDetectMisdirectedRequests",
