@@ -15,6 +15,15 @@ pub struct GatewayClassSpec {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
+pub struct GatewayAddress {
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ParametersReference {
     pub group: String,
     pub kind: String,
@@ -27,6 +36,9 @@ pub struct ParametersReference {
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
     pub gateway_class_name: String,
+    /// Static addresses requested for the Gateway (Extended; sluice assigns none of its own).
+    #[serde(default)]
+    pub addresses: Vec<GatewayAddress>,
     #[serde(default)]
     pub listeners: Vec<Listener>,
     /// Gateway-wide TLS: the backend client certificate and frontend validation.

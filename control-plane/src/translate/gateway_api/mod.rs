@@ -494,9 +494,29 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
             format!("listeners not accepted: {}", invalid.join(", ")),
         ));
     }
+    // Static addresses cannot be honoured (the Service gets its address from the cluster): say so
+    // rather than serve on an address nobody asked for.
+    let unsupported_address = gw.spec.addresses.first().map(|a| {
+        format!(
+            "spec.addresses[0]: static addresses ({} {:?}) are not supported; remove spec.addresses and the gateway's Service is given one",
+            a.type_.as_deref().unwrap_or("IPAddress"),
+            a.value.as_deref().unwrap_or("")
+        )
+    });
+    if let Some(message) = &unsupported_address {
+        conditions.retain(|c| c.type_ != "Accepted");
+        conditions.push(Condition::new(
+            "Accepted",
+            false,
+            "UnsupportedAddress",
+            message.clone(),
+        ));
+    }
     let goma = index.get(Kind::GomaGateway, ns, name).is_some();
-    out.served = !goma && usable > 0;
-    conditions.push(if goma {
+    out.served = !goma && usable > 0 && unsupported_address.is_none();
+    conditions.push(if let Some(message) = unsupported_address {
+        Condition::new("Programmed", false, "AddressNotAssigned", message)
+    } else if goma {
         Condition::new(
             "Programmed",
             false,

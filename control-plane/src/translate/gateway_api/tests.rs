@@ -1182,3 +1182,25 @@ fn retries_translate_and_bad_codes_invalidate_the_rule() {
         partial.message
     );
 }
+
+#[test]
+fn static_addresses_are_reported_unsupported_and_not_served() {
+    let yaml = format!("{CLASS}{ECHO}{}", gateway(HTTP)).replace(
+        "  gatewayClassName: sluice\n",
+        "  gatewayClassName: sluice\n  addresses: [{type: IPAddress, value: 10.1.2.3}]\n",
+    );
+    let t = translate_yaml(&yaml);
+    let accepted = condition(gateway_conditions(&t), "Accepted");
+    assert_eq!(
+        (accepted.status, accepted.reason),
+        (false, "UnsupportedAddress")
+    );
+    assert!(accepted.message.contains("10.1.2.3"), "{accepted:?}");
+    let programmed = condition(gateway_conditions(&t), "Programmed");
+    assert_eq!(
+        (programmed.status, programmed.reason),
+        (false, "AddressNotAssigned")
+    );
+    assert!(!t.served);
+    assert!(t.listeners.is_empty() && t.routes.is_empty());
+}
