@@ -16,7 +16,7 @@ use kube::Client;
 use kube::api::Api;
 use kube::core::DynamicObject;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::gateway::gateway_api_resource;
@@ -68,18 +68,7 @@ pub async fn run(
     tracing::info!("operator started: reconciling Goma Gateways");
     controller
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(gateway = %object, "reconciled"),
-                // Logged by error_policy with the gateway's name.
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                // A child event after its Gateway went (the garbage collector at work).
-                Err(controller::Error::ObjectNotFound(object)) => {
-                    tracing::debug!(gateway = %object, "gone; nothing to reconcile")
-                }
-                Err(e) => tracing::warn!(error = %e, "operator watch"),
-            }
-        })
+        .for_each(|result| log_result(result, "operator watch"))
         .await;
     tracing::info!("operator stopped");
 }
@@ -162,21 +151,47 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Acti
 }
 
 fn error_policy(object: Arc<DynamicObject>, error: &OperatorError, ctx: Arc<Context>) -> Action {
-    let key = key_of(&object);
-    if !error.is_transient() {
-        tracing::warn!(gateway = %key, error = %error, "gateway not applied: fix its spec");
-        ctx.failures().remove(&key);
-        return Action::await_change();
+    ctx.after_failure(key_of(&object), error)
+}
+
+impl Context {
+    /// What to do after a failed reconcile of `key`: wait for a change when its spec is at
+    /// fault, else retry with a growing backoff.
+    pub(super) fn after_failure(&self, key: ObjectKey, error: &OperatorError) -> Action {
+        if !error.is_transient() {
+            tracing::warn!(gateway = %key, %error, "gateway not applied: fix its spec");
+            self.failures().remove(&key);
+            return Action::await_change();
+        }
+        let attempt = {
+            let mut failures = self.failures();
+            let n = failures.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let delay = backoff(attempt);
+        tracing::warn!(gateway = %key, %error, attempt, retry_in = ?delay, "gateway reconcile failed");
+        Action::requeue(delay)
     }
-    let attempt = {
-        let mut failures = ctx.failures();
-        let n = failures.entry(key.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(attempt);
-    tracing::warn!(gateway = %key, error = %error, attempt, retry_in = ?delay, "gateway reconcile failed");
-    Action::requeue(delay)
+}
+
+/// Logs one controller result; reconcile failures were logged by the error policy.
+pub(super) async fn log_result(
+    result: Result<
+        (ObjectRef<DynamicObject>, Action),
+        controller::Error<OperatorError, watcher::Error>,
+    >,
+    watch: &'static str,
+) {
+    match result {
+        Ok((object, _)) => tracing::debug!(gateway = %object, "reconciled"),
+        Err(controller::Error::ReconcilerFailed(..)) => {}
+        // A child event after its Gateway went (the garbage collector at work).
+        Err(controller::Error::ObjectNotFound(object)) => {
+            tracing::debug!(gateway = %object, "gone; nothing to reconcile")
+        }
+        Err(e) => tracing::warn!(error = %e, "{watch}"),
+    }
 }
 
 /// 1 s, 2 s, 4 s ... capped at 5 min.

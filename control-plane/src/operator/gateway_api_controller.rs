@@ -20,7 +20,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
-use super::controller::{Context, backoff, child_api};
+use super::controller::{Context, child_api, log_result};
 use super::gateway::gateway_api_resource as goma_gateway_resource;
 use super::gateway_api::{
     class_name_of, from_dynamic, gateway_class_resource, gateway_resource, is_our_class, key_of,
@@ -156,16 +156,7 @@ pub async fn run(
     tracing::info!("operator started: reconciling Gateway API Gateways of our GatewayClasses");
     controller
         .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(gateway = %object, "reconciled"),
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(controller::Error::ObjectNotFound(object)) => {
-                    tracing::debug!(gateway = %object, "gone; nothing to reconcile")
-                }
-                Err(e) => tracing::warn!(error = %e, "Gateway API operator watch"),
-            }
-        })
+        .for_each(|result| log_result(result, "Gateway API operator watch"))
         .await;
     tracing::info!("Gateway API operator stopped");
 }
@@ -235,21 +226,7 @@ async fn reconcile(object: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Acti
 }
 
 fn error_policy(object: Arc<DynamicObject>, error: &OperatorError, ctx: Arc<Context>) -> Action {
-    let key = key_of(&object);
-    if !error.is_transient() {
-        tracing::warn!(gateway = %key, %error, "gateway not applied: fix its spec");
-        ctx.failures().remove(&key);
-        return Action::await_change();
-    }
-    let attempt = {
-        let mut failures = ctx.failures();
-        let n = failures.entry(key.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(attempt);
-    tracing::warn!(gateway = %key, %error, attempt, retry_in = ?delay, "gateway reconcile failed");
-    Action::requeue(delay)
+    ctx.after_failure(key_of(&object), error)
 }
 
 #[cfg(test)]
