@@ -370,22 +370,24 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
             };
             let rule_count = match &route {
                 AnyRoute::Http(r) => {
-                    route::http_rules(
+                    route::rules(
                         index,
                         target,
                         &ctx,
                         &r.spec.rules,
+                        route::http_rule,
                         &mut resources,
                         &mut problems,
                     );
                     r.spec.rules.len()
                 }
                 AnyRoute::Grpc(r) => {
-                    route::grpc_rules(
+                    route::rules(
                         index,
                         target,
                         &ctx,
                         &r.spec.rules,
+                        route::grpc_rule,
                         &mut resources,
                         &mut problems,
                     );

@@ -410,24 +410,37 @@ fn retry(r: &HttpRouteRetry, field: &str) -> Result<pb::RetryPolicy, (&'static s
     })
 }
 
-pub fn http_rules(
+/// One rule of an HTTPRoute or GRPCRoute into a Route; Err makes the rule invalid.
+pub type RuleTranslator<R> = fn(
+    &Index,
+    &mut Backends,
+    &RouteContext,
+    &R,
+    &str,
+    &mut RuleProblems,
+) -> Result<pb::Route, (&'static str, String)>;
+
+/// Translates every rule with `translate`, placing the valid ones on the route's listeners and
+/// recording the invalid ones.
+pub fn rules<R>(
     index: &Index,
     backends: &mut Backends,
     ctx: &RouteContext,
-    rules: &[HttpRouteRule],
+    rules: &[R],
+    translate: RuleTranslator<R>,
     out: &mut Vec<pb::Route>,
     problems: &mut RuleProblems,
 ) {
     for (i, rule) in rules.iter().enumerate() {
         let field = format!("spec.rules[{i}]");
-        match http_rule(index, backends, ctx, rule, &field, problems) {
+        match translate(index, backends, ctx, rule, &field, problems) {
             Ok(route) => ctx.place(i, route, out),
             Err(e) => problems.invalid.push(e),
         }
     }
 }
 
-fn http_rule(
+pub fn http_rule(
     index: &Index,
     backends: &mut Backends,
     ctx: &RouteContext,
@@ -501,23 +514,6 @@ fn http_rule(
     Ok(route)
 }
 
-pub fn grpc_rules(
-    index: &Index,
-    backends: &mut Backends,
-    ctx: &RouteContext,
-    rules: &[GrpcRouteRule],
-    out: &mut Vec<pb::Route>,
-    problems: &mut RuleProblems,
-) {
-    for (i, rule) in rules.iter().enumerate() {
-        let field = format!("spec.rules[{i}]");
-        match grpc_rule(index, backends, ctx, rule, &field, problems) {
-            Ok(route) => ctx.place(i, route, out),
-            Err(e) => problems.invalid.push(e),
-        }
-    }
-}
-
 /// A gRPC method match as a path match on `/{service}/{method}`.
 fn grpc_path(
     m: &crate::model::gateway_api::route::GrpcMethodMatch,
@@ -561,7 +557,7 @@ fn grpc_path(
     }
 }
 
-fn grpc_rule(
+pub fn grpc_rule(
     index: &Index,
     backends: &mut Backends,
     ctx: &RouteContext,
