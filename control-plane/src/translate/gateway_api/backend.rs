@@ -210,25 +210,9 @@ impl Backends {
                     self.ca_bundles.insert(name.clone(), s);
                     name
                 }),
-                ("", "Secret") => {
-                    let key = ObjectKey::new(Kind::Secret, ns, &r.name);
-                    match index.get(Kind::Secret, ns, &r.name) {
-                        Some(Object::Other { body, .. }) => {
-                            match crate::translate::secret::translate_secret(&key, body) {
-                                Ok(pb::Secret {
-                                    name,
-                                    kind: Some(pb::secret::Kind::CaBundle(_)),
-                                    ..
-                                }) => {
-                                    self.secrets.insert(name.clone());
-                                    Ok(name)
-                                }
-                                _ => Err(format!("Secret {ns}/{} has no ca.crt", r.name)),
-                            }
-                        }
-                        _ => Err(format!("Secret {ns}/{} does not exist", r.name)),
-                    }
-                }
+                ("", "Secret") => secret_bundle(index, ns, &r.name).inspect(|name| {
+                    self.secrets.insert(name.clone());
+                }),
                 _ => {
                     problem.get_or_insert((
                         "InvalidKind",
@@ -362,6 +346,24 @@ pub(super) fn config_map_bundle(index: &Index, ns: &str, name: &str) -> Result<p
             pem: pem.as_bytes().to_vec(),
         })),
     })
+}
+
+/// The resource name of Secret `ns/name` when it holds a CA bundle (`ca.crt`).
+pub(super) fn secret_bundle(index: &Index, ns: &str, name: &str) -> Result<String, String> {
+    let key = ObjectKey::new(Kind::Secret, ns, name);
+    match index.get(Kind::Secret, ns, name) {
+        Some(Object::Other { body, .. }) => {
+            match crate::translate::secret::translate_secret(&key, body) {
+                Ok(pb::Secret {
+                    name,
+                    kind: Some(pb::secret::Kind::CaBundle(_)),
+                    ..
+                }) => Ok(name),
+                _ => Err(format!("Secret {ns}/{name} has no ca.crt")),
+            }
+        }
+        _ => Err(format!("Secret {ns}/{name} does not exist")),
+    }
 }
 
 /// Ready endpoints of Service `ns/name`'s port, from its EndpointSlices.

@@ -365,23 +365,9 @@ fn client_validation(
                 name
             })
         } else {
-            let key = crate::model::ObjectKey::new(Kind::Secret, ns, &r.name);
-            match index.get(Kind::Secret, ns, &r.name) {
-                Some(Object::Other { body, .. }) => {
-                    match crate::translate::secret::translate_secret(&key, body) {
-                        Ok(pb::Secret {
-                            name,
-                            kind: Some(pb::secret::Kind::CaBundle(_)),
-                            ..
-                        }) => {
-                            refs.certificates.push(name.clone());
-                            Ok(name)
-                        }
-                        _ => Err(format!("Secret {ns}/{} has no ca.crt", r.name)),
-                    }
-                }
-                _ => Err(format!("Secret {ns}/{} does not exist", r.name)),
-            }
+            super::backend::secret_bundle(index, ns, &r.name).inspect(|name| {
+                refs.certificates.push(name.clone());
+            })
         };
         match bundle {
             // The data plane takes one CA bundle per listener: the first valid reference.
