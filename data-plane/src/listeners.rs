@@ -460,19 +460,11 @@ async fn serve_connection(
         };
         return serve_http(io, remote, port, None, idle, stop, shared).await;
     };
-    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
     let metrics = shared.observer.metrics();
-    metrics.tls_handshake(port, matches!(handshake, Ok(Ok(_))));
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::debug!(%remote, port, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, port, "TLS handshake timed out");
-            return;
-        }
+    let Some(stream) =
+        tls::handshake(&acceptor, stream, HANDSHAKE_TIMEOUT, metrics, port, remote).await
+    else {
+        return;
     };
     let connection = TlsConnection::new(
         stream.get_ref().1.server_name(),

@@ -451,6 +451,34 @@ impl TlsConnection {
     }
 }
 
+/// Terminates TLS on an accepted connection within `timeout`, counting the handshake in the
+/// TLS metrics; None (logged) when it fails or takes too long.
+pub async fn handshake<IO>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: IO,
+    timeout: std::time::Duration,
+    metrics: &crate::metrics::Metrics,
+    port: u16,
+    remote: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let handshake = tokio::time::timeout(timeout, acceptor.accept(io)).await;
+    metrics.tls_handshake(port, matches!(handshake, Ok(Ok(_))));
+    match handshake {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%remote, port, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%remote, port, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_certs {
     //! Self-signed test certificates.

@@ -101,19 +101,10 @@ pub async fn serve_stream(
         tcp::reset(client.inner());
         return;
     };
-    let handshake = tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(client)).await;
-    ctx.metrics
-        .tls_handshake(port, matches!(handshake, Ok(Ok(_))));
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(error)) => {
-            tracing::debug!(%remote, port, %error, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%remote, port, "TLS handshake timed out");
-            return;
-        }
+    let Some(tls) =
+        crate::tls::handshake(&acceptor, client, HELLO_TIMEOUT, &ctx.metrics, port, remote).await
+    else {
+        return;
     };
     let Some(upstream) = tcp::connect_backend(&cluster, origination).await else {
         refuse(tls.get_ref().0.inner(), remote, &labels, &ctx);
