@@ -80,12 +80,7 @@ fn field_errors(e: &crate::translate::TranslateError) -> String {
 
 impl Controller {
     pub fn new(views: Arc<Views>) -> Self {
-        Self::with_board(views, StatusBoard::default())
-    }
-
-    /// A controller that records its verdicts on `board` (for the status writer).
-    pub fn with_board(views: Arc<Views>, board: StatusBoard) -> Self {
-        Self::with_boards(views, board, GatewayApiBoard::default())
+        Self::with_boards(views, StatusBoard::default(), GatewayApiBoard::default())
     }
 
     /// A controller that records Goma verdicts on `board` and Gateway API status on `api_board`.

@@ -45,6 +45,17 @@ pub struct Handles {
     pub api_board: GatewayApiBoard,
 }
 
+impl Handles {
+    /// The controller that fills these views and status boards.
+    fn controller(&self) -> Controller {
+        Controller::with_boards(
+            self.views.clone(),
+            self.board.clone(),
+            self.api_board.clone(),
+        )
+    }
+}
+
 /// Serves the manifests under `dir` on `listener` until `shutdown` resolves.
 pub async fn run_file_control_plane(
     dir: PathBuf,
@@ -66,14 +77,7 @@ pub async fn run_file_control_plane(
             tracing::error!(error = %e, "file provider stopped");
         }
     });
-    let controller_task = tokio::spawn(
-        Controller::with_boards(
-            handles.views.clone(),
-            handles.board.clone(),
-            handles.api_board.clone(),
-        )
-        .run(rx),
-    );
+    let controller_task = tokio::spawn(handles.controller().run(rx));
     tracing::info!(dir = %dir.display(), "watching manifests");
     let result = xds::serve(listener, handles.views, handles.clients, shutdown).await;
     provider_task.abort();
@@ -130,14 +134,7 @@ pub async fn run_kubernetes_control_plane(
         handles.errors.clone(),
     );
     let provider_task = tokio::spawn(provider.run(tx));
-    let controller_task = tokio::spawn(
-        Controller::with_boards(
-            handles.views.clone(),
-            handles.board.clone(),
-            handles.api_board.clone(),
-        )
-        .run(rx),
-    );
+    let controller_task = tokio::spawn(handles.controller().run(rx));
     tracing::info!(
         identity = %options.lease.identity,
         lease = %format!("{}/{}", options.lease.namespace, options.lease.name),
