@@ -7,6 +7,7 @@ use crate::resource::{Encoded, type_index};
 use crate::status::gateway_api::GatewayApiBoard;
 use crate::status::{Record, ResourceRef, StatusBoard, Verdict};
 use crate::translate::goma::{translate_gateway, translate_route};
+use crate::translate::middleware::MiddlewareSource;
 use crate::translate::secret::translate_secret;
 use crate::views::{ViewChanges, Views};
 use sluice_proto::type_url;
@@ -59,6 +60,16 @@ pub struct Controller {
     #[cfg(test)]
     api_translated: Vec<ObjectKey>,
     synced: bool,
+}
+
+/// Middlewares resolve against the objects the controller holds.
+impl MiddlewareSource for BTreeMap<ObjectKey, Object> {
+    fn middleware(&self, namespace: &str, name: &str) -> Option<&crate::model::goma::Middleware> {
+        match self.get(&ObjectKey::new(Kind::GomaMiddleware, namespace, name)) {
+            Some(Object::GomaMiddleware(m)) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 fn gateway_id(namespace: &str, name: &str) -> String {
@@ -164,19 +175,32 @@ impl Controller {
             self.api_withdraw(&ObjectKey::new(Kind::Gateway, &key.namespace, &key.name));
             self.gateway_changed(key);
         }
-        for key in dirty.iter().filter(|k| k.kind == Kind::GomaRoute) {
-            self.route_changed(key);
-        }
-        // Middlewares are not translated yet (routes naming them fail closed); status still
-        // needs to know which exist.
+        // Middlewares are translated with the routes that name them: a changed middleware
+        // re-translates those routes (only those).
+        let mut routes: BTreeSet<ObjectKey> = dirty
+            .iter()
+            .filter(|k| k.kind == Kind::GomaRoute)
+            .cloned()
+            .collect();
         for key in dirty.iter().filter(|k| k.kind == Kind::GomaMiddleware) {
             match self.objects.get(key) {
-                Some(Object::GomaMiddleware(m)) => self.board.insert(
-                    key.clone(),
-                    Record::new(m.metadata.generation, Verdict::Served(Vec::new())),
-                ),
+                Some(Object::GomaMiddleware(m)) => {
+                    let verdict = match m.spec.typed_rule() {
+                        Ok(_) => Verdict::Served(Vec::new()),
+                        Err(e) => Verdict::Invalid {
+                            message: e.to_string(),
+                            last_good: Vec::new(),
+                        },
+                    };
+                    self.board
+                        .insert(key.clone(), Record::new(m.metadata.generation, verdict));
+                }
                 _ => self.board.remove(key),
             }
+            routes.extend(self.routes_naming(key));
+        }
+        for key in &routes {
+            self.route_changed(key);
         }
         for key in dirty.iter().filter(|k| k.kind == Kind::GatewayClass) {
             self.api_class_changed(key);
@@ -320,7 +344,7 @@ impl Controller {
                     gateways: named.iter().cloned().collect(),
                     middlewares: route.spec.middlewares.clone(),
                 };
-                match translate_route(&route) {
+                match translate_route(&route, &self.objects) {
                     Ok(Some(t)) => {
                         for w in &t.warnings {
                             tracing::warn!(object = %key, "{w}");
@@ -335,12 +359,14 @@ impl Controller {
                             t.route.name.clone(),
                             &t.route,
                         ));
-                        // The route's certificate and its clusters' TLS Secrets travel with it.
+                        // The route's certificate, its clusters' TLS Secrets and those its
+                        // middlewares read travel with it.
                         let secrets =
                             std::iter::once(&t.route.certificate_secret)
                                 .chain(t.clusters.iter().filter_map(|c| c.tls.as_ref()).flat_map(
                                     |tls| [&tls.ca_secret, &tls.client_certificate_secret],
                                 ))
+                                .chain(&t.middleware_secrets)
                                 .filter(|s| !s.is_empty())
                                 .cloned()
                                 .collect();
@@ -490,6 +516,19 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// The Goma Routes (of the middleware's namespace) that list `middleware`.
+    fn routes_naming(&self, middleware: &ObjectKey) -> Vec<ObjectKey> {
+        let start = ObjectKey::new(Kind::GomaRoute, &middleware.namespace, "");
+        self.objects
+            .range(start..)
+            .take_while(|(k, _)| k.kind == Kind::GomaRoute && k.namespace == middleware.namespace)
+            .filter(|(_, o)| {
+                matches!(o, Object::GomaRoute(r) if r.spec.middlewares.contains(&middleware.name))
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     fn index_route(&mut self, key: &ObjectKey, named: &BTreeSet<String>) {

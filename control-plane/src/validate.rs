@@ -1,8 +1,9 @@
 //! `sluice validate`: every problem in a directory of manifests, without serving anything.
 
-use crate::model::Object;
+use crate::model::{Object, ObjectKey};
 use crate::provider::file::load_dir;
 use crate::translate::goma::{translate_gateway, translate_route};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Default)]
@@ -19,6 +20,8 @@ pub fn validate_dir(dir: &Path) -> Report {
         errors: diagnostics.iter().map(|d| d.to_string()).collect(),
         warnings: Vec::new(),
     };
+    let by_key: BTreeMap<ObjectKey, Object> =
+        objects.iter().map(|o| (o.key(), o.clone())).collect();
     for o in &objects {
         let key = o.key();
         match o {
@@ -28,7 +31,7 @@ pub fn validate_dir(dir: &Path) -> Report {
                     .extend(warnings.into_iter().map(|w| format!("{key}: {w}"))),
                 Err(e) => report.errors.push(e.to_string()),
             },
-            Object::GomaRoute(r) => match translate_route(r) {
+            Object::GomaRoute(r) => match translate_route(r, &by_key) {
                 Ok(Some(t)) => report
                     .warnings
                     .extend(t.warnings.into_iter().map(|w| format!("{key}: {w}"))),

@@ -5,6 +5,8 @@ use crate::fast_map::FastMap;
 use crate::l4::route::{L4Kind, L4Listener, L4Port, L4Route, sort_routes};
 use crate::metrics::Metrics;
 use crate::metrics::endpoint::MetricsEndpoint;
+use crate::middleware::state::States;
+use crate::middleware::{Chain, CompileEnv};
 use crate::resources::Resources;
 use crate::router::host::validate_hostname;
 use crate::router::route::to_duration;
@@ -12,11 +14,13 @@ use crate::router::{
     CompiledRoute, HostPattern, IndexBuilder, ListenerInfo, PortIndex, RouteTable,
 };
 use crate::server::{self, ServerSettings};
+use crate::shared_store::SharedStore;
 use crate::tls::{self, ClientAuth, SniIndex};
 use crate::upstream::{Clients, ClusterState, CompiledCluster, PoolSettings, cluster, pool};
 use rustls::sign::CertifiedKey;
 use sluice_proto::config as pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,6 +248,24 @@ fn check_tls_secret(name: &str, resources: &Resources) -> Result<(), String> {
     }
 }
 
+/// What route middlewares compile against, besides the resources.
+struct MiddlewareInputs<'a> {
+    states: &'a mut States,
+    shared_store: Option<&'a Arc<SharedStore>>,
+    geoip_database: Option<&'a Path>,
+}
+
+/// The gateway's shared store as its listeners describe it (they all carry the same settings;
+/// the first by name that has one wins).
+fn shared_store_of(resources: &Resources) -> Option<Arc<SharedStore>> {
+    resources
+        .listeners
+        .values()
+        .filter_map(|l| l.http.as_ref()?.shared_store.as_ref())
+        .find(|s| !s.redis_address.is_empty())
+        .map(|s| Arc::new(SharedStore::new(&s.redis_address, &s.redis_password)))
+}
+
 /// Validates resources and compiles snapshots, memoising compiled routes and clusters by name and
 /// `Arc` identity so a one-route change at 10k routes recompiles one route.
 pub struct Compiler {
@@ -272,6 +294,12 @@ pub struct Compiler {
     last: Snapshot,
     /// Where compiled routes get their metric handles (None: routes record no metrics).
     metrics: Option<Arc<Metrics>>,
+    /// Middleware state that survives recompiles (buckets, caches, keys).
+    middleware_states: States,
+    /// The gateway's shared store (Redis), as of the last listener change.
+    shared_store: Option<Arc<SharedStore>>,
+    /// GeoIP database for geoBlock middlewares.
+    geoip_database: Option<PathBuf>,
 }
 
 impl Default for Compiler {
@@ -296,7 +324,34 @@ impl Compiler {
             index: IndexBuilder::default(),
             last: Snapshot::default(),
             metrics: None,
+            middleware_states: States::default(),
+            shared_store: None,
+            geoip_database: None,
         }
+    }
+
+    /// The MaxMind country database geoBlock middlewares look clients up in.
+    pub fn set_geoip_database(&mut self, path: Option<PathBuf>) {
+        self.geoip_database = path;
+    }
+
+    /// Compiles a route with its middlewares.
+    fn compile_route(
+        pb_route: &pb::Route,
+        resources: &Resources,
+        env: MiddlewareInputs<'_>,
+    ) -> Result<CompiledRoute, String> {
+        let mut route = CompiledRoute::compile(pb_route)?;
+        if !pb_route.middlewares.is_empty() {
+            let mut env = CompileEnv::new(
+                env.states,
+                &resources.secrets,
+                env.shared_store,
+                env.geoip_database,
+            );
+            route.middlewares = Chain::compile(&pb_route.middlewares, &mut env)?;
+        }
+        Ok(route)
     }
 
     /// A compiler whose routes record per-route metrics in `metrics`.
@@ -356,7 +411,18 @@ impl Compiler {
     }
 
     pub fn validate_route(&self, r: &pb::Route, resources: &Resources) -> Result<(), String> {
-        let compiled = CompiledRoute::compile(r)?;
+        // A scratch registry: validation must not create or disturb serving state.
+        let mut scratch = States::default();
+        let store = shared_store_of(resources);
+        let compiled = Self::compile_route(
+            r,
+            resources,
+            MiddlewareInputs {
+                states: &mut scratch,
+                shared_store: store.as_ref(),
+                geoip_database: self.geoip_database.as_deref(),
+            },
+        )?;
         // A listener that does not exist (yet) is fine: the route is placed when it appears.
         for (i, l) in r.listeners.iter().enumerate() {
             if l.is_empty() {
@@ -517,22 +583,62 @@ impl Compiler {
             self.secrets.insert(name.clone(), (pb_secret.clone(), key));
         }
 
+        // Routes to recompile although their resource did not change: those whose middlewares
+        // read a changed Secret, and all routes with middlewares when the shared store moved.
+        let mut forced: BTreeSet<String> = BTreeSet::new();
+        if changed.listeners {
+            let store = shared_store_of(resources);
+            let same = match (&store, &self.shared_store) {
+                (Some(a), Some(b)) => a.address() == b.address() && a.password() == b.password(),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                self.shared_store = store;
+                forced.extend(
+                    self.routes
+                        .iter()
+                        .filter(|(_, (_, r))| !r.middlewares.is_empty())
+                        .map(|(name, _)| name.clone()),
+                );
+            }
+        }
+        if !changed.secrets.is_empty() {
+            forced.extend(
+                self.routes
+                    .iter()
+                    .filter(|(_, (_, r))| {
+                        r.middlewares
+                            .secrets()
+                            .iter()
+                            .any(|s| changed.secrets.contains(&**s))
+                    })
+                    .map(|(name, _)| name.clone()),
+            );
+        }
         let mut upserted = Vec::new();
         let mut removed: Vec<Arc<str>> = Vec::new();
-        for name in &changed.routes {
+        let mut middlewares_touched = false;
+        for name in changed
+            .routes
+            .iter()
+            .chain(forced.difference(&changed.routes))
+        {
             if self.route_certs.remove(name).is_some() {
                 tls_dirty = true;
             }
             let Some(pb_route) = resources.routes.get(name) else {
-                if self.routes.remove(name).is_some() {
+                if let Some((_, r)) = self.routes.remove(name) {
+                    middlewares_touched |= !r.middlewares.is_empty();
                     removed.push(Arc::from(name.as_str()));
                 }
                 continue;
             };
-            if self
-                .routes
-                .get(name)
-                .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_route))
+            if !forced.contains(name)
+                && self
+                    .routes
+                    .get(name)
+                    .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_route))
             {
                 if let Some((_, r)) = self.routes.get(name)
                     && r.certificate_secret.is_some()
@@ -541,7 +647,17 @@ impl Compiler {
                 }
                 continue;
             }
-            match CompiledRoute::compile(pb_route) {
+            middlewares_touched |= !pb_route.middlewares.is_empty()
+                || self
+                    .routes
+                    .get(name)
+                    .is_some_and(|(_, r)| !r.middlewares.is_empty());
+            let inputs = MiddlewareInputs {
+                states: &mut self.middleware_states,
+                shared_store: self.shared_store.as_ref(),
+                geoip_database: self.geoip_database.as_deref(),
+            };
+            match Self::compile_route(pb_route, resources, inputs) {
                 Ok(mut r) => {
                     // Resolved while the previous version (if any) is still held, so its
                     // series carry over.
@@ -567,6 +683,9 @@ impl Compiler {
             }
         }
 
+        if middlewares_touched {
+            self.middleware_states.retain_used();
+        }
         let mut server = self.last.server.clone();
         let mut udp_ports = self.last.udp_ports.clone();
         let mut port_conflicts = Vec::new();

@@ -14,6 +14,8 @@ pub mod sluice {
         }
     }
     pub mod config {
+        // Middleware kinds differ in size; they are built once per configuration, not per request.
+        #[allow(clippy::large_enum_variant)]
         pub mod v1 {
             tonic::include_proto!("sluice.config.v1");
         }

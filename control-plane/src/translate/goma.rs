@@ -1,8 +1,9 @@
 //! Goma Gateway objects to config resources: a Gateway becomes its listeners, a Route one
 //! `Route` resource plus one `Cluster` per backend.
 //!
-//! Anything this version cannot enforce (middlewares) fails closed: the route
-//! is refused with an error naming the field rather than served without it. `https://` backends
+//! A route's middlewares are translated with it (`translate::middleware`); one that is missing,
+//! invalid or not enforceable withdraws the route (fail closed) with an error naming the
+//! reference, rather than serving it without the protection. `https://` backends
 //! become TLS clusters; `spec.security.tls` sets how they are verified and authenticated.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use sluice_proto::config as pb;
 
+use super::middleware::{MiddlewareSource, RouteContext, translate_middleware};
 use super::{Errors, TranslateError, parse_go_duration, pb_duration};
 use crate::model::goma::{self, MatchOperator, MatchSource};
 use crate::model::{Kind, ObjectKey};
@@ -31,6 +33,8 @@ pub struct TranslatedRoute {
     pub clusters: Vec<pb::Cluster>,
     /// Accepted but without effect (e.g. security.tls with no https backend); for logs and status.
     pub warnings: Vec<String>,
+    /// Secret resources the route's middlewares read.
+    pub middleware_secrets: Vec<String>,
 }
 
 /// `route/<ns>/<name>`: the Route resource name of a Goma Route.
@@ -190,11 +194,28 @@ fn http_settings(server: &goma::ServerSpec, errors: &mut Errors) -> pb::HttpSett
                     None
                 }
             });
+    let shared_store = server.redis.as_ref().and_then(|r| {
+        let address = r.addr.as_deref().map(str::trim).unwrap_or_default();
+        if address.is_empty() {
+            return None;
+        }
+        if !address.contains(':') {
+            errors.push(
+                "spec.server.redis.addr",
+                format!("{address:?} is not host:port"),
+            );
+        }
+        Some(pb::SharedStore {
+            redis_address: address.to_owned(),
+            redis_password: r.password.clone().unwrap_or_default(),
+        })
+    });
     pb::HttpSettings {
         read_timeout,
         write_timeout,
         idle_timeout,
         trusted_proxies: Vec::new(),
+        shared_store,
         metrics,
         upstream_defaults: Some(pb::UpstreamDefaults {
             pool: Some(pool),
@@ -214,7 +235,10 @@ fn port_in_range(port: i32) -> Option<u16> {
 
 /// A Route's resources, or `Ok(None)` when `spec.enabled` is false. Every invalid field is
 /// reported in one error.
-pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, TranslateError> {
+pub fn translate_route(
+    route: &goma::Route,
+    middlewares: &dyn MiddlewareSource,
+) -> Result<Option<TranslatedRoute>, TranslateError> {
     let spec = &route.spec;
     if !spec.enabled {
         return Ok(None);
@@ -365,10 +389,47 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
             ..Default::default()
         }),
     };
+    let context = RouteContext {
+        namespace: ns,
+        route_name: name,
+        route_path: &path,
+    };
+    let mut route_middlewares = Vec::with_capacity(spec.middlewares.len());
+    let mut middleware_clusters = Vec::new();
+    let mut middleware_secrets = Vec::new();
+    for (i, mw_name) in spec.middlewares.iter().enumerate() {
+        let field = format!("spec.middlewares[{i}]");
+        let Some(mw) = middlewares.middleware(ns, mw_name) else {
+            errors.push_fail_closed(
+                field,
+                format!(
+                    "Middleware {ns}/{mw_name} does not exist; the route is not served without it"
+                ),
+            );
+            continue;
+        };
+        match translate_middleware(mw, &context) {
+            Ok(t) => {
+                route_middlewares.push(t.middleware);
+                middleware_clusters.extend(t.clusters);
+                middleware_secrets.extend(t.secrets);
+            }
+            Err(field_errors) => {
+                let reasons: Vec<String> = field_errors.iter().map(ToString::to_string).collect();
+                errors.push_fail_closed(
+                    field,
+                    format!(
+                        "Middleware {ns}/{mw_name} cannot be applied ({}); the route is not served without it",
+                        reasons.join("; ")
+                    ),
+                );
+            }
+        }
+    }
     errors.into_result(&source)?;
 
     // Maintenance answers directly: no upstream is contacted, so none is published.
-    let clusters = if maintenance.is_some() {
+    let mut clusters: Vec<pb::Cluster> = if maintenance.is_some() {
         Vec::new()
     } else {
         clusters
@@ -379,6 +440,7 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
             })
             .collect()
     };
+    clusters.extend(middleware_clusters);
     let route = pb::Route {
         name: route_resource_name(ns, name),
         source,
@@ -402,6 +464,7 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
         // Goma's metrics name routes by their own name; dashboards keep showing "api".
         metrics_name: name.clone(),
         exploit_protection: spec.security.enable_exploit_protection,
+        middlewares: route_middlewares,
         action: Some(action),
         ..Default::default()
     };
@@ -409,17 +472,12 @@ pub fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, T
         route,
         clusters,
         warnings,
+        middleware_secrets,
     }))
 }
 
 /// Settings this version cannot enforce: refusing the route beats serving it unprotected.
 fn fail_closed(spec: &goma::RouteSpec, errors: &mut Errors) {
-    if !spec.middlewares.is_empty() {
-        errors.push_fail_closed(
-            "spec.middlewares",
-            "middlewares are not enforced by this version; refusing to serve the route without them",
-        );
-    }
     if let Some(tls) = &spec.tls
         && tls.secret_name.is_empty()
     {
@@ -838,6 +896,11 @@ fn parse_endpoint(url: &str) -> Result<ParsedEndpoint, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Routes here name no existing Middleware (middleware tests: `translate::middleware`).
+    fn translate_route(route: &goma::Route) -> Result<Option<TranslatedRoute>, TranslateError> {
+        super::translate_route(route, &())
+    }
     use crate::model::Object;
     use crate::provider::file::parse_manifests;
     use std::path::Path;
@@ -1509,7 +1572,7 @@ mod tests {
     }
 
     #[test]
-    fn unenforceable_protection_fails_closed() {
+    fn a_missing_middleware_fails_closed() {
         let error = translate_route(&route(&format!(
             "{BASE}  target: http://a\n  middlewares: [auth]\n"
         )))
@@ -1517,7 +1580,7 @@ mod tests {
         assert!(error.fails_closed(), "{error}");
         assert!(
             error.to_string().starts_with(
-                "Route default/api: spec.middlewares: middlewares are not enforced by this version"
+                "Route default/api: spec.middlewares[0]: Middleware default/auth does not exist; the route is not served without it"
             ),
             "{error}"
         );

@@ -4,6 +4,7 @@ use std::fmt;
 
 pub mod gateway_api;
 pub mod goma;
+pub mod middleware;
 pub mod secret;
 
 /// One invalid field: `spec.backends[1].endpoint: <reason>`.

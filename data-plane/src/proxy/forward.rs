@@ -77,11 +77,11 @@ where
 }
 
 /// Where one attempt goes.
-pub(super) struct Target<'a> {
-    pub(super) cluster: Arc<CompiledCluster>,
-    pub(super) endpoint: usize,
+pub(crate) struct Target<'a> {
+    pub(crate) cluster: Arc<CompiledCluster>,
+    pub(crate) endpoint: usize,
     /// The route backend it was chosen for (None for a mirror).
-    pub(super) backend: Option<&'a Backend>,
+    pub(crate) backend: Option<&'a Backend>,
 }
 
 /// Why an attempt failed.
@@ -296,7 +296,7 @@ where
 /// modifier, the URI the upstream's protocol wants, Host (the endpoint's unless the client's
 /// or a rewritten one is kept; for HTTP/2 it is the `:authority`), the upstream's HTTP version
 /// and, for an upgrade, its headers.
-pub(super) fn upstream_request(
+pub(crate) fn upstream_request(
     mut head: Parts,
     body: UpstreamBody,
     target: &Target<'_>,

@@ -19,6 +19,7 @@ use prefix::PrefixedBody;
 pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
 
+use crate::middleware::{RequestCtx, ResponseCtx};
 use crate::router::cors::Cors;
 use crate::router::host::request_host_and_header;
 use crate::router::redirect::RedirectRequest;
@@ -87,7 +88,7 @@ where
     report.client_ip = Some(client_ip);
 
     // Routing borrows the request; collect what forwarding needs, then release the borrow.
-    let (route, plan, original_host, cors_origin) = {
+    let (route, plan, original_host, cors_origin, host) = {
         let (raw_host, host_header) = request_host_and_header(req.uri(), req.headers());
         let host = NormalizedHost::new(raw_host);
         if let Some(tls) = tls
@@ -155,7 +156,9 @@ where
             },
         };
         let original_host = original_host(raw_host, host_header);
-        (route.clone(), plan, original_host, cors_origin)
+        // Middlewares read the host; routes without any skip the copy.
+        let host = (!route.middlewares.is_empty()).then(|| Box::<str>::from(host.as_str()));
+        (route.clone(), plan, original_host, cors_origin, host)
     };
     let mut resp = match plan {
         Plan::Local(resp) => resp,
@@ -163,14 +166,19 @@ where
             pinned,
             path_and_query,
         } => {
+            let client_conn = ClientConn {
+                peer: &client,
+                tls: tls.is_some(),
+                port,
+                host: host.as_deref().unwrap_or_default(),
+            };
             forward_request(
                 &snapshot,
                 &route,
                 pinned,
                 path_and_query,
                 origin,
-                &client,
-                tls.is_some(),
+                &client_conn,
                 original_host,
                 req,
                 report,
@@ -207,8 +215,17 @@ fn not_found(headers: &http::HeaderMap) -> Response<ProxyBody> {
     }
 }
 
+/// The client connection a request arrived on.
+struct ClientConn<'a> {
+    peer: &'a Peer,
+    tls: bool,
+    port: u16,
+    /// The requested host, normalized; empty unless the route has middlewares.
+    host: &'a str,
+}
+
 /// Prepares the headers (hop-by-hop, forwarding headers, request id, the route's modifier,
-/// Host), starts the mirrors and forwards.
+/// Host), runs the route's middlewares, starts the mirrors and forwards.
 #[allow(clippy::too_many_arguments)]
 async fn forward_request<B>(
     snapshot: &Arc<Snapshot>,
@@ -216,8 +233,7 @@ async fn forward_request<B>(
     pinned: u64,
     path_and_query: Option<PathAndQuery>,
     origin: headers::Origin,
-    client: &Peer,
-    client_tls: bool,
+    conn: &ClientConn<'_>,
     original_host: Option<HeaderValue>,
     req: Request<B>,
     report: &mut Report,
@@ -228,6 +244,8 @@ where
     let RouteAction::Forward(forward) = &route.action else {
         return response::upstream_error();
     };
+    let client = conn.peer;
+    let client_tls = conn.tls;
     let client_ip = origin.client;
     let (mut parts, body) = req.into_parts();
     // The upgrade headers go back in per attempt, for HTTP/1.1 upstreams only.
@@ -259,7 +277,38 @@ where
     if let Some(h) = kept_host {
         parts.headers.insert(header::HOST, h);
     }
-    parts.uri = Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    let client_uri = std::mem::replace(
+        &mut parts.uri,
+        Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"))),
+    );
+    let mut ran = None;
+    if !route.middlewares.is_empty() {
+        let mut ctx = RequestCtx::new(
+            snapshot,
+            route,
+            &mut parts,
+            &client_uri,
+            conn.host,
+            if client_tls { "https" } else { "http" },
+            conn.port,
+            client_ip,
+        );
+        let (mut done, answer) = route.middlewares.request(&mut ctx).await;
+        if let Some(mut resp) = answer {
+            let ctx = ResponseCtx {
+                client_uri: &client_uri,
+                method: &parts.method,
+                from_upstream: false,
+            };
+            route.middlewares.response(&mut done, &ctx, &mut resp);
+            report.log_fields = std::mem::take(&mut done.log_fields);
+            resp.headers_mut()
+                .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
+            return resp;
+        }
+        ran = Some(done);
+    }
+    let method = ran.as_ref().map(|_| parts.method.clone());
     let body = mirror::start(
         snapshot,
         &route.name,
@@ -288,6 +337,15 @@ where
         report,
     )
     .await;
+    if let (Some(mut done), Some(method)) = (ran, method) {
+        let ctx = ResponseCtx {
+            client_uri: &client_uri,
+            method: &method,
+            from_upstream: report.upstream_responded,
+        };
+        route.middlewares.response(&mut done, &ctx, &mut resp);
+        report.log_fields = done.log_fields;
+    }
     // Upstream answers and forwarding errors alike: the client can quote the id.
     resp.headers_mut()
         .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);

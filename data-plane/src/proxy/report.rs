@@ -22,6 +22,8 @@ pub struct Report {
     /// The upstream answered with response headers.
     pub upstream_responded: bool,
     pub failure: Option<UpstreamFailure>,
+    /// Extra access-log fields from the route's middlewares (accessLog).
+    pub log_fields: Vec<(Arc<str>, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

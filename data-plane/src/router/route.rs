@@ -9,6 +9,7 @@ use super::matcher::{CompiledMatch, parse_method};
 use super::redirect::Redirect;
 use super::rewrite::Rewrite;
 use crate::metrics::RouteStats;
+use crate::middleware::Chain;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
 use sluice_proto::config as pb;
@@ -42,6 +43,8 @@ pub struct CompiledRoute {
     pub cors: Option<Cors>,
     /// Metric handles, set by a Compiler that records metrics; None when `disable_metrics`.
     pub stats: Option<Arc<RouteStats>>,
+    /// Set by the Compiler (middlewares need its state registry); empty from `compile`.
+    pub middlewares: Chain,
 }
 
 #[derive(Debug)]
@@ -247,6 +250,7 @@ impl CompiledRoute {
             mirrors,
             cors,
             stats: None,
+            middlewares: Chain::default(),
         })
     }
 

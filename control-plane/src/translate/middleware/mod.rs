@@ -1,0 +1,225 @@
+//! Goma Middlewares to the `Middleware` messages of the Routes that name them. Pure: no I/O.
+//!
+//! A middleware is translated per route that uses it (its `paths` are relative to the route's
+//! path, and the services it calls become Clusters of that route), but its identity and
+//! `state_key` do not depend on the route, so every route using it shares its state in the data
+//! plane. The `state_key` hashes the type and rule: editing the rule resets the state, editing
+//! anything else (or another route) keeps it.
+//!
+//! `paths` follow Goma: each entry is an unanchored regular expression (when it is one), and
+//! also an exact path or a `/x/*` prefix, both as written and under the route's path. Unlike
+//! Goma, a middleware without `paths` applies to the whole route for every type (Goma switches
+//! auth, access and cache middlewares off then, which serves the route unprotected).
+
+use super::FieldError;
+use crate::model::goma::middleware_rule::MiddlewareRule;
+use crate::model::goma::{self, MiddlewareType};
+use crate::model::{Kind, ObjectKey};
+use sluice_proto::config as pb;
+
+/// Looks up the Middlewares a Route names (same namespace).
+pub trait MiddlewareSource {
+    fn middleware(&self, namespace: &str, name: &str) -> Option<&goma::Middleware>;
+}
+
+/// No Middlewares at all: every reference is missing.
+impl MiddlewareSource for () {
+    fn middleware(&self, _: &str, _: &str) -> Option<&goma::Middleware> {
+        None
+    }
+}
+
+/// The route a middleware is translated for.
+pub struct RouteContext<'a> {
+    pub namespace: &'a str,
+    pub route_name: &'a str,
+    /// The route's normalized path ("/api").
+    pub route_path: &'a str,
+}
+
+impl RouteContext<'_> {
+    /// `route/<ns>/<route>/middleware/<middleware>/<purpose>`: a Cluster a middleware calls
+    /// (one per route, so it comes and goes with the route).
+    pub fn cluster_name(&self, middleware: &str, purpose: &str) -> String {
+        format!(
+            "route/{}/{}/middleware/{middleware}/{purpose}",
+            self.namespace, self.route_name
+        )
+    }
+}
+
+/// What one middleware contributes to one route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TranslatedMiddleware {
+    pub middleware: pb::Middleware,
+    /// Clusters of the services it calls.
+    pub clusters: Vec<pb::Cluster>,
+    /// Secret resources (`<ns>/<name>`) it reads.
+    pub secrets: Vec<String>,
+}
+
+/// Translates `mw` for `route`. Errors name the Middleware's own fields (`spec.rule.users`).
+pub fn translate_middleware(
+    mw: &goma::Middleware,
+    route: &RouteContext<'_>,
+) -> Result<TranslatedMiddleware, Vec<FieldError>> {
+    let rule = mw.spec.typed_rule().map_err(|e| {
+        vec![FieldError {
+            field: e.field,
+            reason: e.message,
+            fail_closed: false,
+        }]
+    })?;
+    let name = &mw.metadata.name;
+    let mut out = TranslatedMiddleware {
+        middleware: pb::Middleware {
+            id: ObjectKey::new(Kind::GomaMiddleware, &mw.metadata.namespace, name).to_string(),
+            state_key: state_key(&mw.spec),
+            scope: scope(&mw.spec.paths, route.route_path),
+            kind: None,
+        },
+        clusters: Vec::new(),
+        secrets: Vec::new(),
+    };
+    let kind = translate_rule(&rule, mw, route, &mut out)?;
+    out.middleware.kind = Some(kind);
+    Ok(out)
+}
+
+/// The type-specific part. `out` collects clusters and secrets the type needs.
+fn translate_rule(
+    rule: &MiddlewareRule,
+    mw: &goma::Middleware,
+    route: &RouteContext<'_>,
+    out: &mut TranslatedMiddleware,
+) -> Result<pb::middleware::Kind, Vec<FieldError>> {
+    let _ = (route, &mut *out);
+    use MiddlewareRule as R;
+    match rule {
+        R::Basic(_) => not_enforced(mw),
+        R::Ldap(_) => not_enforced(mw),
+        R::Jwt(_) => not_enforced(mw),
+        R::Oauth(_) => not_enforced(mw),
+        R::ForwardAuth(_) => not_enforced(mw),
+        R::RateLimit(_) => not_enforced(mw),
+        R::Access(_) => not_enforced(mw),
+        R::AccessPolicy(_) => not_enforced(mw),
+        R::GeoBlock(_) => not_enforced(mw),
+        R::UserAgentBlock(_) => not_enforced(mw),
+        R::BodyLimit(_) => not_enforced(mw),
+        R::AddPrefix(_) => not_enforced(mw),
+        R::RewriteRegex(_) => not_enforced(mw),
+        R::StripQuery(_) => not_enforced(mw),
+        R::Redirect(_) => not_enforced(mw),
+        R::RedirectScheme(_) => not_enforced(mw),
+        R::RedirectRegex(_) => not_enforced(mw),
+        R::HttpCache(_) => not_enforced(mw),
+        R::ResponseHeaders(_) => not_enforced(mw),
+        R::RequestHeaders(_) => not_enforced(mw),
+        R::AccessLog(_) => not_enforced(mw),
+        R::ErrorInterceptor(_) => not_enforced(mw),
+    }
+}
+
+/// A type this version does not translate: routes naming it are withdrawn (fail closed).
+fn not_enforced(mw: &goma::Middleware) -> Result<pb::middleware::Kind, Vec<FieldError>> {
+    Err(vec![FieldError {
+        field: "spec.type".into(),
+        reason: format!(
+            "{} middlewares are not enforced by this version",
+            mw.spec.middleware_type
+        ),
+        fail_closed: true,
+    }])
+}
+
+/// Hash of the type and rule (serde_json orders object keys, so equal rules hash equal).
+fn state_key(spec: &goma::MiddlewareSpec) -> String {
+    let rule = serde_json::to_string(&spec.rule).unwrap_or_default();
+    let ty: &MiddlewareType = &spec.middleware_type;
+    let hash = xxhash_rust::xxh3::xxh3_64(format!("{ty}\n{rule}").as_bytes());
+    format!("{hash:016x}")
+}
+
+/// Goma `paths` as a PathScope; empty paths leave the scope unset (the whole route).
+fn scope(paths: &[String], route_path: &str) -> Option<pb::PathScope> {
+    if paths.is_empty() {
+        return None;
+    }
+    let mut s = pb::PathScope::default();
+    let base = route_path.trim_end_matches('/');
+    for p in paths {
+        let p = p.trim();
+        if p.is_empty() {
+            continue;
+        }
+        if regex::Regex::new(p).is_ok() {
+            s.regexes.push(p.to_owned());
+        }
+        let (literal, prefix) = match p.strip_suffix("/*") {
+            Some(stem) => (stem, true),
+            None => (p, false),
+        };
+        if !literal.starts_with('/') {
+            continue;
+        }
+        let list = if prefix {
+            &mut s.prefixes
+        } else {
+            &mut s.exact
+        };
+        let bare = if literal.is_empty() { "/" } else { literal };
+        for candidate in [bare.to_owned(), format!("{base}{literal}")] {
+            let candidate = if candidate.is_empty() {
+                "/".to_owned()
+            } else {
+                candidate
+            };
+            if !list.contains(&candidate) {
+                list.push(candidate);
+            }
+        }
+    }
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goma_paths_become_regexes_exact_paths_and_prefixes() {
+        let s = scope(
+            &["/admin/*".into(), "/login".into(), "^/v[0-9]+/".into()],
+            "/api",
+        )
+        .unwrap();
+        assert_eq!(s.regexes, ["/admin/*", "/login", "^/v[0-9]+/"]);
+        assert_eq!(s.exact, ["/login", "/api/login"]);
+        assert_eq!(s.prefixes, ["/admin", "/api/admin"]);
+        assert_eq!(scope(&[], "/api"), None);
+        // The route at "/" adds nothing new.
+        let s = scope(&["/x".into()], "/").unwrap();
+        assert_eq!(s.exact, ["/x"]);
+    }
+
+    #[test]
+    fn state_key_follows_the_rule_only() {
+        let spec = |rule: serde_json::Value, paths: Vec<String>| goma::MiddlewareSpec {
+            middleware_type: MiddlewareType::RateLimit,
+            paths,
+            rule,
+        };
+        let a = state_key(&spec(
+            serde_json::json!({"requestsPerUnit": 5, "unit": "second"}),
+            vec![],
+        ));
+        let b = state_key(&spec(
+            serde_json::json!({"unit": "second", "requestsPerUnit": 5}),
+            vec!["/x".into()],
+        ));
+        let c = state_key(&spec(serde_json::json!({"requestsPerUnit": 6}), vec![]));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+}
