@@ -109,10 +109,15 @@ impl Controller {
                         depending_on(&service, &mut out);
                     }
                 }
-                Kind::Service | Kind::ConfigMap | Kind::Secret | Kind::GomaGateway => {
+                // A Middleware reaches HTTPRoutes through ExtensionRef filters.
+                Kind::Service
+                | Kind::ConfigMap
+                | Kind::Secret
+                | Kind::GomaGateway
+                | Kind::GomaMiddleware => {
                     depending_on(key, &mut out);
                 }
-                Kind::GomaRoute | Kind::GomaMiddleware => {}
+                Kind::GomaRoute => {}
             }
         }
         out

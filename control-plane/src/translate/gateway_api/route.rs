@@ -9,6 +9,8 @@ use crate::model::gateway_api::route::{
     GrpcRouteRule, HeaderFilter, HttpBackendRef, HttpRouteFilter, HttpRouteMatch, HttpRouteRetry,
     HttpRouteRule, L4RouteRule, PathModifier, StringMatch,
 };
+use crate::model::{Kind, Object};
+use crate::translate::middleware;
 use crate::translate::{parse_go_duration, pb_duration};
 
 /// Where a route's rules go: each group of listeners sharing the same effective hostnames.
@@ -473,17 +475,21 @@ pub fn http_rule(
     if let Some(r) = &rule.retry {
         forward.retry = Some(retry(r, &format!("{field}.retry"))?);
     }
-    // An extension filter we cannot run must not be skipped: the requests it would have
-    // processed get an error instead.
-    if let Some(i) = rule.filters.iter().position(|f| f.type_ == "ExtensionRef") {
-        problems.unresolved.push(Unresolved {
-            reason: "InvalidKind",
-            message: format!(
-                "{field}.filters[{i}]: ExtensionRef filters are not supported; the rule answers 500"
-            ),
-        });
-        route.action = Some(direct(500));
-        return Ok(route);
+    // ExtensionRef filters name Goma Middlewares. One that cannot run must not be skipped: the
+    // requests it would have processed get an error instead.
+    for (i, f) in rule.filters.iter().enumerate() {
+        if f.type_ != "ExtensionRef" {
+            continue;
+        }
+        match extension_middleware(index, backends, ctx, f, &format!("{field}.filters[{i}]")) {
+            Ok(m) => route.middlewares.push(m),
+            Err(unresolved) => {
+                problems.unresolved.push(unresolved);
+                route.middlewares.clear();
+                route.action = Some(direct(500));
+                return Ok(route);
+            }
+        }
     }
     let redirect = apply_filters(
         index,
@@ -512,6 +518,67 @@ pub fn http_rule(
         }
     });
     Ok(route)
+}
+
+/// An ExtensionRef filter naming a Goma Middleware of the route's namespace, translated for this
+/// route (its Clusters and Secrets join the gateway's).
+fn extension_middleware(
+    index: &Index,
+    backends: &mut Backends,
+    ctx: &RouteContext,
+    filter: &HttpRouteFilter,
+    at: &str,
+) -> Result<pb::Middleware, Unresolved> {
+    let field = |key: &str| {
+        filter
+            .extension_ref
+            .as_ref()
+            .and_then(|r| r.get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    };
+    let (group, kind, name) = (field("group"), field("kind"), field("name"));
+    if group != crate::model::goma::GROUP || kind != "Middleware" {
+        return Err(Unresolved {
+            reason: "InvalidKind",
+            message: format!(
+                "{at}.extensionRef: {group:?}/{kind:?} is not supported (only {}/Middleware); the rule answers 500",
+                crate::model::goma::GROUP
+            ),
+        });
+    }
+    let Some(Object::GomaMiddleware(mw)) = index.get(Kind::GomaMiddleware, ctx.namespace, name)
+    else {
+        return Err(Unresolved {
+            reason: "BackendNotFound",
+            message: format!(
+                "{at}.extensionRef: Middleware {}/{name} not found; the rule answers 500",
+                ctx.namespace
+            ),
+        });
+    };
+    let route_name = format!("{}/{}", ctx.kind.to_ascii_lowercase(), ctx.name);
+    let context = middleware::RouteContext {
+        namespace: ctx.namespace,
+        route_name: &route_name,
+        route_path: "/",
+    };
+    let t = middleware::translate_middleware(mw, &context).map_err(|errors| {
+        let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        Unresolved {
+            reason: "InvalidKind",
+            message: format!(
+                "{at}.extensionRef: Middleware {}/{name} cannot be applied ({}); the rule answers 500",
+                ctx.namespace,
+                reasons.join("; ")
+            ),
+        }
+    })?;
+    for c in t.clusters {
+        backends.clusters.insert(c.name.clone(), c);
+    }
+    backends.secrets.extend(t.secrets);
+    Ok(t.middleware)
 }
 
 /// A gRPC method match as a path match on `/{service}/{method}`.

@@ -1108,6 +1108,32 @@ fn an_extension_filter_is_never_skipped() {
 }
 
 #[test]
+fn an_extension_ref_to_a_missing_middleware_answers_500() {
+    let spec = "  parentRefs: [{name: gw}]
+  rules:
+  - filters: [{type: ExtensionRef, extensionRef: {group: gateway.jkaninda.dev, kind: Middleware, name: auth}}]
+    backendRefs: [{name: echo, port: 80}]
+";
+    let t = translate_yaml(&format!(
+        "{CLASS}{ECHO}{}{}",
+        gateway(HTTP),
+        http_route("web", "apps", spec)
+    ));
+    assert_eq!(t.routes[0].action, Some(internal_error()));
+    assert!(t.routes[0].middlewares.is_empty());
+    let resolved = condition(route_conditions(&t, "apps", "web"), "ResolvedRefs");
+    assert_eq!(
+        (resolved.status, resolved.reason),
+        (false, "BackendNotFound")
+    );
+    assert!(
+        resolved.message.contains("Middleware apps/auth not found"),
+        "{}",
+        resolved.message
+    );
+}
+
+#[test]
 fn a_class_with_parameters_is_refused_and_its_gateways_are_not_served() {
     let yaml = format!(
         "apiVersion: gateway.networking.k8s.io/v1
