@@ -414,15 +414,19 @@ pub fn translate_route(
                 middleware_clusters.extend(t.clusters);
                 middleware_secrets.extend(t.secrets);
             }
+            // An invalid edit keeps the last good version of the route (with the middleware's
+            // last good rule); a type this version cannot enforce withdraws it.
             Err(field_errors) => {
                 let reasons: Vec<String> = field_errors.iter().map(ToString::to_string).collect();
-                errors.push_fail_closed(
-                    field,
-                    format!(
-                        "Middleware {ns}/{mw_name} cannot be applied ({}); the route is not served without it",
-                        reasons.join("; ")
-                    ),
+                let reason = format!(
+                    "Middleware {ns}/{mw_name} cannot be applied ({}); the route is not served without it",
+                    reasons.join("; ")
                 );
+                if field_errors.iter().any(|e| e.fail_closed) {
+                    errors.push_fail_closed(field, reason);
+                } else {
+                    errors.push(field, reason);
+                }
             }
         }
     }
