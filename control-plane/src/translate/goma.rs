@@ -643,7 +643,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// A backend URL, parsed.
-struct ParsedEndpoint {
+pub(crate) struct ParsedEndpoint {
     /// An IP (IPv6 without brackets) or a lowercased DNS name.
     address: String,
     port: u16,
@@ -653,7 +653,7 @@ struct ParsedEndpoint {
 }
 
 /// `tls` is the route's upstream TLS template, used when the endpoint is https.
-fn cluster(
+pub(crate) fn cluster(
     name: String,
     source: &str,
     endpoint: ParsedEndpoint,
@@ -815,7 +815,7 @@ fn is_dns_name(s: &str) -> bool {
 /// Sluice extensions `h2c` and `grpc` (plaintext HTTP/2 with prior knowledge) and `grpcs` (HTTP/2
 /// over TLS) select an HTTP/2 upstream, which gRPC needs. The port defaults to 443 with TLS,
 /// 80 without.
-fn parse_endpoint(url: &str) -> Result<ParsedEndpoint, String> {
+pub(crate) fn parse_endpoint(url: &str) -> Result<ParsedEndpoint, String> {
     const EXPECTED: &str = "expected http[s]://, h2c://, grpc[s]:// host[:port]";
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(format!("{url:?} is not a URL ({EXPECTED})"));

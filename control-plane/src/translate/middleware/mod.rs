@@ -11,6 +11,10 @@
 //! Goma, a middleware without `paths` applies to the whole route for every type (Goma switches
 //! auth, access and cache middlewares off then, which serves the route unprotected).
 
+mod forward_auth;
+mod ldap;
+mod oauth;
+
 use super::FieldError;
 use crate::model::goma::middleware_rule::MiddlewareRule;
 use crate::model::goma::{self, MiddlewareType};
@@ -97,10 +101,10 @@ fn translate_rule(
     use MiddlewareRule as R;
     match rule {
         R::Basic(_) => not_enforced(mw),
-        R::Ldap(_) => not_enforced(mw),
+        R::Ldap(rule) => ldap::translate(rule, mw),
         R::Jwt(_) => not_enforced(mw),
-        R::Oauth(_) => not_enforced(mw),
-        R::ForwardAuth(_) => not_enforced(mw),
+        R::Oauth(rule) => oauth::translate(rule, mw, route, out),
+        R::ForwardAuth(rule) => forward_auth::translate(rule, mw, route, out),
         R::RateLimit(_) => not_enforced(mw),
         R::Access(_) => not_enforced(mw),
         R::AccessPolicy(_) => not_enforced(mw),
@@ -131,6 +135,66 @@ fn not_enforced(mw: &goma::Middleware) -> Result<pb::middleware::Kind, Vec<Field
         ),
         fail_closed: true,
     }])
+}
+
+/// An HTTP service a middleware calls at `url` (`scheme://host[:port][/path][?query]`): the
+/// Cluster that reaches it (named `route.cluster_name(mw, purpose)`) is pushed into `out`.
+/// `insecure_skip_verify` turns off certificate checks of an https service.
+pub(crate) fn service_from_url(
+    url: &str,
+    mw: &goma::Middleware,
+    route: &RouteContext<'_>,
+    purpose: &str,
+    insecure_skip_verify: bool,
+    out: &mut TranslatedMiddleware,
+) -> Result<pb::HttpService, String> {
+    use crate::translate::goma::{cluster, parse_endpoint};
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!("{url:?} is not an http:// or https:// URL"));
+    };
+    if !matches!(scheme, "http" | "https") {
+        return Err(format!("{url:?} is not an http:// or https:// URL"));
+    }
+    if url.contains('#') {
+        return Err(format!("{url:?}: a fragment is not supported"));
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let endpoint = parse_endpoint(&format!("{scheme}://{authority}"))?;
+    let path = match path {
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_owned(),
+    };
+    let name = route.cluster_name(&mw.metadata.name, purpose);
+    let source = ObjectKey::new(
+        Kind::GomaMiddleware,
+        &mw.metadata.namespace,
+        &mw.metadata.name,
+    )
+    .to_string();
+    let tls = pb::UpstreamTls {
+        insecure_skip_verify,
+        ..Default::default()
+    };
+    out.clusters
+        .push(cluster(name.clone(), &source, endpoint, &tls));
+    Ok(pb::HttpService {
+        cluster: name,
+        authority: authority.to_ascii_lowercase(),
+        path,
+        timeout: None,
+        scheme: scheme.to_owned(),
+    })
+}
+
+/// A `FieldError` at `spec.rule.<field>` that withdraws the route.
+fn rule_error(field: &str, reason: impl Into<String>) -> Vec<FieldError> {
+    vec![FieldError {
+        field: format!("spec.rule.{field}"),
+        reason: reason.into(),
+        fail_closed: true,
+    }]
 }
 
 /// Hash of the type and rule (serde_json orders object keys, so equal rules hash equal).
