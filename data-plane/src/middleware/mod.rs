@@ -11,6 +11,10 @@
 //! A middleware type this data plane cannot compile NACKs its route: the route is never served
 //! without it.
 
+mod client_url;
+pub mod forward_auth;
+pub mod ldap;
+pub mod oauth;
 pub mod scope;
 pub mod state;
 pub mod subrequest;
@@ -313,10 +317,10 @@ fn compile_kind(
     let _ = (&m.state_key, &env);
     match kind {
         K::BasicAuth(_) => unsupported("basic_auth"),
-        K::Ldap(_) => unsupported("ldap"),
+        K::Ldap(l) => ldap::compile(m, l, env),
         K::Jwt(_) => unsupported("jwt"),
-        K::Oauth(_) => unsupported("oauth"),
-        K::ForwardAuth(_) => unsupported("forward_auth"),
+        K::Oauth(o) => oauth::compile(m, o),
+        K::ForwardAuth(fa) => forward_auth::compile(m, fa),
         K::RateLimit(_) => unsupported("rate_limit"),
         K::Access(_) => unsupported("access"),
         K::AccessPolicy(_) => unsupported("access_policy"),
