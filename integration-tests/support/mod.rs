@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod l4;
+pub mod slapd;
 pub mod xds;
 
 use bytes::Bytes;

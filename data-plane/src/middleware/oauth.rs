@@ -266,7 +266,7 @@ impl OAuth {
             lifetime,
         );
         let clear_state = self.cookie(ctx, STATE_COOKIE, "", &self.callback_path, 0);
-        let target = if back == &*self.callback_path
+        let target = if back == *self.callback_path
             || back.starts_with(&format!("{}?", self.callback_path))
         {
             self.redirect_path

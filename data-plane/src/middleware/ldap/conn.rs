@@ -26,7 +26,7 @@ pub enum Tls {
     /// ldaps://: TLS from the first byte.
     Direct(Arc<ClientConfig>),
     /// ldap:// upgraded with the StartTLS extended operation.
-    StartTls(Arc<ClientConfig>),
+    Upgrade(Arc<ClientConfig>),
 }
 
 enum Stream {
@@ -56,7 +56,7 @@ impl Conn {
         match &target.tls {
             Tls::None => Ok(conn),
             Tls::Direct(config) => conn.upgrade(config, &target.host).await,
-            Tls::StartTls(config) => {
+            Tls::Upgrade(config) => {
                 let id = conn.id();
                 conn.send(ber::start_tls_request(id)).await?;
                 match conn.receive(id).await? {

@@ -60,9 +60,12 @@ pub struct LdapAuth {
 pub struct Directory {
     idle: Mutex<Vec<Conn>>,
     checks: Semaphore,
-    cache: Mutex<HashMap<Box<str>, ([u8; 32], Instant)>>,
+    /// User name -> (salted password hash, valid until).
+    cache: Mutex<HashMap<Box<str>, Remembered>>,
     salt: [u8; 16],
 }
+
+type Remembered = ([u8; 32], Instant);
 
 impl std::fmt::Debug for Directory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,7 +95,7 @@ pub fn compile(
             }
             Tls::Direct(config)
         } else {
-            Tls::StartTls(config)
+            Tls::Upgrade(config)
         }
     } else {
         Tls::None
@@ -313,11 +316,11 @@ impl LdapAuth {
             .acquire()
             .await
             .map_err(|_| "the check limiter is closed".to_owned())?;
-        if let Some(mut conn) = self.directory.take_idle(self.pool_ttl) {
-            if let Ok(result) = self.run(&mut conn, user, password).await {
-                self.directory.put_idle(conn, self.pool_size);
-                return Ok(result);
-            }
+        if let Some(mut conn) = self.directory.take_idle(self.pool_ttl)
+            && let Ok(result) = self.run(&mut conn, user, password).await
+        {
+            self.directory.put_idle(conn, self.pool_size);
+            return Ok(result);
         }
         let mut conn = Conn::open(&self.target).await?;
         let result = self.run(&mut conn, user, password).await?;
