@@ -517,6 +517,53 @@ async fn ldap_checks_credentials_against_a_real_slapd() {
         "down.yaml",
         &middleware_yaml("down", "ldap", &rule(closed_port())),
     );
+    // TLS to the directory: ldaps:// and StartTLS (the private CA skipped), and ldaps:// with
+    // verification on, which a private CA fails.
+    let tls = |name: &str, url: String, extra: &str| {
+        middleware_yaml(
+            name,
+            "ldap",
+            &format!(
+                "    url: {url}\n    baseDN: {BASE_DN}\n    bindDN: {ADMIN_DN}\n    bindPass: {ADMIN_PASSWORD}\n{extra}"
+            ),
+        )
+    };
+    dir.write(
+        "ldaps.yaml",
+        &tls(
+            "ldaps",
+            format!("ldaps://127.0.0.1:{}", ldap.tls_port),
+            "    insecureSkipVerify: true\n",
+        ),
+    );
+    dir.write(
+        "starttls.yaml",
+        &tls(
+            "starttls",
+            format!("ldap://127.0.0.1:{}", ldap.port),
+            "    startTLS: true\n    insecureSkipVerify: true\n",
+        ),
+    );
+    dir.write(
+        "verified.yaml",
+        &tls(
+            "verified",
+            format!("ldaps://127.0.0.1:{}", ldap.tls_port),
+            "",
+        ),
+    );
+    for name in ["ldaps", "starttls", "verified"] {
+        dir.write(
+            &format!("{name}-r.yaml"),
+            &route_yaml(
+                &format!("{name}-r"),
+                "gw",
+                &format!("/{name}"),
+                echo_port,
+                &format!("  middlewares: [{name}]\n"),
+            ),
+        );
+    }
     dir.write(
         "open.yaml",
         &route_yaml("open", "gw", "/open", echo_port, ""),
@@ -574,6 +621,21 @@ async fn ldap_checks_credentials_against_a_real_slapd() {
             .await
             .status,
         200
+    );
+
+    let over_tls = status_of(gw_port, "/ldaps/x", &[("authorization", &bob)]).await;
+    assert_eq!(over_tls.status, 200, "{}", over_tls.body);
+    let upgraded = status_of(gw_port, "/starttls/x", &[("authorization", &bob)]).await;
+    assert_eq!(upgraded.status, 200, "{}", upgraded.body);
+    let wrong = basic("bob", "nope");
+    for path in ["/ldaps/x", "/starttls/x"] {
+        let r = status_of(gw_port, path, &[("authorization", &wrong)]).await;
+        assert_eq!(r.status, 401, "{path}");
+    }
+    let untrusted = status_of(gw_port, "/verified/x", &[("authorization", &bob)]).await;
+    assert_eq!(
+        untrusted.status, 503,
+        "an unverifiable directory is not trusted"
     );
 
     // Refused: no credentials, a wrong password, an empty password (an unauthenticated bind

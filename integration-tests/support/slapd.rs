@@ -1,6 +1,8 @@
-//! A real OpenLDAP `slapd` (Debian packages slapd and ldap-utils, installed when missing) on a
-//! free loopback port, with its own config and mdb database in a temporary directory.
+//! A real OpenLDAP `slapd` (Debian packages slapd and ldap-utils, installed when missing) on
+//! free loopback ports (ldap:// with StartTLS, and ldaps://), with its own config, test
+//! certificate and mdb database in a temporary directory.
 
+use super::l4::TestPki;
 use super::{TempDir, free_port};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,7 +13,10 @@ pub const ADMIN_PASSWORD: &str = "admin-secret";
 
 pub struct Slapd {
     child: Child,
+    /// ldap:// (StartTLS offered).
     pub port: u16,
+    /// ldaps://, with a certificate from a private CA.
+    pub tls_port: u16,
     _dir: TempDir,
 }
 
@@ -49,12 +54,17 @@ impl Slapd {
         let dir = TempDir::new("slapd");
         let db = dir.path().join("db");
         std::fs::create_dir_all(&db).expect("db dir");
+        let (cert, key) = TestPki::new().leaf(&["localhost"]);
+        dir.write("cert.pem", &cert);
+        dir.write("key.pem", &key);
         let conf = format!(
             "include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/nis.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\n\
              pidfile {dir}/slapd.pid\n\
+             TLSCertificateFile {dir}/cert.pem\n\
+             TLSCertificateKeyFile {dir}/key.pem\n\
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
              database mdb\n\
@@ -86,22 +96,31 @@ impl Slapd {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
+        let tls_port = free_port();
         let child = Command::new("/usr/sbin/slapd")
             .arg("-f")
             .arg(&conf_path)
-            .args(["-h", &format!("ldap://127.0.0.1:{port}/"), "-d", "0"])
+            .args([
+                "-h",
+                &format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/"),
+                "-d",
+                "0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start slapd");
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "slapd did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
+        for p in [port, tls_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                assert!(Instant::now() < deadline, "slapd did not listen on {p}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         Slapd {
             child,
             port,
+            tls_port,
             _dir: dir,
         }
     }
