@@ -709,12 +709,19 @@ pub struct ForwardAuthRule {
     /// Auth response headers passed upstream as query parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub auth_response_headers_as_params: Vec<String>,
+    /// Sluice extension: how long the auth call may take (default `5s`); a slower or failed
+    /// call refuses the request (Goma waits forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 impl CheckRule for ForwardAuthRule {
     fn check(&self, ty: MiddlewareType) -> Result<(), RuleError> {
         check_http_url(&self.auth_url, "authUrl", ty)?;
         check_header_names(&self.auth_request_headers, "authRequestHeaders")?;
+        if let Some(timeout) = &self.timeout {
+            check_duration(timeout, "timeout")?;
+        }
         Ok(())
     }
 }
@@ -1623,7 +1630,7 @@ mod tests {
                 json!({"clientId": "id", "clientSecret": "s", "redirectUrl": "https://app.example.com/callback", "provider": "google", "scopes": ["openid"]})
             }
             T::ForwardAuth => {
-                json!({"authUrl": "http://auth:8080/verify", "authSignIn": "https://login", "authResponseHeaders": ["X-User:X-Auth-User"]})
+                json!({"authUrl": "http://auth:8080/verify", "authSignIn": "https://login", "authResponseHeaders": ["X-User:X-Auth-User"], "timeout": "2s"})
             }
             T::RateLimit => {
                 json!({"unit": "minute", "requestsPerUnit": 60, "burst": 10, "banAfter": 5, "banDuration": "1h30m", "keyStrategy": {"source": "header", "name": "X-Api-Key"}})

@@ -4,7 +4,7 @@
 use super::{RouteContext, TranslatedMiddleware, rule_error, service_from_url};
 use crate::model::goma;
 use crate::model::goma::middleware_rule::ForwardAuthRule;
-use crate::translate::FieldError;
+use crate::translate::{FieldError, parse_go_duration, pb_duration};
 use sluice_proto::config as pb;
 
 pub(super) fn translate(
@@ -13,7 +13,7 @@ pub(super) fn translate(
     route: &RouteContext<'_>,
     out: &mut TranslatedMiddleware,
 ) -> Result<pb::middleware::Kind, Vec<FieldError>> {
-    let service = service_from_url(
+    let mut service = service_from_url(
         &rule.auth_url,
         mw,
         route,
@@ -22,6 +22,13 @@ pub(super) fn translate(
         out,
     )
     .map_err(|e| rule_error("authUrl", e))?;
+    if let Some(timeout) = &rule.timeout {
+        match parse_go_duration(timeout) {
+            Ok(d) if !d.is_zero() => service.timeout = Some(pb_duration(d)),
+            Ok(_) => return Err(rule_error("timeout", "must be more than 0")),
+            Err(e) => return Err(rule_error("timeout", e)),
+        }
+    }
     let sign_in_url = match &rule.auth_sign_in {
         None => String::new(),
         Some(url)
@@ -126,6 +133,7 @@ mod tests {
             "authResponseHeaders": ["X-User", "X-Auth-Email:X-Email"],
             "authResponseHeadersAsParams": ["X-Tenant:tenant"],
             "addAuthCookiesToResponse": ["session"],
+            "timeout": "1500ms",
         }));
         let t = translate_middleware(&mw, &ROUTE).unwrap();
         let Some(pb::middleware::Kind::ForwardAuth(fa)) = &t.middleware.kind else {
@@ -136,6 +144,13 @@ mod tests {
         assert_eq!(service.authority, "auth.example.com:8443");
         assert_eq!(service.path, "/verify?x=1");
         assert_eq!(service.scheme, "https");
+        assert_eq!(
+            service.timeout,
+            Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
         assert_eq!(t.clusters.len(), 1);
         let cluster = &t.clusters[0];
         assert_eq!(cluster.name, service.cluster);
