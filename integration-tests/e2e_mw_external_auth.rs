@@ -191,6 +191,18 @@ async fn forward_auth_admits_refuses_redirects_and_fails_closed() {
         ),
     );
     dir.write(
+        "fa-bad.yaml",
+        &middleware_yaml(
+            "fa-bad",
+            "forwardAuth",
+            &format!("    authUrl: http://127.0.0.1:{auth}/verify\n    authResponseHeaders: [\"bad header\"]\n"),
+        ),
+    );
+    dir.write(
+        "bad.yaml",
+        &route_yaml("bad", "gw", "/bad", echo_port, "  middlewares: [fa-bad]\n"),
+    );
+    dir.write(
         "down.yaml",
         &route_yaml(
             "down",
@@ -256,22 +268,35 @@ async fn forward_auth_admits_refuses_redirects_and_fails_closed() {
     let down = status_of(gw_port, "/down/x", &[("authorization", "Bearer good")]).await;
     assert_eq!(down.status, 502, "{}", down.body);
 
-    // A bad rule withdraws its route; the others keep serving.
+    // A route whose middleware is invalid from the start is not served; the others are.
+    assert_eq!(
+        status_of(gw_port, "/bad/x", &[("authorization", "Bearer good")])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(status_of(gw_port, "/open/x", &[]).await.status, 200);
+    // An invalid edit keeps the route's last good version, still protected by the last good rule.
     dir.write(
-        "fa-down.yaml",
+        "fa.yaml",
         &middleware_yaml(
-            "fa-down",
+            "fa",
             "forwardAuth",
-            "    authUrl: http://127.0.0.1:0/verify\n",
+            &format!("    authUrl: http://127.0.0.1:{auth}/verify\n    authResponseHeaders: [\"x-auth-user:bad header\"]\n"),
         ),
     );
-    wait_status(gw_port, "/down/x", &[("authorization", "Bearer good")], 404).await;
-    assert_eq!(status_of(gw_port, "/open/x", &[]).await.status, 200);
-    let again = status_of(gw_port, "/api/x", &[("authorization", "Bearer good")]).await;
-    assert_eq!(again.status, 200);
+    eventually(
+        "the invalid edit is reported",
+        Duration::from_secs(10),
+        || async { sluice.log().contains("x-auth-user:bad header") },
+    )
+    .await;
+    assert_eq!(status_of(gw_port, "/api/x", &[]).await.status, 401);
+    let kept = status_of(gw_port, "/api/x", &[("authorization", "Bearer good")]).await;
+    assert_eq!(kept.json()["headers"]["x-user"], "alice");
     let log = sluice.log();
     assert!(
-        log.contains("Route default/down") && log.contains("spec.rule.authUrl"),
+        log.contains("Route default/bad") && log.contains("spec.rule.authResponseHeaders[0]"),
         "{log}"
     );
 }
@@ -514,6 +539,21 @@ async fn ldap_checks_credentials_against_a_real_slapd() {
         ),
     );
     dir.write(
+        "bad.yaml",
+        &middleware_yaml(
+            "bad",
+            "ldap",
+            &format!(
+                "    url: ldap://127.0.0.1:{}\n    baseDN: {BASE_DN}\n    userFilter: (uid=admin)\n",
+                ldap.port
+            ),
+        ),
+    );
+    dir.write(
+        "bad-r.yaml",
+        &route_yaml("bad-r", "gw", "/bad", echo_port, "  middlewares: [bad]\n"),
+    );
+    dir.write(
         "down.yaml",
         &middleware_yaml("down", "ldap", &rule(closed_port())),
     );
@@ -680,21 +720,34 @@ async fn ldap_checks_credentials_against_a_real_slapd() {
     let down = status_of(gw_port, "/down/x", &[("authorization", &alice)]).await;
     assert_eq!(down.status, 503, "{}", down.body);
 
-    // Bad config (a filter that ignores the user name) withdraws the route; the others keep
-    // serving.
+    // A route whose middleware is invalid from the start (a filter that ignores the user name)
+    // is not served; the others are.
+    assert_eq!(
+        status_of(gw_port, "/bad/x", &[("authorization", &alice)])
+            .await
+            .status,
+        404
+    );
+    assert_eq!(status_of(gw_port, "/open/x", &[]).await.status, 200);
+    // An invalid edit keeps the route's last good version, protected by the last good rule.
     dir.write(
-        "down.yaml",
+        "dir.yaml",
         &middleware_yaml(
-            "down",
-            "ldap",
+            "dir",
+            "ldapAuth",
             &format!(
-                "    url: ldap://127.0.0.1:{}\n    baseDN: {BASE_DN}\n    userFilter: (uid=admin)\n",
-                ldap.port
+                "    url: ldaps://127.0.0.1:{}\n    baseDN: {BASE_DN}\n    startTLS: true\n",
+                ldap.tls_port
             ),
         ),
     );
-    wait_status(gw_port, "/down/x", &[("authorization", &alice)], 404).await;
-    assert_eq!(status_of(gw_port, "/open/x", &[]).await.status, 200);
+    eventually(
+        "the invalid edit is reported",
+        Duration::from_secs(10),
+        || async { sluice.log().contains("spec.rule.startTLS") },
+    )
+    .await;
+    assert_eq!(status_of(gw_port, "/staff/x", &[]).await.status, 401);
     assert_eq!(
         status_of(gw_port, "/staff/x", &[("authorization", &alice)])
             .await
@@ -703,8 +756,9 @@ async fn ldap_checks_credentials_against_a_real_slapd() {
     );
     let log = sluice.log();
     assert!(
-        log.contains("Route default/down-r") && log.contains("spec.rule.userFilter"),
+        log.contains("Route default/bad-r") && log.contains("spec.rule.userFilter"),
         "{log}"
     );
+    assert!(log.contains("spec.rule.startTLS"), "{log}");
     drop(ldap);
 }

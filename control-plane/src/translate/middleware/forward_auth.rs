@@ -173,7 +173,7 @@ mod tests {
         }));
         let err = translate_middleware(&mw, &ROUTE).unwrap_err();
         assert_eq!(err[0].field, "spec.rule.authResponseHeaders[1]");
-        assert!(err[0].fail_closed);
+        assert!(!err[0].fail_closed, "invalid: the last good version stays");
         let mw = middleware(serde_json::json!({"authUrl": "http://auth:0/"}));
         let err = translate_middleware(&mw, &ROUTE).unwrap_err();
         assert_eq!(err[0].field, "spec.rule.authUrl");

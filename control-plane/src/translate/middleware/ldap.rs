@@ -92,7 +92,7 @@ mod tests {
         );
         let err = translate(&r, &middleware()).unwrap_err();
         assert_eq!(err[0].field, "spec.rule.userFilter");
-        assert!(err[0].fail_closed);
+        assert!(!err[0].fail_closed);
         let r = rule(serde_json::json!({"url": "ldaps://dir", "baseDN": "dc=x", "startTLS": true}));
         assert_eq!(
             translate(&r, &middleware()).unwrap_err()[0].field,

@@ -188,8 +188,19 @@ pub(crate) fn service_from_url(
     })
 }
 
-/// A `FieldError` at `spec.rule.<field>` that withdraws the route.
+/// An invalid value at `spec.rule.<field>`: a route keeps its last good version (protected by
+/// the middleware's last good rule); a route without one is not served.
 fn rule_error(field: &str, reason: impl Into<String>) -> Vec<FieldError> {
+    vec![FieldError {
+        field: format!("spec.rule.{field}"),
+        reason: reason.into(),
+        fail_closed: false,
+    }]
+}
+
+/// A valid setting this version cannot enforce at `spec.rule.<field>`: routes naming the
+/// middleware are withdrawn.
+fn unenforceable(field: &str, reason: impl Into<String>) -> Vec<FieldError> {
     vec![FieldError {
         field: format!("spec.rule.{field}"),
         reason: reason.into(),

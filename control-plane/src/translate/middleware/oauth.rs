@@ -4,12 +4,12 @@
 //! The callback (`redirectUrl`'s path) is answered by the middleware itself, so it must be a
 //! request of this route: its path has to be under the route's path, and it is added to the
 //! middleware's scope when `paths` narrow it. A callback elsewhere withdraws the route with a
-//! clear error (a separate callback Route is not generated).
+//! clear error (a separate callback Route is not generated): the route is withdrawn.
 //!
 //! Goma's static `state` value is not used: every login gets a random state bound to a signed,
 //! short-lived cookie (a fixed state gives no CSRF protection).
 
-use super::{RouteContext, TranslatedMiddleware, rule_error, service_from_url};
+use super::{RouteContext, TranslatedMiddleware, rule_error, service_from_url, unenforceable};
 use crate::model::goma;
 use crate::model::goma::middleware_rule::{OauthProvider, OauthRule};
 use crate::translate::FieldError;
@@ -78,7 +78,7 @@ pub(super) fn translate(
         .clone()
         .or_else(|| defaults.map(|d| d.2.to_owned()));
     if rule.endpoint.jwks_url.is_some() {
-        return Err(rule_error(
+        return Err(unenforceable(
             "endpoint.jwksUrl",
             "verifying tokens against a JWKS is not supported by this version; remove it (tokens are checked at the user-info endpoint)",
         ));
@@ -100,7 +100,7 @@ pub(super) fn translate(
     };
     let callback = callback_path(&rule.redirect_url).map_err(|e| rule_error("redirectUrl", e))?;
     if !under(&callback, route.route_path) {
-        return Err(rule_error(
+        return Err(unenforceable(
             "redirectUrl",
             format!(
                 "the callback path {callback:?} is not under the route's path {:?}; the route serves its own callback",
@@ -238,11 +238,17 @@ mod tests {
         let mw = middleware(custom("https://app.example.com/callback"), &[]);
         let err = translate_middleware(&mw, &ROUTE).unwrap_err();
         assert_eq!(err[0].field, "spec.rule.redirectUrl");
-        assert!(err[0].fail_closed);
+        assert!(err[0].fail_closed, "unenforceable: withdrawn");
         let mut rule = custom("https://app.example.com/app/cb");
         rule["endpoint"]["jwksUrl"] = "https://idp/jwks".into();
         let err = translate_middleware(&middleware(rule, &[]), &ROUTE).unwrap_err();
         assert_eq!(err[0].field, "spec.rule.endpoint.jwksUrl");
+        assert!(err[0].fail_closed);
+        let mut rule = custom("https://app.example.com/app/cb");
+        rule["cookiePath"] = "app".into();
+        let err = translate_middleware(&middleware(rule, &[]), &ROUTE).unwrap_err();
+        assert_eq!(err[0].field, "spec.rule.cookiePath");
+        assert!(!err[0].fail_closed, "invalid: the last good version stays");
         assert!(under("/app", "/"));
         assert!(!under("/apix", "/app"));
     }
