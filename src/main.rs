@@ -141,6 +141,10 @@ struct DataPlaneArgs {
     /// Log one line per request (target "access", in the --log-format).
     #[arg(long, env = "SLUICE_ACCESS_LOG")]
     access_log: bool,
+    /// MaxMind country database (.mmdb, e.g. GeoLite2-Country) for geoBlock middlewares;
+    /// without one every client's country is unknown.
+    #[arg(long, env = "SLUICE_GEOIP_DATABASE")]
+    geoip_database: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -168,6 +172,10 @@ struct StandaloneArgs {
     /// Log one line per request (target "access", in the --log-format).
     #[arg(long, env = "SLUICE_ACCESS_LOG")]
     access_log: bool,
+    /// MaxMind country database (.mmdb, e.g. GeoLite2-Country) for geoBlock middlewares;
+    /// without one every client's country is unknown.
+    #[arg(long, env = "SLUICE_GEOIP_DATABASE")]
+    geoip_database: Option<PathBuf>,
 }
 
 fn parse_status(text: &str) -> Result<hyper::StatusCode, String> {
@@ -311,14 +319,33 @@ fn default_node_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-fn client_options(xds: String, gateway: String, node_id: Option<String>) -> ClientOptions {
+fn client_options(
+    xds: String,
+    gateway: String,
+    node_id: Option<String>,
+    geoip_database: Option<PathBuf>,
+) -> ClientOptions {
     ClientOptions {
+        geoip_database,
         endpoint: xds,
         node_id: node_id.unwrap_or_else(default_node_id),
         gateway,
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_secs(10),
     }
+}
+
+/// Reads the GeoIP database once at start (it stays loaded for the process), so a bad file
+/// stops the data plane before it serves rather than NACKing every geoBlock route.
+async fn open_geoip(path: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        let path = path.to_owned();
+        let db = tokio::task::spawn_blocking(move || sluice_data_plane::geoip::GeoIp::open(&path))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(path = %db.path().display(), "GeoIP database loaded");
+    }
+    Ok(())
 }
 
 async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
@@ -328,8 +355,9 @@ async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
             args.gateway
         );
     }
+    open_geoip(args.geoip_database.as_deref()).await?;
     let opts = PodOptions {
-        xds: client_options(args.xds, args.gateway, args.node_id),
+        xds: client_options(args.xds, args.gateway, args.node_id, args.geoip_database),
         bind_ip: args.bind,
         admin_addr: args.admin,
         drain: Duration::from_secs(args.drain_seconds),
@@ -346,6 +374,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
             args.xds_listen
         );
     }
+    open_geoip(args.geoip_database.as_deref()).await?;
     let (objects, _) = sluice_control_plane::provider::file::load_dir(&args.config);
     let gateways: Vec<String> = if args.gateways.is_empty() {
         served_gateways(&objects)
@@ -391,6 +420,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
                 format!("http://{}", args.xds_listen),
                 gateway.clone(),
                 Some(format!("standalone-{}", gateway.replace('/', "-"))),
+                args.geoip_database.clone(),
             ),
             bind_ip: args.bind,
             admin_addr: SocketAddr::new(args.bind, admin_port),

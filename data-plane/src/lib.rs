@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config_dump;
 pub mod fast_map;
+pub mod geoip;
 pub mod l4;
 pub mod listeners;
 pub mod metrics;

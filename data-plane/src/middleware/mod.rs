@@ -11,10 +11,14 @@
 //! A middleware type this data plane cannot compile NACKs its route: the route is never served
 //! without it.
 
+pub mod access;
+pub mod body_limit;
 mod client_url;
 pub mod forward_auth;
+pub mod geo_block;
 pub mod ldap;
 pub mod oauth;
+pub mod rate_limit;
 pub mod scope;
 pub mod state;
 pub mod subrequest;
@@ -321,12 +325,16 @@ fn compile_kind(
         K::Jwt(_) => unsupported("jwt"),
         K::Oauth(o) => oauth::compile(m, o),
         K::ForwardAuth(fa) => forward_auth::compile(m, fa),
-        K::RateLimit(_) => unsupported("rate_limit"),
-        K::Access(_) => unsupported("access"),
-        K::AccessPolicy(_) => unsupported("access_policy"),
-        K::GeoBlock(_) => unsupported("geo_block"),
-        K::UserAgentBlock(_) => unsupported("user_agent_block"),
-        K::BodyLimit(_) => unsupported("body_limit"),
+        K::RateLimit(rl) => rate_limit::compile(m, rl, env).map_err(|e| format!("rate_limit.{e}")),
+        K::Access(a) => access::compile_access(a).map_err(|e| format!("access.{e}")),
+        K::AccessPolicy(p) => {
+            access::compile_access_policy(p).map_err(|e| format!("access_policy.{e}"))
+        }
+        K::GeoBlock(g) => geo_block::compile(g, env).map_err(|e| format!("geo_block.{e}")),
+        K::UserAgentBlock(u) => {
+            access::compile_user_agent_block(u).map_err(|e| format!("user_agent_block.{e}"))
+        }
+        K::BodyLimit(b) => body_limit::compile(b).map_err(|e| format!("body_limit.{e}")),
         K::AddPrefix(_) => unsupported("add_prefix"),
         K::RewriteRegex(_) => unsupported("rewrite_regex"),
         K::StripQuery(_) => unsupported("strip_query"),

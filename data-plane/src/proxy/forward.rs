@@ -12,7 +12,7 @@ use crate::router::backend::{Backend, BackendSet};
 use crate::router::route::{Forward, Retry};
 use crate::snapshot::Snapshot;
 use crate::upstream::budget::RetryToken;
-use crate::upstream::client::Protocol;
+use crate::upstream::client::{BoxError, Protocol};
 use crate::upstream::cluster::Eligibility;
 use crate::upstream::http1::is_idempotent;
 use crate::upstream::{
@@ -49,7 +49,8 @@ pub async fn forward<B>(
     report: &mut Report,
 ) -> Response<ProxyBody>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     let attempts = attempts(
         snapshot,
@@ -109,7 +110,8 @@ enum RequestBody<B> {
 
 impl<B> RequestBody<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     /// The body for the next attempt; None when an earlier attempt consumed it.
     fn next(&mut self) -> Option<UpstreamBody> {
@@ -120,8 +122,8 @@ where
                     .map_err(|never| match never {})
                     .boxed_unsync(),
             ),
-            RequestBody::Once(body) => body.take().map(BodyExt::boxed_unsync),
-            RequestBody::Lent(slot) => slot.lend().map(BodyExt::boxed_unsync),
+            RequestBody::Once(body) => body.take().map(|b| b.map_err(Into::into).boxed_unsync()),
+            RequestBody::Lent(slot) => slot.lend().map(|b| b.map_err(Into::into).boxed_unsync()),
         }
     }
 }
@@ -148,7 +150,8 @@ async fn attempts<B>(
     report: &mut Report,
 ) -> Response<ProxyBody>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
 {
     let retry = &forward.retry;
     let mut rng = fastrand::Rng::new();

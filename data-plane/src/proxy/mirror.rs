@@ -6,6 +6,7 @@
 use super::forward::{Target, upstream_request};
 use crate::router::route::Mirror;
 use crate::snapshot::Snapshot;
+use crate::upstream::client::BoxError;
 use crate::upstream::cluster::Eligibility;
 use bytes::Bytes;
 use http::request::Parts;
@@ -205,12 +206,12 @@ struct MirrorBody {
 
 impl Body for MirrorBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data)))),
             // The sender is gone: a whole body ends here; a partial one never does (the task

@@ -19,6 +19,7 @@ use prefix::PrefixedBody;
 pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
 
+use crate::middleware::body_limit::{self, LimitedBody};
 use crate::middleware::{RequestCtx, ResponseCtx};
 use crate::router::cors::Cors;
 use crate::router::host::request_host_and_header;
@@ -325,6 +326,8 @@ where
     } else {
         PrefixedBody::unread(body)
     };
+    // bodyLimit: counted as it streams (a declared length was checked by the middleware).
+    let (body, body_too_large) = LimitedBody::new(body, ran.as_ref().and_then(|r| r.body_limit));
     let mut resp = forward::forward(
         snapshot,
         &route.name,
@@ -337,6 +340,12 @@ where
         report,
     )
     .await;
+    if body_too_large.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+        && !report.upstream_responded
+    {
+        tracing::debug!(route = %route.name, client = %client_ip, "request body passed its limit: upstream request aborted");
+        resp = body_limit::too_large();
+    }
     if let (Some(mut done), Some(method)) = (ran, method) {
         let ctx = ResponseCtx {
             client_uri: &client_uri,

@@ -16,8 +16,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Request body sent upstream: the client's streamed body, boxed.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// Request body sent upstream: the client's streamed body, boxed. Its error is boxed so the
+/// gateway itself can abort a body (a body limit exceeded mid-stream), not only the client.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -21,6 +21,8 @@ pub struct ClientOptions {
     pub gateway: String,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// GeoIP country database for geoBlock middlewares (`--geoip-database`).
+    pub geoip_database: Option<std::path::PathBuf>,
 }
 
 /// `type_url::ALL` as metric labels.
@@ -48,6 +50,7 @@ pub async fn run(
 ) {
     let metrics = runtime.observer().metrics().clone();
     let mut state = ConfigState::with_metrics(metrics.clone());
+    state.set_geoip_database(opts.geoip_database.clone());
     let mut backoff = opts.backoff_initial;
     loop {
         let mut got_response = false;

@@ -51,6 +51,11 @@ impl ConfigState {
         Self::with_compiler(Compiler::with_metrics(metrics))
     }
 
+    /// The GeoIP database geoBlock middlewares compile against.
+    pub fn set_geoip_database(&mut self, path: Option<std::path::PathBuf>) {
+        self.compiler.set_geoip_database(path);
+    }
+
     fn with_compiler(compiler: Compiler) -> Self {
         Self {
             resources: Resources::default(),

@@ -14,6 +14,7 @@
 mod forward_auth;
 mod ldap;
 mod oauth;
+mod traffic;
 
 use super::FieldError;
 use crate::model::goma::middleware_rule::MiddlewareRule;
@@ -105,12 +106,12 @@ fn translate_rule(
         R::Jwt(_) => not_enforced(mw),
         R::Oauth(rule) => oauth::translate(rule, mw, route, out),
         R::ForwardAuth(rule) => forward_auth::translate(rule, mw, route, out),
-        R::RateLimit(_) => not_enforced(mw),
-        R::Access(_) => not_enforced(mw),
-        R::AccessPolicy(_) => not_enforced(mw),
-        R::GeoBlock(_) => not_enforced(mw),
-        R::UserAgentBlock(_) => not_enforced(mw),
-        R::BodyLimit(_) => not_enforced(mw),
+        R::RateLimit(r) => traffic::rate_limit(r),
+        R::Access(r) => traffic::access(r, mw),
+        R::AccessPolicy(r) => traffic::access_policy(r),
+        R::GeoBlock(r) => traffic::geo_block(r),
+        R::UserAgentBlock(r) => traffic::user_agent_block(r),
+        R::BodyLimit(r) => traffic::body_limit(r),
         R::AddPrefix(_) => not_enforced(mw),
         R::RewriteRegex(_) => not_enforced(mw),
         R::StripQuery(_) => not_enforced(mw),
@@ -276,6 +277,41 @@ mod tests {
         // The route at "/" adds nothing new.
         let s = scope(&["/x".into()], "/").unwrap();
         assert_eq!(s.exact, ["/x"]);
+    }
+
+    #[test]
+    fn an_access_middleware_needs_paths() {
+        let mw = |paths: Vec<String>| {
+            let mut m: goma::Middleware = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "block", "namespace": "default"},
+                "spec": {"type": "access", "rule": {"statusCode": 404}},
+            }))
+            .unwrap();
+            m.spec.paths = paths;
+            m
+        };
+        let route = RouteContext {
+            namespace: "default",
+            route_name: "api",
+            route_path: "/api",
+        };
+        let errors = translate_middleware(&mw(vec![]), &route).unwrap_err();
+        assert_eq!(
+            errors[0].to_string(),
+            "spec.paths: required for type access"
+        );
+        let t = translate_middleware(&mw(vec!["/admin/*".into()]), &route).unwrap();
+        assert_eq!(t.middleware.id, "Middleware default/block");
+        assert_eq!(
+            t.middleware.kind,
+            Some(pb::middleware::Kind::Access(pb::AccessBlock {
+                status: 404
+            }))
+        );
+        assert_eq!(
+            t.middleware.scope.unwrap().prefixes,
+            ["/admin", "/api/admin"]
+        );
     }
 
     #[test]
