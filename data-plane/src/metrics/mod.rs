@@ -23,7 +23,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use route::{RouteFamilies, StatsIndex};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// The `name` label of requests that matched no route. Not a valid Kubernetes object name, so
@@ -50,6 +50,9 @@ pub struct Metrics {
     config_resources: Family<TypeLabel, Gauge>,
     config_accepted: Family<TypeLabel, Counter>,
     config_rejected: Family<TypeLabel, Counter>,
+    /// Follows `middleware::rate_limit::STORE_FALLBACKS` (process-wide), caught up at render.
+    rate_limit_fallbacks: Counter,
+    rate_limit_fallbacks_seen: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -161,6 +164,12 @@ impl Metrics {
             "Resource updates rejected (NACKed), by type",
             Family::<TypeLabel, Counter>::clone(&config_rejected),
         );
+        let rate_limit_fallbacks = Counter::default();
+        r.register(
+            "sluice_rate_limit_store_fallbacks",
+            "Rate-limit decisions made by this process's own buckets because the shared store (Redis) failed",
+            rate_limit_fallbacks.clone(),
+        );
         let index = Arc::new(StatsIndex::default());
         let families = Arc::new(families);
         let unmatched = index.acquire(UNMATCHED, &families);
@@ -181,6 +190,8 @@ impl Metrics {
             config_resources,
             config_accepted,
             config_rejected,
+            rate_limit_fallbacks,
+            rate_limit_fallbacks_seen: AtomicU64::new(0),
         }
     }
 
@@ -254,6 +265,14 @@ impl Metrics {
         self.uptime.set(self.started.elapsed().as_secs_f64());
         self.routes_count
             .set(i64::try_from(routes).unwrap_or(i64::MAX));
+        let fallbacks = crate::middleware::rate_limit::STORE_FALLBACKS.load(Ordering::Relaxed);
+        // fetch_max: concurrent scrapes each add only what the other did not.
+        let counted = self
+            .rate_limit_fallbacks_seen
+            .fetch_max(fallbacks, Ordering::Relaxed);
+        if fallbacks > counted {
+            self.rate_limit_fallbacks.inc_by(fallbacks - counted);
+        }
         let mut out = String::with_capacity(4096);
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
