@@ -16,7 +16,8 @@
 //! are `sluice:ratelimit:<id>:<state_key>:<client>`: a changed middleware starts afresh, the same
 //! one keeps its buckets whatever else changes. When Redis fails the request is decided by the
 //! local buckets instead (as Goma does), with a throttled warning and the
-//! `sluice_rate_limit_store_fallbacks_total` counter.
+//! `sluice_rate_limit_store_fallbacks_total` counter, and the store is left alone for
+//! [`STORE_RETRY`] so a hanging Redis does not add its timeout to every request.
 
 use super::{CompileEnv, Decision, Middleware, RequestCtx};
 use crate::proxy::response::{self, ProxyBody};
@@ -41,6 +42,9 @@ const MAX_BUCKETS: usize = 100_000;
 const SHARDS: usize = 32;
 /// At most one "shared store unreachable" warning per middleware per this long.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// After a shared-store failure, requests skip the store for this long (a store that hangs
+/// would otherwise add its timeout to every request).
+const STORE_RETRY: Duration = Duration::from_secs(1);
 
 /// Requests decided by local buckets because the shared store failed (all middlewares).
 pub static STORE_FALLBACKS: AtomicU64 = AtomicU64::new(0);
@@ -283,6 +287,8 @@ struct Shared {
     prefix: String,
     /// Seconds since the Unix epoch of the last fallback warning.
     warned_at: AtomicU64,
+    /// Milliseconds since the Unix epoch until which the store is not asked.
+    skip_until_ms: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -328,6 +334,7 @@ pub fn compile(
             store: store.clone(),
             prefix: format!("sluice:ratelimit:{}:{}:", m.id, m.state_key),
             warned_at: AtomicU64::new(0),
+            skip_until_ms: AtomicU64::new(0),
         }),
         _ => None,
     };
@@ -450,12 +457,27 @@ impl Shared {
         }
     }
 
-    /// Warns at most once per [`WARN_EVERY`].
-    fn warn(&self, id: &str, error: &str) {
+    /// Whether to ask the store (it has not failed within [`STORE_RETRY`]); counts a fallback
+    /// when not.
+    fn usable(&self) -> bool {
+        let skip = self.skip_until_ms.load(Ordering::Relaxed);
+        if skip == 0 || unix_ms() >= skip {
+            return true;
+        }
         STORE_FALLBACKS.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        false
+    }
+
+    /// The store failed: counted, skipped for a while, warned about at most once per
+    /// [`WARN_EVERY`].
+    fn failed(&self, id: &str, error: &str) {
+        STORE_FALLBACKS.fetch_add(1, Ordering::Relaxed);
+        let now_ms = unix_ms();
+        self.skip_until_ms.store(
+            now_ms.saturating_add(STORE_RETRY.as_millis() as u64),
+            Ordering::Relaxed,
+        );
+        let now = now_ms / 1000;
         let last = self.warned_at.load(Ordering::Relaxed);
         if now >= last.saturating_add(WARN_EVERY.as_secs())
             && self
@@ -466,6 +488,12 @@ impl Shared {
             tracing::warn!(middleware = %id, store = %self.store.address(), %error, "rate limit shared store failed: using this pod's buckets");
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -506,7 +534,7 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 impl Middleware for RateLimit {
     fn decide(&self, ctx: &mut RequestCtx<'_>) -> Decision {
-        if self.shared.is_some() {
+        if self.shared.as_ref().is_some_and(Shared::usable) {
             return Decision::Async;
         }
         let key = self.key.key(&ctx.parts.headers, ctx.client_ip);
@@ -522,7 +550,7 @@ impl Middleware for RateLimit {
                 Some(shared) => match shared.take(key, &self.policy).await {
                     Ok(v) => v,
                     Err(error) => {
-                        shared.warn(&self.id, &error);
+                        shared.failed(&self.id, &error);
                         self.local.take(key, &self.policy)
                     }
                 },
@@ -679,6 +707,28 @@ mod tests {
         assert_eq!(shard.len(), 5);
         assert!(!shard.by_name.contains_key(&[0u8][..]));
         assert!(shard.by_name.contains_key(&[7u8][..]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_is_left_alone_for_a_while() {
+        let shared = Shared {
+            store: Arc::new(SharedStore::new("127.0.0.1:1", "")),
+            prefix: "sluice:ratelimit:t:k:".into(),
+            warned_at: AtomicU64::new(0),
+            skip_until_ms: AtomicU64::new(0),
+        };
+        let p = policy(1, Duration::from_secs(1), 0, 0, Duration::ZERO);
+        assert!(shared.usable());
+        let ip = ClientKey::Ip("192.0.2.1".parse().unwrap());
+        let error = shared.take(ip, &p).await.unwrap_err();
+        shared.failed("Middleware default/rl", &error);
+        let before = STORE_FALLBACKS.load(Ordering::Relaxed);
+        assert!(!shared.usable());
+        assert!(STORE_FALLBACKS.load(Ordering::Relaxed) > before);
+        shared
+            .skip_until_ms
+            .store(unix_ms().saturating_sub(1), Ordering::Relaxed);
+        assert!(shared.usable());
     }
 
     #[test]
