@@ -227,7 +227,20 @@ async fn rate_limit_refuses_bans_and_keeps_buckets_across_unrelated_changes() {
     })
     .await;
 
+    // An invalid edit of the middleware keeps the last good rule (and its buckets): the route
+    // stays protected. Capacity 6, one token taken above.
+    dir.write(
+        "rl.yaml",
+        &middleware_yaml("rl", "rateLimit", &[], "    requestsPerUnit: 0\n"),
+    );
+    sluice.wait_log("spec.rule.requestsPerUnit", WAIT);
+    for _ in 0..5 {
+        assert_eq!(get_from(&c, gw, "/limited", &key("a")).await.status, 200);
+    }
+    assert_eq!(get_from(&c, gw, "/limited", &key("a")).await.status, 429);
+
     // Bad config: requestsPerUnit 0. The route naming it is not served; others are.
+    let logged = sluice.log().matches("spec.rule.requestsPerUnit").count();
     dir.write(
         "bad.yaml",
         &format!(
@@ -236,7 +249,12 @@ async fn rate_limit_refuses_bans_and_keeps_buckets_across_unrelated_changes() {
             route_with("bad", "/bad", backend, &["rl-bad"])
         ),
     );
-    sluice.wait_log("spec.rule.requestsPerUnit", WAIT);
+    eventually("the bad route is reported", WAIT, || {
+        let more = sluice.log().contains("Middleware default/rl-bad")
+            && sluice.log().matches("spec.rule.requestsPerUnit").count() > logged;
+        async move { more }
+    })
+    .await;
     assert_eq!(get_from(&c, gw, "/bad", &[]).await.status, 404);
     // A served route that gains a missing middleware is withdrawn, not served without it.
     dir.write(
@@ -375,7 +393,6 @@ async fn rate_limit_in_redis_is_shared_by_two_data_planes() {
         "the edited middleware resets the shared bucket",
         WAIT,
         || {
-            let call = call.clone();
             let one = one.clone();
             async move { call(&one, "a").await == 200 }
         },
