@@ -378,6 +378,8 @@ fn policy(rl: &pb::RateLimit) -> Result<Policy, String> {
 /// per microsecond, ban_after, ban length (µs). Returns {verdict (0 allowed, 1 limited,
 /// 2 banned), tokens left, µs (until full / until a token / until the ban ends)}.
 const SCRIPT: &str = r#"
+-- Redis 3.2-4 need effects replication for writes after TIME (a no-op from Redis 5 on).
+if redis.replicate_commands then redis.replicate_commands() end
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local ban_after = tonumber(ARGV[3])
