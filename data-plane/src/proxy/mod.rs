@@ -825,4 +825,74 @@ mod tests {
             "{mirrored} bytes reached the mirror"
         );
     }
+
+    /// Reads each request body as it comes and never answers (HTTP/1.1, or h2c when `h2`).
+    async fn unanswering_backend(h2: bool) -> SocketAddr {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                    let _ = req.into_body().collect().await;
+                    std::future::pending::<Result<Response<Full<Bytes>>, hyper::Error>>().await
+                });
+                let io = TokioIo::new(stream);
+                if h2 {
+                    tokio::spawn(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, svc),
+                    );
+                } else {
+                    tokio::spawn(
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc),
+                    );
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_past_its_limit_aborts_the_upstream_request_with_413() {
+        for h2 in [false, true] {
+            let backend_addr = unanswering_backend(h2).await;
+            let mut res = Resources::default();
+            res.add_http_listener("http", PORT)
+                .add_cluster("main", &[("127.0.0.1", backend_addr.port())]);
+            if h2 {
+                let mut c = (*res.clusters["main"]).clone();
+                c.protocol = pb::UpstreamProtocol::H2c as i32;
+                res.clusters.insert("main".into(), Arc::new(c));
+            }
+            let mut r = route("upload", "/", forward(vec![backend("main", false)], None));
+            r.middlewares = vec![pb::Middleware {
+                id: "Middleware default/small".into(),
+                state_key: "k".into(),
+                kind: Some(pb::middleware::Kind::BodyLimit(pb::BodyLimit {
+                    max_bytes: 10_000,
+                })),
+                ..Default::default()
+            }];
+            res.routes.insert(r.name.clone(), Arc::new(r));
+            let mut compiler = Compiler::new();
+            assert_eq!(compiler.validate_route(&res.routes["upload"], &res), Ok(()));
+            let snap = compiler.compile(&res);
+            let chunks = futures::stream::iter((0..8).map(|_| {
+                Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from(vec![b'x'; 4096])))
+            }));
+            let req = Request::post("/upload")
+                .header("host", "h.example.com")
+                .body(http_body_util::StreamBody::new(chunks))
+                .unwrap();
+            // The backend never answers: only the abort can end the request.
+            let resp = tokio::time::timeout(
+                Duration::from_secs(10),
+                handle(snap, PORT, client().into(), None, req),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("h2: {h2}: the request was not aborted"));
+            assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE, "h2: {h2}");
+        }
+    }
 }
