@@ -25,11 +25,16 @@ pub struct GeoBlock {
     country_header: Option<HeaderName>,
 }
 
-pub fn compile(m: &pb::GeoBlock, env: &CompileEnv<'_>) -> Result<Box<dyn Middleware>, String> {
-    Ok(Box::new(build(m, env)?))
+/// `id`: the middleware's (logs).
+pub fn compile(
+    id: &str,
+    m: &pb::GeoBlock,
+    env: &CompileEnv<'_>,
+) -> Result<Box<dyn Middleware>, String> {
+    Ok(Box::new(build(id, m, env)?))
 }
 
-fn build(m: &pb::GeoBlock, env: &CompileEnv<'_>) -> Result<GeoBlock, String> {
+fn build(id: &str, m: &pb::GeoBlock, env: &CompileEnv<'_>) -> Result<GeoBlock, String> {
     if m.countries.is_empty() {
         return Err("countries: at least one entry required".into());
     }
@@ -62,7 +67,14 @@ fn build(m: &pb::GeoBlock, env: &CompileEnv<'_>) -> Result<GeoBlock, String> {
     };
     let db = match env.geoip_database {
         Some(path) => Some(GeoIp::open(path)?),
-        None => None,
+        None => {
+            tracing::warn!(
+                middleware = %id,
+                allow_unknown = m.allow_unknown,
+                "geoBlock middleware without a GeoIP database (--geoip-database): every client's country is unknown"
+            );
+            None
+        }
     };
     let message = if m.message.is_empty() {
         DEFAULT_MESSAGE
@@ -127,7 +139,7 @@ mod tests {
             allow_unknown,
             ..Default::default()
         };
-        build(&m, &env).unwrap()
+        build("Middleware default/geo", &m, &env).unwrap()
     }
 
     #[test]
@@ -154,7 +166,7 @@ mod tests {
         let mut states = States::default();
         let secrets = BTreeMap::new();
         let env = CompileEnv::new(&mut states, &secrets, None, None);
-        let bad = |m: pb::GeoBlock| compile(&m, &env).unwrap_err();
+        let bad = |m: pb::GeoBlock| compile("geo", &m, &env).unwrap_err();
         assert!(bad(pb::GeoBlock::default()).starts_with("countries:"));
         let err = bad(pb::GeoBlock {
             countries: vec!["FR".into(), "FRA".into()],
@@ -176,6 +188,7 @@ mod tests {
         let missing = std::path::Path::new("/nonexistent/GeoLite2-Country.mmdb");
         let env = CompileEnv::new(&mut states, &secrets, None, Some(missing));
         let err = compile(
+            "geo",
             &pb::GeoBlock {
                 countries: vec!["FR".into()],
                 ..Default::default()

@@ -330,7 +330,7 @@ fn compile_kind(
         K::AccessPolicy(p) => {
             access::compile_access_policy(p).map_err(|e| format!("access_policy.{e}"))
         }
-        K::GeoBlock(g) => geo_block::compile(g, env).map_err(|e| format!("geo_block.{e}")),
+        K::GeoBlock(g) => geo_block::compile(&m.id, g, env).map_err(|e| format!("geo_block.{e}")),
         K::UserAgentBlock(u) => {
             access::compile_user_agent_block(u).map_err(|e| format!("user_agent_block.{e}"))
         }
