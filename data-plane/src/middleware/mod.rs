@@ -12,7 +12,9 @@
 //! without it.
 
 mod client_url;
+pub mod error_interceptor;
 pub mod forward_auth;
+pub mod http_cache;
 pub mod ldap;
 pub mod oauth;
 pub mod scope;
@@ -333,11 +335,11 @@ fn compile_kind(
         K::Redirect(_) => unsupported("redirect"),
         K::RedirectScheme(_) => unsupported("redirect_scheme"),
         K::RedirectRegex(_) => unsupported("redirect_regex"),
-        K::HttpCache(_) => unsupported("http_cache"),
+        K::HttpCache(rule) => http_cache::compile(m, rule, env),
         K::ResponseHeaders(_) => unsupported("response_headers"),
         K::RequestHeaders(_) => unsupported("request_headers"),
         K::AccessLog(_) => unsupported("access_log"),
-        K::ErrorInterceptor(_) => unsupported("error_interceptor"),
+        K::ErrorInterceptor(rule) => error_interceptor::compile(rule, env),
     }
 }
 
