@@ -14,16 +14,21 @@ pub struct TeeBody {
     inner: ProxyBody,
     copy: BytesMut,
     limit: usize,
+    /// The body's announced length: a server writing a Content-Length body stops polling once
+    /// it has that many bytes, so the copy is complete then.
+    expected: Option<u64>,
     /// None once abandoned or committed.
     commit: Option<Commit>,
 }
 
 impl TeeBody {
     pub fn new(inner: ProxyBody, limit: usize, commit: Commit) -> TeeBody {
+        let expected = inner.size_hint().exact();
         TeeBody {
             inner,
             copy: BytesMut::new(),
             limit,
+            expected,
             commit: Some(commit),
         }
     }
@@ -48,11 +53,20 @@ impl Body for TeeBody {
             Poll::Ready(Some(Ok(frame))) if this.commit.is_some() => match frame.data_ref() {
                 Some(data) if this.copy.len() + data.len() <= this.limit => {
                     this.copy.extend_from_slice(data);
+                    let complete = this.expected == Some(this.copy.len() as u64)
+                        || this.inner.is_end_stream();
+                    if complete && let Some(commit) = this.commit.take() {
+                        commit(std::mem::take(&mut this.copy).freeze());
+                    }
                 }
                 // Over the bound, or trailers (not stored).
                 _ => this.abandon(),
             },
             Poll::Ready(Some(Err(_))) => this.abandon(),
+            // A body that ends early (shorter than announced) is not the response.
+            Poll::Ready(None) if this.expected.is_some_and(|e| e != this.copy.len() as u64) => {
+                this.abandon()
+            }
             Poll::Ready(None) => {
                 if let Some(commit) = this.commit.take() {
                     commit(std::mem::take(&mut this.copy).freeze());
@@ -107,6 +121,14 @@ mod tests {
         let (body, seen) = tee(full(Bytes::from_static(b"x")), 5);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "x");
         assert!(seen.lock().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_of_announced_length_is_committed_with_its_last_byte() {
+        // Servers stop polling a Content-Length body once they have every byte.
+        let (mut body, seen) = tee(full(Bytes::from_static(b"abc")), 5);
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "abc");
+        assert_eq!(seen.lock().unwrap().as_deref(), Some(&b"abc"[..]));
     }
 
     #[tokio::test]
