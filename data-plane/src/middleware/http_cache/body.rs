@@ -53,8 +53,8 @@ impl Body for TeeBody {
             Poll::Ready(Some(Ok(frame))) if this.commit.is_some() => match frame.data_ref() {
                 Some(data) if this.copy.len() + data.len() <= this.limit => {
                     this.copy.extend_from_slice(data);
-                    let complete = this.expected == Some(this.copy.len() as u64)
-                        || this.inner.is_end_stream();
+                    let complete =
+                        this.expected == Some(this.copy.len() as u64) || this.inner.is_end_stream();
                     if complete && let Some(commit) = this.commit.take() {
                         commit(std::mem::take(&mut this.copy).freeze());
                     }
@@ -127,7 +127,10 @@ mod tests {
     async fn a_body_of_announced_length_is_committed_with_its_last_byte() {
         // Servers stop polling a Content-Length body once they have every byte.
         let (mut body, seen) = tee(full(Bytes::from_static(b"abc")), 5);
-        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "abc");
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "abc"
+        );
         assert_eq!(seen.lock().unwrap().as_deref(), Some(&b"abc"[..]));
     }
 

@@ -17,7 +17,9 @@
 //!   ([`MAX_ENTRY_BYTES`], or a quarter of `memoryLimit`) the copy is dropped.
 //! * Memory: a byte-bounded LRU per middleware (in `States`, so it survives recompiles).
 //!   Shared: with `shared` and a gateway shared store (Redis), records live there for every
-//!   replica; while Redis fails, this replica's memory store serves and stores instead.
+//!   replica; while Redis fails (and for a second after each failure, so an unreachable Redis
+//!   does not add its timeout to every request), this replica's memory store serves and stores
+//!   instead.
 //! * Concurrent misses on one key all go upstream (no request coalescing).
 
 mod body;
@@ -398,7 +400,7 @@ struct Sink {
 
 impl Sink {
     fn put(self, record: Record, now_ms: u64) {
-        let Some(shared) = self.shared else {
+        let Some(shared) = self.shared.filter(|s| s.usable(now_ms)) else {
             self.memory.put(record);
             return;
         };
@@ -409,7 +411,7 @@ impl Sink {
         };
         runtime.spawn(async move {
             if let Err(e) = shared.put(&record, now_ms).await {
-                shared.warn(&self.id, "write", &e, now_ms);
+                shared.failed(&self.id, "write", &e, now_ms);
                 self.memory.put(record);
             }
         });
@@ -489,7 +491,7 @@ impl Middleware for HttpCache {
                 // response phase drops it again (what concurrent readers stored meanwhile).
                 self.memory.remove(&key);
                 if let Err(e) = shared.remove(&key).await {
-                    shared.warn(&self.id, "delete", &e, now);
+                    shared.failed(&self.id, "delete", &e, now);
                 }
                 self.defer(ctx, Action::Invalidate { key });
                 return Decision::Continue;
@@ -498,7 +500,7 @@ impl Middleware for HttpCache {
             let record = match shared.get(&key).await {
                 Ok(record) => record.map(Arc::new),
                 Err(e) => {
-                    shared.warn(&self.id, "read", &e, now);
+                    shared.failed(&self.id, "read", &e, now);
                     self.memory.get(&key, now)
                 }
             };
@@ -524,7 +526,7 @@ impl Middleware for HttpCache {
                         runtime.spawn(async move {
                             if let Err(e) = shared.remove(&key).await {
                                 let now = policy::now_ms(SystemTime::now());
-                                shared.warn(&id, "delete", &e, now);
+                                shared.failed(&id, "delete", &e, now);
                             }
                         });
                     }

@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Shared-store failures are logged at most this often (milliseconds) per middleware.
 const WARN_EVERY_MS: u64 = 10_000;
+/// After a failure the store is not asked for this long (milliseconds): an unreachable Redis
+/// must not add its connect timeout to every request.
+const RETRY_AFTER_MS: u64 = 1_000;
 
 #[derive(Debug)]
 pub struct SharedRecords {
@@ -16,6 +19,8 @@ pub struct SharedRecords {
     /// `sluice:cache:<middleware id>:<state key>:`: a changed rule starts from empty.
     prefix: String,
     last_warning: AtomicU64,
+    /// Not asked before this time (ms since the epoch).
+    down_until: AtomicU64,
 }
 
 impl SharedRecords {
@@ -24,6 +29,7 @@ impl SharedRecords {
             store,
             prefix: format!("sluice:cache:{id}:{state_key}:"),
             last_warning: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
         }
     }
 
@@ -80,8 +86,16 @@ impl SharedRecords {
         }
     }
 
-    /// Logs a failure unless one was logged in the last [`WARN_EVERY_MS`].
-    pub fn warn(&self, id: &str, what: &str, error: &str, now_ms: u64) {
+    /// Whether to ask the store now (not within [`RETRY_AFTER_MS`] of a failure).
+    pub fn usable(&self, now_ms: u64) -> bool {
+        now_ms >= self.down_until.load(Ordering::Relaxed)
+    }
+
+    /// Records a failure: the store is left alone for a while, and the failure logged unless
+    /// one was in the last [`WARN_EVERY_MS`].
+    pub fn failed(&self, id: &str, what: &str, error: &str, now_ms: u64) {
+        self.down_until
+            .store(now_ms.saturating_add(RETRY_AFTER_MS), Ordering::Relaxed);
         let last = self.last_warning.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) >= WARN_EVERY_MS
             && self
