@@ -374,7 +374,31 @@ async fn http_cache_bad_rule_withdraws_only_its_route() {
         &middleware_yaml("cache", "httpCache", "    memoryLimit: 1Mi\n"),
     );
     wait_status(gw_port, "/c/a", 200).await;
-    assert_eq!(cache_status(&get(gw_port, "/c/a", &[]).await), "HIT");
+    let cached = get(gw_port, "/c/a", &[]).await;
+    assert_eq!(cache_status(&cached), "HIT");
+    // Broken again: the last good version keeps serving, still behind its cache.
+    dir.write(
+        "mw.yaml",
+        &middleware_yaml(
+            "cache",
+            "httpCache",
+            "    excludedResponseCodes: [\"599-500\"]\n",
+        ),
+    );
+    eventually(
+        "the bad edit is reported",
+        Duration::from_secs(5),
+        || async {
+            sluice
+                .log()
+                .matches("spec.rule.excludedResponseCodes[0]")
+                .count()
+                > 0
+        },
+    )
+    .await;
+    let still = get(gw_port, "/c/a", &[]).await;
+    assert_eq!((cache_status(&still), &still.body), ("HIT", &cached.body));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,4 +585,12 @@ async fn error_interceptor_with_a_page_file_withdraws_only_its_route() {
     let page = get(gw_port, "/e/err500", &[]).await;
     assert_eq!(page.body, "sorry");
     assert_eq!(page.headers["content-type"], "text/plain; charset=utf-8");
+    // A page file added later cannot be enforced either: withdrawn, not kept or served raw.
+    let rule = "    enabled: true\n    errors:\n      - statusCode: 502\n        file: /502.html\n";
+    dir.write(
+        "mw.yaml",
+        &middleware_yaml("errors", "errorInterceptor", rule),
+    );
+    wait_status(gw_port, "/e/err500", 404).await;
+    assert_eq!(get(gw_port, "/open/x", &[]).await.status, 200);
 }

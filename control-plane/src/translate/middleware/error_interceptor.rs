@@ -1,7 +1,7 @@
 //! Goma `errorInterceptor` to the `ErrorInterceptor` message. Pages come from the rule's
-//! `body`; `file` is refused (the translator reads no files: in Kubernetes the file would be in
-//! the data-plane pod, which the control plane cannot see), so a route relying on one is
-//! withdrawn with that reason rather than served with the upstream's page. A rule with
+//! `body`; `file` is refused as unenforceable (the translator reads no files: in Kubernetes the
+//! file would be in the data-plane pod, which the control plane cannot see), so a route relying
+//! on one is withdrawn with that reason rather than served with the upstream's page. A rule with
 //! `enabled: false` (the default, as in Goma) replaces nothing.
 
 use super::FieldError;
@@ -12,11 +12,13 @@ pub fn translate(rule: &ErrorInterceptorRule) -> Result<pb::middleware::Kind, Ve
     let mut errors = Vec::new();
     let mut pages: Vec<pb::ErrorPage> = Vec::with_capacity(rule.errors.len());
     for (i, page) in rule.errors.iter().enumerate() {
+        // A page file cannot be enforced (withdraws the route); a bad status is an invalid
+        // edit (the route keeps its last good version).
         let mut error = |field: &str, reason: String| {
             errors.push(FieldError {
                 field: format!("spec.rule.errors[{i}].{field}"),
                 reason,
-                fail_closed: true,
+                fail_closed: field == "file",
             })
         };
         let status = page.status_code;
@@ -111,7 +113,8 @@ mod tests {
                 "spec.rule.errors[3].statusCode"
             ]
         );
-        assert!(errors.iter().all(|e| e.fail_closed));
+        let fail_closed: Vec<bool> = errors.iter().map(|e| e.fail_closed).collect();
+        assert_eq!(fail_closed, [true, false, false]);
         assert!(errors[0].reason.contains("not supported"), "{}", errors[0]);
     }
 }
