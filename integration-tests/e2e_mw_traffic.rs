@@ -10,8 +10,6 @@
 
 #[path = "support/mmdb.rs"]
 mod mmdb;
-#[path = "support/redis.rs"]
-mod redis;
 mod support;
 
 use bytes::Bytes;
@@ -269,7 +267,7 @@ async fn rate_limit_refuses_bans_and_keeps_buckets_across_unrelated_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_in_redis_is_shared_by_two_data_planes() {
-    let mut redis = redis::Redis::start();
+    let mut redis = support::redis::RedisServer::start();
     let (_echo, backend) = echo("a");
     let gw = free_port();
     let admin = free_port();

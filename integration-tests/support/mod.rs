@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod l4;
+pub mod redis;
 pub mod slapd;
 pub mod xds;
 

@@ -1,11 +1,11 @@
-//! A real redis-server (Debian's `redis-server`, installed when missing) on a free loopback
-//! port, in a temporary directory, stopped when dropped.
+//! A real redis-server (Debian package `redis-server`, installed on first use when missing) on
+//! a free loopback port in a temporary directory, stopped when dropped.
 
-use crate::support::{TempDir, free_port};
+use super::{TempDir, free_port};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct Redis {
+pub struct RedisServer {
     child: Child,
     pub port: u16,
     _dir: TempDir,
@@ -14,59 +14,76 @@ pub struct Redis {
 fn installed() -> bool {
     Command::new("redis-server")
         .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
-/// Installs redis-server from Debian when it is not there yet.
-fn ensure_installed() {
+/// `apt-get install redis-server` (it brings redis-cli) unless it is already there.
+pub fn ensure_installed() {
     if installed() {
         return;
     }
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "redis-server"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok && installed(), "apt-get install redis-server failed");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install = ["install", "-y", "--no-install-recommends", "redis-server"];
+    if !apt(&install) {
+        assert!(apt(&["update"]), "apt-get update failed");
+        assert!(apt(&install), "apt-get install redis-server failed");
+    }
+    assert!(
+        installed(),
+        "redis-server still missing after apt-get install"
+    );
 }
 
-impl Redis {
-    pub fn start() -> Redis {
+impl RedisServer {
+    pub fn start() -> RedisServer {
         ensure_installed();
         let dir = TempDir::new("redis");
         let port = free_port();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                dir.path().to_str().expect("utf-8 path"),
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
+            .expect("spawn redis-server");
+        let server = RedisServer {
             child,
             port,
             _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while server.cli(&["PING"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never answered PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+        server
     }
 
     pub fn address(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` against this server; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
@@ -75,7 +92,7 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
+impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
     }

@@ -14,8 +14,10 @@
 pub mod access;
 pub mod body_limit;
 mod client_url;
+pub mod error_interceptor;
 pub mod forward_auth;
 pub mod geo_block;
+pub mod http_cache;
 pub mod ldap;
 pub mod oauth;
 pub mod rate_limit;
@@ -341,11 +343,11 @@ fn compile_kind(
         K::Redirect(_) => unsupported("redirect"),
         K::RedirectScheme(_) => unsupported("redirect_scheme"),
         K::RedirectRegex(_) => unsupported("redirect_regex"),
-        K::HttpCache(_) => unsupported("http_cache"),
+        K::HttpCache(rule) => http_cache::compile(m, rule, env),
         K::ResponseHeaders(_) => unsupported("response_headers"),
         K::RequestHeaders(_) => unsupported("request_headers"),
         K::AccessLog(_) => unsupported("access_log"),
-        K::ErrorInterceptor(_) => unsupported("error_interceptor"),
+        K::ErrorInterceptor(rule) => error_interceptor::compile(rule, env),
     }
 }
 

@@ -11,6 +11,8 @@
 //! Goma, a middleware without `paths` applies to the whole route for every type (Goma switches
 //! auth, access and cache middlewares off then, which serves the route unprotected).
 
+mod cache;
+mod error_interceptor;
 mod forward_auth;
 mod ldap;
 mod oauth;
@@ -118,11 +120,11 @@ fn translate_rule(
         R::Redirect(_) => not_enforced(mw),
         R::RedirectScheme(_) => not_enforced(mw),
         R::RedirectRegex(_) => not_enforced(mw),
-        R::HttpCache(_) => not_enforced(mw),
+        R::HttpCache(rule) => cache::translate(rule),
         R::ResponseHeaders(_) => not_enforced(mw),
         R::RequestHeaders(_) => not_enforced(mw),
         R::AccessLog(_) => not_enforced(mw),
-        R::ErrorInterceptor(_) => not_enforced(mw),
+        R::ErrorInterceptor(rule) => error_interceptor::translate(rule),
     }
 }
 
