@@ -11,10 +11,13 @@
 //! A middleware type this data plane cannot compile NACKs its route: the route is never served
 //! without it.
 
+pub mod basic_auth;
 mod client_url;
 pub mod forward_auth;
+pub mod jwt;
 pub mod ldap;
 pub mod oauth;
+pub mod password_hash;
 pub mod scope;
 pub mod state;
 pub mod subrequest;
@@ -316,9 +319,9 @@ fn compile_kind(
     };
     let _ = (&m.state_key, &env);
     match kind {
-        K::BasicAuth(_) => unsupported("basic_auth"),
+        K::BasicAuth(rule) => basic_auth::compile(m, rule, env),
         K::Ldap(l) => ldap::compile(m, l, env),
-        K::Jwt(_) => unsupported("jwt"),
+        K::Jwt(rule) => jwt::compile(m, rule, env),
         K::Oauth(o) => oauth::compile(m, o),
         K::ForwardAuth(fa) => forward_auth::compile(m, fa),
         K::RateLimit(_) => unsupported("rate_limit"),
