@@ -111,7 +111,7 @@ impl AlgSet {
 /// Key material, by type.
 pub enum Material {
     /// Keys for HS256, HS384 and HS512.
-    Hmac([hmac::Key; 3]),
+    Hmac(Box<[hmac::Key; 3]>),
     /// Big-endian modulus and exponent, without leading zeros.
     Rsa {
         n: Vec<u8>,
@@ -155,11 +155,11 @@ impl Key {
     }
 
     pub fn hmac(secret: &[u8]) -> Key {
-        Key::new(Material::Hmac([
+        Key::new(Material::Hmac(Box::new([
             hmac::Key::new(hmac::HMAC_SHA256, secret),
             hmac::Key::new(hmac::HMAC_SHA384, secret),
             hmac::Key::new(hmac::HMAC_SHA512, secret),
-        ]))
+        ])))
     }
 
     /// Whether this key may verify `alg` (its type, and its own `alg` when it has one).
