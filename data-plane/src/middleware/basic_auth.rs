@@ -361,6 +361,64 @@ impl Middleware for BasicAuth {
 mod tests {
     use super::*;
 
+    fn compile_rule(
+        rule: pb::BasicAuth,
+        secrets: &std::collections::BTreeMap<String, Arc<pb::Secret>>,
+    ) -> Result<Box<dyn Middleware>, String> {
+        let mut states = crate::middleware::state::States::default();
+        let mut env = CompileEnv::new(&mut states, secrets, None, None);
+        let m = pb::Middleware {
+            id: "Middleware default/basic".into(),
+            state_key: "k".into(),
+            ..Default::default()
+        };
+        compile(&m, &rule, &mut env)
+    }
+
+    #[test]
+    fn compile_errors_name_the_field() {
+        let user = |u: &str, p: &str| pb::BasicUser {
+            username: u.into(),
+            password: p.into(),
+        };
+        let none = Default::default();
+        let err = |rule| compile_rule(rule, &none).unwrap_err();
+        assert!(err(pb::BasicAuth::default()).starts_with("basic_auth.users: no users"));
+        let e = err(pb::BasicAuth {
+            users: vec![user("a", "x"), user("a", "y")],
+            ..Default::default()
+        });
+        assert!(e.starts_with("basic_auth.users[1].username"), "{e}");
+        let e = err(pb::BasicAuth {
+            users: vec![user("a", "$apr1$bad")],
+            ..Default::default()
+        });
+        assert!(e.starts_with("basic_auth.users[0].password: $apr1$"), "{e}");
+        let e = err(pb::BasicAuth {
+            users_secret: "default/absent".into(),
+            ..Default::default()
+        });
+        assert!(
+            e.starts_with("basic_auth.users_secret: secret \"default/absent\""),
+            "{e}"
+        );
+        let e = err(pb::BasicAuth {
+            realm: "a\"b".into(),
+            users: vec![user("a", "x")],
+            ..Default::default()
+        });
+        assert!(e.starts_with("basic_auth.realm"), "{e}");
+        let ok = compile_rule(
+            pb::BasicAuth {
+                users: vec![user("a", "x")],
+                username_header: "X-Forwarded-User".into(),
+                ..Default::default()
+            },
+            &none,
+        );
+        assert!(ok.is_ok());
+    }
+
     #[test]
     fn credentials_parse_basic_only() {
         let mut buf = [0u8; MAX_CREDENTIALS];

@@ -442,3 +442,87 @@ impl Middleware for Jwt {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::state::States;
+    use std::collections::BTreeMap;
+
+    fn compile_rule(rule: pb::JwtAuth) -> Result<Box<dyn Middleware>, String> {
+        let mut states = States::default();
+        let secrets = BTreeMap::new();
+        let mut env = CompileEnv::new(&mut states, &secrets, None, None);
+        let m = pb::Middleware {
+            id: "Middleware default/jwt".into(),
+            state_key: "k".into(),
+            ..Default::default()
+        };
+        compile(&m, &rule, &mut env)
+    }
+
+    #[test]
+    fn compile_refuses_ambiguous_or_unenforceable_rules() {
+        let hs = || pb::JwtAuth {
+            hmac_secret: b"s".to_vec(),
+            ..Default::default()
+        };
+        assert!(compile_rule(hs()).is_ok());
+        let err = |rule| compile_rule(rule).unwrap_err();
+        assert!(err(pb::JwtAuth::default()).contains("no key"));
+        assert!(
+            err(pb::JwtAuth {
+                jwks_file: "/x".into(),
+                ..hs()
+            })
+            .contains("more than one")
+        );
+        assert!(
+            err(pb::JwtAuth {
+                algorithms: vec!["ES512".into()],
+                ..hs()
+            })
+            .starts_with("jwt.algorithms[0]: ES512")
+        );
+        assert!(
+            err(pb::JwtAuth {
+                algorithms: vec!["RS256".into()],
+                ..hs()
+            })
+            .contains("cannot verify with the configured key")
+        );
+        // A claims expression the control plane did not parse is never skipped.
+        assert!(
+            err(pb::JwtAuth {
+                claims_expression: "Equals(`a`, `b`)".into(),
+                ..hs()
+            })
+            .starts_with("jwt.claims")
+        );
+        assert!(
+            err(pb::JwtAuth {
+                jwks_file: "/nonexistent/jwks.json".into(),
+                ..Default::default()
+            })
+            .starts_with("jwt.jwks_file: /nonexistent/jwks.json")
+        );
+    }
+
+    #[test]
+    fn bearer_tokens_only() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  a.b.c "),
+        );
+        assert_eq!(bearer(&h), Some("a.b.c"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic a.b.c"),
+        );
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+    }
+}
