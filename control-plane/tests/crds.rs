@@ -226,7 +226,10 @@ fn cel_rules_cover_what_a_schema_cannot_say() {
         .iter()
         .collect();
     for (field, message) in [
-        (".rule.users", "required for type basic"),
+        (
+            ".rule.users",
+            "required for type basic (or one of usersSecret)",
+        ),
         (".rule.url", "required for type ldap"),
         (".rule.baseDN", "required for type ldap"),
         (

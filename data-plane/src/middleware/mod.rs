@@ -12,14 +12,17 @@
 //! without it.
 
 pub mod access;
+pub mod basic_auth;
 pub mod body_limit;
 mod client_url;
 pub mod error_interceptor;
 pub mod forward_auth;
 pub mod geo_block;
 pub mod http_cache;
+pub mod jwt;
 pub mod ldap;
 pub mod oauth;
+pub mod password_hash;
 pub mod rate_limit;
 pub mod scope;
 pub mod state;
@@ -322,9 +325,9 @@ fn compile_kind(
     };
     let _ = (&m.state_key, &env);
     match kind {
-        K::BasicAuth(_) => unsupported("basic_auth"),
+        K::BasicAuth(rule) => basic_auth::compile(m, rule, env),
         K::Ldap(l) => ldap::compile(m, l, env),
-        K::Jwt(_) => unsupported("jwt"),
+        K::Jwt(rule) => jwt::compile(m, rule, env),
         K::Oauth(o) => oauth::compile(m, o),
         K::ForwardAuth(fa) => forward_auth::compile(m, fa),
         K::RateLimit(rl) => rate_limit::compile(m, rl, env).map_err(|e| format!("rate_limit.{e}")),

@@ -345,17 +345,30 @@ pub struct BasicAuthRule {
     /// Realm of the `WWW-Authenticate` challenge (default `Restricted`).
     #[serde(default = "default_realm")]
     pub realm: String,
-    /// Pass the authenticated user name upstream.
+    /// Pass the authenticated user name upstream, in the `X-Forwarded-User` header.
     #[serde(default)]
     pub forward_username: bool,
     /// Accepted users: `{username, password}` or the older `"username:password"` string. Passwords
     /// may be bcrypt, apr1, {SHA}, md5-crypt hashes or plain text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<BasicUser>,
+    /// Sluice: a Secret in the Middleware's namespace with more users: key `users` holding
+    /// htpasswd lines (`name:hash`), or keys `username` and `password` (a
+    /// `kubernetes.io/basic-auth` Secret). Keeps passwords out of the Middleware.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_secret: Option<String>,
+    /// Sluice: keep the `Authorization` header on the forwarded request. By default the gateway
+    /// removes the credentials it checked (Goma forwards them).
+    #[serde(default)]
+    pub forward_authorization: bool,
 }
 
 impl CheckRule for BasicAuthRule {
     fn check(&self, ty: MiddlewareType) -> Result<(), RuleError> {
-        non_empty(&self.users, "users", ty)?;
+        match &self.users_secret {
+            Some(name) => non_blank(name, "usersSecret", ty)?,
+            None => non_empty(&self.users, "users", ty)?,
+        }
         for (i, user) in self.users.iter().enumerate() {
             non_blank(&user.username, format!("users[{i}].username"), ty)?;
         }
@@ -1423,7 +1436,7 @@ pub const REQUIRED_KEYS: &[(MiddlewareType, &[Required])] = {
     use MiddlewareType as T;
     use Required::*;
     &[
-        (T::Basic, &[List("users")]),
+        (T::Basic, &[AnyOf(&["users", "usersSecret"])]),
         (T::Ldap, &[Key("url"), Key("baseDN")]),
         (
             T::Jwt,
@@ -1909,9 +1922,20 @@ mod tests {
             .expect("users rule");
         assert_eq!(
             basic["rule"],
-            "!(self.type in ['basic', 'basicAuth']) || (has(self.rule) && has(self.rule.users) && size(self.rule.users) > 0)"
+            "!(self.type in ['basic', 'basicAuth']) || (has(self.rule) && (has(self.rule.users) || has(self.rule.usersSecret)))"
         );
-        assert_eq!(basic["message"], "required for type basic");
+        assert_eq!(
+            basic["message"],
+            "required for type basic (or one of usersSecret)"
+        );
+        let agents = rules
+            .iter()
+            .find(|r| r["fieldPath"] == ".rule.userAgents")
+            .expect("userAgents rule");
+        assert_eq!(
+            agents["rule"],
+            "!(self.type in ['userAgentBlock']) || (has(self.rule) && has(self.rule.userAgents) && size(self.rule.userAgents) > 0)"
+        );
         let count: usize = REQUIRED_KEYS.iter().map(|(_, r)| r.len()).sum();
         assert_eq!(rules.len(), count);
     }

@@ -11,9 +11,12 @@
 //! Goma, a middleware without `paths` applies to the whole route for every type (Goma switches
 //! auth, access and cache middlewares off then, which serves the route unprotected).
 
+mod basic_auth;
 mod cache;
+mod claims_expression;
 mod error_interceptor;
 mod forward_auth;
+mod jwt;
 mod ldap;
 mod oauth;
 mod traffic;
@@ -100,12 +103,11 @@ fn translate_rule(
     route: &RouteContext<'_>,
     out: &mut TranslatedMiddleware,
 ) -> Result<pb::middleware::Kind, Vec<FieldError>> {
-    let _ = (route, &mut *out);
     use MiddlewareRule as R;
     match rule {
-        R::Basic(_) => not_enforced(mw),
+        R::Basic(rule) => basic_auth::translate(rule, mw, &mut out.secrets),
         R::Ldap(rule) => ldap::translate(rule, mw),
-        R::Jwt(_) => not_enforced(mw),
+        R::Jwt(rule) => jwt::translate(rule, mw, route, out),
         R::Oauth(rule) => oauth::translate(rule, mw, route, out),
         R::ForwardAuth(rule) => forward_auth::translate(rule, mw, route, out),
         R::RateLimit(r) => traffic::rate_limit(r),
@@ -279,6 +281,159 @@ mod tests {
         // The route at "/" adds nothing new.
         let s = scope(&["/x".into()], "/").unwrap();
         assert_eq!(s.exact, ["/x"]);
+    }
+
+    fn middleware(ty: &str, rule: serde_json::Value) -> goma::Middleware {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "auth", "namespace": "team"},
+            "spec": {"type": ty, "rule": rule},
+        }))
+        .unwrap()
+    }
+
+    const API: RouteContext<'static> = RouteContext {
+        namespace: "team",
+        route_name: "api",
+        route_path: "/api",
+    };
+
+    fn kind(t: &TranslatedMiddleware) -> &pb::middleware::Kind {
+        t.middleware.kind.as_ref().unwrap()
+    }
+
+    #[test]
+    fn basic_auth_users_secret_forwarded_name_and_authorization() {
+        let mw = middleware(
+            "basicAuth",
+            serde_json::json!({"realm": "Ops", "forwardUsername": true,
+                               "users": ["ann:{SHA}x"], "usersSecret": "htpasswd"}),
+        );
+        let t = translate_middleware(&mw, &API).unwrap();
+        assert_eq!(t.secrets, ["team/htpasswd"]);
+        let pb::middleware::Kind::BasicAuth(b) = kind(&t) else {
+            panic!("{t:?}")
+        };
+        assert_eq!(b.realm, "Ops");
+        assert_eq!(b.username_header, "X-Forwarded-User");
+        assert_eq!(b.users_secret, "team/htpasswd");
+        assert!(!b.forward_authorization);
+        assert_eq!(b.users[0].username, "ann");
+        // A Secret alone is enough; neither is an error naming users.
+        let only_secret = middleware("basic", serde_json::json!({"usersSecret": "h"}));
+        assert!(translate_middleware(&only_secret, &API).is_ok());
+        let neither = middleware("basic", serde_json::json!({"realm": "x"}));
+        let e = translate_middleware(&neither, &API).unwrap_err();
+        assert_eq!(e[0].field, "spec.rule.users");
+        let quote = middleware(
+            "basic",
+            serde_json::json!({"realm": "a\"b", "users": ["a:b"]}),
+        );
+        assert_eq!(
+            translate_middleware(&quote, &API).unwrap_err()[0].field,
+            "spec.rule.realm"
+        );
+    }
+
+    #[test]
+    fn jwt_jwks_url_becomes_a_cluster_and_the_expression_a_tree() {
+        let mw = middleware(
+            "jwtAuth",
+            serde_json::json!({"jwksUrl": "http://127.0.0.1:9000/keys", "alg": "RS256",
+                               "algorithms": ["RS256", "EdDSA"], "issuer": "idp", "audience": "api",
+                               "claimsExpression": "Equals(`role`, `admin`) && !Prefix(`sub`, `svc-`)",
+                               "forwardHeaders": {"X-User": "sub"}}),
+        );
+        let t = translate_middleware(&mw, &API).unwrap();
+        assert_eq!(t.clusters.len(), 1);
+        assert_eq!(t.clusters[0].name, "route/team/api/middleware/auth/jwks");
+        let pb::middleware::Kind::Jwt(j) = kind(&t) else {
+            panic!("{t:?}")
+        };
+        let remote = j.remote_jwks.as_ref().unwrap().service.as_ref().unwrap();
+        assert_eq!(
+            (remote.cluster.as_str(), remote.path.as_str()),
+            (t.clusters[0].name.as_str(), "/keys")
+        );
+        assert_eq!(j.algorithms, ["RS256", "EdDSA"]);
+        assert_eq!((j.issuer.as_str(), j.audience.as_str()), ("idp", "api"));
+        assert!(matches!(
+            j.claims.as_ref().and_then(|c| c.check.as_ref()),
+            Some(pb::claims_check::Check::All(_))
+        ));
+        assert_eq!(j.forward_headers[0].header, "X-User");
+        assert!(!j.forward_authorization);
+    }
+
+    #[test]
+    fn jwt_errors_name_the_field() {
+        let cases = [
+            (
+                serde_json::json!({"secret": "s", "claimsExpression": "Equals(`a`)"}),
+                "spec.rule.claimsExpression",
+            ),
+            (
+                serde_json::json!({"secret": "s", "publicKey": "-----BEGIN PUBLIC KEY-----"}),
+                "spec.rule.publicKey",
+            ),
+            (
+                serde_json::json!({"secret": "s", "algorithms": ["HS256", "ES512"]}),
+                "spec.rule.algorithms[1]",
+            ),
+            (
+                serde_json::json!({"publicKey": "not pem"}),
+                "spec.rule.publicKey",
+            ),
+            (
+                serde_json::json!({"jwksUrl": "http://a/b#c"}),
+                "spec.rule.jwksUrl",
+            ),
+        ];
+        for (rule, field) in cases {
+            let e = translate_middleware(&middleware("jwt", rule.clone()), &API).unwrap_err();
+            assert_eq!(e[0].field, field, "{rule}: {e:?}");
+        }
+        let t = translate_middleware(
+            &middleware(
+                "jwt",
+                serde_json::json!({"jwksFile": "/etc/jwks.json", "forwardAuthorization": true}),
+            ),
+            &API,
+        )
+        .unwrap();
+        let pb::middleware::Kind::Jwt(j) = kind(&t) else {
+            panic!("{t:?}")
+        };
+        assert_eq!(j.jwks_file, "/etc/jwks.json");
+        assert!(j.forward_authorization && t.clusters.is_empty());
+    }
+
+    #[test]
+    fn service_from_url_splits_the_endpoint_from_the_path() {
+        let mw = middleware("jwt", serde_json::json!({"secret": "s"}));
+        let mut out = translate_middleware(&mw, &API).unwrap();
+        let s = service_from_url(
+            "https://IdP.example.com:8443/realms/x/certs?a=1",
+            &mw,
+            &API,
+            "jwks",
+            false,
+            &mut out,
+        )
+        .unwrap();
+        let c = &out.clusters[0];
+        assert_eq!(s.authority, "idp.example.com:8443");
+        assert_eq!(s.path, "/realms/x/certs?a=1");
+        assert_eq!(s.scheme, "https");
+        assert_eq!(s.cluster, c.name);
+        assert_eq!(c.endpoints[0].address, "idp.example.com");
+        assert_eq!(c.endpoints[0].port, 8443);
+        assert_eq!(c.tls.as_ref().unwrap().server_name, "idp.example.com");
+        for bad in ["ftp://x/y", "http:///jwks", "http://a/b#frag", "jwks.json"] {
+            assert!(
+                service_from_url(bad, &mw, &API, "jwks", false, &mut out).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
