@@ -2,13 +2,18 @@
 //! `StreamState` from requests and view changes.
 
 use super::clients::{ClientInfo, Clients};
+use super::identity::IdentityService;
 use super::inspection::InspectionService;
+use super::peer::ads_peer;
 use super::stream::StreamState;
+use crate::security::authorize::authorize_node;
+use crate::security::{PodIdentity, PodLiveness, Security};
 use crate::views::Views;
 use futures::Stream;
 use sluice_proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
+use sluice_proto::discovery::identity_server::IdentityServer;
 use sluice_proto::discovery::inspection_server::InspectionServer;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use std::net::SocketAddr;
@@ -25,15 +30,38 @@ const STREAM_BUFFER: usize = 16;
 pub struct AdsService {
     views: Arc<Views>,
     clients: Arc<Clients>,
+    security: Arc<Security>,
     closing: Closing,
 }
 
 impl AdsService {
-    pub fn new(views: Arc<Views>, clients: Arc<Clients>, closing: Closing) -> Self {
+    pub fn new(
+        views: Arc<Views>,
+        clients: Arc<Clients>,
+        security: Arc<Security>,
+        closing: Closing,
+    ) -> Self {
         Self {
             views,
             clients,
+            security,
             closing,
+        }
+    }
+}
+
+/// Resolves with the reason once `identity`'s credentials stop holding (its pod was deleted);
+/// never when liveness is not checked.
+async fn revoked(liveness: PodLiveness, identity: Option<PodIdentity>) -> String {
+    let (Some(identity), Some(mut changes)) = (identity, liveness.subscribe()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Err(reason) = liveness.check(&identity) {
+            return reason;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
@@ -61,6 +89,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let authenticated = ads_peer(&request, &self.security)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -81,7 +110,17 @@ impl AggregatedDiscoveryService for AdsService {
                 node.gateway
             )));
         }
-        tracing::info!(node = %node.id, gateway = %node.gateway, %peer, "data plane connected");
+        if let Some(cert) = &authenticated {
+            authorize_node(&cert.identity, &node, "client certificate").map_err(|reason| {
+                tracing::warn!(node = %node.id, gateway = %node.gateway, %peer, serial = %cert.serial, %reason, "ADS refused");
+                Status::permission_denied(reason)
+            })?;
+        }
+        let serial = authenticated
+            .as_ref()
+            .map(|c| c.serial.clone())
+            .unwrap_or_default();
+        tracing::info!(node = %node.id, gateway = %node.gateway, %peer, %serial, "data plane connected");
         let ledger = Arc::new(std::sync::Mutex::new(Default::default()));
         let id = self.clients.register(ClientInfo {
             node_id: node.id.clone(),
@@ -94,10 +133,18 @@ impl AggregatedDiscoveryService for AdsService {
         let views = self.views.clone();
         let clients = self.clients.clone();
         let closing = self.closing.clone();
+        let liveness = self.security.pods.clone();
+        let identity = authenticated.map(|c| c.identity);
+        let refusals = tx.clone();
         tokio::spawn(async move {
+            let node_id = node.id.clone();
             tokio::select! {
                 _ = run_stream(&views, &clients, node, ledger, first, inbound, tx) => {}
                 _ = closed(closing) => {}
+                reason = revoked(liveness, identity) => {
+                    tracing::warn!(node = %node_id, %reason, "closing the stream of a revoked pod");
+                    let _ = refusals.send(Err(Status::permission_denied(reason))).await;
+                }
             }
             clients.remove(id);
         });
@@ -176,6 +223,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     views: Arc<Views>,
     clients: Arc<Clients>,
+    security: Arc<Security>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -208,8 +256,22 @@ pub async fn serve(
         close_tx.send_replace(true);
     };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "xDS server listening");
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &security.tls {
+        // Client certificates are optional at the handshake (a pod without one yet bootstraps
+        // with a token); ADS refuses requests without one.
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(
+                    &tls.server_cert_pem,
+                    &tls.server_key_pem,
+                ))
+                .client_ca_root(tonic::transport::Certificate::from_pem(tls.ca.cert_pem()))
+                .client_auth_optional(true),
+        )?;
+    }
+    tracing::info!(addr = ?addr, tls = security.tls.is_some(), "xDS server listening");
+    builder
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(v1)
@@ -218,12 +280,14 @@ pub async fn serve(
             AggregatedDiscoveryServiceServer::new(AdsService::new(
                 views.clone(),
                 clients.clone(),
+                security.clone(),
                 closing.clone(),
             ))
             .max_decoding_message_size(16 << 20),
         )
+        .add_service(IdentityServer::new(IdentityService::new(security.clone())))
         .add_service(InspectionServer::new(InspectionService::new(
-            views, clients, closing,
+            views, clients, security, closing,
         )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
