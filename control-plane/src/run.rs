@@ -24,7 +24,7 @@ pub enum RunError {
     #[error("config directory {0}: {1}")]
     ConfigDir(PathBuf, std::io::Error),
     #[error("xDS server: {0}")]
-    Server(#[from] tonic::transport::Error),
+    Server(#[from] xds::server::ServeError),
     #[error("no Kubernetes client configuration (in-cluster service account or KUBECONFIG)")]
     KubeConfig(#[source] kube::Error),
 }

@@ -7,6 +7,7 @@ pub mod inspection;
 pub mod peer;
 pub mod server;
 pub mod stream;
+pub mod tls;
 
 pub use clients::Clients;
 pub use server::{AdsService, serve};

@@ -4,7 +4,8 @@
 use crate::security::{PeerCertificate, Security};
 use tonic::{Request, Status};
 
-/// The client certificate's identity; `None` when the peer presented none (or plaintext).
+/// The client certificate's identity; `None` when the peer presented none (or plaintext). An
+/// expired certificate (the handshake lets it through, see `xds::tls`) is refused here.
 pub fn peer_certificate<T>(request: &Request<T>) -> Result<Option<PeerCertificate>, Status> {
     let Some(certs) = request.peer_certs() else {
         return Ok(None);
@@ -12,9 +13,21 @@ pub fn peer_certificate<T>(request: &Request<T>) -> Result<Option<PeerCertificat
     let Some(leaf) = certs.first() else {
         return Ok(None);
     };
-    PeerCertificate::from_der(leaf)
-        .map(Some)
-        .map_err(|e| Status::unauthenticated(e.to_string()))
+    let peer =
+        PeerCertificate::from_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    if peer.not_after < now {
+        return Err(Status::unauthenticated(format!(
+            "the client certificate of {} (serial {}) expired {} s ago; obtain a new one",
+            peer.identity,
+            peer.serial,
+            now - peer.not_after
+        )));
+    }
+    Ok(Some(peer))
 }
 
 /// The token of an `authorization: Bearer <token>` header.

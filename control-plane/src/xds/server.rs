@@ -217,6 +217,14 @@ async fn run_stream(
     tracing::info!(node = %node.id, gateway = %node.gateway, "data plane disconnected");
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsSetupError),
+}
+
 /// Serves ADS, inspection, health and reflection (v1 and v1alpha, so grpcurl 1.8 works) on `addr`
 /// until `shutdown` resolves.
 pub async fn serve(
@@ -225,7 +233,7 @@ pub async fn serve(
     clients: Arc<Clients>,
     security: Arc<Security>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<AggregatedDiscoveryServiceServer<AdsService>>()
@@ -256,22 +264,15 @@ pub async fn serve(
         close_tx.send_replace(true);
     };
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &security.tls {
-        // Client certificates are optional at the handshake (a pod without one yet bootstraps
-        // with a token); ADS refuses requests without one.
-        builder = builder.tls_config(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(
-                    &tls.server_cert_pem,
-                    &tls.server_key_pem,
-                ))
-                .client_ca_root(tonic::transport::Certificate::from_pem(tls.ca.cert_pem()))
-                .client_auth_optional(true),
-        )?;
-    }
+    let tls_config = match &security.tls {
+        Some(tls) => Some(super::tls::server_config(tls).map_err(|e| {
+            tracing::error!(error = %e, "xDS TLS configuration");
+            e
+        })),
+        None => None,
+    };
     tracing::info!(addr = ?addr, tls = security.tls.is_some(), "xDS server listening");
-    builder
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(v1)
@@ -288,10 +289,22 @@ pub async fn serve(
         .add_service(IdentityServer::new(IdentityService::new(security.clone())))
         .add_service(InspectionServer::new(InspectionService::new(
             views, clients, security, closing,
-        )))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
+        )));
+    match tls_config {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown,
+                )
+                .await?
+        }
+        Some(Ok(config)) => {
+            router
+                .serve_with_incoming_shutdown(super::tls::incoming(listener, config), shutdown)
+                .await?
+        }
+        Some(Err(e)) => return Err(e.into()),
+    }
+    Ok(())
 }
