@@ -735,6 +735,7 @@ async fn file_mode_bootstraps_with_a_token_and_renews_without_dropping_the_strea
     dir.write("good", "bootstrap-0123456789abcdef\n");
     dir.write("bad", "bootstrap-0123456789abcdeX\n");
     let xds = free_port();
+    let health = free_port();
     let ca_dir = dir.path().join("ca");
     let cp = Proc::start(
         &[
@@ -749,10 +750,45 @@ async fn file_mode_bootstraps_with_a_token_and_renews_without_dropping_the_strea
             dir.path().join("tokens").to_str().expect("utf-8"),
             "--xds-client-cert-seconds",
             "12",
+            "--health-listen",
+            &format!("127.0.0.1:{health}"),
         ],
         &[],
     );
     cp.wait_log("xDS server listening", Duration::from_secs(20));
+    // Probes (which cannot speak TLS) get the health service, and only it, in plaintext.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{health}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("plaintext health port");
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = tonic_health::pb::health_client::HealthClient::new(plain.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "sluice.discovery.v1.AggregatedDiscoveryService".into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        if status == serving {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never SERVING: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_status(
+        InspectionClient::new(plain)
+            .list_gateways(ListGatewaysRequest {})
+            .await,
+        Code::Unimplemented,
+        "",
+    );
     let ca_file = ca_dir.join("ca.crt");
     let data_plane = |id: &str, token: &str| {
         Proc::start(

@@ -152,6 +152,10 @@ struct ControlPlaneArgs {
     /// Without it the inspection service is open on loopback plaintext and closed otherwise.
     #[arg(long, env = "SLUICE_ADMIN_TOKENS")]
     admin_tokens: Option<PathBuf>,
+    /// Also serve the gRPC health service (only) in plaintext on this address, for kubelet
+    /// gRPC probes, which cannot speak TLS.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -355,10 +359,12 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
                 pods: PodLiveness::Kubernetes(Default::default()),
                 client_cert_validity,
                 admin,
+                health_listen: args.health_listen,
             }
         } else {
             Security {
                 admin,
+                health_listen: args.health_listen,
                 ..Security::default()
             }
         };
@@ -406,10 +412,12 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
                     pods: PodLiveness::Unchecked,
                     client_cert_validity,
                     admin,
+                    health_listen: args.health_listen,
                 }
             }
             None => Security {
                 admin,
+                health_listen: args.health_listen,
                 ..Security::default()
             },
         };

@@ -32,6 +32,14 @@ pub struct CertificateAuthority {
     key: KeyPair,
 }
 
+/// The key stays out of logs.
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
+    }
+}
+
 /// A signed leaf certificate.
 #[derive(Clone, Debug)]
 pub struct IssuedCertificate {
@@ -235,9 +243,8 @@ mod tests {
         let loaded = CertificateAuthority::from_pem(ca.cert_pem(), ca.key_pem()).expect("loads");
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
         let other = CertificateAuthority::generate(now).expect("ca");
-        let err = CertificateAuthority::from_pem(ca.cert_pem(), other.key_pem())
-            .err()
-            .expect("refused");
+        let err =
+            CertificateAuthority::from_pem(ca.cert_pem(), other.key_pem()).expect_err("refused");
         assert!(err.to_string().contains("does not belong"), "{err}");
     }
 
@@ -251,8 +258,7 @@ mod tests {
                 OffsetDateTime::now_utc(),
                 Duration::from_secs(60),
             )
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(matches!(err, CaError::BadCsr(_)), "{err}");
     }
 }

@@ -178,7 +178,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(dir.join(CA_CERT_KEY), "garbage").expect("write");
-        let err = load_or_create_in_dir(&dir).err().expect("refused");
+        let err = load_or_create_in_dir(&dir).expect_err("refused");
         assert!(err.to_string().contains("certificate"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -254,7 +254,7 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Secret",
                 "metadata": {"name": "xds-ca", "namespace": "sluice"}, "data": {}}),
         );
-        let err = task.await.expect("no panic").err().expect("refused");
+        let err = task.await.expect("no panic").expect_err("refused");
         assert_eq!(
             err.to_string(),
             "CA Secret sluice/xds-ca: data.ca.crt is missing"

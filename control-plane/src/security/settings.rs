@@ -46,6 +46,9 @@ pub struct Security {
     pub pods: PodLiveness,
     pub client_cert_validity: Duration,
     pub admin: AdminAccess,
+    /// Also serve the gRPC health service, and nothing else, in plaintext here: kubelet gRPC
+    /// probes cannot speak TLS.
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Security {
@@ -56,6 +59,7 @@ impl Default for Security {
             pods: PodLiveness::Unchecked,
             client_cert_validity: DEFAULT_CLIENT_CERT_VALIDITY,
             admin: AdminAccess::Open,
+            health_listen: None,
         }
     }
 }

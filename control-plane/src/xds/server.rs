@@ -223,6 +223,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Tls(#[from] super::tls::TlsSetupError),
+    #[error("binding the health address {0}: {1}")]
+    Health(SocketAddr, std::io::Error),
 }
 
 /// Serves ADS, inspection, health and reflection (v1 and v1alpha, so grpcurl 1.8 works) on `addr`
@@ -263,14 +265,25 @@ pub async fn serve(
         shutdown.await;
         close_tx.send_replace(true);
     };
+    if let Some(health_addr) = security.health_listen {
+        let health_listener = tokio::net::TcpListener::bind(health_addr)
+            .await
+            .map_err(|e| ServeError::Health(health_addr, e))?;
+        tracing::info!(addr = %health_addr, "plaintext gRPC health listening");
+        let health_only = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(health_listener),
+                closed(closing.clone()),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = health_only.await {
+                tracing::error!(error = %e, "plaintext gRPC health stopped");
+            }
+        });
+    }
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let tls_config = match &security.tls {
-        Some(tls) => Some(super::tls::server_config(tls).map_err(|e| {
-            tracing::error!(error = %e, "xDS TLS configuration");
-            e
-        })),
-        None => None,
-    };
+    let tls_config = security.tls.as_ref().map(super::tls::server_config);
     tracing::info!(addr = ?addr, tls = security.tls.is_some(), "xDS server listening");
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
