@@ -183,7 +183,11 @@ fn the_kustomize_base_installs_the_control_plane_with_least_privilege() {
     );
     // The data planes run the control plane's own image.
     assert_eq!(env("SLUICE_DATA_PLANE_IMAGE")["value"], container["image"]);
-    assert!(container["readinessProbe"]["grpc"]["port"] == 18000);
+    // xDS is TLS; kubelet gRPC probes cannot speak it, so health is also served in plaintext.
+    assert!(args.contains(&"--xds-tls"), "{args:?}");
+    assert!(!args.contains(&"--allow-remote-plaintext"), "{args:?}");
+    assert!(args.contains(&"--health-listen=0.0.0.0:18001"), "{args:?}");
+    assert!(container["readinessProbe"]["grpc"]["port"] == 18001);
     let service = find(&docs, "Service", "sluice-control-plane");
     assert_eq!(service["spec"]["ports"][0]["port"], 18000);
     assert_eq!(
@@ -274,6 +278,16 @@ fn the_kustomize_base_installs_the_control_plane_with_least_privilege() {
             "{status}"
         );
     }
+    assert_eq!(
+        verbs_on("authentication.k8s.io", "tokenreviews"),
+        ["create"]
+    );
+    assert_eq!(verbs_on("", "pods"), ["get", "list", "watch"]);
+    let ca_role = find(&docs, "Role", "sluice-control-plane-xds-ca");
+    assert_eq!(
+        ca_role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}])
+    );
     let role = find(&docs, "Role", "sluice-control-plane-leader-election");
     assert_eq!(role["rules"][0]["resources"], serde_json::json!(["leases"]));
 

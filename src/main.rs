@@ -12,13 +12,19 @@ use sluice_control_plane::run::{
     Handles, KubernetesOptions, kubernetes_client, run_file_control_plane,
     run_kubernetes_control_plane,
 };
+use sluice_control_plane::security::ca_store::{load_or_create_in_dir, load_or_create_in_secret};
+use sluice_control_plane::security::{
+    AdminAccess, AdminTokens, Authenticator, BootstrapTokens, PodLiveness, Security, TlsMaterial,
+    TokenReviewer,
+};
 use sluice_control_plane::translate::gateway_api::index::Index;
 use sluice_control_plane::translate::gateway_api::is_our_class;
 use sluice_data_plane::pod::{self, PodOptions};
-use sluice_data_plane::xds::ClientOptions;
+use sluice_data_plane::xds::{ClientOptions, XdsTls};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -113,9 +119,43 @@ struct ControlPlaneArgs {
     #[arg(long, default_value = "127.0.0.1:18000")]
     listen: SocketAddr,
     /// Serve plaintext xDS on a non-loopback address. Data planes are not authenticated then:
-    /// only for trusted networks until mTLS lands.
-    #[arg(long)]
+    /// only for trusted networks. Without it a non-loopback address is served over TLS.
+    #[arg(long, conflicts_with_all = ["xds_tls", "xds_tls_dir"])]
     allow_remote_plaintext: bool,
+    /// Serve xDS over TLS with the control plane's own CA, and require data planes to
+    /// authenticate (client certificates obtained with a bootstrap token). With --kubernetes the
+    /// CA is kept in a Secret of the control plane's namespace. Implied by --xds-tls-dir and by
+    /// a non-loopback --listen.
+    #[arg(long)]
+    xds_tls: bool,
+    /// Keep the CA in this directory (ca.crt, ca.key; created when absent). Implies --xds-tls.
+    #[arg(long, conflicts_with = "kubernetes")]
+    xds_tls_dir: Option<PathBuf>,
+    /// With --kubernetes and TLS: the CA Secret in the control plane's namespace.
+    #[arg(long, default_value = sluice_control_plane::security::ca_store::DEFAULT_CA_SECRET)]
+    xds_ca_secret: String,
+    /// Names (DNS or IP) the xDS server certificate carries, comma-separated (default:
+    /// localhost, 127.0.0.1, and the `sluice-control-plane` Service's names in Kubernetes).
+    #[arg(long, value_delimiter = ',')]
+    xds_server_names: Vec<String>,
+    /// Outside Kubernetes with TLS: bootstrap tokens, one `TOKEN NAMESPACE/GATEWAY POD_PATTERN`
+    /// per line (POD_PATTERN a name or a prefix ending in `*`).
+    #[arg(long, conflicts_with = "kubernetes")]
+    xds_bootstrap_tokens: Option<PathBuf>,
+    /// With --kubernetes and TLS: the audience of the data planes' projected tokens.
+    #[arg(long, default_value = sluice_control_plane::security::tokens::DEFAULT_TOKEN_AUDIENCE)]
+    xds_token_audience: String,
+    /// Lifetime of the client certificates issued to data planes, in seconds (renewed at 2/3).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..))]
+    xds_client_cert_seconds: u64,
+    /// Admin tokens for the inspection service, one `TOKEN *` or `TOKEN NS1,NS2` per line.
+    /// Without it the inspection service is open on loopback plaintext and closed otherwise.
+    #[arg(long, env = "SLUICE_ADMIN_TOKENS")]
+    admin_tokens: Option<PathBuf>,
+    /// Also serve the gRPC health service (only) in plaintext on this address, for kubelet
+    /// gRPC probes, which cannot speak TLS.
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -123,9 +163,22 @@ struct DataPlaneArgs {
     /// The gateway this pod serves, "namespace/name".
     #[arg(long, env = "SLUICE_GATEWAY")]
     gateway: String,
-    /// Control-plane address.
+    /// Control-plane address; `https://` for TLS (needs --xds-ca or --xds-ca-file).
     #[arg(long, default_value = "http://127.0.0.1:18000", env = "SLUICE_XDS")]
     xds: String,
+    /// The control plane's CA certificate (PEM text), as the bootstrap ConfigMap carries it.
+    #[arg(long, env = "SLUICE_XDS_CA", hide_env_values = true)]
+    xds_ca: Option<String>,
+    /// The control plane's CA certificate file (PEM).
+    #[arg(long, env = "SLUICE_XDS_CA_FILE", conflicts_with = "xds_ca")]
+    xds_ca_file: Option<PathBuf>,
+    /// The name the control plane's certificate must carry (default: the host of --xds).
+    #[arg(long, env = "SLUICE_XDS_SERVER_NAME")]
+    xds_server_name: Option<String>,
+    /// The bootstrap token file, exchanged for a client certificate (a projected ServiceAccount
+    /// token in Kubernetes; re-read at every use).
+    #[arg(long, env = "SLUICE_XDS_TOKEN_FILE")]
+    xds_token_file: Option<PathBuf>,
     /// Pod identity; defaults to the host name and process id.
     #[arg(long, env = "SLUICE_NODE_ID")]
     node_id: Option<String>,
@@ -269,27 +322,72 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
-    if !args.listen.ip().is_loopback() && !args.allow_remote_plaintext {
+    let tls = args.xds_tls
+        || args.xds_tls_dir.is_some()
+        || (!args.listen.ip().is_loopback() && !args.allow_remote_plaintext);
+    if tls && !args.kubernetes && args.xds_tls_dir.is_none() {
         bail!(
-            "refusing to serve plaintext xDS on non-loopback address {}: data planes could not be \
-             authenticated (pass --allow-remote-plaintext on a trusted network)",
+            "TLS xDS outside Kubernetes keeps its CA in a directory: pass --xds-tls-dir DIR \
+             (or --allow-remote-plaintext on a trusted network to serve {} without TLS)",
             args.listen
         );
     }
+    if !tls && args.xds_bootstrap_tokens.is_some() {
+        bail!("--xds-bootstrap-tokens needs TLS xDS (--xds-tls-dir)");
+    }
+    let admin = match &args.admin_tokens {
+        Some(path) => AdminAccess::Tokens(AdminTokens::load(path).map_err(anyhow::Error::msg)?),
+        // Open only where nobody else can connect.
+        None if !tls && args.listen.ip().is_loopback() => AdminAccess::Open,
+        None => AdminAccess::Tokens(AdminTokens::default()),
+    };
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding the xDS address {}", args.listen))?;
+    let client_cert_validity = Duration::from_secs(args.xds_client_cert_seconds);
     if args.kubernetes {
         let client = kubernetes_client().await?;
         let lease_namespace = args
             .lease_namespace
             .unwrap_or_else(|| client.default_namespace().to_owned());
         let identity = args.pod_name.unwrap_or_else(default_node_id);
+        let security = if tls {
+            let ca =
+                load_or_create_in_secret(client.clone(), &lease_namespace, &args.xds_ca_secret)
+                    .await?;
+            let names = server_names(&args.xds_server_names, Some(&lease_namespace));
+            Security {
+                tls: Some(
+                    TlsMaterial::new(ca, &names).context("issuing the xDS server certificate")?,
+                ),
+                authenticator: Authenticator::Kubernetes(TokenReviewer::new(
+                    client.clone(),
+                    args.xds_token_audience.clone(),
+                )),
+                pods: PodLiveness::Kubernetes(Default::default()),
+                client_cert_validity,
+                admin,
+                health_listen: args.health_listen,
+            }
+        } else {
+            Security {
+                admin,
+                health_listen: args.health_listen,
+                ..Security::default()
+            }
+        };
         let defaults = OperatorSettings::default();
+        let default_xds = if tls {
+            defaults.xds_address.replacen("http://", "https://", 1)
+        } else {
+            defaults.xds_address.clone()
+        };
         let operator = OperatorSettings {
             data_plane_image: args.data_plane_image.unwrap_or(defaults.data_plane_image),
-            xds_address: args.data_plane_xds.unwrap_or(defaults.xds_address),
+            xds_address: args.data_plane_xds.unwrap_or(default_xds),
             namespace: args.namespace.clone(),
+            xds_ca_pem: security.tls.as_ref().map(|t| t.ca.cert_pem().to_owned()),
+            xds_token_audience: args.xds_token_audience,
             ..defaults
         };
         let options = KubernetesOptions {
@@ -297,19 +395,64 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
             lease: LeaseConfig::new(lease_namespace, identity),
             operator,
         };
-        run_kubernetes_control_plane(
-            client,
-            options,
-            listener,
-            Handles::default(),
-            shutdown_signal(),
-        )
-        .await?;
+        let handles = Handles {
+            security: Arc::new(security),
+            ..Handles::default()
+        };
+        run_kubernetes_control_plane(client, options, listener, handles, shutdown_signal()).await?;
     } else {
-        run_file_control_plane(args.config, listener, Handles::default(), shutdown_signal())
-            .await?;
+        let security = match &args.xds_tls_dir {
+            Some(dir) => {
+                let ca = load_or_create_in_dir(dir)?;
+                let names = server_names(&args.xds_server_names, None);
+                let authenticator = match &args.xds_bootstrap_tokens {
+                    Some(path) => Authenticator::Tokens(
+                        BootstrapTokens::load(path).map_err(anyhow::Error::msg)?,
+                    ),
+                    None => Authenticator::None,
+                };
+                Security {
+                    tls: Some(
+                        TlsMaterial::new(ca, &names)
+                            .context("issuing the xDS server certificate")?,
+                    ),
+                    authenticator,
+                    pods: PodLiveness::Unchecked,
+                    client_cert_validity,
+                    admin,
+                    health_listen: args.health_listen,
+                }
+            }
+            None => Security {
+                admin,
+                health_listen: args.health_listen,
+                ..Security::default()
+            },
+        };
+        let handles = Handles {
+            security: Arc::new(security),
+            ..Handles::default()
+        };
+        run_file_control_plane(args.config, listener, handles, shutdown_signal()).await?;
     }
     Ok(())
+}
+
+/// The server certificate's names: the given ones, else loopback and (in Kubernetes) the
+/// `sluice-control-plane` Service of `namespace`.
+fn server_names(given: &[String], namespace: Option<&str>) -> Vec<String> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    if let Some(ns) = namespace {
+        let service = "sluice-control-plane";
+        names.push(service.to_owned());
+        names.push(format!("{service}.{ns}"));
+        names.push(format!("{service}.{ns}.svc"));
+        names.push(format!("{service}.{ns}.svc.cluster.local"));
+    }
+    names
 }
 
 fn default_node_id() -> String {
@@ -324,6 +467,7 @@ fn client_options(
     gateway: String,
     node_id: Option<String>,
     geoip_database: Option<PathBuf>,
+    tls: Option<XdsTls>,
 ) -> ClientOptions {
     ClientOptions {
         geoip_database,
@@ -332,6 +476,7 @@ fn client_options(
         gateway,
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_secs(10),
+        tls,
     }
 }
 
@@ -348,6 +493,33 @@ async fn open_geoip(path: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// TLS settings of a data plane: on for an `https://` control plane, which needs its CA.
+fn data_plane_tls(args: &DataPlaneArgs) -> anyhow::Result<Option<XdsTls>> {
+    if !args.xds.starts_with("https://") {
+        if args.xds_ca.is_some() || args.xds_ca_file.is_some() || args.xds_token_file.is_some() {
+            bail!(
+                "--xds {} is plaintext: TLS settings (CA, token file) need an https:// address",
+                args.xds
+            );
+        }
+        return Ok(None);
+    }
+    let ca_pem = match (&args.xds_ca, &args.xds_ca_file) {
+        (Some(pem), _) => pem.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the xDS CA {}", path.display()))?,
+        (None, None) => bail!(
+            "--xds {} is TLS: pass the control plane's CA with --xds-ca-file or SLUICE_XDS_CA",
+            args.xds
+        ),
+    };
+    Ok(Some(XdsTls {
+        ca_pem,
+        server_name: args.xds_server_name.clone(),
+        token_file: args.xds_token_file.clone(),
+    }))
+}
+
 async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
     if !args.gateway.contains('/') {
         bail!(
@@ -356,8 +528,15 @@ async fn data_plane(args: DataPlaneArgs) -> anyhow::Result<()> {
         );
     }
     open_geoip(args.geoip_database.as_deref()).await?;
+    let tls = data_plane_tls(&args)?;
     let opts = PodOptions {
-        xds: client_options(args.xds, args.gateway, args.node_id, args.geoip_database),
+        xds: client_options(
+            args.xds,
+            args.gateway,
+            args.node_id,
+            args.geoip_database,
+            tls,
+        ),
         bind_ip: args.bind,
         admin_addr: args.admin,
         drain: Duration::from_secs(args.drain_seconds),
@@ -421,6 +600,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
                 gateway.clone(),
                 Some(format!("standalone-{}", gateway.replace('/', "-"))),
                 args.geoip_database.clone(),
+                None,
             ),
             bind_ip: args.bind,
             admin_addr: SocketAddr::new(args.bind, admin_port),

@@ -7,6 +7,7 @@ pub mod operator;
 pub mod provider;
 pub mod resource;
 pub mod run;
+pub mod security;
 pub mod signalled;
 pub mod status;
 pub mod translate;

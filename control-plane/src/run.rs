@@ -6,6 +6,7 @@ use crate::operator::{GatewayReports, OperatorSettings};
 use crate::provider::ObjectErrors;
 use crate::provider::file::FileProvider;
 use crate::provider::kubernetes::KubernetesProvider;
+use crate::security::{PodLiveness, Security};
 use crate::status::StatusBoard;
 use crate::status::gateway_api::GatewayApiBoard;
 use crate::status::writer::{Sources, StatusWriter};
@@ -23,7 +24,7 @@ pub enum RunError {
     #[error("config directory {0}: {1}")]
     ConfigDir(PathBuf, std::io::Error),
     #[error("xDS server: {0}")]
-    Server(#[from] tonic::transport::Error),
+    Server(#[from] xds::server::ServeError),
     #[error("no Kubernetes client configuration (in-cluster service account or KUBECONFIG)")]
     KubeConfig(#[source] kube::Error),
 }
@@ -43,6 +44,9 @@ pub struct Handles {
     /// Gateway API status as translation decided it (the controller fills it; the status
     /// writer applies it).
     pub api_board: GatewayApiBoard,
+    /// How the xDS server authenticates peers. The default, plaintext with open inspection, is
+    /// for loopback only (the binary refuses it elsewhere unless asked).
+    pub security: Arc<Security>,
 }
 
 impl Handles {
@@ -79,7 +83,14 @@ pub async fn run_file_control_plane(
     });
     let controller_task = tokio::spawn(handles.controller().run(rx));
     tracing::info!(dir = %dir.display(), "watching manifests");
-    let result = xds::serve(listener, handles.views, handles.clients, shutdown).await;
+    let result = xds::serve(
+        listener,
+        handles.views,
+        handles.clients,
+        handles.security,
+        shutdown,
+    )
+    .await;
     provider_task.abort();
     controller_task.abort();
     Ok(result?)
@@ -135,6 +146,15 @@ pub async fn run_kubernetes_control_plane(
     );
     let provider_task = tokio::spawn(provider.run(tx));
     let controller_task = tokio::spawn(handles.controller().run(rx));
+    // Every replica follows the data-plane pods: a deleted pod's credentials are revoked.
+    let pods_task = match &handles.security.pods {
+        PodLiveness::Kubernetes(pods) => Some(tokio::spawn(crate::security::pods::watch_pods(
+            client.clone(),
+            options.namespace.clone(),
+            pods.clone(),
+        ))),
+        PodLiveness::Unchecked => None,
+    };
     tracing::info!(
         identity = %options.lease.identity,
         lease = %format!("{}/{}", options.lease.namespace, options.lease.name),
@@ -149,7 +169,14 @@ pub async fn run_kubernetes_control_plane(
         leading,
     ));
 
-    let result = xds::serve(listener, handles.views, handles.clients, stopped(stop_rx)).await;
+    let result = xds::serve(
+        listener,
+        handles.views,
+        handles.clients,
+        handles.security,
+        stopped(stop_rx),
+    )
+    .await;
     // Let the elector release the Lease so another replica takes over at once.
     if tokio::time::timeout(RELEASE_TIMEOUT, elector)
         .await
@@ -158,6 +185,9 @@ pub async fn run_kubernetes_control_plane(
         tracing::warn!("the leader Lease was not released in time; it expires on its own");
     }
     duties.abort();
+    if let Some(task) = pods_task {
+        task.abort();
+    }
     provider_task.abort();
     controller_task.abort();
     Ok(result?)

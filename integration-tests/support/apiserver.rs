@@ -6,7 +6,8 @@
 //! (`application/apply-patch+yaml`, 409 too when it names a stale resourceVersion) on objects
 //! and on the `status` subresource (status-only writes do not bump `metadata.generation`), and
 //! delete. New GatewayClasses and Gateways get the status their CRDs default ("Waiting for
-//! controller"). Objects are stored as JSON; every request is recorded so tests can assert what
+//! controller"). TokenReview authenticates the ServiceAccount tokens tests register (with the
+//! pod-name / pod-uid claims and audiences of a projected token). Objects are stored as JSON; every request is recorded so tests can assert what
 //! the binary sent.
 
 use bytes::Bytes;
@@ -41,6 +42,8 @@ struct State {
     /// Every change, with its revision, for watches that start from an older one.
     history: Vec<(u64, Key, &'static str, Value)>,
     requests: Vec<Recorded>,
+    /// Registered ServiceAccount tokens: token -> (TokenReview `status.user`, audiences).
+    tokens: BTreeMap<String, (Value, Vec<String>)>,
 }
 
 #[derive(Clone)]
@@ -252,6 +255,66 @@ impl FakeApiServer {
         self.state.lock().unwrap().objects.get(&key).cloned()
     }
 
+    /// Registers a projected ServiceAccount token of `namespace/service_account`, bound to the
+    /// pod `pod_name` (`pod_uid`) and valid for `audience`, for TokenReview.
+    pub fn add_pod_token(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+        pod_name: &str,
+        pod_uid: &str,
+        audience: &str,
+    ) {
+        let user = json!({
+            "username": format!("system:serviceaccount:{namespace}:{service_account}"),
+            "uid": format!("sa-uid-{service_account}"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated"],
+            "extra": {
+                "authentication.kubernetes.io/pod-name": [pod_name],
+                "authentication.kubernetes.io/pod-uid": [pod_uid],
+            }
+        });
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .insert(token.to_owned(), (user, vec![audience.to_owned()]));
+    }
+
+    /// TokenReview as the API server answers it: unauthenticated for unknown tokens and for
+    /// audiences the token was not issued for.
+    fn token_review(&self, mut review: Value) -> Response<Body> {
+        let token = review["spec"]["token"].as_str().unwrap_or("").to_owned();
+        let wanted: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let known = self.state.lock().unwrap().tokens.get(&token).cloned();
+        review["status"] = match known {
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+            Some((user, audiences)) => {
+                let common: Vec<&String> = if wanted.is_empty() {
+                    audiences.iter().collect()
+                } else {
+                    wanted.iter().filter(|a| audiences.contains(a)).collect()
+                };
+                if common.is_empty() {
+                    json!({"authenticated": false,
+                        "error": "invalid bearer token, token audiences are invalid"})
+                } else {
+                    json!({"authenticated": true, "user": user, "audiences": common})
+                }
+            }
+        };
+        json_response(StatusCode::CREATED, &review)
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -337,6 +400,12 @@ impl FakeApiServer {
         let Some(t) = parse_path(&path) else {
             return status_error(StatusCode::NOT_FOUND, "NotFound", "no such path");
         };
+        if method == Method::POST
+            && t.prefix == "/apis/authentication.k8s.io/v1"
+            && t.plural == "tokenreviews"
+        {
+            return self.token_review(body);
+        }
         match (&method, &t.name) {
             (&Method::GET, None)
                 if query_param(&query, "watch").is_some_and(|w| w == "true" || w == "1") =>

@@ -17,6 +17,13 @@ pub const XDS_KEY: &str = "SLUICE_XDS";
 /// The log filter (`spec.server.logLevel`).
 pub const LOG_FILTER_KEY: &str = "RUST_LOG";
 pub const LOG_FORMAT_KEY: &str = "SLUICE_LOG_FORMAT";
+/// The control plane's CA (PEM), when xDS is TLS.
+pub const XDS_CA_KEY: &str = "SLUICE_XDS_CA";
+/// Where the pod finds its projected ServiceAccount token, when xDS is TLS.
+pub const XDS_TOKEN_FILE_KEY: &str = "SLUICE_XDS_TOKEN_FILE";
+/// The projected token's directory and file in the data-plane container.
+pub const XDS_TOKEN_DIR: &str = "/var/run/secrets/sluice/xds";
+pub const XDS_TOKEN_FILE: &str = "token";
 
 pub fn bootstrap_name(gw: &GatewayObject) -> String {
     format!("{}-bootstrap", gw.name)
@@ -29,7 +36,7 @@ pub fn bootstrap_config_map(gw: &GatewayObject, settings: &OperatorSettings) -> 
         LogLevel::Trace => "trace",
         LogLevel::Off => "off",
     };
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         (
             GATEWAY_KEY.to_owned(),
             format!("{}/{}", gw.namespace, gw.name),
@@ -38,6 +45,13 @@ pub fn bootstrap_config_map(gw: &GatewayObject, settings: &OperatorSettings) -> 
         (LOG_FILTER_KEY.to_owned(), level.to_owned()),
         (LOG_FORMAT_KEY.to_owned(), settings.log_format.clone()),
     ]);
+    if let Some(ca) = &settings.xds_ca_pem {
+        data.insert(XDS_CA_KEY.to_owned(), ca.clone());
+        data.insert(
+            XDS_TOKEN_FILE_KEY.to_owned(),
+            format!("{XDS_TOKEN_DIR}/{XDS_TOKEN_FILE}"),
+        );
+    }
     ConfigMap {
         metadata: child_metadata(gw, &bootstrap_name(gw)),
         data: Some(data),
@@ -112,6 +126,29 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn with_tls_it_carries_the_ca_bundle_and_the_token_path() {
+        let settings = OperatorSettings {
+            xds_address: "https://sluice-control-plane.sluice-system.svc:18000".into(),
+            xds_ca_pem: Some("-----BEGIN CERTIFICATE-----\nCA\n".into()),
+            ..OperatorSettings::default()
+        };
+        let cm = bootstrap_config_map(&gw(None), &settings);
+        let data = cm.data.as_ref().expect("data");
+        assert_eq!(data[XDS_CA_KEY], "-----BEGIN CERTIFICATE-----\nCA\n");
+        assert_eq!(
+            data[XDS_TOKEN_FILE_KEY],
+            "/var/run/secrets/sluice/xds/token"
+        );
+        assert_eq!(
+            data[XDS_KEY],
+            "https://sluice-control-plane.sluice-system.svc:18000"
+        );
+        // A new CA rolls the pods.
+        let plain = bootstrap_config_map(&gw(None), &OperatorSettings::default());
+        assert_ne!(bootstrap_digest(&cm), bootstrap_digest(&plain));
     }
 
     #[test]

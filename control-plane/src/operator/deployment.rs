@@ -9,13 +9,15 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Sysctl,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Sysctl, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
+use super::bootstrap::{XDS_TOKEN_DIR, XDS_TOKEN_FILE};
 use super::metadata::{child_metadata, labels, selector_labels};
 use super::ports::ListenerPort;
 use super::service_account::service_account_name;
@@ -34,6 +36,10 @@ pub const NODE_ID_ENV: &str = "SLUICE_NODE_ID";
 pub const BOOTSTRAP_DIGEST_ANNOTATION: &str = "sluice.dev/bootstrap-digest";
 /// The image's non-root user (distroless `nonroot`).
 pub const RUN_AS_USER: i64 = 65532;
+/// The projected xDS token volume (TLS mode).
+pub const XDS_TOKEN_VOLUME: &str = "xds-token";
+/// The projected token's lifetime: the shortest the API server allows; the kubelet refreshes it.
+pub const XDS_TOKEN_EXPIRATION_SECONDS: i64 = 600;
 /// Seconds the pod gets beyond its drain bound before it is killed.
 const TERMINATION_MARGIN_SECONDS: i64 = 5;
 
@@ -164,6 +170,14 @@ pub(crate) fn deployment(
             ..EnvFromSource::default()
         }]),
         ports: Some(container_ports),
+        volume_mounts: settings.xds_ca_pem.as_ref().map(|_| {
+            vec![VolumeMount {
+                name: XDS_TOKEN_VOLUME.to_owned(),
+                mount_path: XDS_TOKEN_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         liveness_probe: Some(admin_probe("/healthz", 10, 3)),
         readiness_probe: Some(admin_probe("/readyz", 5, 2)),
         resources: Some(resources),
@@ -190,8 +204,29 @@ pub(crate) fn deployment(
         }]
     });
 
+    // TLS xDS: a short-lived token bound to this pod and meant only for the control plane (its
+    // TokenReview checks the audience), exchanged for a client certificate at start. The pod's
+    // API token stays unmounted.
+    let volumes = settings.xds_ca_pem.as_ref().map(|_| {
+        vec![Volume {
+            name: XDS_TOKEN_VOLUME.to_owned(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(settings.xds_token_audience.clone()),
+                        expiration_seconds: Some(XDS_TOKEN_EXPIRATION_SECONDS),
+                        path: XDS_TOKEN_FILE.to_owned(),
+                    }),
+                    ..VolumeProjection::default()
+                }]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]
+    });
     let pod = PodSpec {
         containers: vec![container],
+        volumes,
         service_account_name: Some(service_account_name(gw)),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),

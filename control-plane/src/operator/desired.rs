@@ -126,6 +126,31 @@ mod tests {
     }
 
     #[test]
+    fn with_tls_xds_the_pods_get_a_projected_token_for_the_control_plane() {
+        let tls = OperatorSettings {
+            xds_ca_pem: Some("CA".into()),
+            ..settings()
+        };
+        let d = desired_objects(&gateway(json!({})), &tls).expect("valid");
+        let pod = &json_of(&d.deployment)["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "xds-token", "projected": {"sources": [{"serviceAccountToken": {
+                "audience": "sluice-xds", "expirationSeconds": 600, "path": "token"}}]}}])
+        );
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"],
+            json!([{"name": "xds-token", "mountPath": "/var/run/secrets/sluice/xds",
+                "readOnly": true}])
+        );
+        // The API token itself stays unmounted.
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        // Plaintext settings project nothing.
+        let plain = &json_of(&desired(json!({})).deployment)["spec"]["template"]["spec"];
+        assert_eq!(plain.get("volumes"), None);
+    }
+
+    #[test]
     fn a_default_gateway_runs_one_sluice_data_plane_pod() {
         let d = desired(json!({}));
         let digest = bootstrap_digest(&d.bootstrap);

@@ -7,6 +7,9 @@ pub const DEFAULT_DATA_PLANE_IMAGE: &str = concat!("sluice:", env!("CARGO_PKG_VE
 /// The control plane's xDS Service as `deploy/` installs it.
 pub const DEFAULT_XDS_ADDRESS: &str = "http://sluice-control-plane.sluice-system.svc:18000";
 
+/// The audience of the ServiceAccount token projected into data-plane pods (TLS mode).
+pub const DEFAULT_XDS_TOKEN_AUDIENCE: &str = crate::security::tokens::DEFAULT_TOKEN_AUDIENCE;
+
 /// The field manager of every server-side apply the operator sends.
 pub const DEFAULT_FIELD_MANAGER: &str = "sluice-operator";
 
@@ -28,6 +31,12 @@ pub struct OperatorSettings {
     /// Reconcile the Gateways of this namespace only (the control plane's `--namespace`);
     /// `None`: every namespace.
     pub namespace: Option<String>,
+    /// The control plane's CA (PEM) when xDS is TLS: the bootstrap carries it, and the pods get
+    /// a projected ServiceAccount token to obtain their client certificates with. `None`:
+    /// plaintext xDS (loopback development only).
+    pub xds_ca_pem: Option<String>,
+    /// The audience of the projected token (what the control plane's TokenReview asks for).
+    pub xds_token_audience: String,
 }
 
 impl Default for OperatorSettings {
@@ -39,6 +48,8 @@ impl Default for OperatorSettings {
             drain_seconds: 10,
             log_format: "json".to_owned(),
             namespace: None,
+            xds_ca_pem: None,
+            xds_token_audience: DEFAULT_XDS_TOKEN_AUDIENCE.to_owned(),
         }
     }
 }

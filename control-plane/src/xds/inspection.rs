@@ -2,7 +2,9 @@
 //! and each gateway's resources (fetched once or watched).
 
 use super::clients::Clients;
+use super::peer::bearer_token;
 use super::server::{Closing, closed, valid_gateway_id};
+use crate::security::{AdminScope, Security};
 use crate::views::{GatewayView, Views};
 use futures::Stream;
 use sluice_proto::discovery::inspection_server::Inspection;
@@ -22,22 +24,47 @@ use tonic::{Request, Response, Status};
 pub struct InspectionService {
     views: Arc<Views>,
     clients: Arc<Clients>,
+    security: Arc<Security>,
     closing: Closing,
 }
 
 impl InspectionService {
-    pub fn new(views: Arc<Views>, clients: Arc<Clients>, closing: Closing) -> Self {
+    pub fn new(
+        views: Arc<Views>,
+        clients: Arc<Clients>,
+        security: Arc<Security>,
+        closing: Closing,
+    ) -> Self {
         Self {
             views,
             clients,
+            security,
             closing,
         }
     }
 
-    fn view(&self, req: &GetResourcesRequest) -> Result<(Arc<GatewayView>, Option<usize>), Status> {
+    /// What the caller's admin credential lets it see.
+    fn scope<T>(&self, request: &Request<T>) -> Result<AdminScope, Status> {
+        self.security
+            .admin
+            .authorize(bearer_token(request).as_deref())
+            .map_err(Status::unauthenticated)
+    }
+
+    fn view(
+        &self,
+        req: &GetResourcesRequest,
+        scope: &AdminScope,
+    ) -> Result<(Arc<GatewayView>, Option<usize>), Status> {
         if !valid_gateway_id(&req.gateway) {
             return Err(Status::invalid_argument(format!(
                 "gateway {:?} must be \"namespace/name\"",
+                req.gateway
+            )));
+        }
+        if !scope.allows(&req.gateway) {
+            return Err(Status::permission_denied(format!(
+                "the admin token may not inspect gateway {} (outside its namespaces)",
                 req.gateway
             )));
         }
@@ -82,14 +109,16 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResourcesResponse, Stat
 impl Inspection for InspectionService {
     async fn list_gateways(
         &self,
-        _request: Request<ListGatewaysRequest>,
+        request: Request<ListGatewaysRequest>,
     ) -> Result<Response<ListGatewaysResponse>, Status> {
+        let scope = self.scope(&request)?;
         let mut ids = self.views.ids();
         for c in self.clients.all() {
             if !ids.contains(&c.gateway) {
                 ids.push(c.gateway);
             }
         }
+        ids.retain(|id| scope.allows(id));
         ids.sort();
         let gateways = ids
             .into_iter()
@@ -155,8 +184,9 @@ impl Inspection for InspectionService {
         &self,
         request: Request<GetResourcesRequest>,
     ) -> Result<Response<GetResourcesResponse>, Status> {
+        let scope = self.scope(&request)?;
         let req = request.into_inner();
-        let (view, filter) = self.view(&req)?;
+        let (view, filter) = self.view(&req, &scope)?;
         let (resources, _) = collect(&view, filter);
         Ok(Response::new(GetResourcesResponse {
             gateway: req.gateway,
@@ -170,8 +200,9 @@ impl Inspection for InspectionService {
         &self,
         request: Request<GetResourcesRequest>,
     ) -> Result<Response<Self::WatchResourcesStream>, Status> {
+        let scope = self.scope(&request)?;
         let req = request.into_inner();
-        let (view, filter) = self.view(&req)?;
+        let (view, filter) = self.view(&req, &scope)?;
         let (tx, rx) = mpsc::channel(4);
         let gateway = req.gateway;
         let closing = self.closing.clone();

@@ -1,9 +1,13 @@
-//! The xDS server: delta ADS streams (one per data-plane pod) and the read-only inspection service.
+//! The xDS server: delta ADS streams (one per data-plane pod), the identity service that issues
+//! their client certificates, and the read-only inspection service.
 
 pub mod clients;
+pub mod identity;
 pub mod inspection;
+pub mod peer;
 pub mod server;
 pub mod stream;
+pub mod tls;
 
 pub use clients::Clients;
 pub use server::{AdsService, serve};

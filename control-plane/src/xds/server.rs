@@ -2,13 +2,18 @@
 //! `StreamState` from requests and view changes.
 
 use super::clients::{ClientInfo, Clients};
+use super::identity::IdentityService;
 use super::inspection::InspectionService;
+use super::peer::ads_peer;
 use super::stream::StreamState;
+use crate::security::authorize::authorize_node;
+use crate::security::{PodIdentity, PodLiveness, Security};
 use crate::views::Views;
 use futures::Stream;
 use sluice_proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
+use sluice_proto::discovery::identity_server::IdentityServer;
 use sluice_proto::discovery::inspection_server::InspectionServer;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use std::net::SocketAddr;
@@ -25,15 +30,38 @@ const STREAM_BUFFER: usize = 16;
 pub struct AdsService {
     views: Arc<Views>,
     clients: Arc<Clients>,
+    security: Arc<Security>,
     closing: Closing,
 }
 
 impl AdsService {
-    pub fn new(views: Arc<Views>, clients: Arc<Clients>, closing: Closing) -> Self {
+    pub fn new(
+        views: Arc<Views>,
+        clients: Arc<Clients>,
+        security: Arc<Security>,
+        closing: Closing,
+    ) -> Self {
         Self {
             views,
             clients,
+            security,
             closing,
+        }
+    }
+}
+
+/// Resolves with the reason once `identity`'s credentials stop holding (its pod was deleted);
+/// never when liveness is not checked.
+async fn revoked(liveness: PodLiveness, identity: Option<PodIdentity>) -> String {
+    let (Some(identity), Some(mut changes)) = (identity, liveness.subscribe()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        if let Err(reason) = liveness.check(&identity) {
+            return reason;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
@@ -61,6 +89,7 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let authenticated = ads_peer(&request, &self.security)?;
         let peer = request
             .remote_addr()
             .map(|a| a.to_string())
@@ -81,7 +110,17 @@ impl AggregatedDiscoveryService for AdsService {
                 node.gateway
             )));
         }
-        tracing::info!(node = %node.id, gateway = %node.gateway, %peer, "data plane connected");
+        if let Some(cert) = &authenticated {
+            authorize_node(&cert.identity, &node, "client certificate").map_err(|reason| {
+                tracing::warn!(node = %node.id, gateway = %node.gateway, %peer, serial = %cert.serial, %reason, "ADS refused");
+                Status::permission_denied(reason)
+            })?;
+        }
+        let serial = authenticated
+            .as_ref()
+            .map(|c| c.serial.clone())
+            .unwrap_or_default();
+        tracing::info!(node = %node.id, gateway = %node.gateway, %peer, %serial, "data plane connected");
         let ledger = Arc::new(std::sync::Mutex::new(Default::default()));
         let id = self.clients.register(ClientInfo {
             node_id: node.id.clone(),
@@ -94,10 +133,18 @@ impl AggregatedDiscoveryService for AdsService {
         let views = self.views.clone();
         let clients = self.clients.clone();
         let closing = self.closing.clone();
+        let liveness = self.security.pods.clone();
+        let identity = authenticated.map(|c| c.identity);
+        let refusals = tx.clone();
         tokio::spawn(async move {
+            let node_id = node.id.clone();
             tokio::select! {
                 _ = run_stream(&views, &clients, node, ledger, first, inbound, tx) => {}
                 _ = closed(closing) => {}
+                reason = revoked(liveness, identity) => {
+                    tracing::warn!(node = %node_id, %reason, "closing the stream of a revoked pod");
+                    let _ = refusals.send(Err(Status::permission_denied(reason))).await;
+                }
             }
             clients.remove(id);
         });
@@ -170,14 +217,25 @@ async fn run_stream(
     tracing::info!(node = %node.id, gateway = %node.gateway, "data plane disconnected");
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsSetupError),
+    #[error("binding the health address {0}: {1}")]
+    Health(SocketAddr, std::io::Error),
+}
+
 /// Serves ADS, inspection, health and reflection (v1 and v1alpha, so grpcurl 1.8 works) on `addr`
 /// until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     views: Arc<Views>,
     clients: Arc<Clients>,
+    security: Arc<Security>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_not_serving::<AggregatedDiscoveryServiceServer<AdsService>>()
@@ -207,9 +265,27 @@ pub async fn serve(
         shutdown.await;
         close_tx.send_replace(true);
     };
+    if let Some(health_addr) = security.health_listen {
+        let health_listener = tokio::net::TcpListener::bind(health_addr)
+            .await
+            .map_err(|e| ServeError::Health(health_addr, e))?;
+        tracing::info!(addr = %health_addr, "plaintext gRPC health listening");
+        let health_only = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(health_listener),
+                closed(closing.clone()),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = health_only.await {
+                tracing::error!(error = %e, "plaintext gRPC health stopped");
+            }
+        });
+    }
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "xDS server listening");
-    tonic::transport::Server::builder()
+    let tls_config = security.tls.as_ref().map(super::tls::server_config);
+    tracing::info!(addr = ?addr, tls = security.tls.is_some(), "xDS server listening");
+    let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(v1)
@@ -218,16 +294,30 @@ pub async fn serve(
             AggregatedDiscoveryServiceServer::new(AdsService::new(
                 views.clone(),
                 clients.clone(),
+                security.clone(),
                 closing.clone(),
             ))
             .max_decoding_message_size(16 << 20),
         )
+        .add_service(IdentityServer::new(IdentityService::new(security.clone())))
         .add_service(InspectionServer::new(InspectionService::new(
-            views, clients, closing,
-        )))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await
+            views, clients, security, closing,
+        )));
+    match tls_config {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown,
+                )
+                .await?
+        }
+        Some(Ok(config)) => {
+            router
+                .serve_with_incoming_shutdown(super::tls::incoming(listener, config), shutdown)
+                .await?
+        }
+        Some(Err(e)) => return Err(e.into()),
+    }
+    Ok(())
 }

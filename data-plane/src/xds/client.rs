@@ -1,6 +1,7 @@
 //! The connection loop: connect, subscribe to every type with what is already held, apply and
 //! ACK each response, and reconnect with exponential backoff and jitter when the stream ends.
 
+use super::identity::{Credentials, XdsTls, keep_renewed};
 use super::state::{ConfigState, acknowledgement};
 use crate::config_dump::ActiveConfig;
 use crate::listeners::ProxyRuntime;
@@ -23,6 +24,8 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
     /// GeoIP country database for geoBlock middlewares (`--geoip-database`).
     pub geoip_database: Option<std::path::PathBuf>,
+    /// TLS with a client certificate from the control plane; `None`: plaintext (loopback).
+    pub tls: Option<XdsTls>,
 }
 
 /// `type_url::ALL` as metric labels.
@@ -37,6 +40,8 @@ enum StreamEnd {
     Status(#[from] tonic::Status),
     #[error("control plane closed the stream")]
     Closed,
+    #[error("client certificate: {0}")]
+    Identity(#[from] super::identity::IdentityError),
 }
 
 /// Runs until the process ends. `ready` becomes true once the initial state of every type has
@@ -52,10 +57,19 @@ pub async fn run(
     let mut state = ConfigState::with_metrics(metrics.clone());
     state.set_geoip_database(opts.geoip_database.clone());
     let mut backoff = opts.backoff_initial;
+    let credentials = opts.tls.clone().map(Credentials::new);
+    if let Some(credentials) = &credentials {
+        tokio::spawn(keep_renewed(
+            credentials.clone(),
+            opts.endpoint.clone(),
+            node(&opts),
+        ));
+    }
     loop {
         let mut got_response = false;
         let result = session(
             &opts,
+            credentials.as_deref(),
             &runtime,
             &ready,
             &mut state,
@@ -79,30 +93,40 @@ pub async fn run(
     }
 }
 
+fn node(opts: &ClientOptions) -> Node {
+    Node {
+        id: opts.node_id.clone(),
+        gateway: opts.gateway.clone(),
+        metadata: Default::default(),
+        build_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
 /// One connection: returns when the stream ends.
 async fn session(
     opts: &ClientOptions,
+    credentials: Option<&Credentials>,
     runtime: &Arc<ProxyRuntime>,
     ready: &watch::Sender<bool>,
     state: &mut ConfigState,
     active: &ActiveConfig,
     got_response: &mut bool,
 ) -> Result<(), StreamEnd> {
-    let channel = tonic::transport::Endpoint::from_shared(opts.endpoint.clone())?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(opts.endpoint.clone())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect()
-        .await?;
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    if let Some(credentials) = credentials {
+        if !credentials.has_valid() {
+            credentials.issue(&opts.endpoint, &node(opts)).await?;
+        }
+        endpoint = endpoint.tls_config(credentials.tls_config())?;
+    }
+    let channel = endpoint.connect().await?;
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(16 << 20);
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    let node = Node {
-        id: opts.node_id.clone(),
-        gateway: opts.gateway.clone(),
-        metadata: Default::default(),
-        build_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let node = node(opts);
     // The first request of every type carries the node and what is already held, so the
     // server sends only what differs.
     for (t, url) in type_url::ALL.iter().enumerate() {

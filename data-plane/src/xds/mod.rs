@@ -2,6 +2,8 @@
 //! ACKs only once the new snapshot is serving, and keeps serving while the control plane is away.
 
 pub mod client;
+pub mod identity;
 pub mod state;
 
 pub use client::{ClientOptions, run};
+pub use identity::XdsTls;

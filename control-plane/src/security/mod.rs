@@ -1,0 +1,21 @@
+//! Who may talk to the control plane: its own CA and the certificates it issues, how a pod's
+//! bootstrap credential is authenticated, which pods are still alive, and who may inspect.
+//!
+//! Pure rules (identities, authorization, token files) are free of I/O; the Kubernetes calls
+//! (CA Secret, TokenReview, the pod watch) are thin edges over them.
+
+pub mod admin;
+pub mod authorize;
+pub mod ca;
+pub mod ca_store;
+pub mod identity;
+pub mod pods;
+pub mod settings;
+pub mod tokens;
+
+pub use admin::{AdminAccess, AdminScope, AdminTokens};
+pub use ca::{CertificateAuthority, IssuedCertificate};
+pub use identity::{PeerCertificate, PodIdentity};
+pub use pods::{PodLiveness, PodSet};
+pub use settings::{Security, TlsMaterial};
+pub use tokens::{Authenticator, BootstrapTokens, TokenReviewer};

@@ -1,0 +1,873 @@
+//! xDS security end to end, through the real binary: TLS with the control plane's own CA, pods
+//! authenticated by projected ServiceAccount tokens (TokenReview on the in-process API server)
+//! or bootstrap tokens (file mode), client certificates bound to one gateway and pod, revocation
+//! when the pod is deleted, scoped admin tokens for inspection, and, on the wire, no Secret bytes
+//! of one gateway ever reaching another.
+
+mod support;
+
+use base64::Engine;
+use prost::Message;
+use serde_json::{Value, json};
+use sluice_proto::config::Secret as SecretResource;
+use sluice_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use sluice_proto::discovery::identity_client::IdentityClient;
+use sluice_proto::discovery::inspection_client::InspectionClient;
+use sluice_proto::discovery::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, GetResourcesRequest, IssueCertificateRequest,
+    ListGatewaysRequest, Node,
+};
+use sluice_proto::type_url;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::apiserver::FakeApiServer;
+use support::*;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+const GOMA: &str = "gateway.jkaninda.dev/v1alpha1";
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+const AUDIENCE: &str = "sluice-xds";
+const ADMIN_ALL: &str = "admin-all-0123456789";
+const ADMIN_EDGE: &str = "admin-edge-0123456789";
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A self-signed certificate and key (PEM) for `host`.
+fn site_cert(host: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn tls_secret(namespace: &str, name: &str, (cert, key): &(String, String)) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"tls.crt": b64(cert.as_bytes()), "tls.key": b64(key.as_bytes())}})
+}
+
+/// A data-plane pod of `gateway` as the operator labels it.
+fn pod(namespace: &str, name: &str, uid: &str, gateway: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "labels": {
+            "app.kubernetes.io/name": "sluice",
+            "app.kubernetes.io/instance": gateway,
+            "app.kubernetes.io/component": "data-plane",
+            "app.kubernetes.io/managed-by": "sluice"}},
+        "spec": {"containers": [{"name": "data-plane", "image": "sluice"}]}})
+}
+
+fn node(gateway: &str, id: &str) -> Node {
+    Node {
+        id: id.into(),
+        gateway: gateway.into(),
+        ..Default::default()
+    }
+}
+
+/// A client key + certificate (PEM).
+#[derive(Clone, Debug)]
+struct ClientCert {
+    cert: String,
+    key: String,
+}
+
+async fn channel(port: u16, ca: &str, cert: Option<&ClientCert>) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some(c) = cert {
+        tls = tls.identity(Identity::from_pem(&c.cert, &c.key));
+    }
+    Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// `Identity.IssueCertificate` with an optional bearer token and an optional current certificate.
+async fn issue(
+    port: u16,
+    ca: &str,
+    token: Option<&str>,
+    current: Option<&ClientCert>,
+    node: Node,
+) -> Result<ClientCert, Status> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr_pem = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let channel = channel(port, ca, current)
+        .await
+        .map_err(Status::unavailable)?;
+    let mut request = tonic::Request::new(IssueCertificateRequest {
+        node: Some(node),
+        csr_pem,
+    });
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
+    let issued = IdentityClient::new(channel)
+        .issue_certificate(request)
+        .await?
+        .into_inner();
+    assert_eq!(issued.ca_pem, ca);
+    Ok(ClientCert {
+        cert: issued.certificate_pem,
+        key: key.serialize_pem(),
+    })
+}
+
+/// An ADS stream subscribed to every type; each response is ACKed and recorded.
+struct AdsStream {
+    responses: mpsc::UnboundedReceiver<Result<DeltaDiscoveryResponse, Status>>,
+    /// Every response so far.
+    seen: Vec<DeltaDiscoveryResponse>,
+}
+
+async fn ads(
+    port: u16,
+    ca: &str,
+    cert: Option<&ClientCert>,
+    node: Node,
+) -> Result<AdsStream, Status> {
+    let channel = channel(port, ca, cert).await.map_err(Status::unavailable)?;
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+    for url in type_url::ALL {
+        tx.send(DeltaDiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: url.to_owned(),
+            resource_names_subscribe: vec!["*".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("queued");
+    }
+    let mut inbound = AggregatedDiscoveryServiceClient::new(channel)
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let (out, responses) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(resp)) => {
+                    let ack = DeltaDiscoveryRequest {
+                        type_url: resp.type_url.clone(),
+                        response_nonce: resp.nonce.clone(),
+                        ..Default::default()
+                    };
+                    let _ = tx.send(ack).await;
+                    if out.send(Ok(resp)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = out.send(Err(status));
+                    return;
+                }
+            }
+        }
+    });
+    Ok(AdsStream {
+        responses,
+        seen: Vec::new(),
+    })
+}
+
+impl AdsStream {
+    /// The next response, or the status that ended the stream.
+    async fn next(&mut self) -> Result<DeltaDiscoveryResponse, Status> {
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.responses.recv())
+            .await
+            .expect("a response within 10 s")
+            .unwrap_or_else(|| Err(Status::cancelled("stream ended")))?;
+        self.seen.push(resp.clone());
+        Ok(resp)
+    }
+
+    /// Reads until every type has answered once (the initial state).
+    async fn initial(&mut self) -> Result<(), Status> {
+        let mut answered = [false; 4];
+        while !answered.iter().all(|a| *a) {
+            let resp = self.next().await?;
+            if let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) {
+                answered[t] = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every Secret resource received: name -> decoded Secret.
+    fn secrets(&self) -> BTreeMap<String, SecretResource> {
+        self.seen
+            .iter()
+            .filter(|r| r.type_url == type_url::SECRET)
+            .flat_map(|r| r.resources.iter())
+            .filter_map(|r| {
+                let any = r.resource.as_ref()?;
+                Some((
+                    r.name.clone(),
+                    SecretResource::decode(any.value.as_slice()).ok()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether `needle` occurs in the bytes of any resource received, of any type.
+    fn carries(&self, needle: &[u8]) -> bool {
+        self.seen
+            .iter()
+            .flat_map(|r| r.resources.iter())
+            .filter_map(|r| r.resource.as_ref())
+            .any(|any| any.value.windows(needle.len()).any(|w| w == needle))
+    }
+}
+
+/// The first base64 line of a PEM key (64 random-looking characters), which its bytes carry
+/// wherever they travel.
+fn key_body(pem: &str) -> Vec<u8> {
+    let line = pem
+        .lines()
+        .find(|l| !l.starts_with("-----"))
+        .expect("a PEM body");
+    assert!(line.len() >= 32, "{line}");
+    line.as_bytes().to_vec()
+}
+
+fn assert_status(result: Result<impl Sized, Status>, code: Code, needle: &str) {
+    match result {
+        Ok(_) => panic!("expected {code:?} ({needle}), got success"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{s:?}");
+            assert!(
+                s.message().contains(needle),
+                "{:?} lacks {needle:?}",
+                s.message()
+            );
+        }
+    }
+}
+
+async fn eventually_some<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
+    let api = FakeApiServer::start().await;
+    let dir = TempDir::new("xds-sec-k8s");
+    dir.write("kubeconfig", &api.kubeconfig());
+    dir.write(
+        "admin-tokens",
+        &format!("{ADMIN_ALL} *\n{ADMIN_EDGE} edge\n"),
+    );
+    let kubeconfig = dir.path().join("kubeconfig");
+    let (_echo, echo_port) = echo("backend");
+    let (a_http, b_http) = (free_port(), free_port());
+    let (a_https, b_https) = (free_port(), free_port());
+    let a_cert = site_cert("a.test");
+    let b_cert = site_cert("b.test");
+    let c_cert = site_cert("c.test");
+    for (name, http, https, secret) in [
+        ("a", a_http, a_https, "a-cert"),
+        ("b", b_http, b_https, "b-cert"),
+    ] {
+        api.apply(json!({"apiVersion": GOMA, "kind": "Gateway",
+            "metadata": {"name": name, "namespace": "edge"},
+            "spec": {"service": {"httpPort": http, "httpsPort": https},
+                     "server": {"tls": [{"secretName": secret}]}}}));
+        api.apply(json!({"apiVersion": GOMA, "kind": "Route",
+            "metadata": {"name": format!("{name}-route"), "namespace": "edge"},
+            "spec": {"gateways": [name], "path": "/",
+                     "target": format!("http://127.0.0.1:{echo_port}")}}));
+    }
+    api.apply(tls_secret("edge", "a-cert", &a_cert));
+    api.apply(tls_secret("edge", "b-cert", &b_cert));
+    // A Gateway API Gateway in team-a whose listener names a Secret of team-b, which grants
+    // nothing (no ReferenceGrant).
+    api.apply(json!({"apiVersion": GATEWAY_API, "kind": "GatewayClass",
+        "metadata": {"name": "sluice"},
+        "spec": {"controllerName": "sluice.dev/gateway-controller"}}));
+    api.apply(json!({"apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "c", "namespace": "team-a"},
+        "spec": {"gatewayClassName": "sluice", "listeners": [
+            {"name": "http", "port": free_port(), "protocol": "HTTP"},
+            {"name": "https", "port": free_port(), "protocol": "HTTPS", "hostname": "c.test",
+             "tls": {"mode": "Terminate", "certificateRefs": [
+                {"kind": "Secret", "name": "c-cert", "namespace": "team-b"}]}}]}}));
+    api.apply(tls_secret("team-b", "c-cert", &c_cert));
+    for (ns, name, uid, gateway, sa) in [
+        ("edge", "a-1", "uid-a-1", "a", "a"),
+        ("edge", "b-1", "uid-b-1", "b", "b"),
+        ("team-a", "c-1", "uid-c-1", "c", "c"),
+    ] {
+        api.apply(pod(ns, name, uid, gateway));
+        api.add_pod_token(&format!("token-{name}"), ns, sa, name, uid, AUDIENCE);
+    }
+    api.add_pod_token(
+        "token-other-audience",
+        "edge",
+        "a",
+        "a-1",
+        "uid-a-1",
+        "vault",
+    );
+
+    let xds = free_port();
+    let _cp = Proc::start(
+        &[
+            "control-plane",
+            "--kubernetes",
+            "--xds-tls",
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+            "--admin-tokens",
+            dir.path().join("admin-tokens").to_str().expect("utf-8"),
+        ],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().expect("utf-8")),
+            ("POD_NAME", "cp-0"),
+            ("POD_NAMESPACE", "sluice-system"),
+        ],
+    );
+
+    // The CA was created in the control plane's namespace, with a type the provider never loads.
+    let ca_secret = eventually_some("the CA Secret", || {
+        api.get("/api/v1", "secrets", "sluice-system", "sluice-xds-ca")
+    })
+    .await;
+    assert_eq!(ca_secret["type"], "sluice.dev/xds-ca");
+    let decode = |key: &str| {
+        let text = ca_secret["data"][key].as_str().expect("base64 data");
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .expect("base64"),
+        )
+        .expect("PEM")
+    };
+    let ca = decode("ca.crt");
+    let ca_key = decode("ca.key");
+
+    // The operator's bootstrap carries the CA and the https address; pods project the token.
+    let bootstrap = eventually_some("gateway a's bootstrap ConfigMap", || {
+        api.get("/api/v1", "configmaps", "edge", "a-bootstrap")
+    })
+    .await;
+    assert_eq!(bootstrap["data"]["SLUICE_XDS_CA"], ca.as_str());
+    assert_eq!(
+        bootstrap["data"]["SLUICE_XDS"],
+        "https://sluice-control-plane.sluice-system.svc:18000"
+    );
+    assert_eq!(
+        bootstrap["data"]["SLUICE_XDS_TOKEN_FILE"],
+        "/var/run/secrets/sluice/xds/token"
+    );
+
+    // Wait until the server answers TLS, then: bootstrap credentials refused with a reason.
+    let mut attempt = issue(xds, &ca, Some("not-a-token"), None, node("edge/a", "a-1")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while attempt
+        .as_ref()
+        .is_err_and(|s| s.code() == Code::Unavailable)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no xDS server: {attempt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        attempt = issue(xds, &ca, Some("not-a-token"), None, node("edge/a", "a-1")).await;
+    }
+    assert_status(
+        attempt,
+        Code::Unauthenticated,
+        "the ServiceAccount token was not authenticated by TokenReview: invalid bearer token",
+    );
+    assert_status(
+        issue(
+            xds,
+            &ca,
+            Some("token-other-audience"),
+            None,
+            node("edge/a", "a-1"),
+        )
+        .await,
+        Code::Unauthenticated,
+        "token audiences are invalid",
+    );
+    assert_status(
+        issue(xds, &ca, None, None, node("edge/a", "a-1")).await,
+        Code::Unauthenticated,
+        "needs a bootstrap token",
+    );
+    // A pod asking for another gateway, and a forged node id.
+    assert_status(
+        issue(xds, &ca, Some("token-a-1"), None, node("edge/b", "a-1")).await,
+        Code::PermissionDenied,
+        "node.gateway \"edge/b\" is not the authenticated gateway \"edge/a\"",
+    );
+    assert_status(
+        issue(xds, &ca, Some("token-a-1"), None, node("edge/a", "a-2")).await,
+        Code::PermissionDenied,
+        "node.id \"a-2\" is not the authenticated pod \"a-1\"",
+    );
+
+    let a1 = issue(xds, &ca, Some("token-a-1"), None, node("edge/a", "a-1"))
+        .await
+        .expect("a-1 gets a certificate");
+    let b1 = issue(xds, &ca, Some("token-b-1"), None, node("edge/b", "b-1"))
+        .await
+        .expect("b-1 gets a certificate");
+    let c1 = issue(xds, &ca, Some("token-c-1"), None, node("team-a/c", "c-1"))
+        .await
+        .expect("c-1 gets a certificate");
+
+    // ADS: a certificate is required and binds the node.
+    assert_status(
+        async {
+            ads(xds, &ca, None, node("edge/a", "a-1"))
+                .await?
+                .initial()
+                .await
+        }
+        .await,
+        Code::Unauthenticated,
+        "ADS needs a client certificate",
+    );
+    assert_status(
+        async {
+            ads(xds, &ca, Some(&a1), node("edge/b", "a-1"))
+                .await?
+                .initial()
+                .await
+        }
+        .await,
+        Code::PermissionDenied,
+        "node.gateway \"edge/b\" is not the authenticated gateway \"edge/a\" (client certificate",
+    );
+    assert_status(
+        async {
+            ads(xds, &ca, Some(&a1), node("edge/a", "b-1"))
+                .await?
+                .initial()
+                .await
+        }
+        .await,
+        Code::PermissionDenied,
+        "node.id \"b-1\" is not the authenticated pod \"a-1\"",
+    );
+    // An expired certificate of the right CA is refused, with the reason.
+    let expired = {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let ca_key = rcgen::KeyPair::from_pem(&ca_key).expect("CA key");
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca, &ca_key).expect("issuer");
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            "spiffe://sluice/ns/edge/gateway/a/pod/a-1/uid/uid-a-1"
+                .try_into()
+                .expect("uri"),
+        )];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(7200);
+        params.not_after = now - Duration::from_secs(3600);
+        let cert = params.signed_by(&key, &issuer).expect("signed");
+        ClientCert {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    };
+    assert_status(
+        async {
+            ads(xds, &ca, Some(&expired), node("edge/a", "a-1"))
+                .await?
+                .initial()
+                .await
+        }
+        .await,
+        Code::Unauthenticated,
+        "the client certificate of pod edge/a-1 (uid uid-a-1) of gateway edge/a (serial",
+    );
+    assert_status(
+        issue(xds, &ca, None, Some(&expired), node("edge/a", "a-1")).await,
+        Code::Unauthenticated,
+        "s ago; obtain a new one",
+    );
+
+    // On the wire: each gateway's streams carry its own Secret and no byte of another's.
+    let mut a_stream = ads(xds, &ca, Some(&a1), node("edge/a", "a-1"))
+        .await
+        .expect("a-1 ADS");
+    a_stream.initial().await.expect("a-1 initial state");
+    let mut b_stream = ads(xds, &ca, Some(&b1), node("edge/b", "b-1"))
+        .await
+        .expect("b-1 ADS");
+    b_stream.initial().await.expect("b-1 initial state");
+    let mut c_stream = ads(xds, &ca, Some(&c1), node("team-a/c", "c-1"))
+        .await
+        .expect("c-1 ADS");
+    c_stream.initial().await.expect("c-1 initial state");
+    assert!(a_stream.carries(&key_body(&a_cert.1)), "a gets its own key");
+    assert!(b_stream.carries(&key_body(&b_cert.1)), "b gets its own key");
+    assert!(!a_stream.carries(&key_body(&b_cert.1)), "b's key reached a");
+    assert!(!b_stream.carries(&key_body(&a_cert.1)), "a's key reached b");
+    for stream in [&a_stream, &b_stream, &c_stream] {
+        assert!(
+            !stream.carries(&key_body(&c_cert.1)),
+            "team-b's key was delivered without a ReferenceGrant"
+        );
+    }
+    assert!(
+        c_stream.secrets().is_empty(),
+        "c holds no Secret: {:?}",
+        c_stream.secrets().keys()
+    );
+    // A rotation of a's certificate reaches a only.
+    let rotated = site_cert("a.test");
+    api.apply(tls_secret("edge", "a-cert", &rotated));
+    loop {
+        a_stream.next().await.expect("a's stream stays open");
+        if a_stream.carries(&key_body(&rotated.1)) {
+            break;
+        }
+    }
+    // b and c are told nothing: within a second, no response at all.
+    for stream in [&mut b_stream, &mut c_stream] {
+        let quiet = tokio::time::timeout(Duration::from_secs(1), stream.responses.recv()).await;
+        assert!(
+            quiet.is_err(),
+            "an unaffected gateway got a push: {quiet:?}"
+        );
+        assert!(!stream.carries(&key_body(&rotated.1)));
+    }
+
+    // Inspection needs an admin token, and a scoped one sees its namespaces only.
+    let inspection = |token: Option<&'static str>| {
+        let ca = ca.clone();
+        async move {
+            let channel = channel(xds, &ca, None).await.expect("channel");
+            let mut request = tonic::Request::new(ListGatewaysRequest {});
+            if let Some(t) = token {
+                request.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {t}").parse().expect("header"),
+                );
+            }
+            InspectionClient::new(channel)
+                .list_gateways(request)
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .gateways
+                        .into_iter()
+                        .map(|g| g.gateway)
+                        .collect::<Vec<_>>()
+                })
+        }
+    };
+    assert_status(
+        inspection(None).await,
+        Code::Unauthenticated,
+        "needs an admin credential",
+    );
+    assert_status(
+        inspection(Some("admin-wrong-0123456789")).await,
+        Code::Unauthenticated,
+        "the admin token is not valid",
+    );
+    let all = inspection(Some(ADMIN_ALL)).await.expect("all gateways");
+    assert!(
+        all.contains(&"team-a/c".to_owned()) && all.contains(&"edge/a".to_owned()),
+        "{all:?}"
+    );
+    let edge = inspection(Some(ADMIN_EDGE)).await.expect("edge gateways");
+    assert_eq!(edge, vec!["edge/a".to_owned(), "edge/b".to_owned()]);
+    let mut request = tonic::Request::new(GetResourcesRequest {
+        gateway: "team-a/c".into(),
+        type_url: String::new(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_EDGE}").parse().expect("header"),
+    );
+    assert_status(
+        InspectionClient::new(channel(xds, &ca, None).await.expect("channel"))
+            .get_resources(request)
+            .await,
+        Code::PermissionDenied,
+        "may not inspect gateway team-a/c",
+    );
+
+    // Revocation: deleting a-1 closes its open stream, and its certificate is refused after.
+    api.delete(&pod("edge", "a-1", "uid-a-1", "a"));
+    let closed = loop {
+        match a_stream.next().await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(closed.code(), Code::PermissionDenied, "{closed:?}");
+    assert!(
+        closed.message().contains("credentials of pod edge/a-1 (uid uid-a-1) of gateway edge/a are revoked: the pod was deleted"),
+        "{closed:?}"
+    );
+    assert_status(
+        async {
+            ads(xds, &ca, Some(&a1), node("edge/a", "a-1"))
+                .await?
+                .initial()
+                .await
+        }
+        .await,
+        Code::PermissionDenied,
+        "are revoked",
+    );
+    assert_status(
+        issue(xds, &ca, None, Some(&a1), node("edge/a", "a-1")).await,
+        Code::PermissionDenied,
+        "are revoked",
+    );
+    // b is unaffected and renews with its certificate alone.
+    issue(xds, &ca, None, Some(&b1), node("edge/b", "b-1"))
+        .await
+        .expect("b-1 renews");
+    let quiet = tokio::time::timeout(Duration::from_millis(500), b_stream.responses.recv()).await;
+    assert!(quiet.is_err(), "b's stream was disturbed: {quiet:?}");
+
+    // The real data plane: bootstraps with its projected token and serves gateway b.
+    dir.write("ca.pem", &ca);
+    dir.write("token-b", "token-b-1\n");
+    let admin = free_port();
+    let _dp = Proc::start(
+        &[
+            "data-plane",
+            "--gateway",
+            "edge/b",
+            "--node-id",
+            "b-1",
+            "--xds",
+            &format!("https://127.0.0.1:{xds}"),
+            "--xds-server-name",
+            "localhost",
+            "--bind",
+            "127.0.0.1",
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ],
+        &[
+            ("SLUICE_XDS_CA", ca.as_str()),
+            (
+                "SLUICE_XDS_TOKEN_FILE",
+                dir.path().join("token-b").to_str().expect("utf-8"),
+            ),
+        ],
+    );
+    wait_ok(b_http, "localhost", "/", Duration::from_secs(30)).await;
+    // A pod with a bad token is refused with TokenReview's reason and serves nothing.
+    dir.write("token-bad", "forged\n");
+    let bad = Proc::start(
+        &[
+            "data-plane",
+            "--gateway",
+            "edge/a",
+            "--node-id",
+            "a-9",
+            "--xds",
+            &format!("https://127.0.0.1:{xds}"),
+            "--xds-ca-file",
+            dir.path().join("ca.pem").to_str().expect("utf-8"),
+            "--xds-token-file",
+            dir.path().join("token-bad").to_str().expect("utf-8"),
+            "--bind",
+            "127.0.0.1",
+            "--admin",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &[],
+    );
+    bad.wait_log(
+        "the control plane refused to issue a certificate: the ServiceAccount token was not authenticated by TokenReview: invalid bearer token",
+        Duration::from_secs(20),
+    );
+    assert!(!bad.log().contains("xDS stream open"), "{}", bad.log());
+}
+
+/// Outside Kubernetes: the CA lives in a directory, pods bootstrap with a token of the control
+/// plane's file, renew at 2/3 of the certificate's life without dropping the stream; a bad
+/// token is refused; remote plaintext needs to be asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_mode_bootstraps_with_a_token_and_renews_without_dropping_the_stream() {
+    let dir = TempDir::new("xds-sec-file");
+    let (_echo, echo_port) = echo("backend");
+    let http = free_port();
+    dir.write("config/gw.yaml", &gateway_yaml("gw", http));
+    dir.write(
+        "config/route.yaml",
+        &route_yaml("api", "gw", "/api", echo_port, ""),
+    );
+    dir.write("tokens", "bootstrap-0123456789abcdef default/gw gw-*\n");
+    dir.write("good", "bootstrap-0123456789abcdef\n");
+    dir.write("bad", "bootstrap-0123456789abcdeX\n");
+    let xds = free_port();
+    let health = free_port();
+    let ca_dir = dir.path().join("ca");
+    let cp = Proc::start(
+        &[
+            "control-plane",
+            "--config",
+            dir.path().join("config").to_str().expect("utf-8"),
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+            "--xds-tls-dir",
+            ca_dir.to_str().expect("utf-8"),
+            "--xds-bootstrap-tokens",
+            dir.path().join("tokens").to_str().expect("utf-8"),
+            "--xds-client-cert-seconds",
+            "12",
+            "--health-listen",
+            &format!("127.0.0.1:{health}"),
+        ],
+        &[],
+    );
+    cp.wait_log("xDS server listening", Duration::from_secs(20));
+    // Probes (which cannot speak TLS) get the health service, and only it, in plaintext.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{health}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("plaintext health port");
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = tonic_health::pb::health_client::HealthClient::new(plain.clone())
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "sluice.discovery.v1.AggregatedDiscoveryService".into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        if status == serving {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never SERVING: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_status(
+        InspectionClient::new(plain)
+            .list_gateways(ListGatewaysRequest {})
+            .await,
+        Code::Unimplemented,
+        "",
+    );
+    let ca_file = ca_dir.join("ca.crt");
+    let data_plane = |id: &str, token: &str| {
+        Proc::start(
+            &[
+                "data-plane",
+                "--gateway",
+                "default/gw",
+                "--node-id",
+                id,
+                "--xds",
+                &format!("https://localhost:{xds}"),
+                "--xds-ca-file",
+                ca_file.to_str().expect("utf-8"),
+                "--xds-token-file",
+                dir.path().join(token).to_str().expect("utf-8"),
+                "--bind",
+                "127.0.0.1",
+                "--admin",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+            &[],
+        )
+    };
+    let good = data_plane("gw-1", "good");
+    wait_ok(http, "localhost", "/api", Duration::from_secs(30)).await;
+    // Renewed at ~8 s of 12, on the same stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while good
+        .log()
+        .matches("obtained an xDS client certificate")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal:\n{}",
+            good.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        good.log().matches("xDS stream open").count(),
+        1,
+        "{}",
+        good.log()
+    );
+    assert!(!good.log().contains("xDS stream down"), "{}", good.log());
+    assert!(
+        cp.log().contains("credential=client certificate"),
+        "{}",
+        cp.log()
+    );
+    wait_ok(http, "localhost", "/api", Duration::from_secs(5)).await;
+
+    let bad = data_plane("gw-2", "bad");
+    bad.wait_log(
+        "the control plane refused to issue a certificate: the bootstrap token is not valid",
+        Duration::from_secs(20),
+    );
+    let outside = data_plane("other-1", "good");
+    outside.wait_log(
+        "node.id \"other-1\" does not match the pod pattern \"gw-*\" of the bootstrap token",
+        Duration::from_secs(20),
+    );
+
+    // Plaintext on a non-loopback address must be asked for.
+    let mut remote = Proc::start(
+        &[
+            "control-plane",
+            "--config",
+            dir.path().join("config").to_str().expect("utf-8"),
+            "--listen",
+            &format!("0.0.0.0:{}", free_port()),
+        ],
+        &[],
+    );
+    remote.wait_log(
+        "TLS xDS outside Kubernetes keeps its CA in a directory",
+        Duration::from_secs(10),
+    );
+    assert!(!remote.terminate(Duration::from_secs(10)).success());
+}
