@@ -65,12 +65,11 @@ pub(super) fn rewrite_regex(rule: &RewriteRegexRule) -> Result<Kind> {
             ));
         };
         let inner = &token["{{goma.".len()..end];
-        let named = |p: &str| {
-            inner
-                .strip_prefix(p)
-                .is_some_and(|n| !n.is_empty() && !n.contains(|c: char| c.is_whitespace()))
-        };
-        if !named("headers.") && !named("query.") {
+        let header = inner.strip_prefix("headers.").is_some_and(is_token);
+        let query = inner
+            .strip_prefix("query.")
+            .is_some_and(|n| !n.is_empty() && !n.contains(|c: char| c.is_whitespace()));
+        if !header && !query {
             return Err(error(
                 "replacement",
                 format!(
@@ -475,6 +474,11 @@ mod tests {
             (
                 "rewriteRegex",
                 json!({"pattern": "^/", "replacement": "/{{goma.query.a"}),
+                "spec.rule.replacement: ",
+            ),
+            (
+                "rewriteRegex",
+                json!({"pattern": "^/", "replacement": "/{{goma.headers.a(b}}"}),
                 "spec.rule.replacement: ",
             ),
             (
