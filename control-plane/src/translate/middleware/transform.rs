@@ -2,7 +2,8 @@
 //! requestHeaders, responseHeaders, accessLog) to their messages. Pure.
 //!
 //! What the data plane would refuse is refused here with the Middleware's own field, so the
-//! route is withdrawn with a clear reason rather than NACKed. responseHeaders' Set-Cookie values
+//! route is not served with it (a route that was keeps its last good version) and the reason is
+//! clear, rather than NACKed. responseHeaders' Set-Cookie values
 //! are rendered here, and the templates `{route.name}`, `{route.path}`, `{route.target}` and
 //! `{gateway.version}` in its header and cookie values are expanded for the route.
 
@@ -19,12 +20,13 @@ use std::collections::BTreeMap;
 
 type Result<T> = std::result::Result<T, Vec<FieldError>>;
 
-/// An error at `spec.rule.<field>`: the route is not served without this middleware.
+/// An invalid rule at `spec.rule.<field>`: a route never served with this middleware is not
+/// served; one that was keeps its last good version (with the last good rule).
 fn error(field: impl std::fmt::Display, reason: impl Into<String>) -> Vec<FieldError> {
     vec![FieldError {
         field: format!("spec.rule.{field}"),
         reason: reason.into(),
-        fail_closed: true,
+        fail_closed: false,
     }]
 }
 
@@ -380,7 +382,8 @@ mod tests {
         }))
         .expect("test middleware");
         translate_middleware(&mw, &ROUTE).map_err(|errors| {
-            assert!(errors.iter().all(|e| e.fail_closed), "{errors:?}");
+            // Invalid, not unenforceable: a route keeps its last good version.
+            assert!(errors.iter().all(|e| !e.fail_closed), "{errors:?}");
             errors
                 .iter()
                 .map(ToString::to_string)
