@@ -367,10 +367,3 @@ fn compile_kind(
 fn boxed<M: Middleware + 'static>(m: Result<M, String>) -> Result<Box<dyn Middleware>, String> {
     Ok(Box::new(m?))
 }
-
-/// A type this data plane does not implement: the route is NACKed, never served without it.
-fn unsupported(kind: &str) -> Result<Box<dyn Middleware>, String> {
-    Err(format!(
-        "{kind}: this data plane does not support this middleware type"
-    ))
-}

@@ -133,18 +133,6 @@ fn translate_rule(
     }
 }
 
-/// A type this version does not translate: routes naming it are withdrawn (fail closed).
-fn not_enforced(mw: &goma::Middleware) -> Result<pb::middleware::Kind, Vec<FieldError>> {
-    Err(vec![FieldError {
-        field: "spec.type".into(),
-        reason: format!(
-            "{} middlewares are not enforced by this version",
-            mw.spec.middleware_type
-        ),
-        fail_closed: true,
-    }])
-}
-
 /// An HTTP service a middleware calls at `url` (`scheme://host[:port][/path][?query]`): the
 /// Cluster that reaches it (named `route.cluster_name(mw, purpose)`) is pushed into `out`.
 /// `insecure_skip_verify` turns off certificate checks of an https service.
@@ -298,6 +286,7 @@ mod tests {
         namespace: "team",
         route_name: "api",
         route_path: "/api",
+        route_target: "",
     };
 
     fn kind(t: &TranslatedMiddleware) -> &pb::middleware::Kind {
