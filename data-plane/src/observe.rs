@@ -171,6 +171,7 @@ impl InFlight<'_> {
             a.route = report.route.take();
             a.cluster = report.cluster.take();
             a.endpoint = report.endpoint.take();
+            a.log_fields = std::mem::take(&mut report.log_fields);
         }
         if stats.is_none() && access.is_none() {
             return None;

@@ -393,6 +393,7 @@ pub fn translate_route(
         namespace: ns,
         route_name: name,
         route_path: &path,
+        route_target: spec.target.as_deref().unwrap_or_default(),
     };
     let mut route_middlewares = Vec::with_capacity(spec.middlewares.len());
     let mut middleware_clusters = Vec::new();

@@ -18,15 +18,24 @@ mod client_url;
 pub mod error_interceptor;
 pub mod forward_auth;
 pub mod geo_block;
+mod header_rules;
+pub mod headers;
 pub mod http_cache;
 pub mod jwt;
 pub mod ldap;
+pub mod log_fields;
 pub mod oauth;
 pub mod password_hash;
 pub mod rate_limit;
+pub mod redirects;
+pub mod rewrite_path;
 pub mod scope;
 pub mod state;
+pub mod strip_query;
 pub mod subrequest;
+#[cfg(test)]
+mod transform_testing;
+mod upstream_uri;
 
 use crate::proxy::response::ProxyBody;
 use crate::router::CompiledRoute;
@@ -340,23 +349,21 @@ fn compile_kind(
             access::compile_user_agent_block(u).map_err(|e| format!("user_agent_block.{e}"))
         }
         K::BodyLimit(b) => body_limit::compile(b).map_err(|e| format!("body_limit.{e}")),
-        K::AddPrefix(_) => unsupported("add_prefix"),
-        K::RewriteRegex(_) => unsupported("rewrite_regex"),
-        K::StripQuery(_) => unsupported("strip_query"),
-        K::Redirect(_) => unsupported("redirect"),
-        K::RedirectScheme(_) => unsupported("redirect_scheme"),
-        K::RedirectRegex(_) => unsupported("redirect_regex"),
+        K::AddPrefix(p) => boxed(rewrite_path::AddPrefix::compile(p)),
+        K::RewriteRegex(r) => boxed(rewrite_path::RewriteRegex::compile(r)),
+        K::StripQuery(s) => boxed(strip_query::StripQuery::compile(s)),
+        K::Redirect(r) => boxed(redirects::RedirectTo::compile(r)),
+        K::RedirectScheme(r) => boxed(redirects::RedirectScheme::compile(r)),
+        K::RedirectRegex(r) => boxed(redirects::RedirectRegex::compile(r)),
         K::HttpCache(rule) => http_cache::compile(m, rule, env),
-        K::ResponseHeaders(_) => unsupported("response_headers"),
-        K::RequestHeaders(_) => unsupported("request_headers"),
-        K::AccessLog(_) => unsupported("access_log"),
+        K::ResponseHeaders(h) => boxed(headers::ResponseHeaders::compile(h)),
+        K::RequestHeaders(h) => boxed(headers::RequestHeaders::compile(h)),
+        K::AccessLog(a) => boxed(log_fields::LogFields::compile(a)),
         K::ErrorInterceptor(rule) => error_interceptor::compile(rule, env),
     }
 }
 
-/// A type this data plane does not implement: the route is NACKed, never served without it.
-fn unsupported(kind: &str) -> Result<Box<dyn Middleware>, String> {
-    Err(format!(
-        "{kind}: this data plane does not support this middleware type"
-    ))
+/// A compiled middleware, boxed.
+fn boxed<M: Middleware + 'static>(m: Result<M, String>) -> Result<Box<dyn Middleware>, String> {
+    Ok(Box::new(m?))
 }

@@ -62,7 +62,7 @@ impl<'a> RequestView<'a> {
 }
 
 /// Form-style percent decoding (`+` is a space); borrows when there is nothing to decode.
-fn decode(s: &str) -> Cow<'_, str> {
+pub(crate) fn decode(s: &str) -> Cow<'_, str> {
     if !s.bytes().any(|b| b == b'%' || b == b'+') {
         return Cow::Borrowed(s);
     }

@@ -562,6 +562,8 @@ fn extension_middleware(
         namespace: ctx.namespace,
         route_name: &route_name,
         route_path: "/",
+        // An HTTPRoute rule has backendRefs, not one target URL.
+        route_target: "",
     };
     let t = middleware::translate_middleware(mw, &context).map_err(|errors| {
         let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();

@@ -120,6 +120,7 @@ mod tests {
         namespace: "default",
         route_name: "api",
         route_path: "/api",
+        route_target: "",
     };
 
     #[test]

@@ -20,6 +20,7 @@ mod jwt;
 mod ldap;
 mod oauth;
 mod traffic;
+mod transform;
 
 use super::FieldError;
 use crate::model::goma::middleware_rule::MiddlewareRule;
@@ -45,6 +46,8 @@ pub struct RouteContext<'a> {
     pub route_name: &'a str,
     /// The route's normalized path ("/api").
     pub route_path: &'a str,
+    /// The route's `spec.target` ("" when it has backends instead).
+    pub route_target: &'a str,
 }
 
 impl RouteContext<'_> {
@@ -116,30 +119,18 @@ fn translate_rule(
         R::GeoBlock(r) => traffic::geo_block(r),
         R::UserAgentBlock(r) => traffic::user_agent_block(r),
         R::BodyLimit(r) => traffic::body_limit(r),
-        R::AddPrefix(_) => not_enforced(mw),
-        R::RewriteRegex(_) => not_enforced(mw),
-        R::StripQuery(_) => not_enforced(mw),
-        R::Redirect(_) => not_enforced(mw),
-        R::RedirectScheme(_) => not_enforced(mw),
-        R::RedirectRegex(_) => not_enforced(mw),
+        R::AddPrefix(r) => transform::add_prefix(r),
+        R::RewriteRegex(r) => transform::rewrite_regex(r),
+        R::StripQuery(r) => transform::strip_query(r),
+        R::Redirect(r) => transform::redirect(r),
+        R::RedirectScheme(r) => transform::redirect_scheme(r),
+        R::RedirectRegex(r) => transform::redirect_regex(r),
         R::HttpCache(rule) => cache::translate(rule),
-        R::ResponseHeaders(_) => not_enforced(mw),
-        R::RequestHeaders(_) => not_enforced(mw),
-        R::AccessLog(_) => not_enforced(mw),
+        R::ResponseHeaders(r) => transform::response_headers(r, route),
+        R::RequestHeaders(r) => transform::request_headers(r),
+        R::AccessLog(r) => transform::access_log(r),
         R::ErrorInterceptor(rule) => error_interceptor::translate(rule),
     }
-}
-
-/// A type this version does not translate: routes naming it are withdrawn (fail closed).
-fn not_enforced(mw: &goma::Middleware) -> Result<pb::middleware::Kind, Vec<FieldError>> {
-    Err(vec![FieldError {
-        field: "spec.type".into(),
-        reason: format!(
-            "{} middlewares are not enforced by this version",
-            mw.spec.middleware_type
-        ),
-        fail_closed: true,
-    }])
 }
 
 /// An HTTP service a middleware calls at `url` (`scheme://host[:port][/path][?query]`): the
@@ -295,6 +286,7 @@ mod tests {
         namespace: "team",
         route_name: "api",
         route_path: "/api",
+        route_target: "",
     };
 
     fn kind(t: &TranslatedMiddleware) -> &pb::middleware::Kind {
@@ -451,6 +443,7 @@ mod tests {
             namespace: "default",
             route_name: "api",
             route_path: "/api",
+            route_target: "",
         };
         let errors = translate_middleware(&mw(vec![]), &route).unwrap_err();
         assert_eq!(

@@ -177,6 +177,7 @@ mod tests {
         namespace: "default",
         route_name: "app",
         route_path: "/app",
+        route_target: "",
     };
 
     fn custom(redirect: &str) -> serde_json::Value {
