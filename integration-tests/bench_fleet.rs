@@ -13,7 +13,8 @@
 //! * restart storm: SIGKILL the control plane, start it again: time until every pod has
 //!   re-ACKed, resources resent although unchanged (must be 0), streams shed, peak RSS.
 //!
-//! Run: `CARGO_INCREMENTAL=0 cargo bench --bench fleet`. Sizes: FLEET_GATEWAYS (100),
+//! Run: `CARGO_INCREMENTAL=0 cargo bench --bench fleet` (FLEET_API=gateway-api: Gateway API
+//! Gateways with HTTP + HTTPS listeners, HTTPRoutes, Services and EndpointSlices). Sizes: FLEET_GATEWAYS (100),
 //! FLEET_ROUTES (10000, in total), FLEET_PODS (10 per gateway), FLEET_CHANGES (200),
 //! FLEET_CHURN_PER_SEC (20), FLEET_CHURN_SECS (60; the issue asks for 1800).
 //! Needs `ulimit -n` above 2 x the pod count.
@@ -69,7 +70,15 @@ fn mib(kib: u64) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Manifests
 
+/// Which API the fleet is written in.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Api {
+    Goma,
+    GatewayApi,
+}
+
 struct Fleet {
+    api: Api,
     gateways: usize,
     /// Plain routes per gateway (besides the hot and the three churn routes).
     plain: usize,
@@ -96,19 +105,59 @@ impl Fleet {
         self.gateways * (self.plain + Self::EXTRA)
     }
 
+    /// The gateways alone (no routes): the memory baseline.
+    fn write_gateways(&self, dir: &TempDir) {
+        if self.api == Api::GatewayApi {
+            dir.write("shared.yaml", &self.gateway_api_shared());
+        }
+        for g in 0..self.gateways {
+            dir.write(
+                &format!("{}-gateway.yaml", gateway_name(g)),
+                &self.gateway(g),
+            );
+        }
+    }
+
+    fn gateway(&self, g: usize) -> String {
+        let name = gateway_name(g);
+        let port = 20000 + g as u16;
+        match self.api {
+            Api::Goma => gateway_yaml(&name, port),
+            // HTTP, and HTTPS with a per-gateway certificate (rotated by the Secret churn).
+            Api::GatewayApi => format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {{name: http, port: {port}, protocol: HTTP}}\n  - name: https\n    port: {}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: cert-g{g}}}]}}\n",
+                port + 1000
+            ),
+        }
+    }
+
+    /// GatewayClass, and Services svc-a / svc-b on the two echo backends.
+    fn gateway_api_shared(&self) -> String {
+        let mut out = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n".to_string();
+        for (name, port) in [("a", self.ports[0]), ("b", self.ports[1])] {
+            out.push_str("---\n");
+            out.push_str(&service_yaml(&format!("svc-{name}"), &[port], 1));
+        }
+        out
+    }
+
+    /// A route `name` on gateway `g` for `path` to backend `which` (0 or 1).
+    fn route(&self, g: usize, name: &str, path: &str, which: usize) -> String {
+        let gw = gateway_name(g);
+        match self.api {
+            Api::Goma => route_yaml(name, &gw, path, self.ports[which % 2], ""),
+            Api::GatewayApi => http_route_yaml(name, &gw, path, ["svc-a", "svc-b"][which % 2]),
+        }
+    }
+
     fn write(&self, dir: &TempDir) {
+        self.write_gateways(dir);
         for g in 0..self.gateways {
             let name = gateway_name(g);
-            let mut plain = gateway_yaml(&name, 20000 + g as u16);
+            let mut plain = String::new();
             for r in 0..self.plain {
+                plain.push_str(&self.route(g, &format!("g{g}-r{r}"), &format!("/r{r}"), 0));
                 plain.push_str("---\n");
-                plain.push_str(&route_yaml(
-                    &format!("g{g}-r{r}"),
-                    &name,
-                    &format!("/r{r}"),
-                    self.ports[0],
-                    "",
-                ));
             }
             dir.write(&format!("{name}-routes.yaml"), &plain);
             self.write_hot(dir, g, 0);
@@ -126,13 +175,7 @@ impl Fleet {
 
     /// The probed route of gateway `g`, to backend `which`.
     fn write_hot(&self, dir: &TempDir, g: usize, which: usize) {
-        let yaml = route_yaml(
-            &format!("hot-g{g}"),
-            &gateway_name(g),
-            "/hot",
-            self.ports[which % 2],
-            "",
-        );
+        let yaml = self.route(g, &format!("hot-g{g}"), "/hot", which);
         dir.write(&format!("{}-hot.yaml", gateway_name(g)), &yaml);
     }
 
@@ -141,8 +184,28 @@ impl Fleet {
         let (file, yaml) = match kind {
             Churn::Route => (
                 "churn-route",
-                route_yaml(&format!("churn-g{g}"), &gw, "/churn", self.ports[n % 2], ""),
+                self.route(g, &format!("churn-g{g}"), "/churn", n),
             ),
+            // A Service of this gateway whose EndpointSlice grows and shrinks (1..=3 endpoints).
+            Churn::Endpoints if self.api == Api::GatewayApi => {
+                let mut yaml = service_yaml(&format!("svc-g{g}"), &[self.ports[0]], n % 3 + 1);
+                yaml.push_str("---\n");
+                yaml.push_str(&http_route_yaml(
+                    &format!("endpoints-g{g}"),
+                    &gw,
+                    "/endpoints",
+                    &format!("svc-g{g}"),
+                ));
+                ("churn-endpoints", yaml)
+            }
+            // The certificate of the gateway's HTTPS listener is rotated.
+            Churn::Secret if self.api == Api::GatewayApi => {
+                let (cert, key) = &self.certs[n % 2];
+                (
+                    "churn-tls",
+                    tls_secret_yaml(&format!("cert-g{g}"), cert, key),
+                )
+            }
             // Goma backends are endpoint URLs: the list grows and shrinks (1..=3 endpoints).
             Churn::Endpoints => {
                 let endpoints: String = (0..=(n % 3))
@@ -178,6 +241,23 @@ impl Fleet {
         };
         dir.write(&format!("{gw}-{file}.yaml"), &yaml);
     }
+}
+
+/// A Gateway API HTTPRoute `name` on Gateway `gateway` sending `path` to Service `service`.
+fn http_route_yaml(name: &str, gateway: &str, path: &str, service: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  parentRefs: [{{name: {gateway}}}]\n  rules: [{{matches: [{{path: {{value: {path}}}}}], backendRefs: [{{name: {service}, port: 80}}]}}]\n"
+    )
+}
+
+/// A Service `name` (port 80) and its EndpointSlice: `endpoints` loopback addresses on `ports`.
+fn service_yaml(name: &str, ports: &[u16], endpoints: usize) -> String {
+    let addresses: Vec<String> = (1..=endpoints).map(|i| format!("127.0.0.{i}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n",
+        ports.first().copied().unwrap_or(80),
+        addresses.join(", ")
+    )
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -497,6 +577,7 @@ fn sample_rss(
 // Phases
 
 struct Settings {
+    api: Api,
     gateways: usize,
     routes: usize,
     pods: usize,
@@ -559,6 +640,7 @@ async fn run(s: Settings) {
     let (_b, port_b) = echo("b");
     let plain = (s.routes / s.gateways).saturating_sub(Fleet::EXTRA);
     let fleet = Arc::new(Fleet {
+        api: s.api,
         gateways: s.gateways,
         plain,
         ports: [port_a, port_b],
@@ -567,7 +649,8 @@ async fn run(s: Settings) {
     });
     let routes = fleet.routes();
     println!(
-        "fleet: {} gateways x {} routes = {routes} routes, {} pods per gateway ({} pods), churn {}/s",
+        "fleet ({:?}): {} gateways x {} routes = {routes} routes, {} pods per gateway ({} pods), churn {}/s",
+        s.api,
         s.gateways,
         plain + Fleet::EXTRA,
         s.pods,
@@ -578,12 +661,7 @@ async fn run(s: Settings) {
     // 1. Memory per route: the control plane with the gateways only vs the whole fleet; the
     //    data plane with one direct route vs one gateway of all `routes` routes.
     let empty = TempDir::new("fleet-empty");
-    for g in 0..s.gateways {
-        empty.write(
-            &format!("g{g}.yaml"),
-            &gateway_yaml(&gateway_name(g), 20000 + g as u16),
-        );
-    }
+    fleet.write_gateways(&empty);
     let cp_empty = control_plane_rss(&empty).await;
     drop(empty);
     let dir = Arc::new(TempDir::new("fleet"));
@@ -780,6 +858,10 @@ fn main() {
         return;
     }
     let settings = Settings {
+        api: match std::env::var("FLEET_API").as_deref() {
+            Ok("gateway-api") => Api::GatewayApi,
+            _ => Api::Goma,
+        },
         gateways: env_or("FLEET_GATEWAYS", 100).max(1),
         routes: env_or("FLEET_ROUTES", 10_000),
         pods: env_or("FLEET_PODS", 10).max(1),
