@@ -156,6 +156,34 @@ struct ControlPlaneArgs {
     /// gRPC probes, which cannot speak TLS.
     #[arg(long)]
     health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    limits: XdsLimitArgs,
+}
+
+/// Storm protection of the xDS server.
+#[derive(clap::Args)]
+struct XdsLimitArgs {
+    /// Streams building their pushes at the same time.
+    #[arg(long, default_value_t = sluice_control_plane::xds::Limits::default().max_concurrent_pushes)]
+    max_concurrent_pushes: usize,
+    /// Sustained rate of new xDS streams; faster ones get UNAVAILABLE with a retry hint.
+    #[arg(long, default_value_t = sluice_control_plane::xds::Limits::default().new_streams_per_second)]
+    new_streams_per_second: f64,
+    /// New xDS streams admitted at once before the rate applies.
+    #[arg(long, default_value_t = sluice_control_plane::xds::Limits::default().new_stream_burst)]
+    new_stream_burst: u32,
+}
+
+impl XdsLimitArgs {
+    /// The registry of data-plane streams, admitting them under these limits.
+    fn clients(&self) -> Arc<sluice_control_plane::xds::Clients> {
+        let limits = sluice_control_plane::xds::Limits {
+            max_concurrent_pushes: self.max_concurrent_pushes,
+            new_streams_per_second: self.new_streams_per_second,
+            new_stream_burst: self.new_stream_burst,
+        };
+        Arc::new(sluice_control_plane::xds::Clients::with_limits(limits))
+    }
 }
 
 #[derive(clap::Args)]
@@ -397,6 +425,7 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         };
         let handles = Handles {
             security: Arc::new(security),
+            clients: args.limits.clients(),
             ..Handles::default()
         };
         run_kubernetes_control_plane(client, options, listener, handles, shutdown_signal()).await?;
@@ -431,6 +460,7 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
         };
         let handles = Handles {
             security: Arc::new(security),
+            clients: args.limits.clients(),
             ..Handles::default()
         };
         run_file_control_plane(args.config, listener, handles, shutdown_signal()).await?;

@@ -106,7 +106,10 @@ impl StatusWriter {
     /// Computes every object's status (Goma and Gateway API) and writes those that differ from
     /// the last write. Returns how many objects were written.
     pub async fn sync_once(&mut self) -> usize {
-        let goma = self.sync_goma().await;
+        // Every connected pod's ledger is copied once per sync (1000 pods x their resources is
+        // the largest input), and shared by both APIs.
+        let pods = pods_by_gateway(&self.sources.clients);
+        let goma = self.sync_goma(&pods).await;
         let reports = self.sources.api_board.snapshot();
         let goma_gateways = self
             .sources
@@ -117,7 +120,6 @@ impl StatusWriter {
             .filter(|k| k.kind == Kind::GomaGateway)
             .map(|k| format!("{}/{}", k.namespace, k.name))
             .collect();
-        let pods = pods_by_gateway(&self.sources.clients);
         let workloads = self.sources.workloads.borrow().clone();
         let reconciles = self.sources.reconciles.snapshot();
         let inputs = ApiInputs {
@@ -130,16 +132,15 @@ impl StatusWriter {
         goma + self.api.sync_once(&self.client, &inputs).await
     }
 
-    async fn sync_goma(&mut self) -> usize {
+    async fn sync_goma(&mut self, pods: &BTreeMap<String, Vec<Pod>>) -> usize {
         let records = self.sources.board.snapshot();
         let errors = self.sources.errors.snapshot();
-        let pods = pods_by_gateway(&self.sources.clients);
         let workloads = self.sources.workloads.borrow().clone();
         let reconciles = self.sources.reconciles.snapshot();
         let desired = compute::desired(&Inputs {
             records: &records,
             errors: &errors,
-            pods: &pods,
+            pods,
             workloads: &workloads,
             reconciles: &reconciles,
         });

@@ -1,5 +1,6 @@
 //! Registry of connected data-plane streams, for inspection and status.
 
+use super::admission::{Admission, Limits};
 use super::stream::ClientLedger;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,19 +22,30 @@ pub struct Clients {
     streams: Mutex<BTreeMap<u64, ClientInfo>>,
     /// Bumped when a client connects, leaves, ACKs or NACKs: status follows it.
     changed: watch::Sender<u64>,
+    /// Who may connect and push now (storm protection).
+    admission: Admission,
 }
 
 impl Default for Clients {
     fn default() -> Self {
-        Clients {
-            next: AtomicU64::new(0),
-            streams: Mutex::default(),
-            changed: watch::channel(0).0,
-        }
+        Self::with_limits(Limits::default())
     }
 }
 
 impl Clients {
+    pub fn with_limits(limits: Limits) -> Self {
+        Clients {
+            next: AtomicU64::new(0),
+            streams: Mutex::default(),
+            changed: watch::channel(0).0,
+            admission: Admission::new(limits),
+        }
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     pub fn register(&self, info: ClientInfo) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, info);

@@ -120,6 +120,10 @@ impl AggregatedDiscoveryService for AdsService {
             .as_ref()
             .map(|c| c.serial.clone())
             .unwrap_or_default();
+        if let Err(retry_after) = self.clients.admission().admit_stream() {
+            tracing::debug!(node = %node.id, gateway = %node.gateway, %peer, ?retry_after, "new stream shed");
+            return Err(super::admission::shed_status(retry_after));
+        }
         tracing::info!(node = %node.id, gateway = %node.gateway, %peer, %serial, "data plane connected");
         let ledger = Arc::new(std::sync::Mutex::new(Default::default()));
         let id = self.clients.register(ClientInfo {
@@ -170,7 +174,10 @@ async fn run_stream(
     loop {
         if let Some(req) = next.take() {
             let settles = !req.response_nonce.is_empty();
-            let result = view.read(|v| state.on_request(req, v));
+            let result = {
+                let _slot = clients.admission().push_permit().await;
+                view.read(|v| state.on_request(req, v))
+            };
             if settles {
                 clients.touch();
             }
@@ -205,7 +212,12 @@ async fn run_stream(
                 if changed.is_err() {
                     break;
                 }
-                let responses = view.read(|v| state.on_view_change(v));
+                // Latest wins: revisions that arrived while this stream was busy (or its
+                // client slow to read) are one catch-up from the view's change log here.
+                let responses = {
+                    let _slot = clients.admission().push_permit().await;
+                    view.read(|v| state.on_view_change(v))
+                };
                 for r in responses {
                     if tx.send(Ok(r)).await.is_err() {
                         return;

@@ -553,6 +553,36 @@ mod tests {
     }
 
     #[test]
+    fn changes_missed_while_busy_coalesce_into_the_latest_version() {
+        let v = view_with(vec![listener("l", 1), listener("m", 1)]);
+        let mut s = StreamState::new("pod-1".into(), Default::default());
+        v.read(|vs| s.on_request(req(L), vs)).unwrap();
+        // Ten revisions of "l" and a create-then-delete of "n" land before the stream wakes.
+        for i in 2..=11 {
+            v.apply(ViewChanges {
+                upserts: vec![listener("l", i)],
+                removals: vec![],
+            });
+        }
+        v.apply(ViewChanges {
+            upserts: vec![listener("n", 1)],
+            removals: vec![],
+        });
+        v.apply(ViewChanges {
+            upserts: vec![],
+            removals: vec![(L, "n".into())],
+        });
+        let out = v.read(|vs| s.on_view_change(vs));
+        assert_eq!(out.len(), 1, "one response for all missed revisions");
+        assert_eq!(names(&out[0]), ["l"]);
+        assert_eq!(out[0].resources[0].version, listener("l", 11).version);
+        assert!(
+            out[0].removed_resources.is_empty(),
+            "never sent, so never removed"
+        );
+    }
+
+    #[test]
     fn explicit_subscription_is_answered_even_if_held_and_missing_names_are_removed() {
         let a = listener("a", 1);
         let v = view_with(vec![a.clone()]);
