@@ -78,6 +78,9 @@ pub struct BasicAuth {
     username_header: Option<HeaderName>,
     forward_authorization: bool,
     slow: Arc<SlowCheckState>,
+    /// A slow (bcrypt) hash an unknown user name is checked against, so that refusing an
+    /// unknown name costs what refusing a wrong password does (no user enumeration by timing).
+    decoy: Option<StoredPassword>,
 }
 
 impl std::fmt::Debug for SlowCheckState {
@@ -163,12 +166,18 @@ pub fn compile(
     let slow = env
         .states
         .get_or_insert(&m.id, &m.state_key, SlowCheckState::new);
+    let decoy = users
+        .values()
+        .map(|u| &u.password)
+        .find(|p| p.is_slow())
+        .cloned();
     Ok(Box::new(BasicAuth {
         users,
         challenge,
         username_header,
         forward_authorization: rule.forward_authorization,
         slow,
+        decoy,
     }))
 }
 
@@ -255,7 +264,12 @@ impl BasicAuth {
             return (Check::Refused, None);
         };
         let Some(user) = self.users.get(name) else {
-            return (Check::Refused, None);
+            let check = if self.decoy.is_some() {
+                Check::Slow
+            } else {
+                Check::Refused
+            };
+            return (check, None);
         };
         if user.password.is_slow() {
             if self
@@ -305,6 +319,12 @@ impl BasicAuth {
             return false;
         };
         let Some(user) = self.users.get(name) else {
+            // Unknown name: spend a bcrypt check anyway, then refuse.
+            if let (Some(decoy), Ok(_permit)) = (&self.decoy, self.slow.permits.acquire().await) {
+                let decoy = decoy.clone();
+                let password = password.to_vec();
+                let _ = tokio::task::spawn_blocking(move || decoy.verify(&password)).await;
+            }
             return false;
         };
         let key = cache_key(name, &user.password, password);
@@ -463,6 +483,79 @@ mod tests {
         assert_eq!(users[0].0, "carol");
         assert!(secret_users(&opaque(&[("users", "nocolon")])).is_err());
         assert!(secret_users(&opaque(&[("other", "x")])).is_err());
+    }
+
+    /// Runs the whole decision (the slow path included) for a request with `authorization`.
+    async fn status_for(m: &dyn Middleware, authorization: &str) -> (bool, Option<u16>) {
+        use crate::middleware::transform_testing::Harness;
+        let mut h = Harness::new("/", &[("authorization", authorization)]);
+        let mut ctx = RequestCtx::new(
+            &h.snapshot,
+            &h.route,
+            &mut h.parts,
+            &h.client_uri,
+            &h.host,
+            h.scheme,
+            h.port,
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        );
+        let (slow, decision) = match m.decide(&mut ctx) {
+            Decision::Async => (true, m.decide_async(&mut ctx).await),
+            d => (false, d),
+        };
+        let status = match decision {
+            Decision::Respond(r) => Some(r.status().as_u16()),
+            _ => None,
+        };
+        (slow, status)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_costs_a_bcrypt_check_like_a_wrong_password() {
+        let hash = bcrypt::hash("right", 4).unwrap();
+        let m = compile_rule(
+            pb::BasicAuth {
+                users: vec![pb::BasicUser {
+                    username: "alice".into(),
+                    password: hash,
+                }],
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let basic = |user_pass: &str| format!("Basic {}", STANDARD.encode(user_pass));
+        // A wrong password and an unknown name both take the slow path and are refused.
+        assert_eq!(
+            status_for(&*m, &basic("alice:wrong")).await,
+            (true, Some(401))
+        );
+        assert_eq!(
+            status_for(&*m, &basic("mallory:right")).await,
+            (true, Some(401))
+        );
+        // The right password passes (then from the cache, without the slow path).
+        assert_eq!(status_for(&*m, &basic("alice:right")).await, (true, None));
+        assert_eq!(status_for(&*m, &basic("alice:right")).await, (false, None));
+    }
+
+    #[tokio::test]
+    async fn without_slow_hashes_an_unknown_user_is_refused_at_once() {
+        let m = compile_rule(
+            pb::BasicAuth {
+                users: vec![pb::BasicUser {
+                    username: "alice".into(),
+                    password: "{SHA}qvTGHdzF6KLavt4PO0gs2a6pQ00=".into(),
+                }],
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        let unknown = format!("Basic {}", STANDARD.encode("mallory:hello"));
+        assert_eq!(status_for(&*m, &unknown).await, (false, Some(401)));
+        let known = format!("Basic {}", STANDARD.encode("alice:hello"));
+        assert_eq!(status_for(&*m, &known).await, (false, None));
     }
 
     #[test]
