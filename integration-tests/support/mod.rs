@@ -202,9 +202,22 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<Reply, String> {
+    request_at(client, method, "127.0.0.1", port, host, path, headers).await
+}
+
+/// [`request`] to another loopback address (`ip`), e.g. a second data plane on 127.0.0.2.
+pub async fn request_at(
+    client: &HttpClient,
+    method: &str,
+    ip: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
     let mut req = http::Request::builder()
         .method(method)
-        .uri(format!("http://127.0.0.1:{port}{path}"))
+        .uri(format!("http://{ip}:{port}{path}"))
         .header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
