@@ -324,23 +324,12 @@ impl Ed {
 
 /// openssl (Debian's default install has it; installed if missing).
 fn openssl() -> &'static str {
-    let present = || {
+    ensure_debian_packages(&["openssl"], || {
         Command::new("openssl")
             .arg("version")
             .output()
             .is_ok_and(|o| o.status.success())
-    };
-    if !present() {
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", "openssl"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .expect("run apt-get");
-        assert!(
-            status.success() && present(),
-            "openssl is needed for RSA keys"
-        );
-    }
+    });
     "openssl"
 }
 

@@ -151,6 +151,29 @@ impl Drop for Proc {
     }
 }
 
+/// Installs Debian `packages` (as root, non-interactively) unless `present()` already holds; a
+/// fresh machine has no package lists yet, so a failed install refreshes them once and retries.
+pub fn ensure_debian_packages(packages: &[&str], present: impl Fn() -> bool) {
+    if present() {
+        return;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut install = vec!["install", "-y", "--no-install-recommends"];
+    install.extend_from_slice(packages);
+    let names = packages.join(" ");
+    if !apt(&install) {
+        assert!(apt(&["update"]), "apt-get update failed");
+        assert!(apt(&install), "apt-get install {names} failed");
+    }
+    assert!(present(), "{names} still missing after apt-get install");
+}
+
 /// An echo backend (the binary's `echo` subcommand) reporting `name`.
 pub fn echo(name: &str) -> (Proc, u16) {
     echo_with(name, &[])

@@ -21,25 +21,7 @@ fn installed() -> bool {
 
 /// `apt-get install redis-server` (it brings redis-cli) unless it is already there.
 pub fn ensure_installed() {
-    if installed() {
-        return;
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let install = ["install", "-y", "--no-install-recommends", "redis-server"];
-    if !apt(&install) {
-        assert!(apt(&["update"]), "apt-get update failed");
-        assert!(apt(&install), "apt-get install redis-server failed");
-    }
-    assert!(
-        installed(),
-        "redis-server still missing after apt-get install"
-    );
+    super::ensure_debian_packages(&["redis-server"], installed);
 }
 
 impl RedisServer {

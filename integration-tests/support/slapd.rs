@@ -28,23 +28,10 @@ impl Drop for Slapd {
 }
 
 fn install() {
-    if std::path::Path::new("/usr/sbin/slapd").exists()
-        && std::path::Path::new("/usr/sbin/slapadd").exists()
-    {
-        return;
-    }
-    let status = Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "--no-install-recommends",
-            "slapd",
-            "ldap-utils",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .expect("run apt-get");
-    assert!(status.success(), "apt-get install slapd ldap-utils failed");
+    super::ensure_debian_packages(&["slapd", "ldap-utils"], || {
+        std::path::Path::new("/usr/sbin/slapd").exists()
+            && std::path::Path::new("/usr/sbin/slapadd").exists()
+    });
 }
 
 impl Slapd {
