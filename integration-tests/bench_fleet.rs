@@ -765,6 +765,12 @@ async fn run(s: Settings) {
     let early = samples.get(tenth).copied().unwrap_or(0);
     let late = samples.last().copied().unwrap_or(0);
     let max = samples.iter().copied().max().unwrap_or(0);
+    // The curve tells a leak (steady climb) from allocator warm-up (early rise, then flat).
+    let curve: Vec<String> = (0..=10)
+        .filter_map(|i| samples.get((samples.len().saturating_sub(1)) * i / 10))
+        .map(|&kib| format!("{:.1}", mib(kib)))
+        .collect();
+    println!("churn run: RSS (MiB) at every tenth: {}", curve.join(" "));
     println!(
         "churn run: {} s, {} writes: control plane RSS {:.1} MiB at 10% -> {:.1} MiB at the end (max {:.1} MiB)",
         s.churn_secs,
