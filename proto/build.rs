@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Small per-stream buffers: a control plane holds one stream per data-plane pod.
+        .codec_path("crate::codec::CompactCodec")
         .compile_fds_with_config(fds, config)?;
     for dir in ["sluice", "google"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());

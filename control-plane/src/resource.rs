@@ -26,6 +26,17 @@ impl Encoded {
         })
     }
 
+    /// A resource known only by the name and version a client reported holding (in
+    /// `initial_resource_versions`); it carries no content and is never sent.
+    pub fn reported(type_url: &'static str, name: String, version: String) -> Arc<Self> {
+        Arc::new(Self {
+            type_url,
+            name,
+            version,
+            bytes: Vec::new(),
+        })
+    }
+
     /// The wire form, as sent in a `DeltaDiscoveryResponse`.
     pub fn to_resource(&self) -> sluice_proto::discovery::Resource {
         sluice_proto::discovery::Resource {

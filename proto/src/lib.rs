@@ -1,5 +1,7 @@
 //! Generated protocol types: the delta discovery transport (`discovery`) and the config resources (`config`).
 
+pub mod codec;
+
 pub mod google {
     pub mod rpc {
         tonic::include_proto!("google.rpc");

@@ -160,9 +160,8 @@ fn delivery(resources: &[ResourceRef], gateways: &[String], inputs: &Inputs<'_>)
             pods += 1;
             let holds_all = resources.iter().all(|r| {
                 pod.ledger
-                    .acked
-                    .get(&(r.type_index, r.name.clone()))
-                    .is_some_and(|v| *v == r.version)
+                    .acked_version(r.type_index, &r.name)
+                    .is_some_and(|v| v == r.version)
             });
             acked += usize::from(holds_all);
         }
@@ -484,9 +483,11 @@ mod tests {
     fn pod(node: &str, acked: &[(&str, &str)], nacked: &[(&str, &str)]) -> Pod {
         let mut ledger = ClientLedger::default();
         for (n, v) in acked {
-            ledger
-                .acked
-                .insert((ROUTE_TYPE, n.to_string()), v.to_string());
+            ledger.ack(crate::resource::Encoded::reported(
+                type_url::ALL[ROUTE_TYPE],
+                n.to_string(),
+                v.to_string(),
+            ));
         }
         for (n, why) in nacked {
             ledger

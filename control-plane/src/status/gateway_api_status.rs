@@ -237,9 +237,8 @@ fn gateway_delivery(
     let holds_all = |pod: &Pod| {
         resources.iter().all(|r| {
             pod.ledger
-                .acked
-                .get(&(r.type_index, r.name.clone()))
-                .is_some_and(|v| *v == r.version)
+                .acked_version(r.type_index, &r.name)
+                .is_some_and(|v| v == r.version)
         })
     };
     if pods.iter().any(holds_all) {
@@ -459,7 +458,11 @@ mod tests {
         let mut ledger = ClientLedger::default();
         let id = (LISTENER_TYPE, "http".to_owned());
         if let Some(v) = acked {
-            ledger.acked.insert(id.clone(), v.into());
+            ledger.ack(crate::resource::Encoded::reported(
+                sluice_proto::type_url::ALL[id.0],
+                id.1.clone(),
+                v.into(),
+            ));
         }
         if let Some(why) = nacked {
             ledger.nacked.insert(id, why.into());

@@ -307,7 +307,11 @@ mod tests {
         {
             let mut l: std::sync::MutexGuard<'_, crate::xds::stream::ClientLedger> =
                 ledger.lock().unwrap();
-            l.acked.insert((3, "default/api".into()), "v1".into());
+            l.ack(crate::resource::Encoded::reported(
+                sluice_proto::type_url::ROUTE,
+                "default/api".into(),
+                "v1".into(),
+            ));
         }
         clients.register(ClientInfo {
             node_id: "pod-1".into(),
@@ -423,8 +427,11 @@ mod gateway_api_tests {
         ledger
             .lock()
             .expect("ledger")
-            .acked
-            .insert((listener.type_index, listener.name.clone()), "v1".into());
+            .ack(crate::resource::Encoded::reported(
+                sluice_proto::type_url::ALL[listener.type_index],
+                listener.name.clone(),
+                "v1".into(),
+            ));
         clients.register(ClientInfo {
             node_id: "pod-1".into(),
             gateway: "edge/gw".into(),

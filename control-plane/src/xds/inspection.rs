@@ -147,12 +147,12 @@ impl Inspection for InspectionService {
                             peer: c.peer.clone(),
                             build_version: c.build_version.clone(),
                             acked: ledger
-                                .acked
-                                .iter()
-                                .map(|((t, name), version)| ResourceVersion {
-                                    type_url: type_url::ALL[*t].to_string(),
-                                    name: name.clone(),
-                                    version: version.clone(),
+                                .acked()
+                                .into_iter()
+                                .map(|(t, name, version)| ResourceVersion {
+                                    type_url: type_url::ALL[t].to_string(),
+                                    name: name.to_owned(),
+                                    version: version.to_owned(),
                                 })
                                 .collect(),
                             nacked: ledger

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod clients;
+pub mod held;
 pub mod identity;
 pub mod inspection;
 pub mod peer;

@@ -9,7 +9,7 @@ use super::stream::StreamState;
 use crate::security::authorize::authorize_node;
 use crate::security::{PodIdentity, PodLiveness, Security};
 use crate::views::Views;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use sluice_proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -80,6 +80,10 @@ pub fn valid_gateway_id(id: &str) -> bool {
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+/// What a stream task queues for its client. Boxed: the queue allocates its slots up front
+/// (32 per block), and an unboxed response would make that ~4 KiB per connected pod.
+type Outbound = Result<Box<DeltaDiscoveryResponse>, Status>;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for AdsService {
@@ -152,7 +156,9 @@ impl AggregatedDiscoveryService for AdsService {
             }
             clients.remove(id);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|queued| queued.map(|r| *r)),
+        )))
     }
 }
 
@@ -163,7 +169,7 @@ async fn run_stream(
     ledger: Arc<std::sync::Mutex<super::stream::ClientLedger>>,
     first: DeltaDiscoveryRequest,
     mut inbound: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Outbound>,
 ) {
     // Nothing is served before every provider synced and a full translation ran.
     views.wait_ready().await;
@@ -184,7 +190,7 @@ async fn run_stream(
             match result {
                 Ok(responses) => {
                     for r in responses {
-                        if tx.send(Ok(r)).await.is_err() {
+                        if tx.send(Ok(Box::new(r))).await.is_err() {
                             return;
                         }
                     }
@@ -219,7 +225,7 @@ async fn run_stream(
                     view.read(|v| state.on_view_change(v))
                 };
                 for r in responses {
-                    if tx.send(Ok(r)).await.is_err() {
+                    if tx.send(Ok(Box::new(r))).await.is_err() {
                         return;
                     }
                 }

@@ -1,6 +1,7 @@
 //! The server side of one delta ADS stream as a pure state machine: requests and view changes in,
 //! responses out. No I/O, so every protocol rule is unit-tested here.
 
+use super::held::HeldSet;
 use crate::resource::{Encoded, type_index};
 use crate::views::ViewState;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
@@ -10,8 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const TYPES: usize = type_url::ALL.len();
-/// Responses are split so none exceeds this (gRPC's default limit is 4 MiB).
-pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Responses are split so none exceeds this (a resource bigger than it goes alone). Small, because
+/// each stream keeps an encode buffer as big as the biggest message it sent (see
+/// `sluice_proto::codec`): a connected pod then costs a few KiB, not its largest push.
+/// The margin is for the response's own fields (type URL, nonce, framing).
+pub const MAX_RESPONSE_BYTES: usize = sluice_proto::codec::ENCODE_BUFFER_BYTES - 512;
 
 static NONCE: AtomicU64 = AtomicU64::new(1);
 
@@ -23,10 +27,54 @@ fn next_nonce() -> String {
 /// (which updates it per ACK/NACK, in O(entries settled)) and the client registry (which reads it).
 #[derive(Default, Clone, Debug)]
 pub struct ClientLedger {
-    /// (type index, name) -> version the client ACKed.
-    pub acked: BTreeMap<(usize, String), String>,
+    /// Per type index, the resources the client ACKed (shared with the view that sent them).
+    acked: [HeldSet; TYPES],
     /// (type index, name) -> reason the client gave.
     pub nacked: BTreeMap<(usize, String), String>,
+}
+
+impl ClientLedger {
+    /// The version of `name` (type index `t`) the client ACKed.
+    pub fn acked_version(&self, t: usize, name: &str) -> Option<&str> {
+        self.acked.get(t)?.version(name)
+    }
+
+    /// Every ACKed resource as (type index, name, version), by type then name.
+    pub fn acked(&self) -> Vec<(usize, &str, &str)> {
+        let mut out: Vec<(usize, &str, &str)> = self
+            .acked
+            .iter()
+            .enumerate()
+            .flat_map(|(t, held)| {
+                held.iter()
+                    .map(move |r| (t, r.name.as_str(), r.version.as_str()))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Records that the client ACKed `resource`.
+    pub fn ack(&mut self, resource: Arc<Encoded>) {
+        if let Some(t) = type_index(resource.type_url) {
+            self.acked[t].insert(resource);
+        }
+    }
+}
+
+/// One entry of a response, settled by the client's ACK or NACK of its nonce.
+enum Sent {
+    Upsert(Arc<Encoded>),
+    Removal(String),
+}
+
+impl Sent {
+    fn name(&self) -> &str {
+        match self {
+            Sent::Upsert(r) => &r.name,
+            Sent::Removal(name) => name,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -43,13 +91,13 @@ struct TypeState {
     opened: bool,
     wildcard: bool,
     names: HashSet<String>,
-    /// name -> version the client holds as far as this stream knows (what was sent, or
-    /// reported in `initial_resource_versions`).
-    sent: HashMap<String, String>,
+    /// What the client holds as far as this stream knows (what was sent, or reported in
+    /// `initial_resource_versions`).
+    sent: HeldSet,
     /// Names explicitly (re)subscribed that must be answered even if unchanged.
     force: HashSet<String>,
-    /// nonce -> (name, version; empty version = removal) of that response.
-    pending: HashMap<String, Vec<(String, String)>>,
+    /// nonce -> the entries of that response.
+    pending: HashMap<String, Vec<Sent>>,
 }
 
 impl TypeState {
@@ -108,7 +156,8 @@ impl StreamState {
             // An empty first subscription is the legacy wildcard.
             ts.wildcard = req.resource_names_subscribe.is_empty();
             for (name, version) in req.initial_resource_versions {
-                ts.sent.insert(name, version);
+                ts.sent
+                    .insert(Encoded::reported(type_url::ALL[t], name, version));
             }
         }
         // Only what this request can have changed is diffed: everything on the first request or
@@ -139,7 +188,7 @@ impl StreamState {
         }
         if !ts.wildcard {
             let names = &ts.names;
-            ts.sent.retain(|n, _| names.contains(n));
+            ts.sent.retain(|n| names.contains(n));
         }
         let (upserts, removals) = if full {
             self.diff_type(t, view, None)
@@ -199,13 +248,19 @@ impl StreamState {
         let current = &view.resources[t];
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
+        // Reported entries the view holds unchanged: kept as the view's copy from now on.
+        let mut adopt = Vec::new();
         let mut consider = |name: &str, ts: &TypeState| {
             if !ts.subscribed(name) {
                 return;
             }
             let forced = ts.force.contains(name);
             match (current.get(name), ts.sent.get(name)) {
-                (Some(r), Some(v)) if *v == r.version && !forced => {}
+                (Some(r), Some(held)) if held.version == r.version && !forced => {
+                    if !Arc::ptr_eq(r, held) {
+                        adopt.push(r.clone());
+                    }
+                }
                 (Some(r), _) => upserts.push(r.clone()),
                 (None, Some(_)) => removals.push(name.to_string()),
                 // Explicitly subscribed but absent: say so at once.
@@ -231,8 +286,8 @@ impl StreamState {
                     seen.insert(n);
                     consider(n, ts);
                 }
-                for n in ts.sent.keys().chain(ts.force.iter()) {
-                    if !seen.contains(n.as_str()) {
+                for n in ts.sent.names().chain(ts.force.iter().map(String::as_str)) {
+                    if !seen.contains(n) {
                         consider(n, ts);
                     }
                 }
@@ -242,6 +297,9 @@ impl StreamState {
         upserts.dedup_by(|a, b| a.name == b.name);
         removals.sort();
         removals.dedup();
+        for r in adopt {
+            ts.sent.insert(r);
+        }
         ts.force.clear();
         (upserts, removals)
     }
@@ -295,16 +353,17 @@ impl StreamState {
         let ts = &mut self.types[t];
         let mut entries = Vec::with_capacity(upserts.len() + removals.len());
         let resources: Vec<Resource> = upserts
-            .iter()
+            .into_iter()
             .map(|r| {
-                ts.sent.insert(r.name.clone(), r.version.clone());
-                entries.push((r.name.clone(), r.version.clone()));
-                r.to_resource()
+                let resource = r.to_resource();
+                ts.sent.insert(r.clone());
+                entries.push(Sent::Upsert(r));
+                resource
             })
             .collect();
         for name in &removals {
             ts.sent.remove(name);
-            entries.push((name.clone(), String::new()));
+            entries.push(Sent::Removal(name.clone()));
         }
         ts.pending.insert(nonce.clone(), entries);
         DeltaDiscoveryResponse {
@@ -336,25 +395,25 @@ impl StreamState {
             .collect();
         let whole = req.error_detail.as_ref().filter(|_| rejected.is_empty());
         let mut ledger = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, version) in entries {
-            let key = (t, name);
+        for entry in entries {
             let reason = rejected
-                .get(key.1.as_str())
+                .get(entry.name())
                 .cloned()
                 .or_else(|| whole.map(|s| s.message.clone()));
-            match reason {
-                Some(reason) => {
-                    self.new_nacks.push((t, key.1.clone(), reason.clone()));
-                    ledger.nacked.insert(key, reason);
+            if let Some(reason) = reason {
+                let name = entry.name().to_owned();
+                self.new_nacks.push((t, name.clone(), reason.clone()));
+                ledger.nacked.insert((t, name), reason);
+                continue;
+            }
+            if !ledger.nacked.is_empty() {
+                ledger.nacked.remove(&(t, entry.name().to_owned()));
+            }
+            match entry {
+                Sent::Removal(name) => {
+                    ledger.acked[t].remove(&name);
                 }
-                None if version.is_empty() => {
-                    ledger.acked.remove(&key);
-                    ledger.nacked.remove(&key);
-                }
-                None => {
-                    ledger.nacked.remove(&key);
-                    ledger.acked.insert(key, version);
-                }
+                Sent::Upsert(r) => ledger.acked[t].insert(r),
             }
         }
     }
@@ -516,6 +575,22 @@ mod tests {
     }
 
     #[test]
+    fn reported_versions_the_view_holds_are_shared_with_the_view() {
+        let a = listener("a", 1);
+        let v = view_with(vec![a.clone()]);
+        let mut s = StreamState::new("pod-1".into(), Default::default());
+        let mut r = req(L);
+        r.initial_resource_versions
+            .insert("a".into(), a.version.clone());
+        v.read(|vs| s.on_request(r, vs)).unwrap();
+        let held = s.types[L].sent.get("a").expect("held");
+        assert!(
+            Arc::ptr_eq(held, &a),
+            "the stream keeps the view's resource, not a copy of its name and version"
+        );
+    }
+
+    #[test]
     fn only_changes_are_sent_and_make_before_break_order_holds() {
         let v = view_with(vec![listener("l", 1), cluster("c1"), route("r1")]);
         let mut s = StreamState::new("pod-1".into(), Default::default());
@@ -652,7 +727,7 @@ mod tests {
             s.ledger().nacked.get(&(L, "b".into())).unwrap(),
             "port in use"
         );
-        assert!(s.ledger().acked.contains_key(&(L, "a".into())));
+        assert!(s.ledger().acked_version(L, "a").is_some());
         assert!(v.read(|vs| s.on_view_change(vs)).is_empty());
         // New content for b is pushed.
         v.apply(ViewChanges {
@@ -712,35 +787,38 @@ mod tests {
 
     #[test]
     fn large_pushes_are_split_under_the_bound() {
-        let big: Vec<Arc<Encoded>> = (0..40)
-            .map(|i| {
-                Encoded::new(
-                    type_url::ROUTE,
-                    format!("r{i:02}"),
-                    &pb::Route {
-                        name: format!("r{i:02}"),
-                        source: "x".repeat(64 * 1024),
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect();
-        let v = view_with(big);
+        let route_of = |i: usize, size: usize| {
+            Encoded::new(
+                type_url::ROUTE,
+                format!("r{i:02}"),
+                &pb::Route {
+                    name: format!("r{i:02}"),
+                    source: "x".repeat(size),
+                    ..Default::default()
+                },
+            )
+        };
+        // 40 routes of 1 KiB, and one bigger than the bound, which goes alone.
+        let mut routes: Vec<Arc<Encoded>> = (0..40).map(|i| route_of(i, 1 << 10)).collect();
+        routes.push(route_of(40, 64 << 10));
+        let v = view_with(routes);
         let mut s = StreamState::new("pod-1".into(), Default::default());
         let out = v.read(|vs| s.on_request(req(R), vs)).unwrap();
-        assert!(out.len() >= 3);
+        // About three 1 KiB routes fit a response; the big one goes alone.
+        assert!((14..=16).contains(&out.len()), "{} responses", out.len());
         let mut seen = HashSet::new();
         for r in &out {
-            let size: usize = r
-                .resources
-                .iter()
-                .map(|x| x.resource.as_ref().unwrap().value.len())
-                .sum();
-            assert!(size <= MAX_RESPONSE_BYTES);
-            for n in names(r) {
+            let names = names(r);
+            if names.contains(&"r40") {
+                assert_eq!(names, ["r40"], "an oversized resource goes alone");
+            } else {
+                // What the encoder writes: the bound keeps it within the stream's buffer.
+                assert!(prost::Message::encoded_len(r) <= sluice_proto::codec::ENCODE_BUFFER_BYTES);
+            }
+            for n in names {
                 assert!(seen.insert(n.to_string()), "no duplicate names");
             }
         }
-        assert_eq!(seen.len(), 40);
+        assert_eq!(seen.len(), 41);
     }
 }
