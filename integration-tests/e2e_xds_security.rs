@@ -267,6 +267,18 @@ fn assert_status(result: Result<impl Sized, Status>, code: Code, needle: &str) {
     }
 }
 
+/// The value of `field=` on the log lines that contain every one of `needles`, in order.
+fn log_fields(log: &str, needles: &[&str], field: &str) -> Vec<String> {
+    let key = format!("{field}=");
+    log.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| {
+            let rest = &l[l.find(&key)? + key.len()..];
+            Some(rest.split_whitespace().next()?.trim_matches('"').to_owned())
+        })
+        .collect()
+}
+
 async fn eventually_some<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -843,6 +855,44 @@ async fn file_mode_bootstraps_with_a_token_and_renews_without_dropping_the_strea
     );
     wait_ok(http, "localhost", "/api", Duration::from_secs(5)).await;
 
+    // The stream does not outlive the certificate it authenticated with: at expiry (12 s) the
+    // control plane closes it, and the data plane reconnects with its renewed certificate,
+    // serving the last config meanwhile.
+    let client = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while good.log().matches("xDS stream open").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnect after the certificate expired:\n{}",
+            good.log()
+        );
+        let reply = request(&client, "GET", http, "localhost", "/api", &[]).await;
+        assert!(
+            matches!(&reply, Ok(r) if r.status == 200),
+            "config dropped while reconnecting: {reply:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        good.log()
+            .contains("expired; reconnect with a renewed certificate"),
+        "the data plane was told why:\n{}",
+        good.log()
+    );
+    assert!(
+        cp.log()
+            .contains("closing the stream: its credentials no longer hold"),
+        "{}",
+        cp.log()
+    );
+    let serials = log_fields(&cp.log(), &["data plane connected", "node=gw-1"], "serial");
+    assert!(serials.len() >= 2, "{}", cp.log());
+    assert_ne!(
+        serials[0], serials[1],
+        "the reconnect presents the renewed certificate"
+    );
+    wait_ok(http, "localhost", "/api", Duration::from_secs(5)).await;
+
     let bad = data_plane("gw-2", "bad");
     bad.wait_log(
         "the control plane refused to issue a certificate: the bootstrap token is not valid",
@@ -870,4 +920,187 @@ async fn file_mode_bootstraps_with_a_token_and_renews_without_dropping_the_strea
         Duration::from_secs(10),
     );
     assert!(!remote.terminate(Duration::from_secs(10)).success());
+}
+
+/// Outside Kubernetes an operator revokes a pod or one certificate in the `--xds-revoked` file:
+/// open streams close with the reason, new connects, renewals and token bootstraps of what is
+/// revoked are refused, and lifting it works the same way. Failed bootstrap attempts are
+/// rate-limited per peer address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_mode_revokes_pods_and_certificates_and_limits_failed_bootstraps() {
+    let dir = TempDir::new("xds-sec-revoke");
+    let (_echo, echo_port) = echo("backend");
+    dir.write("config/gw.yaml", &gateway_yaml("gw", free_port()));
+    dir.write(
+        "config/route.yaml",
+        &route_yaml("api", "gw", "/api", echo_port, ""),
+    );
+    const TOKEN: &str = "bootstrap-0123456789abcdef";
+    dir.write("tokens", &format!("{TOKEN} default/gw gw-*\n"));
+    dir.write("revoked", "# nothing revoked yet\n");
+    let revoked = dir.path().join("revoked");
+    let xds = free_port();
+    let ca_dir = dir.path().join("ca");
+    let cp = Proc::start(
+        &[
+            "control-plane",
+            "--config",
+            dir.path().join("config").to_str().expect("utf-8"),
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+            "--xds-tls-dir",
+            ca_dir.to_str().expect("utf-8"),
+            "--xds-bootstrap-tokens",
+            dir.path().join("tokens").to_str().expect("utf-8"),
+            "--xds-revoked",
+            revoked.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    cp.wait_log("xDS server listening", Duration::from_secs(20));
+    let ca = std::fs::read_to_string(ca_dir.join("ca.crt")).expect("CA written");
+    let gw = |pod: &str| node("default/gw", pod);
+    let serial_of = |pod: &str| -> String {
+        log_fields(
+            &cp.log(),
+            &["issued a client certificate", &format!("pod={pod} ")],
+            "serial",
+        )
+        .pop()
+        .unwrap_or_else(|| panic!("no certificate issued to {pod}:\n{}", cp.log()))
+    };
+
+    let cert1 = issue(xds, &ca, Some(TOKEN), None, gw("gw-1"))
+        .await
+        .expect("gw-1 bootstraps");
+    let mut ads1 = ads(xds, &ca, Some(&cert1), gw("gw-1"))
+        .await
+        .expect("gw-1 connects");
+    ads1.initial().await.expect("gw-1 synced");
+    let cert2 = issue(xds, &ca, Some(TOKEN), None, gw("gw-2"))
+        .await
+        .expect("gw-2 bootstraps");
+    let serial2 = serial_of("gw-2");
+    let mut ads2 = ads(xds, &ca, Some(&cert2), gw("gw-2"))
+        .await
+        .expect("gw-2 connects");
+    ads2.initial().await.expect("gw-2 synced");
+
+    // One certificate revoked: its stream closes, it can neither reconnect nor renew; the pod
+    // bootstraps a new certificate with its token.
+    std::fs::write(&revoked, format!("serial {serial2}\n")).expect("write");
+    let revoked_file = revoked.display().to_string();
+    let closed = ads2.next().await.expect_err("closed on revocation");
+    assert_eq!(closed.code(), Code::PermissionDenied, "{closed:?}");
+    assert_eq!(
+        closed.message(),
+        format!(
+            "the client certificate of pod default/gw-2 of gateway default/gw (serial {serial2}) \
+             is revoked ({revoked_file}:1)"
+        )
+    );
+    assert_status(
+        ads(xds, &ca, Some(&cert2), gw("gw-2")).await,
+        Code::PermissionDenied,
+        "is revoked",
+    );
+    assert_status(
+        issue(xds, &ca, None, Some(&cert2), gw("gw-2")).await,
+        Code::PermissionDenied,
+        &format!("(serial {serial2}) is revoked"),
+    );
+    let cert2b = issue(xds, &ca, Some(TOKEN), None, gw("gw-2"))
+        .await
+        .expect("a new certificate for gw-2");
+    let mut ads2b = ads(xds, &ca, Some(&cert2b), gw("gw-2"))
+        .await
+        .expect("gw-2 reconnects with its new certificate");
+    ads2b.initial().await.expect("gw-2 synced again");
+
+    // A pod revoked: every certificate of it and any new one.
+    std::fs::write(&revoked, format!("serial {serial2}\npod default/gw-1\n")).expect("write");
+    let closed = ads1.next().await.expect_err("closed on revocation");
+    assert_eq!(closed.code(), Code::PermissionDenied, "{closed:?}");
+    assert_eq!(
+        closed.message(),
+        format!(
+            "the credentials of pod default/gw-1 of gateway default/gw are revoked \
+             (pod default/gw-1, {revoked_file}:2)"
+        )
+    );
+    assert_status(
+        issue(xds, &ca, Some(TOKEN), None, gw("gw-1")).await,
+        Code::PermissionDenied,
+        "the credentials of pod default/gw-1 of gateway default/gw are revoked",
+    );
+    assert!(
+        cp.log()
+            .contains("closing the stream: its credentials no longer hold"),
+        "{}",
+        cp.log()
+    );
+    // A broken file keeps the revocations in force; a fixed one lifts them.
+    std::fs::write(&revoked, "pod gw-1\n").expect("write");
+    cp.wait_log("cannot use the revocation list", Duration::from_secs(10));
+    assert_status(
+        issue(xds, &ca, Some(TOKEN), None, gw("gw-1")).await,
+        Code::PermissionDenied,
+        "are revoked",
+    );
+    std::fs::write(&revoked, "").expect("write");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let cert1b = loop {
+        match issue(xds, &ca, Some(TOKEN), None, gw("gw-1")).await {
+            Ok(cert) => break cert,
+            Err(status) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "revocation never lifted: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    ads(xds, &ca, Some(&cert1b), gw("gw-1"))
+        .await
+        .expect("gw-1 connects again")
+        .initial()
+        .await
+        .expect("gw-1 synced again");
+
+    // Guessing tokens: ten failures, then the address waits; certificate renewals do not.
+    const WRONG: &str = "bootstrap-0123456789abcdeX";
+    for _ in 0..10 {
+        assert_status(
+            issue(xds, &ca, Some(WRONG), None, gw("gw-3")).await,
+            Code::Unauthenticated,
+            "the bootstrap token is not valid",
+        );
+    }
+    let limited = issue(xds, &ca, Some(WRONG), None, gw("gw-3"))
+        .await
+        .expect_err("rate-limited");
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    assert!(
+        limited
+            .message()
+            .starts_with("too many failed bootstrap attempts from 127.0.0.1: retry in "),
+        "{}",
+        limited.message()
+    );
+    let hint: u64 = limited
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry hint");
+    assert!((1..=6001).contains(&hint), "{hint}");
+    assert_status(
+        issue(xds, &ca, Some(TOKEN), None, gw("gw-3")).await,
+        Code::ResourceExhausted,
+        "too many failed bootstrap attempts",
+    );
+    issue(xds, &ca, None, Some(&cert2b), gw("gw-2"))
+        .await
+        .expect("a renewal by certificate is not limited");
 }

@@ -14,8 +14,8 @@ use sluice_control_plane::run::{
 };
 use sluice_control_plane::security::ca_store::{load_or_create_in_dir, load_or_create_in_secret};
 use sluice_control_plane::security::{
-    AdminAccess, AdminTokens, Authenticator, BootstrapTokens, PodLiveness, Security, TlsMaterial,
-    TokenReviewer,
+    AdminAccess, AdminTokens, Authenticator, BootstrapTokens, PodLiveness, Revocations, Security,
+    TlsMaterial, TokenReviewer, revocation,
 };
 use sluice_control_plane::translate::gateway_api::index::Index;
 use sluice_control_plane::translate::gateway_api::is_our_class;
@@ -148,6 +148,10 @@ struct ControlPlaneArgs {
     /// Lifetime of the client certificates issued to data planes, in seconds (renewed at 2/3).
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(10..))]
     xds_client_cert_seconds: u64,
+    /// Revoked pods and client certificates, one `pod NAMESPACE/POD` or `serial HEX` per line,
+    /// re-read every second: a revoked pod's streams are closed and its certificates refused.
+    #[arg(long)]
+    xds_revoked: Option<PathBuf>,
     /// Admin tokens for the inspection service, one `TOKEN *` or `TOKEN NS1,NS2` per line.
     /// Without it the inspection service is open on loopback plaintext and closed otherwise.
     #[arg(long, env = "SLUICE_ADMIN_TOKENS")]
@@ -363,6 +367,19 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
     if !tls && args.xds_bootstrap_tokens.is_some() {
         bail!("--xds-bootstrap-tokens needs TLS xDS (--xds-tls-dir)");
     }
+    if !tls && args.xds_revoked.is_some() {
+        bail!("--xds-revoked needs TLS xDS: a plaintext control plane authenticates nobody");
+    }
+    let revocations = match &args.xds_revoked {
+        Some(path) => {
+            let list = revocation::load(path).map_err(anyhow::Error::msg)?;
+            tracing::info!(file = %path.display(), entries = list.len(), "revocation list loaded");
+            let revocations = Arc::new(Revocations::new(list));
+            tokio::spawn(revocation::follow(path.clone(), revocations.clone()));
+            revocations
+        }
+        None => Arc::default(),
+    };
     let admin = match &args.admin_tokens {
         Some(path) => AdminAccess::Tokens(AdminTokens::load(path).map_err(anyhow::Error::msg)?),
         // Open only where nobody else can connect.
@@ -393,6 +410,7 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
                     args.xds_token_audience.clone(),
                 )),
                 pods: PodLiveness::Kubernetes(Default::default()),
+                revocations,
                 client_cert_validity,
                 admin,
                 health_listen: args.health_listen,
@@ -447,6 +465,7 @@ async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {
                     ),
                     authenticator,
                     pods: PodLiveness::Unchecked,
+                    revocations,
                     client_cert_validity,
                     admin,
                     health_listen: args.health_listen,

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod ca_store;
 pub mod identity;
 pub mod pods;
+pub mod revocation;
 pub mod settings;
 pub mod tokens;
 
@@ -17,5 +18,6 @@ pub use admin::{AdminAccess, AdminScope, AdminTokens};
 pub use ca::{CertificateAuthority, IssuedCertificate};
 pub use identity::{PeerCertificate, PodIdentity};
 pub use pods::{PodLiveness, PodSet};
+pub use revocation::{RevocationList, Revocations};
 pub use settings::{Security, TlsMaterial};
 pub use tokens::{Authenticator, BootstrapTokens, TokenReviewer};

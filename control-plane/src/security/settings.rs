@@ -3,6 +3,7 @@
 use super::admin::AdminAccess;
 use super::ca::{CaError, CertificateAuthority};
 use super::pods::PodLiveness;
+use super::revocation::Revocations;
 use super::tokens::Authenticator;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct Security {
     pub authenticator: Authenticator,
     /// Whether an authenticated pod still exists.
     pub pods: PodLiveness,
+    /// Pods and certificates revoked by the operator (`--xds-revoked`).
+    pub revocations: Arc<Revocations>,
     pub client_cert_validity: Duration,
     pub admin: AdminAccess,
     /// Also serve the gRPC health service, and nothing else, in plaintext here: kubelet gRPC
@@ -57,6 +60,7 @@ impl Default for Security {
             tls: None,
             authenticator: Authenticator::None,
             pods: PodLiveness::Unchecked,
+            revocations: Arc::default(),
             client_cert_validity: DEFAULT_CLIENT_CERT_VALIDITY,
             admin: AdminAccess::Open,
             health_listen: None,

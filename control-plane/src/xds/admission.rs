@@ -52,15 +52,27 @@ impl TokenBucket {
 
     /// Takes a token, or says how long until one is available.
     pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.available(now)?;
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Whether a token is there (without taking it), or how long until one is.
+    pub fn available(&mut self, now: Instant) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
             Ok(())
         } else {
             Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
+    }
+
+    /// Whether the bucket is back to its burst (it remembers nothing worth keeping).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        let _ = self.available(now);
+        self.tokens >= self.burst
     }
 }
 

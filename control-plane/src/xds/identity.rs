@@ -1,6 +1,7 @@
 //! `Identity.IssueCertificate`: a pod exchanges its bootstrap token (or, to renew, its current
 //! client certificate) and a CSR for a short-lived client certificate naming it.
 
+use super::bootstrap_limit::{FailedBootstraps, limited_status};
 use super::peer::{bearer_token, peer_certificate};
 use super::server::valid_gateway_id;
 use crate::security::authorize::authorize_node;
@@ -8,7 +9,9 @@ use crate::security::tokens::AuthError;
 use crate::security::{PodIdentity, Security};
 use sluice_proto::discovery::identity_server::Identity;
 use sluice_proto::discovery::{IssueCertificateRequest, IssueCertificateResponse};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// CSRs are small; anything bigger is not one.
@@ -16,11 +19,41 @@ const MAX_CSR_BYTES: usize = 16 << 10;
 
 pub struct IdentityService {
     security: Arc<Security>,
+    failed: FailedBootstraps,
 }
 
 impl IdentityService {
     pub fn new(security: Arc<Security>) -> Self {
-        Self { security }
+        Self::with_failure_limit(security, FailedBootstraps::default())
+    }
+
+    pub fn with_failure_limit(security: Arc<Security>, failed: FailedBootstraps) -> Self {
+        Self { security, failed }
+    }
+
+    /// Authenticates a bootstrap token from `peer`, within its budget of failed attempts.
+    async fn authenticate_token(
+        &self,
+        token: &str,
+        node: &sluice_proto::discovery::Node,
+        peer: IpAddr,
+    ) -> Result<PodIdentity, Status> {
+        if let Err(retry_after) = self.failed.admit(peer, Instant::now()) {
+            tracing::warn!(%peer, node = %node.id, gateway = %node.gateway, ?retry_after, "bootstrap refused: too many failed attempts");
+            return Err(limited_status(peer, retry_after));
+        }
+        self.security
+            .authenticator
+            .authenticate(token, node)
+            .await
+            .map_err(|e| {
+                // The API server being down is not the caller's failure.
+                if !matches!(e, AuthError::Unavailable(_)) {
+                    self.failed.record_failure(peer, Instant::now());
+                }
+                tracing::warn!(%peer, node = %node.id, gateway = %node.gateway, reason = %e, "bootstrap refused");
+                auth_status(e)
+            })
     }
 }
 
@@ -45,6 +78,10 @@ impl Identity for IdentityService {
         };
         let certificate = peer_certificate(&request)?;
         let token = bearer_token(&request);
+        // Unknown only off a TCP listener (tests); such callers share one budget.
+        let peer = request
+            .remote_addr()
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
         let req = request.into_inner();
         let node = req
             .node
@@ -60,14 +97,11 @@ impl Identity for IdentityService {
             return Err(Status::invalid_argument("csr_pem is too large"));
         }
         // A current certificate renews itself; otherwise the bootstrap token authenticates.
-        let (identity, credential): (PodIdentity, &str) = match (certificate, token) {
-            (Some(peer), _) => (peer.identity, "client certificate"),
+        let (identity, serial, credential) = match (certificate, token) {
+            (Some(cert), _) => (cert.identity, Some(cert.serial), "client certificate"),
             (None, Some(token)) => (
-                self.security
-                    .authenticator
-                    .authenticate(&token, &node)
-                    .await
-                    .map_err(auth_status)?,
+                self.authenticate_token(&token, &node, peer).await?,
+                None,
                 "token",
             ),
             (None, None) => {
@@ -80,7 +114,15 @@ impl Identity for IdentityService {
         self.security
             .pods
             .check(&identity)
-            .map_err(Status::permission_denied)?;
+            .and_then(|()| {
+                self.security
+                    .revocations
+                    .check(&identity, serial.as_deref())
+            })
+            .map_err(|reason| {
+                tracing::warn!(pod = %identity.pod, gateway = %identity.gateway_id(), %reason, "certificate refused");
+                Status::permission_denied(reason)
+            })?;
         authorize_node(&identity, &node, credential).map_err(Status::permission_denied)?;
         let issued = tls
             .ca

@@ -2,7 +2,9 @@
 //! their client certificates, and the read-only inspection service.
 
 pub mod admission;
+pub mod bootstrap_limit;
 pub mod clients;
+pub mod credentials;
 pub mod held;
 pub mod identity;
 pub mod inspection;

@@ -52,9 +52,6 @@ pub fn ads_peer<T>(
              (obtain one with sluice.discovery.v1.Identity/IssueCertificate)",
         )
     })?;
-    security
-        .pods
-        .check(&peer.identity)
-        .map_err(Status::permission_denied)?;
+    super::credentials::check(security, &peer).map_err(Status::permission_denied)?;
     Ok(Some(peer))
 }

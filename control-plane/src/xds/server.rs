@@ -6,8 +6,8 @@ use super::identity::IdentityService;
 use super::inspection::InspectionService;
 use super::peer::ads_peer;
 use super::stream::StreamState;
+use crate::security::Security;
 use crate::security::authorize::authorize_node;
-use crate::security::{PodIdentity, PodLiveness, Security};
 use crate::views::Views;
 use futures::{Stream, StreamExt};
 use sluice_proto::discovery::aggregated_discovery_service_server::{
@@ -46,22 +46,6 @@ impl AdsService {
             clients,
             security,
             closing,
-        }
-    }
-}
-
-/// Resolves with the reason once `identity`'s credentials stop holding (its pod was deleted);
-/// never when liveness is not checked.
-async fn revoked(liveness: PodLiveness, identity: Option<PodIdentity>) -> String {
-    let (Some(identity), Some(mut changes)) = (identity, liveness.subscribe()) else {
-        return std::future::pending().await;
-    };
-    loop {
-        if let Err(reason) = liveness.check(&identity) {
-            return reason;
-        }
-        if changes.changed().await.is_err() {
-            return std::future::pending().await;
         }
     }
 }
@@ -141,17 +125,16 @@ impl AggregatedDiscoveryService for AdsService {
         let views = self.views.clone();
         let clients = self.clients.clone();
         let closing = self.closing.clone();
-        let liveness = self.security.pods.clone();
-        let identity = authenticated.map(|c| c.identity);
+        let security = self.security.clone();
         let refusals = tx.clone();
         tokio::spawn(async move {
             let node_id = node.id.clone();
             tokio::select! {
                 _ = run_stream(&views, &clients, node, ledger, first, inbound, tx) => {}
                 _ = closed(closing) => {}
-                reason = revoked(liveness, identity) => {
-                    tracing::warn!(node = %node_id, %reason, "closing the stream of a revoked pod");
-                    let _ = refusals.send(Err(Status::permission_denied(reason))).await;
+                status = super::credentials::ended(&security, authenticated.as_ref()) => {
+                    tracing::warn!(node = %node_id, %serial, reason = %status.message(), "closing the stream: its credentials no longer hold");
+                    let _ = refusals.send(Err(status)).await;
                 }
             }
             clients.remove(id);

@@ -1,0 +1,149 @@
+//! A stream lives no longer than the credentials it authenticated with: it ends when its
+//! client certificate expires (the data plane has renewed by then and reconnects with the new
+//! one), when its pod is deleted (Kubernetes) and when its pod or certificate is revoked
+//! (`--xds-revoked`).
+
+use crate::security::{PeerCertificate, Security};
+use std::time::Duration;
+use tonic::Status;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// How long until `not_after` (seconds since the epoch) has passed.
+fn until_expiry(not_after: i64, now: i64) -> Duration {
+    // A certificate is valid through its `not_after` second.
+    Duration::from_secs(u64::try_from(not_after + 1 - now).unwrap_or(0))
+}
+
+/// Whether `cert` still holds: its pod alive and neither it nor its pod revoked.
+pub fn check(security: &Security, cert: &PeerCertificate) -> Result<(), String> {
+    security.pods.check(&cert.identity)?;
+    security
+        .revocations
+        .check(&cert.identity, Some(&cert.serial))
+}
+
+/// Resolves with the status that ends the stream once `cert` stops holding; never for an
+/// unauthenticated (loopback plaintext) stream.
+pub async fn ended(security: &Security, cert: Option<&PeerCertificate>) -> Status {
+    let Some(cert) = cert else {
+        return std::future::pending().await;
+    };
+    let expiry = tokio::time::sleep(until_expiry(cert.not_after, unix_now()));
+    tokio::pin!(expiry);
+    let mut pods = security.pods.subscribe();
+    let mut revocations = security.revocations.subscribe();
+    loop {
+        if let Err(reason) = check(security, cert) {
+            return Status::permission_denied(reason);
+        }
+        let pods_changed = async {
+            let open = match pods.as_mut() {
+                Some(changes) => changes.changed().await.is_ok(),
+                None => false,
+            };
+            if !open {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = &mut expiry => {
+                return Status::unauthenticated(format!(
+                    "the client certificate of {} (serial {}) expired; reconnect with a renewed certificate",
+                    cert.identity, cert.serial
+                ));
+            }
+            _ = pods_changed => {}
+            changed = revocations.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::PodIdentity;
+    use crate::security::revocation::RevocationList;
+
+    fn cert(not_after: i64) -> PeerCertificate {
+        PeerCertificate {
+            identity: PodIdentity {
+                namespace: "edge".into(),
+                gateway: "a".into(),
+                pod: "a-1".into(),
+                uid: None,
+            },
+            serial: "0a1b".into(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn a_certificate_holds_through_its_last_second() {
+        assert_eq!(until_expiry(100, 100), Duration::from_secs(1));
+        assert_eq!(until_expiry(100, 40), Duration::from_secs(61));
+        assert_eq!(until_expiry(100, 500), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_its_certificate_expires() {
+        let security = Security::default();
+        let cert = cert(unix_now());
+        let status = tokio::time::timeout(Duration::from_secs(5), ended(&security, Some(&cert)))
+            .await
+            .expect("ended at expiry");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            status.message(),
+            "the client certificate of pod edge/a-1 of gateway edge/a (serial 0a1b) expired; \
+             reconnect with a renewed certificate"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_its_certificate_is_revoked() {
+        let security = Security::default();
+        let cert = cert(unix_now() + 3600);
+        let ended = ended(&security, Some(&cert));
+        tokio::pin!(ended);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut ended)
+                .await
+                .is_err(),
+            "a valid certificate holds"
+        );
+        security
+            .revocations
+            .replace(RevocationList::parse("serial 0A1B\n", "revoked").expect("list"));
+        let status = tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("ended on revocation");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status
+                .message()
+                .contains("(serial 0a1b) is revoked (revoked:1)"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unauthenticated_stream_never_ends_here() {
+        let security = Security::default();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), ended(&security, None))
+                .await
+                .is_err()
+        );
+    }
+}
