@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Instructions per proxied request (callgrind: deterministic, unlike CPU time on a shared machine)
+# for the sluice data plane or the harness's bare hyper proxy, through the harness's nginx origins.
+#
+#   WHO=sluice|hyper MODE=h1|h2c|https|h2 [N=20000] integration-tests/callgrind-bench.sh
+#
+#   h1     HTTP/1.1 keep-alive            h2load --h1 -c16 -m1
+#   h2c    HTTP/2 prior knowledge, plain  h2load -c16 -m8
+#   https  HTTP/1.1 over TLS (ALPN)       h2load --h1 -c16 -m1 https://
+#   h2     HTTP/2 over TLS (ALPN h2)      h2load -c16 -m8 https://
+#
+# Needs a release build (SLUICE, default target/release/sluice of this checkout) and the bare
+# proxy (`../shared/bench/build.sh hyper`). Uses its own ports (PORT_BASE, default 8180: +5 plain,
+# +365 TLS for sluice; +4 and +364 for hyper) so it can run beside the timed harness. Prints
+# "WHO MODE: total Ir T, per request R"; the callgrind file stays in $CG_DIR for
+# `callgrind_annotate`. The origins of the harness are started if they are not running.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+BENCH="${BENCH:-$ROOT/../shared/bench}"
+source "$BENCH/lib.sh"
+SLUICE=${SLUICE:-$ROOT/target/release/sluice}
+WHO=${WHO:-sluice}
+MODE=${MODE:-h1}
+N=${N:-20000}
+PORT_BASE=${PORT_BASE:-8180}
+CG_DIR=${CG_DIR:-/tmp/sluice-callgrind}
+mkdir -p "$CG_DIR"
+OUTF="$CG_DIR/cg.$WHO.$MODE.out"
+rm -f "$OUTF"*
+
+"$BENCH/stack.sh" up origins >/dev/null 2>&1 # also generates the harness certificate
+
+case "$MODE" in
+  h1) SCHEME=http H1=--h1 STREAMS=1 ;;
+  h2c) SCHEME=http H1= STREAMS=8 ;;
+  https) SCHEME=https H1=--h1 STREAMS=1 ;;
+  h2) SCHEME=https H1= STREAMS=8 ;;
+  *) echo "unknown MODE $MODE" >&2; exit 2 ;;
+esac
+
+CG=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$OUTF")
+CPPID=
+if [[ $WHO == sluice ]]; then
+  P=$((PORT_BASE + 5)) PTLS=$((PORT_BASE + 365)) XDS=$((PORT_BASE + 10005)) ADMIN=$((PORT_BASE + 1805))
+  CONF="$CG_DIR/sluice-conf"
+  rm -rf "$CONF" && mkdir -p "$CONF"
+  indent() { sed 's/^/    /' "$1"; }
+  # The same configuration as integration-tests/proxy-bench.sh, on this script's ports.
+  cat >"$CONF/bench.yaml" <<YAML
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-cert, namespace: default}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+$(indent "$RUN_DIR/cert.pem")
+  tls.key: |
+$(indent "$RUN_DIR/key.pk8.pem")
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Gateway
+metadata: {name: bench, namespace: default}
+spec:
+  service: {httpPort: $P, httpsPort: $PTLS}
+  server:
+    tls: [{secretName: bench-cert}]
+---
+apiVersion: gateway.jkaninda.dev/v1alpha1
+kind: Route
+metadata: {name: origins, namespace: default}
+spec:
+  gateways: [bench]
+  path: /
+  backends:
+    - endpoint: http://127.0.0.1:$P_ORIGIN1
+    - endpoint: http://127.0.0.1:$P_ORIGIN2
+YAML
+  "$SLUICE" control-plane --config "$CONF" --listen "127.0.0.1:$XDS" >"$CG_DIR/cp.log" 2>&1 &
+  CPPID=$!
+  RUST_LOG=warn "${CG[@]}" "$SLUICE" --worker-threads 1 data-plane --gateway default/bench \
+    --xds "http://127.0.0.1:$XDS" --bind 127.0.0.1 --admin "127.0.0.1:$ADMIN" >"$CG_DIR/dp.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 600); do curl -fsS "127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+else
+  P=$((PORT_BASE + 4)) PTLS=$((PORT_BASE + 364))
+  HB_THREADS=1 "${CG[@]}" "$HYPER_BIN" proxy "127.0.0.1:$P" "127.0.0.1:$P_ORIGIN1,127.0.0.1:$P_ORIGIN2" \
+    "127.0.0.1:$PTLS" "$RUN_DIR/cert.pem" "$RUN_DIR/key.pk8.pem" >"$CG_DIR/dp.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 150); do curl -fsS -o /dev/null "127.0.0.1:$P/" 2>/dev/null && break; sleep 0.2; done
+fi
+stop() {
+  kill "$PID" 2>/dev/null || true
+  [[ -n $CPPID ]] && kill "$CPPID" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop EXIT
+
+PORT=$P
+[[ $SCHEME == https ]] && PORT=$PTLS
+URL="$SCHEME://127.0.0.1:$PORT/"
+# Warm-up: connections, upstream pools, TLS session state.
+h2load $H1 -n 2000 -c 16 -m "$STREAMS" "$URL" >/dev/null
+callgrind_control -i on "$PID" >/dev/null
+RESULT=$(h2load $H1 -n "$N" -c 16 -m "$STREAMS" "$URL")
+grep -E "^requests:|status codes" <<<"$RESULT"
+grep -q "$N succeeded" <<<"$RESULT" || { echo "not every request succeeded" >&2; exit 1; }
+callgrind_control -d "$PID" >/dev/null
+stop
+trap - EXIT
+F=$(ls -t "$OUTF"* | grep -v "^$OUTF$" | head -1 || true)
+F=${F:-$OUTF}
+# awk reads everything: an early exit would fail the pipe (SIGPIPE) under pipefail.
+TOTAL=$(callgrind_annotate "$F" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
+echo "$WHO $MODE: total Ir $TOTAL, per request $((TOTAL / N)) ($F)"
