@@ -542,9 +542,13 @@ async fn serve_http<I>(
         let req = req.map(|body| WaitingBody::new(body, bounded));
         let observer = service_shared.observer.clone();
         let peer = peer.clone();
-        // Boxed: the request's state machine is several KiB, and hyper moves the service future
-        // into its connection state; moving a pointer is cheaper than copying the state.
-        Box::pin(async move {
+        // Boxed: the request's state machine is several KiB (8 KiB in release builds), and hyper
+        // moves the service future into its connection state (HTTP/1) or a task per stream
+        // (HTTP/2); moving a pointer is cheaper than copying the state. Allocated first and
+        // written in place: `Box::pin(async { .. })` builds the whole state on the stack and
+        // copies it into the allocation (an 8 KiB memcpy per request under callgrind), while
+        // writing into the allocation stores only the captured values.
+        in_place(Box::new_uninit(), async move {
             let response = observer
                 .serve(snapshot, port, peer, tls.as_deref(), req)
                 .await;
@@ -588,6 +592,13 @@ async fn serve_http<I>(
     if let Err(error) = result {
         tracing::debug!(%remote, port, %error, "connection ended with error");
     }
+}
+
+/// Moves `future` into `slot`, an allocation made before the future was built, so the compiler
+/// can construct the future directly in the heap (see the request service in `serve_http`).
+#[inline(always)]
+fn in_place<F: Future>(slot: Box<std::mem::MaybeUninit<F>>, future: F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(slot, future))
 }
 
 #[derive(Debug, PartialEq, Eq)]
