@@ -238,6 +238,75 @@ async fn stalled_uploads_are_cut_but_slow_upstreams_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http2_uploads_are_answered_408_while_the_connection_goes_on() {
+    use futures::SinkExt;
+    use http_body::Frame;
+    let (_dir, _sluice, _echo, port) = edge("edge-h2-body", "{timeouts: {read: 1}}").await;
+    let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+
+    // A stream on the same connection to a backend slower than the read timeout: its complete
+    // body is sent, so it must be answered (the bound is the client's, not the upstream's).
+    let slow = h2.send_request(
+        http::Request::post("/")
+            .header("host", "x")
+            .header("x-echo-delay-ms", "2500")
+            .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                b"0123456789",
+            ))))
+            .unwrap(),
+    );
+    let slow = tokio::spawn(slow);
+
+    // A body announced as 100 bytes, of which 10 arrive, then nothing.
+    let (mut tx, rx) =
+        futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+        .await
+        .unwrap();
+    let stalled = http::Request::post("/")
+        .header("host", "x")
+        .header("content-length", "100")
+        .body(http_body_util::Either::Right(
+            http_body_util::StreamBody::new(rx),
+        ))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(10), h2.send_request(stalled))
+        .await
+        .expect("the stalled stream is answered")
+        .expect("a response, not a connection error");
+    assert_eq!(resp.status(), 408);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "answered after the 1s read timeout, not before: {:?}",
+        started.elapsed()
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"request body not received in time\n");
+
+    // The connection and its other streams go on.
+    let slow = slow.await.unwrap().expect("the slow stream is answered");
+    assert_eq!(slow.status(), 200);
+    let slow = slow.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&slow).contains("\"body_bytes\":10"),
+        "{slow:?}"
+    );
+    let again = http::Request::get("/")
+        .header("host", "x")
+        .body(http_body_util::Either::Left(Full::new(Bytes::new())))
+        .unwrap();
+    let again = h2.send_request(again).await.expect("same connection");
+    assert_eq!(again.status(), 200);
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed() {
     // The read timeout stays at its 30s default: only the idle timeout can close the connection.
     let (_dir, _sluice, _echo, port) = edge("edge-idle", "{timeouts: {idle: 1}}").await;

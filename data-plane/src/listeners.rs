@@ -7,7 +7,9 @@ use crate::l4::{self, L4Context};
 use crate::observe::Observer;
 use crate::proxy::Peer;
 use crate::snapshot::{PortKind, Snapshot};
-use crate::timeouts::{Activity, ClientIo, InFlightBody, Protocol, WaitingBody};
+use crate::timeouts::{
+    Activity, BodyBound, BodyStall, ClientIo, InFlightBody, Protocol, WaitingBody,
+};
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
 use arc_swap::ArcSwap;
@@ -458,7 +460,7 @@ async fn serve_connection(
             timeout: timeouts.idle,
             activity,
         };
-        return serve_http(io, remote, port, None, idle, stop, shared).await;
+        return serve_http(io, remote, port, None, idle, timeouts.read, stop, shared).await;
     };
     let metrics = shared.observer.metrics();
     let Some(stream) =
@@ -496,6 +498,7 @@ async fn serve_connection(
             timeout: timeouts.idle,
             activity,
         },
+        timeouts.read,
         stop,
         shared,
     )
@@ -517,12 +520,15 @@ struct IdleWatch {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on an accepted (plain or TLS) stream until it closes or `stop`.
+/// `read_timeout` bounds a request body waiting for the client.
+#[allow(clippy::too_many_arguments)]
 async fn serve_http<I>(
     io: I,
     remote: SocketAddr,
     port: u16,
     tls: Option<Arc<TlsConnection>>,
     idle: IdleWatch,
+    read_timeout: Option<Duration>,
     mut stop: watch::Receiver<bool>,
     shared: Arc<Shared>,
 ) where
@@ -536,10 +542,22 @@ async fn serve_http<I>(
         let snapshot = service_shared.current.load_full();
         let tls = tls.clone();
         let in_flight = service_activity.begin();
-        // HTTP/1 bodies are bounded by the read timeout while they wait for the client.
-        let bounded = (req.version() < http::Version::HTTP_2 && !req.body().is_end_stream())
-            .then(|| service_activity.clone());
-        let req = req.map(|body| WaitingBody::new(body, bounded));
+        // Bodies are bounded by the read timeout while they wait for the client: HTTP/1 by the
+        // connection's reader, HTTP/2 per stream.
+        let mut stall = None;
+        let bound = match read_timeout {
+            Some(_) if req.body().is_end_stream() => BodyBound::None,
+            None => BodyBound::None,
+            Some(_) if req.version() < http::Version::HTTP_2 => {
+                BodyBound::Connection(service_activity.clone())
+            }
+            Some(timeout) => {
+                let s = Arc::new(BodyStall::default());
+                stall = Some(s.clone());
+                BodyBound::Stream { timeout, stall: s }
+            }
+        };
+        let req = req.map(|body| WaitingBody::new(body, bound));
         let observer = service_shared.observer.clone();
         let peer = peer.clone();
         // Boxed: the request's state machine is several KiB (8 KiB in release builds), and hyper
@@ -550,13 +568,15 @@ async fn serve_http<I>(
         // writing into the allocation stores only the captured values.
         in_place(Box::new_uninit(), async move {
             let response = observer
-                .serve(snapshot, port, peer, tls.as_deref(), req)
+                .serve(snapshot, port, peer, tls.as_deref(), stall.as_deref(), req)
                 .await;
             if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.upgrade();
             }
+            // A stall after this answer resets the stream; one before it is the 408 already.
+            let stall = stall.filter(|s| !s.is_stalled());
             // In flight until the response body is done, not just its head.
-            Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight)))
+            Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight, stall)))
         })
     });
     // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a

@@ -10,6 +10,7 @@ use crate::proxy::{self, Peer, ProxyBody, Report, UpstreamFailure, response};
 use crate::router::NormalizedHost;
 use crate::router::host::request_host;
 use crate::snapshot::Snapshot;
+use crate::timeouts::{BODY_STALLED, BodyStall};
 use crate::tls::TlsConnection;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
@@ -45,19 +46,22 @@ impl Observer {
         &self.metrics
     }
 
-    /// Serves one request through the proxy, recording it.
+    /// Serves one request through the proxy, recording it. When `stall` fires (an HTTP/2
+    /// request body waited past the read timeout) before the proxy answers, the answer is 408.
     pub async fn serve<B>(
         &self,
         snapshot: Arc<Snapshot>,
         port: u16,
         client: Peer,
         tls: Option<&TlsConnection>,
+        stall: Option<&BodyStall>,
         req: Request<B>,
     ) -> Response<ObservedBody>
     where
         B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
     {
         let start = Instant::now();
+        let client_addr = client.addr;
         if !snapshot.metrics_endpoints().is_empty()
             && let Some(resp) = self.scrape(&snapshot, port, &req)
         {
@@ -82,8 +86,20 @@ impl Observer {
             inner,
             bytes: request_bytes,
         });
-        let resp =
-            proxy::handle_reporting(snapshot, port, client, tls, req, &mut flight.report).await;
+        let handle = proxy::handle_reporting(snapshot, port, client, tls, req, &mut flight.report);
+        let resp = match stall {
+            None => handle.await,
+            Some(stall) => tokio::select! {
+                biased;
+                resp = handle => resp,
+                // As Envoy's stream idle timeout: 408 while no response has begun (once it has,
+                // the listener's response body resets the stream).
+                () = stall.stalled() => {
+                    tracing::debug!(port, client = %client_addr, "HTTP/2 {BODY_STALLED}");
+                    response::request_timeout()
+                }
+            },
+        };
         flight.answered = true;
         let done = flight.answer(resp.status().as_u16(), resp.headers());
         resp.map(|inner| ObservedBody {

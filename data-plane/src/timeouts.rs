@@ -39,7 +39,10 @@ struct Deadline {
 
 impl Deadline {
     fn arm(&mut self, after: Duration) {
-        let at = Instant::now() + after;
+        self.arm_at(Instant::now() + after);
+    }
+
+    fn arm_at(&mut self, at: Instant) {
         match &mut self.timer {
             Some(timer) if timer.deadline() <= at => {}
             Some(timer) => timer.as_mut().reset(at),
@@ -260,22 +263,110 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     }
 }
 
-/// An HTTP/1 request body that tells its connection while it waits for client bytes, so a
-/// stalled upload fails after the read timeout (as a read error, which hyper hands to the body's
-/// consumer) while a slow upstream never does.
+/// How a request body's waits for client bytes are bounded (the read timeout).
+pub enum BodyBound {
+    /// Not bounded (read timeout off, or nothing to read).
+    None,
+    /// HTTP/1: the connection's reader fails the read (and the connection) once the body has
+    /// waited too long, so a body only reports that it waits.
+    Connection(Arc<Activity>),
+    /// HTTP/2: a stalled stream must not end its connection's other streams, so the body keeps
+    /// its own timer and signals the stream's end through `BodyStall`.
+    Stream {
+        timeout: Duration,
+        stall: Arc<BodyStall>,
+    },
+}
+
+/// Set once an HTTP/2 request body has waited for client bytes past the read timeout: the
+/// request is then answered with 408 or, when its response has begun, the stream is reset.
+pub struct BodyStall {
+    stalled: AtomicBool,
+    waker: AtomicWaker,
+    created: Instant,
+    /// Nanoseconds after `created` of the last response frame (0: none yet). A stream whose
+    /// response flows is not stalled (a gRPC bidirectional stream may leave its request side
+    /// quiet for long), as with Envoy's stream idle timeout.
+    responded: AtomicU64,
+}
+
+impl Default for BodyStall {
+    fn default() -> Self {
+        BodyStall {
+            stalled: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            created: Instant::now(),
+            responded: AtomicU64::new(0),
+        }
+    }
+}
+
+impl BodyStall {
+    fn fire(&self) {
+        self.stalled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn record_response(&self) {
+        let nanos = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.responded.fetch_max(nanos.max(1), Ordering::AcqRel);
+    }
+
+    /// When the last response frame went out, if any did.
+    fn last_response(&self) -> Option<Instant> {
+        match self.responded.load(Ordering::Acquire) {
+            0 => None,
+            nanos => Some(self.created + Duration::from_nanos(nanos)),
+        }
+    }
+
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
+    }
+
+    /// Whether the body stalled; registers `cx` to be woken when it does.
+    pub fn poll_stalled(&self, cx: &mut Context<'_>) -> bool {
+        if self.stalled.load(Ordering::Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.stalled.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the body stalled.
+    pub async fn stalled(&self) {
+        std::future::poll_fn(|cx| {
+            if self.poll_stalled(cx) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// The reason a stalled request body gives (logs, the 408 body, the stream reset).
+pub const BODY_STALLED: &str = "request body stalled (read timeout)";
+
+/// A request body bounded by the read timeout while it waits for client bytes, while a slow
+/// upstream (which simply does not poll it) never is. HTTP/1 tells its connection, which fails
+/// the read (hyper hands that error to the body's consumer); HTTP/2 times each stream itself.
 pub struct WaitingBody<B> {
     inner: B,
-    /// None: not bounded (HTTP/2, or nothing to read).
-    activity: Option<Arc<Activity>>,
+    bound: BodyBound,
     waiting: bool,
+    /// HTTP/2: the armed bound of the current wait.
+    deadline: Deadline,
 }
 
 impl<B> WaitingBody<B> {
-    pub fn new(inner: B, activity: Option<Arc<Activity>>) -> Self {
+    pub fn new(inner: B, bound: BodyBound) -> Self {
         WaitingBody {
             inner,
-            activity,
+            bound,
             waiting: false,
+            deadline: Deadline::default(),
         }
     }
 
@@ -284,13 +375,44 @@ impl<B> WaitingBody<B> {
             return;
         }
         self.waiting = waiting;
-        if let Some(activity) = &self.activity {
-            if waiting {
-                activity.bodies_waiting.fetch_add(1, Ordering::AcqRel);
-                activity.reader.wake();
-            } else {
-                activity.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
+        match &self.bound {
+            BodyBound::None => {}
+            BodyBound::Connection(activity) => {
+                if waiting {
+                    activity.bodies_waiting.fetch_add(1, Ordering::AcqRel);
+                    activity.reader.wake();
+                } else {
+                    activity.bodies_waiting.fetch_sub(1, Ordering::AcqRel);
+                }
             }
+            BodyBound::Stream { timeout, .. } => {
+                if waiting {
+                    self.deadline.arm(*timeout);
+                } else {
+                    self.deadline.disarm();
+                }
+            }
+        }
+    }
+}
+
+impl<B> WaitingBody<B> {
+    /// An HTTP/2 wait outlived the bound: the stream stalled unless its response moved on
+    /// within the bound. A stalled stream ends from the service side (408 or reset); until then
+    /// this body stays pending rather than reporting a truncated upload as complete.
+    fn stream_wait_expired(&mut self, cx: &mut Context<'_>) {
+        let BodyBound::Stream { timeout, stall } = &self.bound else {
+            return;
+        };
+        match stall.last_response().map(|at| at + *timeout) {
+            Some(until) if until > Instant::now() => {
+                self.deadline.arm_at(until);
+                // Registers the timer for the new deadline.
+                if self.deadline.expired(cx) {
+                    stall.fire();
+                }
+            }
+            _ => stall.fire(),
         }
     }
 }
@@ -311,6 +433,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for WaitingBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         self.set_waiting(polled.is_pending());
+        if polled.is_pending() && self.deadline.expired(cx) {
+            self.stream_wait_expired(cx);
+        }
         polled
     }
 
@@ -391,30 +516,48 @@ impl Activity {
 }
 
 /// A response body that keeps its request in flight until it is finished or dropped, so a
-/// long stream (SSE, gRPC) counts as activity for the idle timeout.
+/// long stream (SSE, gRPC) counts as activity for the idle timeout. When its HTTP/2 request
+/// body stalls, it fails, so hyper resets the stream (the connection's other streams go on).
 pub struct InFlightBody<B> {
     inner: B,
     _in_flight: InFlight,
+    stall: Option<Arc<BodyStall>>,
 }
 
 impl<B> InFlightBody<B> {
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
+    pub fn new(inner: B, in_flight: InFlight, stall: Option<Arc<BodyStall>>) -> Self {
         InFlightBody {
             inner,
             _in_flight: in_flight,
+            stall,
         }
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for InFlightBody<B> {
+impl<B> Body for InFlightBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let Some(stall) = &this.stall else {
+            return Pin::new(&mut this.inner).poll_frame(cx).map_err(Into::into);
+        };
+        if stall.poll_stalled(cx) {
+            return Poll::Ready(Some(Err(BODY_STALLED.into())));
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            stall.record_response();
+        }
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -618,5 +761,103 @@ mod tests {
         drop(b);
         assert!(!activity.is_idle_at(idle, later(9)), "just finished");
         assert!(activity.is_idle_at(idle, later(11)));
+    }
+
+    type FrameTx = futures::channel::mpsc::Sender<Result<Frame<Bytes>, std::convert::Infallible>>;
+    type FrameRx = futures::channel::mpsc::Receiver<Result<Frame<Bytes>, std::convert::Infallible>>;
+
+    /// An HTTP/2 request body fed by `tx`, bounded at `timeout`, and its stall signal.
+    fn stream_body(
+        timeout: Duration,
+    ) -> (
+        FrameTx,
+        WaitingBody<http_body_util::StreamBody<FrameRx>>,
+        Arc<BodyStall>,
+    ) {
+        let (tx, rx) = futures::channel::mpsc::channel(4);
+        let stall = Arc::new(BodyStall::default());
+        let bound = BodyBound::Stream {
+            timeout,
+            stall: stall.clone(),
+        };
+        let body = WaitingBody::new(http_body_util::StreamBody::new(rx), bound);
+        (tx, body, stall)
+    }
+
+    /// Polls `body` for a frame for at most `wait` (None: still pending).
+    async fn next_frame<B: Body<Data = Bytes> + Unpin>(body: &mut B, wait: Duration) -> Option<()> {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+        tokio::time::timeout(wait, frame).await.ok().map(|_| ())
+    }
+
+    #[tokio::test]
+    async fn a_stalled_http2_body_signals_its_stream_but_not_a_trickling_one() {
+        use futures::SinkExt;
+        let (mut tx, mut body, stall) = stream_body(Duration::from_millis(400));
+        // Bytes every 200ms keep a 400ms bound from firing.
+        for _ in 0..3 {
+            assert!(
+                next_frame(&mut body, Duration::from_millis(200))
+                    .await
+                    .is_none()
+            );
+            tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                .await
+                .unwrap();
+            assert!(
+                next_frame(&mut body, Duration::from_millis(50))
+                    .await
+                    .is_some()
+            );
+        }
+        assert!(!stall.is_stalled());
+        // Then nothing: the wait outlives the bound, the body stays pending (never a truncated
+        // end) and the stream is told.
+        assert!(
+            next_frame(&mut body, Duration::from_millis(700))
+                .await
+                .is_none()
+        );
+        assert!(stall.is_stalled());
+    }
+
+    #[tokio::test]
+    async fn a_flowing_response_keeps_a_quiet_http2_request_side_alive() {
+        use futures::SinkExt;
+        let (_tx, mut body, stall) = stream_body(Duration::from_millis(400));
+        let (mut resp_tx, resp_rx) = futures::channel::mpsc::channel(4);
+        let activity = Arc::new(Activity::default());
+        let mut response = InFlightBody::new(
+            http_body_util::StreamBody::new(resp_rx),
+            activity.begin(),
+            Some(stall.clone()),
+        );
+        // Polled as an upstream sender waiting for request bytes would.
+        let request_side = tokio::spawn(async move {
+            let _ = next_frame(&mut body, Duration::from_secs(10)).await;
+            body
+        });
+        // A response frame every 200ms: the request side may stay quiet past the bound.
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            resp_tx
+                .send(Ok::<_, std::convert::Infallible>(Frame::data(
+                    Bytes::from_static(b"y"),
+                )))
+                .await
+                .unwrap();
+            assert!(
+                next_frame(&mut response, Duration::from_millis(50))
+                    .await
+                    .is_some()
+            );
+        }
+        assert!(!stall.is_stalled(), "the response moved on: not stalled");
+        // The response stops too: the stream stalls, and its response body fails (a reset).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(stall.is_stalled());
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut response).poll_frame(cx)).await;
+        assert!(matches!(frame, Some(Err(_))), "the stream is reset");
+        request_side.abort();
     }
 }

@@ -53,6 +53,14 @@ pub fn blocked() -> Response<ProxyBody> {
     text(StatusCode::FORBIDDEN, "request blocked\n")
 }
 
+/// An HTTP/2 request body stalled past the read timeout before any response began.
+pub fn request_timeout() -> Response<ProxyBody> {
+    text(
+        StatusCode::REQUEST_TIMEOUT,
+        "request body not received in time\n",
+    )
+}
+
 pub fn uri_too_long() -> Response<ProxyBody> {
     text(StatusCode::URI_TOO_LONG, "URI too long\n")
 }
