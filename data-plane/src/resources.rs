@@ -45,3 +45,27 @@ impl Resources {
         self
     }
 }
+
+/// Releases the spare capacity prost leaves in a decoded route's lists (a repeated field grows
+/// by doubling from 4, so one match or one backend holds room for four): a held route lives as
+/// long as it is served, and at 10,000 routes the slack was ~1 KiB per route.
+pub fn compact_route(r: &mut pb::Route) {
+    r.listeners.shrink_to_fit();
+    r.hostnames.shrink_to_fit();
+    r.allowed_methods.shrink_to_fit();
+    r.mirrors.shrink_to_fit();
+    r.middlewares.shrink_to_fit();
+    r.matches.shrink_to_fit();
+    for m in &mut r.matches {
+        m.headers.shrink_to_fit();
+        m.query_params.shrink_to_fit();
+    }
+    if let Some(pb::route::Action::Forward(f)) = &mut r.action {
+        f.backends.shrink_to_fit();
+    }
+}
+
+/// As `compact_route`, for a cluster's endpoint list.
+pub fn compact_cluster(c: &mut pb::Cluster) {
+    c.endpoints.shrink_to_fit();
+}

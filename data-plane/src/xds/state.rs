@@ -3,7 +3,7 @@
 
 use crate::config_dump::Versions;
 use crate::metrics::Metrics;
-use crate::resources::Resources;
+use crate::resources::{Resources, compact_cluster, compact_route};
 use crate::snapshot::{Changed, Compiler, Snapshot};
 use prost::Message;
 use sluice_proto::config as pb;
@@ -155,8 +155,9 @@ impl ConfigState {
                 res.secrets.insert(r.name.clone(), Arc::new(m));
             }
             CLUSTER => {
-                let m: pb::Cluster = decode(&any.value)?;
+                let mut m: pb::Cluster = decode(&any.value)?;
                 same_name(&m.name, &r.name)?;
+                compact_cluster(&mut m);
                 self.compiler.validate_cluster(&m, res)?;
                 res.clusters.insert(r.name.clone(), Arc::new(m));
             }
@@ -167,8 +168,9 @@ impl ConfigState {
                 res.listeners.insert(r.name.clone(), Arc::new(m));
             }
             ROUTE => {
-                let m: pb::Route = decode(&any.value)?;
+                let mut m: pb::Route = decode(&any.value)?;
                 same_name(&m.name, &r.name)?;
+                compact_route(&mut m);
                 self.compiler.validate_route(&m, res)?;
                 res.routes.insert(r.name.clone(), Arc::new(m));
             }
