@@ -536,7 +536,7 @@ impl Compiler {
                 .map(|(old, c)| (old.clone(), c.clone()));
             let pool = cluster::pool_settings(pb_cluster, self.pool_defaults);
             if previous.as_ref().is_some_and(|(old, c)| {
-                Arc::ptr_eq(old, pb_cluster) && c.tls == tls && c.pool == pool
+                Arc::ptr_eq(old, pb_cluster) && c.tls.as_deref() == tls.as_ref() && c.pool == pool
             }) {
                 continue;
             }

@@ -4,9 +4,13 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sluice_proto::config as pb;
 
-/// A compiled `HeaderModifier`; empty when the route has none.
+/// A compiled `HeaderModifier`; empty when the route has none. One pointer wide: every route
+/// and backend carries two, and nearly all are empty.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct HeaderModifier {
+pub struct HeaderModifier(Option<Box<Edits>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Edits {
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
     remove: Vec<HeaderName>,
@@ -45,28 +49,33 @@ impl HeaderModifier {
                     .map_err(|_| format!("remove[{i}]: {n:?} is not a valid header name"))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(HeaderModifier {
+        let edits = Edits {
             set: pairs("set", &m.set)?,
             add: pairs("add", &m.add)?,
             remove,
-        })
+        };
+        let empty = edits.set.is_empty() && edits.add.is_empty() && edits.remove.is_empty();
+        Ok(HeaderModifier((!empty).then(|| Box::new(edits))))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+        self.0.is_none()
     }
 
     /// Applies the modifier: `set` replaces every value, `add` appends a value next to the
     /// existing ones (separate header lines, which HTTP treats as one comma-joined value),
     /// `remove` drops the header. Names are case-insensitive by construction.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.set {
+        let Some(edits) = &self.0 else {
+            return;
+        };
+        for (name, value) in &edits.set {
             headers.insert(name.clone(), value.clone());
         }
-        for (name, value) in &self.add {
+        for (name, value) in &edits.add {
             headers.append(name.clone(), value.clone());
         }
-        for name in &self.remove {
+        for name in &edits.remove {
             headers.remove(name);
         }
     }

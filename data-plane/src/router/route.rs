@@ -40,7 +40,8 @@ pub struct CompiledRoute {
     /// Applied to every response of this route, the gateway's own answers included.
     pub response_headers: HeaderModifier,
     pub mirrors: Vec<Mirror>,
-    pub cors: Option<Cors>,
+    /// Boxed: rare, and ~200 bytes inline in every route.
+    pub cors: Option<Box<Cors>>,
     /// Metric handles, set by a Compiler that records metrics; None when `disable_metrics`.
     pub stats: Option<Arc<RouteStats>>,
     /// Set by the Compiler (middlewares need its state registry); empty from `compile`.
@@ -229,7 +230,7 @@ impl CompiledRoute {
             mirrors.push(Mirror::compile(m).map_err(|e| format!("mirrors[{i}].{e}"))?);
         }
         let cors = match &r.cors {
-            Some(c) => Some(Cors::compile(c).map_err(|e| format!("cors.{e}"))?),
+            Some(c) => Some(Box::new(Cors::compile(c).map_err(|e| format!("cors.{e}"))?)),
             None => None,
         };
         Ok(CompiledRoute {

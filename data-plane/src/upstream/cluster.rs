@@ -97,7 +97,8 @@ pub struct CompiledCluster {
     pub pool: PoolSettings,
     pub client: UpstreamClient,
     /// What the TLS client was built from (None: plaintext); equal inputs keep the client.
-    pub tls: Option<TlsInputs>,
+    /// Boxed: most clusters are plaintext, and the inputs are ~200 bytes inline.
+    pub tls: Option<Box<TlsInputs>>,
     /// The TLS connector of L4 streams (no ALPN), built on the first one: HTTP-only clusters
     /// never pay for it, and streams do not parse the roots each.
     stream_tls: OnceLock<Result<TlsConnector, String>>,
@@ -292,7 +293,7 @@ impl CompiledCluster {
                         p.protocol == protocol
                             && p.connect_timeout == connect_timeout
                             && p.pool == pool
-                            && p.tls.as_ref() == Some(inputs)
+                            && p.tls.as_deref() == Some(inputs)
                     })
                     .map(|p| p.client.clone());
                 let client = match kept {
@@ -362,7 +363,7 @@ impl CompiledCluster {
             connect_timeout,
             pool,
             client,
-            tls,
+            tls: tls.map(Box::new),
             stream_tls: OnceLock::new(),
             health_check,
             outlier,
