@@ -12,6 +12,7 @@ use crate::router::host::request_host;
 use crate::snapshot::Snapshot;
 use crate::timeouts::{BODY_STALLED, BodyStall};
 use crate::tls::TlsConnection;
+use crate::upstream::client::BoxError;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
@@ -297,12 +298,12 @@ impl Completion {
 
 impl Body for ObservedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

@@ -1,13 +1,15 @@
 //! Locally generated responses: proxy errors, 404/405 and direct responses.
 
 use crate::router::route::DirectResponse;
+use crate::upstream::client::BoxError;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
 /// Body of every response the proxy returns: upstream bodies streamed through, or local bytes.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+/// Its error is boxed: upstream bodies fail with our HTTP/1.1 codec's errors or hyper's.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes)

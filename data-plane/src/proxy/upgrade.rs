@@ -8,6 +8,7 @@
 //! routed ("h2c smuggling").
 
 use super::response::ProxyBody;
+use crate::upstream::ResponseBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode, Version, request};
 use hyper::upgrade::OnUpgrade;
@@ -63,11 +64,15 @@ impl ClientUpgrade {
     }
 
     /// Answers the client with the upstream's `101` (hop-by-hop headers stripped, the upgrade
-    /// headers kept) and spawns the tunnel that copies bytes both ways once both sides switched.
-    pub fn switch<B>(self, mut upstream: Response<B>, route: Arc<str>) -> Response<ProxyBody> {
+    /// headers kept) and spawns the tunnel that copies bytes both ways once the client side
+    /// switched (the upstream side already has).
+    pub fn switch(self, upstream: Response<ResponseBody>, route: Arc<str>) -> Response<ProxyBody> {
         debug_assert_eq!(upstream.status(), StatusCode::SWITCHING_PROTOCOLS);
-        let upstream_io = hyper::upgrade::on(&mut upstream);
-        let (mut parts, _) = upstream.into_parts();
+        let (mut parts, body) = upstream.into_parts();
+        let Some(mut upstream) = body.into_upgraded() else {
+            tracing::warn!(%route, "101 from an upstream connection that cannot be upgraded");
+            return super::response::upstream_error();
+        };
         let protocol = parts.headers.get(header::UPGRADE).cloned();
         super::headers::strip_hop_by_hop(&mut parts.headers, false);
         parts
@@ -79,15 +84,14 @@ impl ClientUpgrade {
         let client_io = self.on_upgrade;
         tokio::spawn(async move {
             // The client side switches once hyper has written the 101 returned below.
-            let (client, upstream) = match tokio::try_join!(client_io, upstream_io) {
-                Ok(pair) => pair,
+            let client = match client_io.await {
+                Ok(client) => client,
                 Err(error) => {
                     tracing::debug!(%route, %error, "upgrade did not complete");
                     return;
                 }
             };
             let mut client = TokioIo::new(client);
-            let mut upstream = TokioIo::new(upstream);
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 Ok((up, down)) => {
                     tracing::debug!(%route, bytes_up = up, bytes_down = down, "upgraded connection closed");

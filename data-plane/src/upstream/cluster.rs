@@ -8,9 +8,9 @@ use super::client::{self, Clients, DEFAULT_CONNECT_TIMEOUT, Protocol, UpstreamCl
 use super::connector::parse_server_name;
 use super::error::{SendError, UpstreamError};
 use super::health::HealthCheck;
-use super::http1::ResponseBody;
 use super::outlier::{EndpointHealth, Outcome, Outlier, now_ms};
 use super::pool::{self, PoolSettings};
+use super::response_body::ResponseBody;
 use super::tls::{Alpn, TlsInputs, client_config, validate_subject_alt_name};
 use crate::router::route::to_duration;
 use http::uri::{Authority, Scheme};

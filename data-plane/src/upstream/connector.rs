@@ -5,9 +5,7 @@
 
 use super::dns::CachingResolver;
 use hyper::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use std::future::Future;
@@ -16,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::TlsConnector;
@@ -115,7 +114,7 @@ impl UpstreamConnector {
                 .map_err(|e| ConnectError::Tcp(e.into()))?;
             let Some(tls) = tls else {
                 return Ok(UpstreamStream {
-                    io: Io::Plain(tcp),
+                    io: Io::Plain(tcp.into_inner()),
                     _slot: slot,
                 });
             };
@@ -125,7 +124,7 @@ impl UpstreamConnector {
             };
             match tls.connector.connect(name, tcp.into_inner()).await {
                 Ok(stream) => Ok(UpstreamStream {
-                    io: Io::Tls(Box::new(TokioIo::new(stream))),
+                    io: Io::Tls(Box::new(stream)),
                     _slot: slot,
                 }),
                 Err(error) => {
@@ -148,22 +147,24 @@ pub fn parse_server_name(name: &str) -> Result<ServerName<'static>, ConnectError
 }
 
 /// A plain or TLS upstream connection, holding its endpoint's connection slot until it closes.
+/// Tokio I/O: our HTTP/1.1 codec drives it directly; hyper's HTTP/2 client gets it through
+/// `TokioIo`.
 pub struct UpstreamStream {
     io: Io,
     _slot: OwnedSemaphorePermit,
 }
 
 enum Io {
-    Plain(TokioIo<TcpStream>),
+    Plain(TcpStream),
     /// Boxed: the TLS session state is large, plaintext connections should not pay for it.
-    Tls(Box<TokioIo<TlsStream<TcpStream>>>),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl Read for UpstreamStream {
+impl AsyncRead for UpstreamStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
+        buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -172,7 +173,7 @@ impl Read for UpstreamStream {
     }
 }
 
-impl Write for UpstreamStream {
+impl AsyncWrite for UpstreamStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

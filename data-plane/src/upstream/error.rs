@@ -8,12 +8,12 @@ pub enum UpstreamError {
     /// No connection could be set up: nothing was sent.
     #[error("connect: {0}")]
     Connect(#[source] BoxError),
-    /// The HTTP/1.1 handshake on a new connection failed: nothing was sent.
+    /// The HTTP/2 handshake on a new connection failed: nothing was sent.
     #[error("handshake: {0}")]
     Handshake(#[source] hyper::Error),
     /// The connection closed before the request was written: nothing was sent.
     #[error("connection closed before the request was sent: {0}")]
-    NotSent(#[source] hyper::Error),
+    NotSent(#[source] BoxError),
     /// The exchange failed after the request was (perhaps partly) sent.
     #[error("{0}")]
     Exchange(#[source] BoxError),

@@ -1,39 +1,37 @@
-//! Our HTTP/1.1 upstream connection pool, on hyper's `client::conn::http1`.
+//! Our HTTP/1.1 upstream connection pool, on our own HTTP/1.1 client codec ([`codec`], driven
+//! inline by the request's future in [`connection`]: no connection task, no channels).
 //!
 //! Each endpoint has its own pool ([`EndpointPool`]), found when a cluster compiles and held by
 //! the compiled endpoint, so a request goes straight to its endpoint's idle list: no pool key
-//! to hash and compare per request (hyper-util's pool hashed the scheme and authority on every
-//! checkout and return). An endpoint's pool is shared by every compiled version of every
-//! cluster that lists the endpoint on the same client, so idle connections survive config
+//! to hash and compare per request. An endpoint's pool is shared by every compiled version of
+//! every cluster that lists the endpoint on the same client, so idle connections survive config
 //! changes; when no compiled cluster lists it any more, the pool and its idle connections go.
 //!
 //! A connection goes back to its idle list when the response body has been read to the end
-//! (at once for a response without a body); a body dropped early closes it, as does an upgrade
-//! (`101`). Idle connections older than the idle timeout are closed by the client's reaper
-//! ([`IdleClock`]); its ticks are the pool's clock, so the request path reads no clock.
+//! (at once for a response without a body) and the exchange left it clean (see
+//! [`connection`]); a body dropped early closes it, as does an upgrade (`101`). Idle
+//! connections older than the idle timeout are closed by the client's reaper ([`IdleClock`]);
+//! its ticks are the pool's clock, so the request path reads no clock.
+
+pub mod codec;
+pub mod connection;
 
 use super::client::UpstreamBody;
 use super::connector::{ConnectError, UpstreamConnector};
 use super::error::{SendError, UpstreamError};
-use super::http2::InFlight;
 use super::idle::{IdleClock, Reap};
 use super::pool::PoolSettings;
 use super::registry::Registry;
-use bytes::Bytes;
+use super::response_body::ResponseBody;
+use connection::{Connection, ExchangeError, Exchanged, Http1Error, ResponseStream};
 use http::uri::Authority;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame, SizeHint};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-
-type Sender = http1::SendRequest<UpstreamBody>;
 
 /// Waiters above this count are pruned of the ones that gave up, so requests that time out at
 /// the connection limit cannot pile up.
@@ -71,20 +69,20 @@ struct State {
     /// Oldest first: checkout takes the newest (warm), the reaper closes from the front.
     idle: VecDeque<Idle>,
     /// Requests waiting at the connection limit, first come first served.
-    waiters: VecDeque<oneshot::Sender<Sender>>,
+    waiters: VecDeque<oneshot::Sender<Connection>>,
 }
 
 struct Idle {
-    sender: Sender,
+    conn: Connection,
     /// The epoch it went idle in.
     since: u64,
 }
 
 /// A connection taken from the idle list.
 struct Pooled {
-    sender: Sender,
+    conn: Connection,
     /// It stayed idle across a reaper tick: long enough that the upstream may have closed it
-    /// (keep-alive timeout, restart) without its task having seen the close yet.
+    /// (keep-alive timeout, restart) and the close may not have been seen yet.
     suspect: bool,
 }
 
@@ -179,7 +177,7 @@ impl Reap for Shared {
 /// How a checkout goes on when no idle connection was found.
 enum Next {
     Connect(OwnedSemaphorePermit),
-    Wait(oneshot::Receiver<Sender>),
+    Wait(oneshot::Receiver<Connection>),
 }
 
 /// What a request on a suspect connection needs to be sent again: an idempotent request
@@ -215,82 +213,78 @@ impl Replay {
     }
 }
 
-/// The connection failed before the response started: what a close by the upstream looks
-/// like when the request was already on its way.
-fn closed_before_response(error: &hyper::Error) -> bool {
-    error.is_incomplete_message()
-        || std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>())
-}
-
 impl EndpointPool {
     /// Sends `req` (origin-form URI, `Host` set) on an idle connection, else on a new one.
     /// A request that never left comes back with the error.
     ///
-    /// Stale connections (closed by the upstream while idle) must not fail requests. A request
-    /// that a closed connection hands back unsent goes once more on a new connection. A
-    /// connection idle across a reaper tick is suspect: the pool yields once, so its task can
-    /// see a pending close, and keeps a copy of an idempotent bodyless request, which goes once
-    /// more on a new connection if the connection closes before the response.
+    /// Stale connections (closed by the upstream while idle) must not fail requests. Checkout
+    /// skips idle connections on which a close (or anything else) arrived. A connection idle
+    /// across a reaper tick is suspect: the pool yields once first, so a close already received
+    /// is seen, and keeps a copy of an idempotent bodyless request, which goes once more on a
+    /// new connection if the connection closes before any response. A request nothing of which
+    /// was written on a pooled connection goes on a new one.
     pub async fn send(
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         match self.take_idle() {
             Some(Pooled {
-                mut sender,
+                conn,
                 suspect: false,
-            }) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok(self.lease(sender, resp)),
+            }) => match conn.exchange(req).await {
+                Ok(exchanged) => Ok(self.lease(exchanged)),
                 Err(error) => Box::pin(self.after_failure(error, None)).await,
             },
             Some(Pooled {
-                sender,
+                conn,
                 suspect: true,
-            }) => Box::pin(self.send_suspect(sender, req)).await,
+            }) => Box::pin(self.send_suspect(conn, req)).await,
             None => Box::pin(self.send_fresh(req)).await,
         }
     }
 
     async fn send_suspect(
         self: &Arc<Self>,
-        mut sender: Sender,
+        mut conn: Connection,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         // Tokio runs a yielded task after polling the I/O driver: a close already received
-        // reaches the connection's task first.
+        // marks the socket readable.
         tokio::task::yield_now().await;
-        if !sender.is_ready() {
+        if !conn.is_open_and_quiet() {
+            drop(conn);
             return self.send_fresh(req).await;
         }
         let replay = Replay::of(&req);
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.lease(sender, resp)),
+        match conn.exchange(req).await {
+            Ok(exchanged) => Ok(self.lease(exchanged)),
             Err(error) => self.after_failure(error, replay).await,
         }
     }
 
     /// A pooled connection failed: once more on a new connection when nothing was sent, or
-    /// when a replayable request met a close before the response.
+    /// when a replayable request met a close before any response.
     async fn after_failure(
         self: &Arc<Self>,
-        mut error: hyper::client::conn::TrySendError<Request<UpstreamBody>>,
+        error: ExchangeError,
         replay: Option<Replay>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
-        let again = match error.take_message() {
-            Some(unsent) => {
-                tracing::debug!(endpoint = %self.authority(), error = %error.error(), "pooled connection closed while idle; sending on a new connection");
+        let again = match error {
+            ExchangeError::NotSent(unsent) => {
+                let (error, unsent) = *unsent;
+                tracing::debug!(endpoint = %self.authority(), %error, "pooled connection closed while idle; sending on a new connection");
                 unsent
             }
-            None => {
-                let error = error.into_error();
-                match replay {
-                    Some(replay) if closed_before_response(&error) => {
-                        tracing::debug!(endpoint = %self.authority(), %error, "pooled connection closed before the response; sending again on a new connection");
-                        replay.request()
-                    }
-                    _ => return Err(SendError::new(UpstreamError::Exchange(error.into()))),
+            ExchangeError::Failed {
+                error,
+                response_started,
+            } => match replay {
+                Some(replay) if !response_started && closed_before_response(&error) => {
+                    tracing::debug!(endpoint = %self.authority(), %error, "pooled connection closed before the response; sending again on a new connection");
+                    replay.request()
                 }
-            }
+                _ => return Err(SendError::new(UpstreamError::Exchange(error.into()))),
+            },
         };
         self.send_fresh(again).await
     }
@@ -300,18 +294,22 @@ impl EndpointPool {
         self: &Arc<Self>,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
-        let mut sender = match self.checkout_new().await {
-            Ok(sender) => sender,
+        let conn = match self.checkout_new().await {
+            Ok(conn) => conn,
             Err(error) => return Err(SendError::unsent(error, req)),
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.lease(sender, resp)),
-            Err(mut error) => Err(match error.take_message() {
-                Some(unsent) => {
-                    SendError::unsent(UpstreamError::NotSent(error.into_error()), unsent)
-                }
-                None => SendError::new(UpstreamError::Exchange(error.into_error().into())),
-            }),
+        match conn.exchange(req).await {
+            Ok(exchanged) => Ok(self.lease(exchanged)),
+            Err(ExchangeError::NotSent(unsent)) => {
+                let (error, unsent) = *unsent;
+                Err(SendError::unsent(
+                    UpstreamError::NotSent(error.into()),
+                    unsent,
+                ))
+            }
+            Err(ExchangeError::Failed { error, .. }) => {
+                Err(SendError::new(UpstreamError::Exchange(error.into())))
+            }
         }
     }
 
@@ -322,22 +320,21 @@ impl EndpointPool {
     /// The most recently returned idle connection that is still open.
     fn take_idle(&self) -> Option<Pooled> {
         let now = self.shared.clock.now();
-        let mut state = lock(&self.state);
-        while let Some(idle) = state.idle.pop_back() {
-            if idle.sender.is_ready() {
+        loop {
+            let Idle { mut conn, since } = lock(&self.state).idle.pop_back()?;
+            // Checked outside the lock; a closed one closes here too.
+            if conn.is_open_and_quiet() {
                 return Some(Pooled {
-                    sender: idle.sender,
-                    suspect: idle.since != now,
+                    conn,
+                    suspect: since != now,
                 });
             }
-            // Closed by the upstream while idle.
         }
-        None
     }
 
     /// A new connection, or one another request returns while this one waits at the
     /// connection limit; both within the connect timeout.
-    async fn checkout_new(self: &Arc<Self>) -> Result<Sender, UpstreamError> {
+    async fn checkout_new(self: &Arc<Self>) -> Result<Connection, UpstreamError> {
         let next = {
             let mut state = lock(&self.state);
             match self.slots.clone().try_acquire_owned() {
@@ -357,7 +354,7 @@ impl EndpointPool {
             let slot = match next {
                 Next::Connect(slot) => slot,
                 Next::Wait(rx) => match self.wait(rx).await {
-                    Ok(sender) => return Ok(sender),
+                    Ok(conn) => return Ok(conn),
                     Err(slot) => slot,
                 },
             };
@@ -375,13 +372,13 @@ impl EndpointPool {
     /// free slot (Err).
     async fn wait(
         &self,
-        mut rx: oneshot::Receiver<Sender>,
-    ) -> Result<Sender, OwnedSemaphorePermit> {
+        mut rx: oneshot::Receiver<Connection>,
+    ) -> Result<Connection, OwnedSemaphorePermit> {
         let never_closed = |_| unreachable!("connection slots are never closed");
         tokio::select! {
             biased;
             handed = &mut rx => match handed {
-                Ok(sender) => Ok(sender),
+                Ok(conn) => Ok(conn),
                 // Only the pool drops waiters, and this request holds the pool.
                 Err(_) => Err(self.slots.clone().acquire_owned().await.unwrap_or_else(never_closed)),
             },
@@ -389,65 +386,53 @@ impl EndpointPool {
                 // A connection handed over at the same moment is used rather than lost.
                 rx.close();
                 match rx.try_recv() {
-                    Ok(sender) => Ok(sender),
+                    Ok(conn) => Ok(conn),
                     Err(_) => Err(slot.unwrap_or_else(never_closed)),
                 }
             }
         }
     }
 
-    /// Connects, handshakes and spawns the connection's task (with upgrades: a `101` turns the
-    /// connection into a tunnel).
-    async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Sender, UpstreamError> {
+    /// Connects (TCP, then TLS for a TLS cluster).
+    async fn connect(&self, slot: OwnedSemaphorePermit) -> Result<Connection, UpstreamError> {
         let stream = self
             .shared
             .connector
             .connect(self.target.clone(), slot)
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?;
-        let (sender, connection) = http1::handshake(stream)
-            .await
-            .map_err(UpstreamError::Handshake)?;
-        let endpoint = self.authority().to_owned();
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%endpoint, %error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 
     /// The response, holding its connection until the body ends.
-    fn lease(self: &Arc<Self>, sender: Sender, resp: Response<Incoming>) -> Response<ResponseBody> {
-        let held = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    fn lease(self: &Arc<Self>, exchanged: Exchanged) -> Response<ResponseBody> {
+        let Exchanged { head, body } = exchanged;
+        let body = match body {
             // The connection becomes the upgrade's tunnel: never reused.
-            Held::Nothing
-        } else if resp.body().is_end_stream() {
-            release(self.clone(), sender);
-            Held::Nothing
-        } else {
-            Held::Connection(Lease {
-                pool: self.clone(),
-                sender,
-            })
+            ResponseStream::Upgraded(io) => ResponseBody::upgraded(io),
+            ResponseStream::Body(streaming) => ResponseBody::http1(streaming, self),
         };
-        resp.map(|inner| ResponseBody { inner, held })
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        resp
     }
 
     /// Back to the idle list, or to a request waiting at the connection limit.
-    fn put(self: &Arc<Self>, sender: Sender) {
+    pub(super) fn put(self: &Arc<Self>, conn: Connection) {
         let max_idle = usize::try_from(self.shared.settings.max_idle_per_endpoint)
             .unwrap_or(usize::MAX)
             .max(1);
         let since = self.shared.clock.now();
         let evicted = {
             let mut state = lock(&self.state);
-            let mut sender = sender;
+            let mut conn = conn;
             while let Some(waiter) = state.waiters.pop_front() {
-                match waiter.send(sender) {
+                match waiter.send(conn) {
                     Ok(()) => return,
                     // That request gave up.
-                    Err(back) => sender = back,
+                    Err(back) => conn = back,
                 }
             }
             let evicted = if state.idle.len() >= max_idle {
@@ -455,7 +440,7 @@ impl EndpointPool {
             } else {
                 None
             };
-            state.idle.push_back(Idle { sender, since });
+            state.idle.push_back(Idle { conn, since });
             evicted
         };
         drop(evicted);
@@ -475,97 +460,10 @@ impl std::fmt::Debug for EndpointPool {
     }
 }
 
-/// A connection between its response headers and the end of the response body.
-struct Lease {
-    pool: Arc<EndpointPool>,
-    sender: Sender,
-}
-
-/// Returns a connection whose exchange is over. The connection's task is normally ready for
-/// the next request by then (it read the end of the response before handing it over); when it
-/// is not yet (it still sends the request body), a task waits for it.
-fn release(pool: Arc<EndpointPool>, mut sender: Sender) {
-    if sender.is_ready() {
-        pool.put(sender);
-    } else if !sender.is_closed()
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        runtime.spawn(async move {
-            if sender.ready().await.is_ok() {
-                pool.put(sender);
-            }
-        });
-    }
-}
-
-/// An upstream response body. On HTTP/1.1 it returns its connection to the pool once read to
-/// the end; dropped before that, the connection closes (its state is unknown). On HTTP/2 its
-/// stream counts as in flight until then.
-pub struct ResponseBody {
-    inner: Incoming,
-    held: Held,
-}
-
-enum Held {
-    Nothing,
-    Connection(Lease),
-    Stream(InFlight),
-}
-
-impl std::fmt::Debug for ResponseBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseBody")
-            .field("pooled", &matches!(self.held, Held::Connection(_)))
-            .finish_non_exhaustive()
-    }
-}
-
-impl ResponseBody {
-    /// The body of an HTTP/2 stream, in flight until it ends.
-    pub fn stream(inner: Incoming, in_flight: InFlight) -> Self {
-        ResponseBody {
-            inner,
-            held: Held::Stream(in_flight),
-        }
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        let ended = match &frame {
-            None => true,
-            // Trailers close a message.
-            Some(Ok(frame)) => frame.is_trailers() || this.inner.is_end_stream(),
-            Some(Err(_)) => {
-                this.held = Held::Nothing;
-                false
-            }
-        };
-        if ended {
-            match std::mem::replace(&mut this.held, Held::Nothing) {
-                Held::Connection(Lease { pool, sender }) => release(pool, sender),
-                Held::Stream(stream) => drop(stream),
-                Held::Nothing => {}
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+/// The connection failed before any response: what a close by the upstream looks like when
+/// the request was already on its way.
+fn closed_before_response(error: &Http1Error) -> bool {
+    matches!(error, Http1Error::ClosedBeforeResponse | Http1Error::Io(_))
 }
 
 #[cfg(test)]
@@ -573,7 +471,11 @@ mod tests {
     use super::*;
     use crate::upstream::connector::TcpConnector;
     use crate::upstream::dns::CachingResolver;
+    use bytes::Bytes;
+    use http::StatusCode;
+    use http_body::Frame;
     use http_body_util::{BodyExt, Empty, StreamBody};
+    use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
     use std::net::SocketAddr;
@@ -850,7 +752,7 @@ mod tests {
             .insert("upgrade", http::HeaderValue::from_static("echo"));
         let resp = pool.send(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-        let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgraded"));
+        let mut tunnel = resp.into_body().into_upgraded().expect("upgraded");
         tunnel.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         tunnel.read_exact(&mut buf).await.unwrap();

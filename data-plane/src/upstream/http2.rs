@@ -11,14 +11,15 @@
 use super::client::UpstreamBody;
 use super::connector::{ConnectError, UpstreamConnector};
 use super::error::{SendError, UpstreamError};
-use super::http1::{ResponseBody, connection_slots, lock};
+use super::http1::{connection_slots, lock};
 use super::idle::{IdleClock, Reap};
 use super::pool::PoolSettings;
 use super::registry::Registry;
+use super::response_body::ResponseBody;
 use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -174,7 +175,7 @@ impl Http2Endpoint {
         };
         if !reused {
             return Err(SendError::unsent(
-                UpstreamError::NotSent(error.into_error()),
+                UpstreamError::NotSent(error.into_error().into()),
                 unsent,
             ));
         }
@@ -188,7 +189,7 @@ impl Http2Endpoint {
             Ok(resp) => Ok(resp.map(|body| ResponseBody::stream(body, in_flight))),
             Err(mut error) => Err(match error.take_message() {
                 Some(unsent) => {
-                    SendError::unsent(UpstreamError::NotSent(error.into_error()), unsent)
+                    SendError::unsent(UpstreamError::NotSent(error.into_error().into()), unsent)
                 }
                 None => SendError::new(UpstreamError::Exchange(error.into_error().into())),
             }),
@@ -239,7 +240,7 @@ impl Http2Endpoint {
                 .map_err(|e| UpstreamError::Connect(e.into()))?;
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .handshake(stream)
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(UpstreamError::Handshake)?;
             let endpoint = self.authority().to_owned();

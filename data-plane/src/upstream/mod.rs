@@ -16,12 +16,13 @@ mod idle;
 pub mod outlier;
 pub mod pool;
 mod registry;
+pub mod response_body;
 pub mod tls;
 
 pub use client::{Clients, UpstreamBody, UpstreamClient};
 pub use cluster::{ClusterState, CompiledCluster};
 pub use error::{SendError, UpstreamError};
 pub use health::HealthCheckers;
-pub use http1::ResponseBody;
 pub use outlier::Outcome;
 pub use pool::PoolSettings;
+pub use response_body::ResponseBody;

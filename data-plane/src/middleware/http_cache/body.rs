@@ -3,6 +3,7 @@
 //! trailer arrives, or the client goes away before the end.
 
 use crate::proxy::response::ProxyBody;
+use crate::upstream::client::BoxError;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -41,12 +42,12 @@ impl TeeBody {
 
 impl Body for TeeBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -95,7 +96,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     fn chunks(parts: &[&'static str]) -> ProxyBody {
-        let frames: Vec<Result<Frame<Bytes>, hyper::Error>> = parts
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
             .iter()
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
             .collect();

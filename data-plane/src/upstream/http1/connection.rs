@@ -1,0 +1,656 @@
+//! One HTTP/1.1 upstream connection, driven inline by the request's future: no connection task
+//! and no channels, so a proxied request wakes only the task serving the client. The
+//! connection owns its stream and a read buffer that outlives exchanges; response heads and
+//! body chunks are split off that buffer without copies.
+//!
+//! One exchange at a time (never pipelined). The request body is written while the response is
+//! read, so an upstream that answers early (before the whole body) is heard, and one that
+//! streams its answer while reading the request works. A connection is reused only when the
+//! response was read to its framed end, the request body was sent whole, neither side asked
+//! for a close, and nothing arrived past the response.
+
+use super::codec::{
+    self, BodyHint, ChunkedDecoder, Decoded, ProtocolError, RequestFraming, ResponseFraming,
+    ResponseHead,
+};
+use crate::upstream::client::{BoxError, UpstreamBody};
+use crate::upstream::connector::UpstreamStream;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::FutureExt;
+use http::{Request, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Reads ask for at least this much room.
+const READ_SIZE: usize = 8 * 1024;
+/// A request body this small, already in hand when the head is written, goes in the same write.
+const SMALL_BODY: usize = 16 * 1024;
+/// Pieces per vectored write of the request body.
+const MAX_SLICES: usize = 8;
+
+/// Why an exchange on a connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Http1Error {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("upstream closed the connection before responding")]
+    ClosedBeforeResponse,
+    #[error("upstream closed the connection within the response head")]
+    ClosedInHead,
+    #[error("upstream closed the connection before the end of the response body")]
+    ClosedInBody,
+    #[error("upstream connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("request body: {0}")]
+    RequestBody(#[source] BoxError),
+    #[error("request body longer than its Content-Length")]
+    RequestBodyTooLong,
+    #[error("request body shorter than its Content-Length")]
+    RequestBodyTooShort,
+}
+
+/// A failed exchange.
+pub enum ExchangeError {
+    /// Nothing was written: the request comes back for another connection (boxed: rare).
+    NotSent(Box<(io::Error, Request<UpstreamBody>)>),
+    /// The request was (perhaps partly) sent. `response_started`: some of a response arrived,
+    /// so the upstream acted on the request.
+    Failed {
+        error: Http1Error,
+        response_started: bool,
+    },
+}
+
+pub struct Connection {
+    io: UpstreamStream,
+    read_buf: BytesMut,
+    write_buf: BytesMut,
+}
+
+/// A response head and what follows it.
+pub struct Exchanged {
+    pub head: ResponseHead,
+    pub body: ResponseStream,
+}
+
+// The body is the common case, and the value is taken apart at once: no box.
+#[allow(clippy::large_enum_variant)]
+pub enum ResponseStream {
+    Body(Streaming),
+    /// `101 Switching Protocols`: the connection is the upgraded protocol's now.
+    Upgraded(Upgraded),
+}
+
+impl Connection {
+    pub fn new(io: UpstreamStream) -> Self {
+        Connection {
+            io,
+            read_buf: BytesMut::with_capacity(READ_SIZE),
+            write_buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection may take a request: nothing arrived while it was idle (a
+    /// close, or bytes no request asked for). A non-blocking read that tokio answers from its
+    /// readiness state, without a system call, unless the socket became readable.
+    pub fn is_open_and_quiet(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.poll_fill(&mut cx).is_pending() && self.read_buf.is_empty()
+    }
+
+    /// Reads into the read buffer; 0 at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        // Never a zero-sized read: it would look like the end of the stream.
+        self.read_buf.reserve(READ_SIZE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) and reads the response head, writing the
+    /// request body meanwhile. A request nothing of which was written comes back.
+    pub async fn exchange(
+        mut self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Exchanged, ExchangeError> {
+        let failed = |error: Http1Error| ExchangeError::Failed {
+            error,
+            response_started: false,
+        };
+        let hint = BodyHint {
+            is_end_stream: req.body().is_end_stream(),
+            exact_len: req.body().size_hint().exact(),
+        };
+        let framing = codec::encode_request_head(
+            req.method(),
+            req.uri(),
+            req.headers(),
+            hint,
+            &mut self.write_buf,
+        )
+        .map_err(|e| failed(e.into()))?;
+        let mut outgoing = Outgoing::new(framing);
+        let mut body_taken = false;
+        if let Some(out) = &mut outgoing {
+            // A small body already in hand goes with the head.
+            if hint.exact_len.is_some_and(|len| len <= SMALL_BODY as u64)
+                && let Some(first) = req.body_mut().frame().now_or_never()
+            {
+                body_taken = true;
+                match first {
+                    Some(Ok(frame)) => out.push_frame(frame).map_err(failed)?,
+                    Some(Err(error)) => return Err(failed(Http1Error::RequestBody(error))),
+                    None => out.finish().map_err(failed)?,
+                }
+                out.move_queue_into(&mut self.write_buf);
+            }
+        }
+        let head = self.write_buf.split().freeze();
+        if let Err((error, written)) = write_all(&mut self.io, &head).await {
+            if written == 0 && !body_taken {
+                return Err(ExchangeError::NotSent(Box::new((error, req))));
+            }
+            return Err(failed(error.into()));
+        }
+        drop(head);
+        let method = req.method().clone();
+        let wants_upgrade = req.headers().contains_key(header::UPGRADE);
+        let request_closes = codec::has_close(req.headers());
+        let mut outgoing = outgoing.map(|mut out| {
+            out.body = Some(req.into_body());
+            Box::new(out)
+        });
+        if outgoing.as_ref().is_some_and(|out| out.is_sent()) {
+            outgoing = None;
+        }
+        let mut received = false;
+        let mut request_cut = false;
+        let head = poll_fn(|cx| {
+            if let Some(out) = &mut outgoing {
+                match out.poll_send(&mut self.io, cx) {
+                    Poll::Ready(Ok(())) => outgoing = None,
+                    Poll::Ready(Err(SendFailure::Body(error))) => return Poll::Ready(Err(error)),
+                    // An upstream that answered early may have stopped reading: its answer
+                    // may already be on the way.
+                    Poll::Ready(Err(SendFailure::Io(_))) => {
+                        outgoing = None;
+                        request_cut = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            self.poll_head(cx, &mut received)
+        })
+        .await
+        .map_err(|error| ExchangeError::Failed {
+            error,
+            response_started: received,
+        })?;
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            if !wants_upgrade {
+                return Err(ExchangeError::Failed {
+                    error: ProtocolError::UnexpectedSwitch.into(),
+                    response_started: true,
+                });
+            }
+            let buffered = self.read_buf.split().freeze();
+            return Ok(Exchanged {
+                head,
+                body: ResponseStream::Upgraded(Upgraded {
+                    io: self.io,
+                    buffered,
+                }),
+            });
+        }
+        let framing =
+            codec::response_framing(&method, &head).map_err(|e| ExchangeError::Failed {
+                error: e.into(),
+                response_started: true,
+            })?;
+        let reusable = !request_closes
+            && !request_cut
+            && codec::response_keeps_alive(&head)
+            && framing != ResponseFraming::UntilClose;
+        let state = match framing {
+            ResponseFraming::Empty => BodyState::Length(0),
+            ResponseFraming::Length(len) => BodyState::Length(len),
+            ResponseFraming::Chunked => BodyState::Chunked(ChunkedDecoder::new()),
+            ResponseFraming::UntilClose => BodyState::UntilClose,
+        };
+        let mut body = Streaming {
+            conn: Some(self),
+            state,
+            outgoing,
+            reusable,
+        };
+        if let BodyState::Chunked(decoder) = &mut body.state
+            && let Some(conn) = &mut body.conn
+        {
+            // A whole small body may have come with the head: see its end now.
+            let _ = decoder.advance(&mut conn.read_buf);
+        }
+        Ok(Exchanged {
+            head,
+            body: ResponseStream::Body(body),
+        })
+    }
+
+    /// Reads until a final response head (informational ones other than `101` are skipped).
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        received: &mut bool,
+    ) -> Poll<Result<ResponseHead, Http1Error>> {
+        loop {
+            if !self.read_buf.is_empty() {
+                *received = true;
+                if let Some(head) = codec::parse_response_head(&mut self.read_buf)? {
+                    if head.status.is_informational()
+                        && head.status != StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(if *received {
+                    Http1Error::ClosedInHead
+                } else {
+                    Http1Error::ClosedBeforeResponse
+                }));
+            }
+        }
+    }
+}
+
+/// Writes all of `bytes`; on an error, how many were written.
+async fn write_all(io: &mut UpstreamStream, bytes: &[u8]) -> Result<(), (io::Error, usize)> {
+    let mut written = 0;
+    while written < bytes.len() {
+        match poll_fn(|cx| Pin::new(&mut *io).poll_write(cx, &bytes[written..])).await {
+            Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written)),
+            Ok(n) => written += n,
+            Err(error) => return Err((error, written)),
+        }
+    }
+    poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx))
+        .await
+        .map_err(|e| (e, written))
+}
+
+/// The request body still to be written, encoded into a queue of pieces.
+struct Outgoing {
+    /// None until the head is written.
+    body: Option<UpstreamBody>,
+    chunked: bool,
+    /// Bytes the Content-Length still announces (not chunked).
+    remaining: u64,
+    queue: VecDeque<Bytes>,
+    /// The whole body is encoded into the queue.
+    ended: bool,
+}
+
+enum SendFailure {
+    /// The request body failed (or broke its framing): the exchange is off.
+    Body(Http1Error),
+    /// Writing failed.
+    Io(io::Error),
+}
+
+static CRLF: &[u8] = b"\r\n";
+static LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+impl Outgoing {
+    fn new(framing: RequestFraming) -> Option<Outgoing> {
+        let (chunked, remaining) = match framing {
+            RequestFraming::Empty => return None,
+            RequestFraming::Length(len) => (false, len),
+            RequestFraming::Chunked => (true, 0),
+        };
+        Some(Outgoing {
+            body: None,
+            chunked,
+            remaining,
+            queue: VecDeque::new(),
+            ended: false,
+        })
+    }
+
+    fn is_sent(&self) -> bool {
+        self.ended && self.queue.is_empty()
+    }
+
+    fn push_frame(&mut self, frame: Frame<Bytes>) -> Result<(), Http1Error> {
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if self.chunked => {
+                self.queue.push_back(codec::chunk_size_line(data.len()));
+                self.queue.push_back(data);
+                self.queue.push_back(Bytes::from_static(CRLF));
+            }
+            Ok(data) => {
+                let len = data.len() as u64;
+                if len > self.remaining {
+                    return Err(Http1Error::RequestBodyTooLong);
+                }
+                self.remaining -= len;
+                self.queue.push_back(data);
+                // Everything announced is there: the body is not read further.
+                self.ended = self.remaining == 0;
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers()
+                    && self.chunked
+                {
+                    let mut section = b"0\r\n".to_vec();
+                    for (name, value) in &trailers {
+                        section.extend_from_slice(name.as_str().as_bytes());
+                        section.extend_from_slice(b": ");
+                        section.extend_from_slice(value.as_bytes());
+                        section.extend_from_slice(CRLF);
+                    }
+                    section.extend_from_slice(CRLF);
+                    self.queue.push_back(section.into());
+                    self.ended = true;
+                }
+                // Trailers cannot travel with a Content-Length body: dropped.
+            }
+        }
+        Ok(())
+    }
+
+    /// The body ended.
+    fn finish(&mut self) -> Result<(), Http1Error> {
+        if self.ended {
+            return Ok(());
+        }
+        if self.chunked {
+            self.queue.push_back(Bytes::from_static(LAST_CHUNK));
+        } else if self.remaining > 0 {
+            return Err(Http1Error::RequestBodyTooShort);
+        }
+        self.ended = true;
+        Ok(())
+    }
+
+    /// Moves the queued pieces into `buf` (after the head) when they are small.
+    fn move_queue_into(&mut self, buf: &mut BytesMut) {
+        if self.queue.iter().map(Bytes::len).sum::<usize>() <= SMALL_BODY {
+            for piece in self.queue.drain(..) {
+                buf.extend_from_slice(&piece);
+            }
+        }
+    }
+
+    /// Writes the queue and reads the body on, until the body is written (and flushed) or
+    /// either side waits.
+    fn poll_send(
+        &mut self,
+        io: &mut UpstreamStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendFailure>> {
+        loop {
+            while !self.queue.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut count = 0;
+                for (slice, piece) in slices.iter_mut().zip(&self.queue) {
+                    *slice = IoSlice::new(piece);
+                    count += 1;
+                }
+                let written =
+                    match ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count])) {
+                        Ok(0) => {
+                            return Poll::Ready(Err(SendFailure::Io(
+                                io::ErrorKind::WriteZero.into(),
+                            )));
+                        }
+                        Ok(n) => n,
+                        Err(error) => return Poll::Ready(Err(SendFailure::Io(error))),
+                    };
+                self.advance(written);
+            }
+            if self.ended {
+                return Pin::new(&mut *io).poll_flush(cx).map_err(SendFailure::Io);
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    self.push_frame(frame).map_err(SendFailure::Body)?
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    return Poll::Ready(Err(SendFailure::Body(Http1Error::RequestBody(error))));
+                }
+                Poll::Ready(None) => self.finish().map_err(SendFailure::Body)?,
+                Poll::Pending => {
+                    // What was written may sit in the TLS layer until flushed.
+                    if let Poll::Ready(Err(error)) = Pin::new(&mut *io).poll_flush(cx) {
+                        return Poll::Ready(Err(SendFailure::Io(error)));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Drops `n` written bytes from the front of the queue.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.queue.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.queue.pop_front();
+        }
+    }
+}
+
+/// A response body read from its connection, with the rest of the request body written
+/// meanwhile.
+pub struct Streaming {
+    /// None once handed back (trailers may still be pending).
+    conn: Option<Connection>,
+    state: BodyState,
+    /// Boxed: most requests have no body, and those that have one are sent whole before the
+    /// response in most cases.
+    outgoing: Option<Box<Outgoing>>,
+    /// Neither side asked for a close, the framing has an end, and the request went whole.
+    reusable: bool,
+}
+
+enum BodyState {
+    /// This many bytes left.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the upstream closes; `Done` then.
+    UntilClose,
+    Done,
+}
+
+impl Streaming {
+    /// Whether the response has been read to its framed end (its trailers may still be
+    /// pending).
+    pub fn is_complete(&self) -> bool {
+        match &self.state {
+            BodyState::Length(left) => *left == 0,
+            BodyState::Chunked(decoder) => decoder.is_complete(),
+            BodyState::UntilClose => false,
+            BodyState::Done => true,
+        }
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        match &self.state {
+            BodyState::Chunked(decoder) => decoder.is_end(),
+            _ => self.is_complete(),
+        }
+    }
+
+    pub fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            BodyState::Length(left) => SizeHint::with_exact(*left),
+            BodyState::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+
+    /// Takes the connection out of a complete response: Some when it can carry another
+    /// request, else it closes.
+    pub fn release(&mut self) -> Option<Connection> {
+        let conn = self.conn.take()?;
+        let clean = self.reusable
+            && self.outgoing.is_none()
+            && self.is_complete()
+            && conn.read_buf.is_empty();
+        self.outgoing = None;
+        clean.then_some(conn)
+    }
+
+    pub fn holds_connection(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Writes more of the request body when it can. Failing there ends the request body, not
+    /// the response (the connection is not reused).
+    fn drive_outgoing(&mut self, cx: &mut Context<'_>) {
+        let (Some(out), Some(conn)) = (self.outgoing.as_mut(), self.conn.as_mut()) else {
+            return;
+        };
+        match out.poll_send(&mut conn.io, cx) {
+            Poll::Ready(Ok(())) => self.outgoing = None,
+            Poll::Ready(Err(failure)) => {
+                let error = match failure {
+                    SendFailure::Body(e) => e,
+                    SendFailure::Io(e) => e.into(),
+                };
+                tracing::debug!(%error, "request body cut short after the response started");
+                self.outgoing = None;
+                self.reusable = false;
+            }
+            Poll::Pending => {}
+        }
+    }
+
+    pub fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
+        self.drive_outgoing(cx);
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                // Handed back: only trailers can be left.
+                return Poll::Ready(match &mut self.state {
+                    BodyState::Chunked(decoder) => match decoder.decode(&mut BytesMut::new()) {
+                        Ok(Decoded::Trailers(t)) => Some(Ok(Frame::trailers(t))),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+            };
+            match &mut self.state {
+                BodyState::Done | BodyState::Length(0) => return Poll::Ready(None),
+                BodyState::Length(left) => {
+                    if !conn.read_buf.is_empty() {
+                        let take = usize::try_from(*left)
+                            .map_or(conn.read_buf.len(), |l| l.min(conn.read_buf.len()));
+                        *left -= take as u64;
+                        let data = conn.read_buf.split_to(take).freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+                BodyState::Chunked(decoder) => match decoder.decode(&mut conn.read_buf) {
+                    Ok(Decoded::Data(data)) => {
+                        // Sees the end right after the last data, so the connection goes
+                        // back without another poll (an error shows at the next one).
+                        let _ = decoder.advance(&mut conn.read_buf);
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(Decoded::Trailers(trailers)) => {
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Decoded::End) => return Poll::Ready(None),
+                    Ok(Decoded::More) => {}
+                    Err(error) => return Poll::Ready(Some(Err(error.into()))),
+                },
+                BodyState::UntilClose => {
+                    if !conn.read_buf.is_empty() {
+                        let data = conn.read_buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(self.state, BodyState::UntilClose) => {
+                    self.state = BodyState::Done;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return Poll::Ready(Some(Err(Http1Error::ClosedInBody))),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Some(Err(error.into()))),
+            }
+        }
+    }
+}
+
+/// The connection after a `101 Switching Protocols`: the bytes that came after the response
+/// head, then the stream.
+pub struct Upgraded {
+    io: UpstreamStream,
+    buffered: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.buffered.is_empty() {
+            let n = this.buffered.len().min(buf.remaining());
+            buf.put_slice(&this.buffered.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
