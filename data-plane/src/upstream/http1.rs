@@ -875,6 +875,52 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// Requests waiting for the one connection are never pipelined on it: the next request
+    /// goes out only once the previous response has been read.
+    #[tokio::test]
+    async fn requests_are_never_pipelined() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let early = Arc::new(AtomicUsize::new(0));
+        let seen_early = early.clone();
+        std::thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            for _ in 0..2 {
+                if !read_head(&mut stream) {
+                    return;
+                }
+                // While this request is unanswered, nothing more may arrive.
+                std::thread::sleep(Duration::from_millis(100));
+                stream.set_nonblocking(true).unwrap();
+                if stream.read(&mut [0u8; 1]).is_ok() {
+                    seen_early.fetch_add(1, Ordering::SeqCst);
+                }
+                stream.set_nonblocking(false).unwrap();
+                if stream.write_all(OK).is_err() {
+                    return;
+                }
+            }
+        });
+        let client = new_client(
+            settings(1, 8, Duration::from_secs(90)),
+            Duration::from_secs(5),
+        );
+        let pool = pool_of(&client, addr);
+        let calls: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { call(&pool, addr, "/").await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap(), "ok");
+        }
+        assert_eq!(count(&early), 0, "a request was pipelined");
+    }
+
     /// A config change keeps the idle connections of the endpoints that stay; an endpoint
     /// that leaves every cluster loses its pool, and its idle connections close at once.
     #[tokio::test]

@@ -654,3 +654,570 @@ impl AsyncWrite for Upgraded {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::connector::{TcpConnector, UpstreamConnector};
+    use crate::upstream::dns::CachingResolver;
+    use http::HeaderMap;
+    use http_body_util::{Empty, Full, StreamBody};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Semaphore;
+
+    type Script = Arc<
+        dyn Fn(TcpStream) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+    >;
+
+    /// A scripted upstream: each accepted connection runs `script`; accepted connections are
+    /// counted.
+    async fn scripted<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let script: Script = Arc::new(move |s| Box::pin(script(s)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(script(stream));
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Reads one request head; None at the end of the stream.
+    async fn read_head(stream: &mut TcpStream) -> Option<String> {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return None,
+            }
+        }
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+
+    async fn connect(addr: SocketAddr) -> Connection {
+        let tcp = TcpConnector::new_with_resolver(CachingResolver::new(Duration::ZERO));
+        let connector = UpstreamConnector::plain(tcp);
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let target = connector.target(&addr.to_string().parse().unwrap());
+        Connection::new(connector.connect(target, slot).await.expect("connect"))
+    }
+
+    fn request(method: Method, body: UpstreamBody) -> Request<UpstreamBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = Uri::from_static("/path?q=1");
+        req.headers_mut()
+            .insert(header::HOST, http::HeaderValue::from_static("upstream"));
+        req
+    }
+
+    use http::{Method, Uri};
+
+    fn empty() -> UpstreamBody {
+        Empty::new().map_err(|never| match never {}).boxed_unsync()
+    }
+
+    fn full(bytes: impl Into<Bytes>) -> UpstreamBody {
+        Full::new(bytes.into())
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+
+    /// A body of `chunks`, length unknown (sent chunked).
+    fn streamed(chunks: Vec<Bytes>) -> UpstreamBody {
+        let frames = chunks
+            .into_iter()
+            .map(|c| Ok::<_, BoxError>(Frame::data(c)));
+        StreamBody::new(futures::stream::iter(frames)).boxed_unsync()
+    }
+
+    async fn exchange(
+        conn: Connection,
+        req: Request<UpstreamBody>,
+    ) -> Result<Exchanged, Http1Error> {
+        conn.exchange(req).await.map_err(|e| match e {
+            ExchangeError::NotSent(unsent) => unsent.0.into(),
+            ExchangeError::Failed { error, .. } => error,
+        })
+    }
+
+    fn streaming(exchanged: Exchanged) -> (ResponseHead, Streaming) {
+        match exchanged.body {
+            ResponseStream::Body(body) => (exchanged.head, body),
+            ResponseStream::Upgraded(_) => panic!("not an upgrade"),
+        }
+    }
+
+    /// Reads the whole body: data and trailers.
+    async fn read_all(body: &mut Streaming) -> Result<(Vec<u8>, Option<HeaderMap>), Http1Error> {
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = poll_fn(|cx| body.poll_frame(cx)).await {
+            match frame?.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        Ok((data, trailers))
+    }
+
+    /// Answers each request on a connection with the next of `responses` (raw bytes), then
+    /// waits for the connection to close.
+    async fn answering(responses: &'static [&'static [u8]]) -> (SocketAddr, Arc<AtomicUsize>) {
+        scripted(move |mut s| async move {
+            for r in responses {
+                if read_head(&mut s).await.is_none() {
+                    return;
+                }
+                if s.write_all(r).await.is_err() {
+                    return;
+                }
+            }
+            let _ = s.read(&mut [0u8; 1]).await;
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_fully_read_response_leaves_the_connection_reusable() {
+        let (addr, accepted) = answering(&[
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-t: 1\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 10\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+        ])
+        .await;
+        let conn = connect(addr).await;
+        let (head, mut body) =
+            streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert_eq!(read_all(&mut body).await.unwrap().0, b"hello");
+        let conn = body
+            .release()
+            .expect("reusable after a Content-Length body");
+
+        let (_, mut body) = streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+        let (data, trailers) = read_all(&mut body).await.unwrap();
+        assert_eq!(data, b"abc");
+        assert_eq!(trailers.expect("trailers")["x-t"], "1");
+        let conn = body.release().expect("reusable after a chunked body");
+
+        // No body whatever the headers say: complete at once.
+        let (_, mut body) = streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+        assert!(body.is_complete() && body.is_end_stream());
+        let conn = body.release().expect("reusable after a 204");
+        let (_, mut body) = streaming(
+            exchange(conn, request(Method::HEAD, empty()))
+                .await
+                .unwrap(),
+        );
+        assert!(body.is_end_stream(), "a HEAD response has no body");
+        assert!(body.release().is_some());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn responses_that_end_the_connection_are_not_reused() {
+        for response in [
+            &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"[..],
+            b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            // Bytes past the end of the response: the stream is out of step.
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+        ] {
+            let (addr, _) = scripted(move |mut s| async move {
+                read_head(&mut s).await;
+                let _ = s.write_all(response).await;
+                let _ = s.read(&mut [0u8; 1]).await;
+            })
+            .await;
+            let conn = connect(addr).await;
+            let (_, mut body) =
+                streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+            // The extra bytes may come in a later read than the body's.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(read_all(&mut body).await.unwrap().0, b"ok");
+            assert!(
+                body.release().is_none(),
+                "{}",
+                String::from_utf8_lossy(response)
+            );
+        }
+        // A request asking for a close too.
+        let (addr, _) = answering(&[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
+        let mut req = request(Method::GET, empty());
+        req.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        let (_, mut body) = streaming(exchange(connect(addr).await, req).await.unwrap());
+        assert!(body.release().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_body_delimited_by_the_close_reads_to_the_end_of_the_stream() {
+        let (addr, _) = scripted(|mut s| async move {
+            read_head(&mut s).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\npart one, ").await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = s.write_all(b"part two").await;
+        })
+        .await;
+        let (_, mut body) = streaming(
+            exchange(connect(addr).await, request(Method::GET, empty()))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(read_all(&mut body).await.unwrap().0, b"part one, part two");
+        assert!(body.release().is_none());
+    }
+
+    #[tokio::test]
+    async fn informational_responses_are_skipped() {
+        let (addr, _) = answering(&[
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 1\r\n\r\nx",
+        ])
+        .await;
+        let (head, mut body) = streaming(
+            exchange(connect(addr).await, request(Method::GET, empty()))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert!(head.headers.get("link").is_none());
+        assert_eq!(read_all(&mut body).await.unwrap().0, b"x");
+    }
+
+    #[tokio::test]
+    async fn malformed_and_smuggling_responses_are_errors() {
+        let cases: [(&'static [u8], &str); 5] = [
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 30\r\n\r\n",
+                "differing Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (b"HTTP/1.1 OK\r\n\r\n", "malformed response head"),
+            (
+                b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+                "asked for no upgrade",
+            ),
+        ];
+        for (response, reason) in cases {
+            let (addr, _) = answering(std::slice::from_ref(Box::leak(Box::new(response)))).await;
+            let error = match exchange(connect(addr).await, request(Method::GET, empty())).await {
+                Ok(_) => panic!("accepted: {}", String::from_utf8_lossy(response)),
+                Err(error) => error,
+            };
+            assert!(error.to_string().contains(reason), "{error} / {reason}");
+        }
+        // An endless head.
+        let (addr, _) = scripted(|mut s| async move {
+            read_head(&mut s).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+            let line = format!("x-filler: {}\r\n", "a".repeat(1000));
+            for _ in 0..100 {
+                if s.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let error = exchange(connect(addr).await, request(Method::GET, empty()))
+            .await
+            .err()
+            .expect("too large");
+        assert!(
+            matches!(error, Http1Error::Protocol(ProtocolError::HeadTooLarge)),
+            "{error}"
+        );
+        // A broken chunked body fails the body, and the connection goes with it.
+        let (addr, _) = answering(&[
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        ])
+        .await;
+        let (_, mut body) = streaming(
+            exchange(connect(addr).await, request(Method::GET, empty()))
+                .await
+                .unwrap(),
+        );
+        assert!(matches!(
+            read_all(&mut body).await,
+            Err(Http1Error::Protocol(ProtocolError::ChunkSize))
+        ));
+        // A body shorter than announced.
+        let (addr, _) = scripted(|mut s| async move {
+            read_head(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
+                .await;
+        })
+        .await;
+        let (_, mut body) = streaming(
+            exchange(connect(addr).await, request(Method::GET, empty()))
+                .await
+                .unwrap(),
+        );
+        assert!(matches!(
+            read_all(&mut body).await,
+            Err(Http1Error::ClosedInBody)
+        ));
+        // A close before any response.
+        let (addr, _) = scripted(|mut s| async move {
+            read_head(&mut s).await;
+        })
+        .await;
+        let error = exchange(connect(addr).await, request(Method::GET, empty()))
+            .await
+            .err()
+            .expect("closed");
+        assert!(matches!(error, Http1Error::ClosedBeforeResponse), "{error}");
+    }
+
+    /// Reads a request body the way the head frames it: Content-Length or chunked.
+    async fn read_body(s: &mut TcpStream, head: &str) -> Vec<u8> {
+        let lower = head.to_ascii_lowercase();
+        if let Some(len) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            let mut body = vec![0u8; len.trim().parse().unwrap()];
+            s.read_exact(&mut body).await.unwrap();
+            return body;
+        }
+        assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n0\r\n\r\n") && raw != b"0\r\n\r\n" {
+            s.read_exact(&mut byte).await.unwrap();
+            raw.push(byte[0]);
+        }
+        let mut buf = BytesMut::from(&raw[..]);
+        let mut decoder = ChunkedDecoder::new();
+        let mut body = Vec::new();
+        while let Decoded::Data(d) = decoder.decode(&mut buf).unwrap() {
+            body.extend_from_slice(&d);
+        }
+        body
+    }
+
+    #[tokio::test]
+    async fn request_bodies_are_framed_by_length_or_chunked() {
+        let (addr, _) = scripted(|mut s| async move {
+            while let Some(head) = read_head(&mut s).await {
+                let body = read_body(&mut s, &head).await;
+                let framing = if head.contains("transfer-encoding: chunked") {
+                    "chunked"
+                } else {
+                    "length"
+                };
+                let answer = format!("{framing}:{}", String::from_utf8_lossy(&body));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                if s.write_all(response.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let mut conn = connect(addr).await;
+        let big = Bytes::from(vec![b'b'; 100_000]);
+        let cases = [
+            (full("small"), "length:small".to_owned()),
+            (
+                full(big.clone()),
+                format!("length:{}", String::from_utf8_lossy(&big)),
+            ),
+            (
+                streamed(vec!["one,".into(), Bytes::new(), "two".into()]),
+                "chunked:one,two".to_owned(),
+            ),
+        ];
+        for (body, expected) in cases {
+            let (_, mut resp) =
+                streaming(exchange(conn, request(Method::POST, body)).await.unwrap());
+            assert_eq!(
+                String::from_utf8(read_all(&mut resp).await.unwrap().0).unwrap(),
+                expected
+            );
+            conn = resp.release().expect("reusable");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_longer_than_its_length_is_not_sent_past_it() {
+        let (addr, _) = answering(&[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
+        let mut req = request(Method::POST, streamed(vec!["abc".into(), "def".into()]));
+        req.headers_mut()
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("4"));
+        let error = exchange(connect(addr).await, req)
+            .await
+            .err()
+            .expect("too long");
+        assert!(matches!(error, Http1Error::RequestBodyTooLong), "{error}");
+    }
+
+    /// The upstream answers after the head, without reading the (large) body: the answer
+    /// arrives, the body stops, and the connection is not reused.
+    #[tokio::test]
+    async fn an_early_response_to_a_large_body_does_not_deadlock() {
+        let (addr, _) = scripted(|mut s| async move {
+            read_head(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\n\r\nbig")
+                .await;
+            // Never reads the body; keeps the connection open.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        })
+        .await;
+        // Far more than the socket buffers hold.
+        let chunks = (0..256)
+            .map(|_| Bytes::from(vec![b'x'; 64 * 1024]))
+            .collect();
+        let req = request(Method::POST, streamed(chunks));
+        let exchanged =
+            tokio::time::timeout(Duration::from_secs(10), exchange(connect(addr).await, req))
+                .await
+                .expect("no deadlock")
+                .unwrap();
+        let (head, mut body) = streaming(exchanged);
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let read = tokio::time::timeout(Duration::from_secs(10), read_all(&mut body)).await;
+        assert_eq!(read.expect("no deadlock").unwrap().0, b"big");
+        assert!(body.release().is_none(), "the body was not sent whole");
+    }
+
+    /// The upstream streams its answer while it reads the request body (an echo): the body
+    /// keeps going out while the response is read.
+    #[tokio::test]
+    async fn the_request_body_keeps_flowing_while_the_response_streams() {
+        let (addr, _) = scripted(|mut s| async move {
+            read_head(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            // Echoes each chunk-size line's data back as a chunk, until the last chunk.
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            loop {
+                if s.read_exact(&mut byte).await.is_err() {
+                    return;
+                }
+                buf.push(byte[0]);
+                if buf.ends_with(b"\r\n") && buf.len() > 2 {
+                    let line = String::from_utf8_lossy(&buf[..buf.len() - 2]).into_owned();
+                    buf.clear();
+                    let Ok(size) = usize::from_str_radix(&line, 16) else {
+                        continue;
+                    };
+                    if size == 0 {
+                        let _ = s.write_all(b"0\r\n\r\n").await;
+                        return;
+                    }
+                    let mut data = vec![0u8; size + 2];
+                    s.read_exact(&mut data).await.unwrap();
+                    let _ = s.write_all(format!("{size:x}\r\n").as_bytes()).await;
+                    let _ = s.write_all(&data).await;
+                }
+            }
+        })
+        .await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed_unsync();
+        tx.send(Ok(Frame::data("ping".into()))).await.unwrap();
+        let (_, mut resp) = streaming(
+            exchange(connect(addr).await, request(Method::POST, body))
+                .await
+                .unwrap(),
+        );
+        let first = poll_fn(|cx| resp.poll_frame(cx)).await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "ping");
+        tx.send(Ok(Frame::data("pong".into()))).await.unwrap();
+        let second = poll_fn(|cx| resp.poll_frame(cx)).await.unwrap().unwrap();
+        assert_eq!(second.into_data().unwrap(), "pong");
+        drop(tx);
+        assert!(read_all(&mut resp).await.unwrap().0.is_empty());
+        assert!(resp.release().is_some(), "the whole exchange completed");
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_hands_over_the_stream_with_the_bytes_read_past_the_head() {
+        let (addr, _) = scripted(|mut s| async move {
+            read_head(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhello")
+                .await;
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).await.is_ok() {
+                let _ = s.write_all(&buf).await;
+            }
+        })
+        .await;
+        let mut req = request(Method::GET, empty());
+        req.headers_mut()
+            .insert(header::UPGRADE, http::HeaderValue::from_static("echo"));
+        let exchanged = exchange(connect(addr).await, req).await.unwrap();
+        assert_eq!(exchanged.head.status, StatusCode::SWITCHING_PROTOCOLS);
+        let ResponseStream::Upgraded(mut io) = exchanged.body else {
+            panic!("not upgraded");
+        };
+        let mut hello = [0u8; 5];
+        io.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello, b"hello");
+        io.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        io.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_is_seen_closed() {
+        let close = Arc::new(tokio::sync::Notify::new());
+        let closing = close.clone();
+        let (addr, _) = scripted(move |mut s| {
+            let close = closing.clone();
+            async move {
+                read_head(&mut s).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                close.notified().await;
+            }
+        })
+        .await;
+        let (_, mut body) = streaming(
+            exchange(connect(addr).await, request(Method::GET, empty()))
+                .await
+                .unwrap(),
+        );
+        let mut conn = body.release().expect("reusable");
+        assert!(conn.is_open_and_quiet());
+        // The upstream closes; once the runtime has seen it, the check does.
+        close.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while conn.is_open_and_quiet() {
+            assert!(tokio::time::Instant::now() < deadline, "close never seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
