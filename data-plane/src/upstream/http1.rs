@@ -875,6 +875,40 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// A response read to its end gives its connection back whatever the framing and however
+    /// the bytes arrive (here the end of a chunked body comes in a read of its own).
+    #[tokio::test]
+    async fn connections_come_back_after_chunked_bodies_ending_in_a_later_read() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                while read_head(&mut stream) {
+                    let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n";
+                    if stream.write_all(head).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(30));
+                    if stream.write_all(b"0\r\n\r\n").is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let client = new_client(PoolSettings::default(), Duration::from_secs(5));
+        let pool = pool_of(&client, addr);
+        for _ in 0..3 {
+            assert_eq!(call(&pool, addr, "/").await, "ok");
+            assert_eq!(client.idle_count(), 1);
+        }
+        assert_eq!(count(&accepted), 1);
+    }
+
     /// Requests waiting for the one connection are never pipelined on it: the next request
     /// goes out only once the previous response has been read.
     #[tokio::test]

@@ -106,19 +106,18 @@ impl Body for ResponseBody {
             Kind::Empty | Kind::Upgraded(_) => Poll::Ready(None),
             Kind::Http1 { body, pool } => {
                 let frame = ready!(body.poll_frame(cx));
-                match &frame {
+                if matches!(frame, Some(Err(_))) {
                     // The connection closes with the body.
-                    Some(Err(_)) | None => this.kind = Kind::Empty,
-                    Some(Ok(_)) => {
-                        if body.holds_connection()
-                            && body.is_complete()
-                            && let Some(conn) = body.release()
-                        {
-                            pool.put(conn);
-                        }
-                        if body.is_end_stream() {
-                            this.kind = Kind::Empty;
-                        }
+                    this.kind = Kind::Empty;
+                } else {
+                    if body.holds_connection()
+                        && body.is_complete()
+                        && let Some(conn) = body.release()
+                    {
+                        pool.put(conn);
+                    }
+                    if frame.is_none() || body.is_end_stream() {
+                        this.kind = Kind::Empty;
                     }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
