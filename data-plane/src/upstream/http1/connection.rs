@@ -149,14 +149,15 @@ impl Connection {
                 out.move_queue_into(&mut self.write_buf);
             }
         }
-        let head = self.write_buf.split().freeze();
-        if let Err((error, written)) = write_all(&mut self.io, &head).await {
+        // Written from the buffer, which is kept (with its allocation) for the next request.
+        let written = write_all(&mut self.io, &self.write_buf).await;
+        self.write_buf.clear();
+        if let Err((error, written)) = written {
             if written == 0 && !body_taken {
                 return Err(ExchangeError::NotSent(Box::new((error, req))));
             }
             return Err(failed(error.into()));
         }
-        drop(head);
         let method = req.method().clone();
         let wants_upgrade = req.headers().contains_key(header::UPGRADE);
         let request_closes = codec::has_close(req.headers());
