@@ -27,8 +27,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Reads ask for at least this much room.
+/// Reads ask for at least this much room; more (up to `MAX_READ_SIZE`) while reads fill it, as
+/// large bodies do, so they take fewer system calls.
 const READ_SIZE: usize = 8 * 1024;
+const MAX_READ_SIZE: usize = 128 * 1024;
 /// A request body this small, already in hand when the head is written, goes in the same write.
 const SMALL_BODY: usize = 16 * 1024;
 /// Pieces per vectored write of the request body.
@@ -70,6 +72,8 @@ pub enum ExchangeError {
 pub struct Connection {
     io: UpstreamStream,
     read_buf: BytesMut,
+    /// The room the next read asks for.
+    read_size: usize,
     write_buf: BytesMut,
 }
 
@@ -92,6 +96,7 @@ impl Connection {
         Connection {
             io,
             read_buf: BytesMut::with_capacity(READ_SIZE),
+            read_size: READ_SIZE,
             write_buf: BytesMut::new(),
         }
     }
@@ -107,8 +112,26 @@ impl Connection {
     /// Reads into the read buffer; 0 at the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // Never a zero-sized read: it would look like the end of the stream.
-        self.read_buf.reserve(READ_SIZE);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read_buf)
+        self.read_buf.reserve(self.read_size);
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.read_buf
+        ))?;
+        if n >= self.read_size {
+            self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_SIZE);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Going idle: a read buffer grown by a large body is not kept.
+    fn shrink(&mut self) {
+        if self.read_buf.capacity() > 2 * READ_SIZE {
+            self.read_buf = BytesMut::new();
+        }
+        self.read_size = READ_SIZE;
     }
 
     /// Sends `req` (origin-form URI, `Host` set) and reads the response head, writing the
@@ -514,7 +537,11 @@ impl Streaming {
             && self.is_complete()
             && conn.read_buf.is_empty();
         self.outgoing = None;
-        clean.then_some(conn)
+        clean.then(|| {
+            let mut conn = conn;
+            conn.shrink();
+            conn
+        })
     }
 
     pub fn holds_connection(&self) -> bool {
