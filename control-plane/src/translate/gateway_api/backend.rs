@@ -26,7 +26,7 @@ pub struct Unresolved {
 }
 
 /// Clusters built so far for one gateway, the CA bundles they need, and BackendTLSPolicy status.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Backends {
     pub clusters: BTreeMap<String, pb::Cluster>,
     /// CaBundle Secret resources made from ConfigMaps, by name.
@@ -40,6 +40,33 @@ pub struct Backends {
 }
 
 impl Backends {
+    /// Adds what a later route resolved, as if it had resolved into `self`: a cluster already
+    /// here stays, made HTTP/2 when the later route needs it so (as `resolve` does); later policy
+    /// verdicts replace earlier ones.
+    pub fn merge(&mut self, later: &Backends) {
+        for (name, cluster) in &later.clusters {
+            match self.clusters.get_mut(name) {
+                Some(existing) => {
+                    if cluster.protocol == pb::UpstreamProtocol::H2c as i32
+                        && existing.tls.is_none()
+                    {
+                        existing.protocol = pb::UpstreamProtocol::H2c as i32;
+                    }
+                }
+                None => {
+                    self.clusters.insert(name.clone(), cluster.clone());
+                }
+            }
+        }
+        for (name, bundle) in &later.ca_bundles {
+            self.ca_bundles.insert(name.clone(), bundle.clone());
+        }
+        self.secrets.extend(later.secrets.iter().cloned());
+        for (key, verdict) in &later.policies {
+            self.policies.insert(key.clone(), verdict.clone());
+        }
+    }
+
     /// Resolves one backendRef of a route in `route_ns` (a `route_kind`) to a cluster name.
     pub fn resolve(
         &mut self,

@@ -24,6 +24,7 @@ pub fn permitted(
     if from.namespace == to_namespace {
         return true;
     }
+    index.depend(super::index::grants_of(to_namespace));
     index
         .in_namespace(Kind::ReferenceGrant, to_namespace)
         .filter_map(|o| match o {

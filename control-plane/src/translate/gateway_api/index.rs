@@ -7,6 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::model::gateway_api::ApiObject;
 use crate::model::{Kind, Object, ObjectKey};
 
+/// The dependency standing for every ReferenceGrant of `namespace` (grants are looked up by
+/// namespace, not by name): a change to any of them changes it.
+pub fn grants_of(namespace: &str) -> ObjectKey {
+    ObjectKey::new(Kind::ReferenceGrant, namespace, "")
+}
+
 pub struct Index<'a> {
     objects: &'a BTreeMap<ObjectKey, Object>,
     read: RefCell<BTreeSet<ObjectKey>>,

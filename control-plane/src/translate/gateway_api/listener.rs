@@ -11,6 +11,7 @@ use crate::model::{GATEWAY_API_GROUP, Kind, Object};
 use crate::status::gateway_api::{Condition, GroupKind, ListenerReport};
 
 /// A listener after validation.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ListenerState {
     pub name: String,
     pub port: i32,

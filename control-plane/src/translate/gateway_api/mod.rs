@@ -289,7 +289,50 @@ pub fn translate_gateway(
     (result, index.into_dependencies())
 }
 
+/// The whole translation in one pass over every route (the controller assembles the same pieces
+/// from its per-route memo instead).
 fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
+    let frame = gateway_frame(index, key)?;
+    let mut routes = Vec::new();
+    for kind in ROUTE_KINDS {
+        for object in index.all(kind) {
+            if let Some(t) = translate_route(index, &frame.inputs, key, object) {
+                index.depend(t.key.clone());
+                routes.push(t);
+            }
+        }
+    }
+    let translations: Vec<&RouteTranslation> = routes.iter().collect();
+    let mut out = assemble(index, frame, &translations);
+    if out.served {
+        out.routes = routes.into_iter().flat_map(|r| r.routes).collect();
+    }
+    Some(out)
+}
+
+/// What every route translation for one Gateway reads of the Gateway: when this is unchanged, a
+/// route's translation changes only with the route and the objects it read itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteInputs {
+    /// The listeners before routes attach (`attachedRoutes` 0).
+    pub listeners: Vec<listener::ListenerState>,
+    /// The Gateway's backend client certificate (Secret resource), for upstream TLS.
+    pub client_certificate: Option<String>,
+}
+
+/// One of our Gateways before any route attaches.
+pub struct GatewayFrame<'a> {
+    key: ObjectKey,
+    gateway: &'a crate::model::gateway_api::Resource<crate::model::gateway_api::GatewaySpec>,
+    pub inputs: RouteInputs,
+    /// Secret resources the listeners reference.
+    certificates: Vec<String>,
+    /// CaBundle resources the listeners need, by name.
+    ca_bundles: BTreeMap<String, pb::Secret>,
+}
+
+/// Gateway `key`'s listeners; `None` when it does not exist or its class is not ours.
+pub fn gateway_frame<'a>(index: &Index<'a>, key: &ObjectKey) -> Option<GatewayFrame<'a>> {
     let Some(ApiObject::Gateway(gw)) = index.api(Kind::Gateway, &key.namespace, &key.name) else {
         return None;
     };
@@ -297,185 +340,238 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
         return None;
     }
     let (ns, name) = (key.namespace.as_str(), key.name.as_str());
-    let mut out = GatewayTranslation::default();
     let mut refs = listener::ListenerRefs::default();
-    let mut listeners = listener::listeners(index, ns, name, &gw.spec, &mut refs);
-    out.secrets.extend(refs.certificates);
-    let mut backends = Backends {
+    let listeners = listener::listeners(index, ns, name, &gw.spec, &mut refs);
+    Some(GatewayFrame {
+        key: key.clone(),
+        gateway: gw,
+        inputs: RouteInputs {
+            listeners,
+            client_certificate: backend_client_certificate(index, ns, &gw.spec),
+        },
+        certificates: refs.certificates,
         ca_bundles: refs.ca_bundles,
-        client_certificate: backend_client_certificate(index, ns, &gw.spec),
+    })
+}
+
+/// What one route contributes to one Gateway.
+#[derive(Clone, Debug)]
+pub struct RouteTranslation {
+    pub key: ObjectKey,
+    generation: Option<i64>,
+    /// Its parentRefs naming the Gateway, with their conditions.
+    pub reports: Vec<ParentReport>,
+    /// Listeners (indices) whose attachedRoutes count it: empty unless accepted somewhere.
+    counted_on: BTreeSet<usize>,
+    /// Route resources, when accepted somewhere.
+    pub routes: Vec<pb::Route>,
+    /// Its clusters, CA bundles, Secrets and policy verdicts; `None` when it attaches to no
+    /// listener (then they are not the Gateway's).
+    backends: Option<Backends>,
+}
+
+/// Translates `object` (a route of any kind) for Gateway `gateway` with `inputs`; `None` when no
+/// parentRef of the route names the Gateway. Reads only the route's own references through
+/// `index`.
+pub fn translate_route(
+    index: &Index,
+    inputs: &RouteInputs,
+    gateway: &ObjectKey,
+    object: &Object,
+) -> Option<RouteTranslation> {
+    let route = any_route(object)?;
+    let (ns, name) = (gateway.namespace.as_str(), gateway.name.as_str());
+    let listeners = &inputs.listeners;
+    let meta = route.metadata();
+    let rref = RouteRef {
+        kind: route.kind_name(),
+        namespace: &meta.namespace,
+        parent_refs: route.parent_refs(),
+        hostnames: route.hostnames(),
+    };
+    let attachments = attach(index, &rref, ns, name, listeners);
+    if attachments.is_empty() {
+        return None;
+    }
+    // Group accepted listeners by their effective hostnames.
+    let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
+    let mut attached_to: BTreeSet<usize> = BTreeSet::new();
+    for a in &attachments {
+        for (i, hosts) in &a.listeners {
+            let names = groups.entry(hosts.clone()).or_default();
+            if !names.contains(&listeners[*i].name) {
+                names.push(listeners[*i].name.clone());
+            }
+            attached_to.insert(*i);
+        }
+    }
+    let placements: Vec<Placement> = groups
+        .into_iter()
+        .map(|(hostnames, mut listeners)| {
+            listeners.sort();
+            Placement {
+                listeners,
+                hostnames,
+            }
+        })
+        .collect();
+    let ctx = RouteContext {
+        kind: route.kind_name(),
+        namespace: &meta.namespace,
+        name: &meta.name,
+        creation_order: creation_seconds(meta),
+        placements: &placements,
+    };
+    let mut problems = RuleProblems::default();
+    let mut resources = Vec::new();
+    // A route attached nowhere is still checked (its ResolvedRefs), but its clusters and
+    // policies are not this gateway's.
+    let mut backends = Backends {
+        client_certificate: inputs.client_certificate.clone(),
         ..Default::default()
     };
-
-    for kind in ROUTE_KINDS {
-        for object in index.all(kind) {
-            let Some(route) = any_route(object) else {
-                continue;
-            };
-            let meta = route.metadata();
-            let rref = RouteRef {
-                kind: route.kind_name(),
-                namespace: &meta.namespace,
-                parent_refs: route.parent_refs(),
-                hostnames: route.hostnames(),
-            };
-            let attachments = attach(index, &rref, ns, name, &listeners);
-            if attachments.is_empty() {
-                continue;
-            }
-            let route_key = object.key();
-            index.depend(route_key.clone());
-            // Group accepted listeners by their effective hostnames.
-            let mut groups: BTreeMap<Vec<String>, Vec<String>> = BTreeMap::new();
-            let mut attached_to: BTreeSet<usize> = BTreeSet::new();
-            for a in &attachments {
-                for (i, hosts) in &a.listeners {
-                    let names = groups.entry(hosts.clone()).or_default();
-                    if !names.contains(&listeners[*i].name) {
-                        names.push(listeners[*i].name.clone());
-                    }
-                    attached_to.insert(*i);
-                }
-            }
-            let placements: Vec<Placement> = groups
-                .into_iter()
-                .map(|(hostnames, mut listeners)| {
-                    listeners.sort();
-                    Placement {
-                        listeners,
-                        hostnames,
-                    }
-                })
-                .collect();
-            let ctx = RouteContext {
-                kind: route.kind_name(),
-                namespace: &meta.namespace,
-                name: &meta.name,
-                creation_order: creation_seconds(meta),
-                placements: &placements,
-            };
-            let mut problems = RuleProblems::default();
-            let mut resources = Vec::new();
-            // A route attached nowhere is still checked (its ResolvedRefs), but its clusters
-            // and policies are not this gateway's.
-            let mut scratch;
-            let target = if placements.is_empty() {
-                scratch = Backends {
-                    client_certificate: backends.client_certificate.clone(),
-                    ..Default::default()
-                };
-                &mut scratch
-            } else {
-                &mut backends
-            };
-            let rule_count = match &route {
-                AnyRoute::Http(r) => {
-                    route::rules(
-                        index,
-                        target,
-                        &ctx,
-                        &r.spec.rules,
-                        route::http_rule,
-                        &mut resources,
-                        &mut problems,
-                    );
-                    r.spec.rules.len()
-                }
-                AnyRoute::Grpc(r) => {
-                    route::rules(
-                        index,
-                        target,
-                        &ctx,
-                        &r.spec.rules,
-                        route::grpc_rule,
-                        &mut resources,
-                        &mut problems,
-                    );
-                    r.spec.rules.len()
-                }
-                AnyRoute::L4(_, r) => {
-                    route::l4_rules(
-                        index,
-                        target,
-                        &ctx,
-                        &r.spec.rules,
-                        &mut resources,
-                        &mut problems,
-                    );
-                    r.spec.rules.len()
-                }
-            };
-            let all_invalid = rule_count > 0 && problems.invalid.len() == rule_count;
-            let accepted_somewhere = !placements.is_empty() && !all_invalid;
-            if accepted_somewhere {
-                out.routes.extend(resources);
-                for i in &attached_to {
-                    listeners[*i].report.attached_routes += 1;
-                }
-            }
-            let resolved = match problems.unresolved.first() {
-                None => Condition::new("ResolvedRefs", true, "ResolvedRefs", ""),
-                Some(u) => Condition::new(
-                    "ResolvedRefs",
-                    false,
-                    u.reason,
-                    problems
-                        .unresolved
-                        .iter()
-                        .map(|u| u.message.clone())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
-            };
-            let reports = attachments
-                .into_iter()
-                .map(|a| {
-                    let mut conditions = Vec::new();
-                    match (&a.refused, all_invalid) {
-                        (Some((reason, message)), _) => conditions.push(Condition::new(
-                            "Accepted",
-                            false,
-                            reason,
-                            message.clone(),
-                        )),
-                        (None, true) => {
-                            let (reason, _) = problems.invalid[0];
-                            let message = problems
-                                .invalid
-                                .iter()
-                                .map(|(_, m)| m.clone())
-                                .collect::<Vec<_>>()
-                                .join("; ");
-                            conditions.push(Condition::new("Accepted", false, reason, message));
-                        }
-                        (None, false) => {
-                            conditions.push(Condition::new("Accepted", true, "Accepted", ""));
-                            if !problems.invalid.is_empty() {
-                                let message = problems
-                                    .invalid
-                                    .iter()
-                                    .map(|(_, m)| m.clone())
-                                    .collect::<Vec<_>>()
-                                    .join("; ");
-                                conditions.push(Condition::new(
-                                    "PartiallyInvalid",
-                                    true,
-                                    "UnsupportedValue",
-                                    message,
-                                ));
-                            }
-                        }
-                    }
-                    conditions.push(resolved.clone());
-                    ParentReport {
-                        parent_ref: a.parent_ref,
-                        conditions,
-                    }
-                })
-                .collect();
-            out.route_parents
-                .insert(route_key, (meta.generation, reports));
+    let rule_count = match &route {
+        AnyRoute::Http(r) => {
+            route::rules(
+                index,
+                &mut backends,
+                &ctx,
+                &r.spec.rules,
+                route::http_rule,
+                &mut resources,
+                &mut problems,
+            );
+            r.spec.rules.len()
         }
+        AnyRoute::Grpc(r) => {
+            route::rules(
+                index,
+                &mut backends,
+                &ctx,
+                &r.spec.rules,
+                route::grpc_rule,
+                &mut resources,
+                &mut problems,
+            );
+            r.spec.rules.len()
+        }
+        AnyRoute::L4(_, r) => {
+            route::l4_rules(
+                index,
+                &mut backends,
+                &ctx,
+                &r.spec.rules,
+                &mut resources,
+                &mut problems,
+            );
+            r.spec.rules.len()
+        }
+    };
+    let all_invalid = rule_count > 0 && problems.invalid.len() == rule_count;
+    let accepted_somewhere = !placements.is_empty() && !all_invalid;
+    let resolved = match problems.unresolved.first() {
+        None => Condition::new("ResolvedRefs", true, "ResolvedRefs", ""),
+        Some(u) => Condition::new(
+            "ResolvedRefs",
+            false,
+            u.reason,
+            problems
+                .unresolved
+                .iter()
+                .map(|u| u.message.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    let reports = attachments
+        .into_iter()
+        .map(|a| {
+            let mut conditions = Vec::new();
+            match (&a.refused, all_invalid) {
+                (Some((reason, message)), _) => {
+                    conditions.push(Condition::new("Accepted", false, reason, message.clone()))
+                }
+                (None, true) => {
+                    let (reason, _) = problems.invalid[0];
+                    let message = problems
+                        .invalid
+                        .iter()
+                        .map(|(_, m)| m.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    conditions.push(Condition::new("Accepted", false, reason, message));
+                }
+                (None, false) => {
+                    conditions.push(Condition::new("Accepted", true, "Accepted", ""));
+                    if !problems.invalid.is_empty() {
+                        let message = problems
+                            .invalid
+                            .iter()
+                            .map(|(_, m)| m.clone())
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        conditions.push(Condition::new(
+                            "PartiallyInvalid",
+                            true,
+                            "UnsupportedValue",
+                            message,
+                        ));
+                    }
+                }
+            }
+            conditions.push(resolved.clone());
+            ParentReport {
+                parent_ref: a.parent_ref,
+                conditions,
+            }
+        })
+        .collect();
+    Some(RouteTranslation {
+        key: object.key(),
+        generation: meta.generation,
+        reports,
+        counted_on: if accepted_somewhere {
+            attached_to
+        } else {
+            BTreeSet::new()
+        },
+        routes: if accepted_somewhere {
+            resources
+        } else {
+            Vec::new()
+        },
+        backends: (!placements.is_empty()).then_some(backends),
+    })
+}
+
+/// The Gateway's translation from its frame and its routes' translations (in route order:
+/// kind, namespace, name). Leaves `routes` empty: the caller owns the routes' resources.
+pub fn assemble(
+    index: &Index,
+    frame: GatewayFrame,
+    routes: &[&RouteTranslation],
+) -> GatewayTranslation {
+    let (ns, name) = (frame.key.namespace.as_str(), frame.key.name.as_str());
+    let gw = frame.gateway;
+    let mut listeners = frame.inputs.listeners;
+    let mut out = GatewayTranslation::default();
+    out.secrets.extend(frame.certificates);
+    let mut backends = Backends {
+        ca_bundles: frame.ca_bundles,
+        client_certificate: frame.inputs.client_certificate,
+        ..Default::default()
+    };
+    for r in routes {
+        for i in &r.counted_on {
+            if let Some(l) = listeners.get_mut(*i) {
+                l.report.attached_routes += 1;
+            }
+        }
+        if let Some(b) = &r.backends {
+            backends.merge(b);
+        }
+        out.route_parents
+            .insert(r.key.clone(), (r.generation, r.reports.clone()));
     }
 
     // Gateway status.
@@ -557,10 +653,9 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
         out.ca_bundles = backends.ca_bundles.into_values().collect();
         out.secrets.extend(backends.secrets);
     } else {
-        out.routes.clear();
         out.secrets.clear();
     }
-    Some(out)
+    out
 }
 
 #[cfg(test)]
