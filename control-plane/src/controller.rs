@@ -52,6 +52,8 @@ pub struct Controller {
     api_board: GatewayApiBoard,
     /// Gateway API Gateways translated (ours, or waiting for an input that may make them ours).
     api_gateways: HashMap<ObjectKey, gateway_api::ApiGateway>,
+    /// Gateway API routes by the Gateways their parentRefs name, whether or not those exist.
+    api_routes_by_gateway: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     /// Each route's parent reports from each of our gateways.
     api_route_parents: gateway_api::Reports,
     /// Each BackendTLSPolicy's ancestor reports from each of our gateways.
@@ -59,6 +61,9 @@ pub struct Controller {
     /// Every Gateway API translation run, in order (tests check what an event re-translates).
     #[cfg(test)]
     api_translated: Vec<ObjectKey>,
+    /// Every Gateway API route translation run (memo misses), in order.
+    #[cfg(test)]
+    api_route_translations: Vec<ObjectKey>,
     synced: bool,
 }
 
@@ -108,10 +113,13 @@ impl Controller {
             board,
             api_board,
             api_gateways: HashMap::new(),
+            api_routes_by_gateway: HashMap::new(),
             api_route_parents: BTreeMap::new(),
             api_policy_ancestors: BTreeMap::new(),
             #[cfg(test)]
             api_translated: Vec::new(),
+            #[cfg(test)]
+            api_route_translations: Vec::new(),
             synced: false,
         }
     }
@@ -205,8 +213,10 @@ impl Controller {
         for key in dirty.iter().filter(|k| k.kind == Kind::GatewayClass) {
             self.api_class_changed(key);
         }
+        self.index_api_routes(&dirty, &before);
+        let touched = gateway_api::touched_keys(&dirty, &before, &self.objects);
         for key in self.api_affected(&dirty, &before) {
-            self.api_gateway_changed(&key);
+            self.api_gateway_changed(&key, &touched);
         }
         if self.synced && !self.views.is_ready() {
             tracing::info!(

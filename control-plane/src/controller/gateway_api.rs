@@ -1,5 +1,10 @@
 //! Gateway API side of the controller: which Gateway API Gateways an event can affect, and
 //! applying one Gateway's translation to its view and to the status board.
+//!
+//! Work per change is proportional to the affected Gateways' routes, not the cluster's: routes
+//! are indexed by the Gateways their parentRefs name, each route's translation is kept with the
+//! keys it read (reused until one of them changes or the Gateway's listeners do), and status
+//! reports are merged only for the routes a Gateway reports on.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,8 +16,10 @@ use crate::model::gateway_api::ApiObject;
 use crate::model::{Kind, Object, ObjectKey};
 use crate::resource::{Encoded, type_index};
 use crate::status::gateway_api::{ApiStatus, CONTROLLER_NAME, ParentReport};
+use crate::translate::gateway_api::index::grants_of;
 use crate::translate::gateway_api::{
-    gateway_class_status, route_parent_gateways, translate_gateway,
+    Index, RouteInputs, RouteTranslation, assemble, gateway_class_status, gateway_frame,
+    route_parent_gateways, translate_route,
 };
 use crate::views::ViewChanges;
 
@@ -23,8 +30,56 @@ pub(super) struct ApiGateway {
     resources: BTreeMap<(usize, String), Arc<Encoded>>,
     /// Kubernetes Secret resources referenced.
     secrets: BTreeSet<String>,
-    /// Objects the last translation read.
+    /// Objects the last translation read (its routes' reads included).
     dependencies: BTreeSet<ObjectKey>,
+    /// The Gateway inputs `routes` were translated with.
+    route_inputs: RouteInputs,
+    /// Each attached route's last translation.
+    routes: BTreeMap<ObjectKey, RouteMemo>,
+    /// Routes and policies this Gateway last reported on.
+    reported_routes: BTreeSet<ObjectKey>,
+    reported_policies: BTreeSet<ObjectKey>,
+}
+
+/// One route translated for one Gateway, with what it read: valid while none of `reads` changes
+/// and the Gateway's `RouteInputs` stay the same.
+pub(super) struct RouteMemo {
+    reads: BTreeSet<ObjectKey>,
+    translation: RouteTranslation,
+    /// `translation.routes`, encoded.
+    encoded: Vec<Arc<Encoded>>,
+}
+
+/// Whether `kind` is a Gateway API route kind.
+pub(super) fn is_api_route(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute | Kind::TcpRoute | Kind::UdpRoute
+    )
+}
+
+/// Every key a translation may have recorded as read that `dirty` changes: the changed objects,
+/// the Services whose EndpointSlices or BackendTLSPolicies changed (those are looked up by
+/// Service), and the grants of each namespace whose ReferenceGrants changed.
+pub(super) fn touched_keys(
+    dirty: &BTreeSet<ObjectKey>,
+    before: &BTreeMap<ObjectKey, Object>,
+    objects: &BTreeMap<ObjectKey, Object>,
+) -> BTreeSet<ObjectKey> {
+    let mut out = dirty.clone();
+    for key in dirty {
+        match key.kind {
+            Kind::EndpointSlice | Kind::BackendTlsPolicy => {
+                out.extend(service_keys(objects.get(key)));
+                out.extend(service_keys(before.get(key)));
+            }
+            Kind::ReferenceGrant => {
+                out.insert(grants_of(&key.namespace));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Per route (or policy): each of our gateways' reports about it, by gateway id.
@@ -54,6 +109,30 @@ fn service_keys(object: Option<&Object>) -> Vec<ObjectKey> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// Translates one route for Gateway `gateway`, recording what it read (the route included).
+fn translate_memo(
+    objects: &BTreeMap<ObjectKey, Object>,
+    inputs: &RouteInputs,
+    gateway: &ObjectKey,
+    key: &ObjectKey,
+    object: &Object,
+) -> Option<RouteMemo> {
+    let index = Index::new(objects);
+    let translation = translate_route(&index, inputs, gateway, object)?;
+    let mut reads = index.into_dependencies();
+    reads.insert(key.clone());
+    let encoded = translation
+        .routes
+        .iter()
+        .map(|r| Encoded::new(type_url::ROUTE, r.name.clone(), r))
+        .collect();
+    Some(RouteMemo {
+        reads,
+        translation,
+        encoded,
+    })
 }
 
 impl Controller {
@@ -123,6 +202,40 @@ impl Controller {
         out
     }
 
+    /// Keeps `api_routes_by_gateway` current for the routes in `dirty`: `before` holds their
+    /// versions as of the last batch (absent when new).
+    pub(super) fn index_api_routes(
+        &mut self,
+        dirty: &BTreeSet<ObjectKey>,
+        before: &BTreeMap<ObjectKey, Object>,
+    ) {
+        for key in dirty.iter().filter(|k| is_api_route(k.kind)) {
+            let was = before
+                .get(key)
+                .map(route_parent_gateways)
+                .unwrap_or_default();
+            let now = self
+                .objects
+                .get(key)
+                .map(route_parent_gateways)
+                .unwrap_or_default();
+            for gateway in was.difference(&now) {
+                if let Some(routes) = self.api_routes_by_gateway.get_mut(gateway) {
+                    routes.remove(key);
+                    if routes.is_empty() {
+                        self.api_routes_by_gateway.remove(gateway);
+                    }
+                }
+            }
+            for gateway in now {
+                self.api_routes_by_gateway
+                    .entry(gateway)
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+    }
+
     /// Records the status of a GatewayClass: ours get Accepted, others nothing at all.
     pub(super) fn api_class_changed(&mut self, key: &ObjectKey) {
         match api(self.objects.get(key)) {
@@ -150,13 +263,51 @@ impl Controller {
         self.views.apply(id, changes);
     }
 
-    /// Re-translates Gateway API Gateway `key` and applies the difference.
-    pub(super) fn api_gateway_changed(&mut self, key: &ObjectKey) {
+    /// Re-translates Gateway API Gateway `key` and applies the difference. Routes whose memo
+    /// read none of `touched` (and whose Gateway inputs are unchanged) are not re-translated.
+    pub(super) fn api_gateway_changed(&mut self, key: &ObjectKey, touched: &BTreeSet<ObjectKey>) {
         let id = gateway_id(&key.namespace, &key.name);
-        let (translation, dependencies) = translate_gateway(&self.objects, key);
         #[cfg(test)]
         self.api_translated.push(key.clone());
-        let old = self.api_gateways.remove(key).unwrap_or_default();
+        let mut old = self.api_gateways.remove(key).unwrap_or_default();
+        let mut state = ApiGateway::default();
+        let mut retranslated = Vec::new();
+        let index = Index::new(&self.objects);
+        let translation = gateway_frame(&index, key).map(|frame| {
+            // Listeners decide where every route lands: when they change, all start over.
+            let mut reusable = if old.route_inputs == frame.inputs {
+                std::mem::take(&mut old.routes)
+            } else {
+                BTreeMap::new()
+            };
+            let attached = self.api_routes_by_gateway.get(key).into_iter().flatten();
+            for route_key in attached {
+                let Some(object) = self.objects.get(route_key) else {
+                    continue;
+                };
+                let memo = match reusable.remove(route_key) {
+                    Some(memo) if memo.reads.is_disjoint(touched) => Some(memo),
+                    _ => {
+                        retranslated.push(route_key.clone());
+                        translate_memo(&self.objects, &frame.inputs, key, route_key, object)
+                    }
+                };
+                if let Some(memo) = memo {
+                    state.routes.insert(route_key.clone(), memo);
+                }
+            }
+            state.route_inputs = frame.inputs.clone();
+            let translations: Vec<&RouteTranslation> =
+                state.routes.values().map(|m| &m.translation).collect();
+            assemble(&index, frame, &translations)
+        });
+        state.dependencies = index.into_dependencies();
+        for memo in state.routes.values() {
+            state.dependencies.extend(memo.reads.iter().cloned());
+        }
+        let retranslated_count = retranslated.len();
+        #[cfg(test)]
+        self.api_route_translations.extend(retranslated);
         let mut resources = BTreeMap::new();
         let mut secrets = BTreeSet::new();
         let mut route_reports = BTreeMap::new();
@@ -170,9 +321,13 @@ impl Controller {
                     let e = Encoded::new(type_url::LISTENER, l.name.clone(), l);
                     resources.insert((type_index(e.type_url).unwrap_or(0), e.name.clone()), e);
                 }
-                for r in &t.routes {
-                    let e = Encoded::new(type_url::ROUTE, r.name.clone(), r);
-                    resources.insert((type_index(e.type_url).unwrap_or(0), e.name.clone()), e);
+                if t.served {
+                    for e in state.routes.values().flat_map(|m| &m.encoded) {
+                        resources.insert(
+                            (type_index(e.type_url).unwrap_or(0), e.name.clone()),
+                            e.clone(),
+                        );
+                    }
                 }
                 for c in &t.clusters {
                     let e = Encoded::new(type_url::CLUSTER, c.name.clone(), c);
@@ -192,6 +347,8 @@ impl Controller {
                     gateway = %id,
                     served = t.served,
                     resources = resources.len(),
+                    routes = state.routes.len(),
+                    retranslated = retranslated_count,
                     "translated Gateway API gateway"
                 );
             }
@@ -208,9 +365,12 @@ impl Controller {
         if !changes.is_empty() {
             self.views.apply(&id, changes);
         }
+        state.reported_routes = route_reports.keys().cloned().collect();
+        state.reported_policies = policy_reports.keys().cloned().collect();
         Self::merge_reports(
             &mut self.api_route_parents,
             &id,
+            &old.reported_routes,
             route_reports,
             |generation, parents| ApiStatus::Route {
                 generation,
@@ -221,6 +381,7 @@ impl Controller {
         Self::merge_reports(
             &mut self.api_policy_ancestors,
             &id,
+            &old.reported_policies,
             policy_reports,
             |generation, ancestors| ApiStatus::Policy {
                 generation,
@@ -229,35 +390,37 @@ impl Controller {
             &self.api_board,
         );
         if ours {
-            self.api_gateways.insert(
-                key.clone(),
-                ApiGateway {
-                    resources,
-                    secrets,
-                    dependencies,
-                },
-            );
+            state.resources = resources;
+            state.secrets = secrets;
+            self.api_gateways.insert(key.clone(), state);
         }
     }
 
-    /// Replaces gateway `id`'s reports and rewrites the status of every object whose reports
-    /// changed: all our gateways' reports together, or nothing once none reports it.
+    /// Replaces gateway `id`'s reports (it last reported on `previous`) and rewrites the status
+    /// of every object whose reports changed: all our gateways' reports together, or nothing
+    /// once none reports it.
     fn merge_reports(
         all: &mut Reports,
         id: &str,
+        previous: &BTreeSet<ObjectKey>,
         new: BTreeMap<ObjectKey, (Option<i64>, Vec<ParentReport>)>,
         status: impl Fn(Option<i64>, Vec<ParentReport>) -> ApiStatus,
         board: &crate::status::gateway_api::GatewayApiBoard,
     ) {
-        let mut touched: BTreeSet<ObjectKey> = all
-            .iter_mut()
-            .filter_map(|(k, by_gateway)| by_gateway.remove(id).map(|_| k.clone()))
-            .collect();
+        let mut touched = BTreeSet::new();
+        for k in previous.iter().filter(|k| !new.contains_key(*k)) {
+            if let Some(by_gateway) = all.get_mut(k)
+                && by_gateway.remove(id).is_some()
+            {
+                touched.insert(k.clone());
+            }
+        }
         for (k, report) in new {
-            all.entry(k.clone())
-                .or_default()
-                .insert(id.to_owned(), report);
-            touched.insert(k);
+            let by_gateway = all.entry(k.clone()).or_default();
+            if by_gateway.get(id) != Some(&report) {
+                by_gateway.insert(id.to_owned(), report);
+                touched.insert(k);
+            }
         }
         for k in touched {
             match all.get(&k).filter(|by_gateway| !by_gateway.is_empty()) {
