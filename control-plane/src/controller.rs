@@ -564,7 +564,7 @@ mod tests {
     use crate::status::gateway_api::ApiStatus;
     use std::path::Path;
 
-    fn apply(c: &mut Controller, yaml: &str) {
+    pub(super) fn apply(c: &mut Controller, yaml: &str) {
         let (objects, diags) = parse_manifests(Path::new("test.yaml"), yaml);
         assert!(diags.is_empty(), "{diags:?}");
         c.apply(objects.into_iter().map(ProviderEvent::Apply).collect());
@@ -719,34 +719,34 @@ mod tests {
         assert!(secrets(&views, "default/plain").is_empty());
     }
 
-    const API_CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n---\n";
+    pub(super) const API_CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n---\n";
 
-    fn api_gateway(name: &str, ns: &str) -> String {
+    pub(super) fn api_gateway(name: &str, ns: &str) -> String {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  gatewayClassName: sluice\n  listeners: [{{name: http, port: 80, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}]\n---\n"
         )
     }
 
-    fn service(name: &str, ns: &str, ip: &str) -> String {
+    pub(super) fn service(name: &str, ns: &str, ip: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{ports: [{{port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{port: 8080}}]\nendpoints: [{{addresses: [{ip}]}}]\n---\n"
         )
     }
 
-    fn http_route(name: &str, ns: &str, gateway: &str, backend: &str) -> String {
+    pub(super) fn http_route(name: &str, ns: &str, gateway: &str, backend: &str) -> String {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{name: {gateway}, namespace: default}}]\n  rules: [{{backendRefs: [{backend}]}}]\n---\n"
         )
     }
 
-    fn names(views: &Views, gw: &str, type_index: usize) -> Vec<String> {
+    pub(super) fn names(views: &Views, gw: &str, type_index: usize) -> Vec<String> {
         views
             .gateway(gw)
             .read(|v| v.resources[type_index].keys().cloned().collect())
     }
 
     /// The clusters a route forwards to, or `["500"]` when it answers 500 itself.
-    fn route_backends(views: &Views, gw: &str, name: &str) -> Vec<String> {
+    pub(super) fn route_backends(views: &Views, gw: &str, name: &str) -> Vec<String> {
         use prost::Message;
         let bytes = views
             .gateway(gw)

@@ -440,3 +440,7 @@ impl Controller {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "gateway_api_tests.rs"]
+mod tests;
