@@ -45,8 +45,9 @@ pub(super) struct ApiGateway {
 /// and the Gateway's `RouteInputs` stay the same.
 pub(super) struct RouteMemo {
     reads: BTreeSet<ObjectKey>,
+    /// Its `routes` moved to `encoded`.
     translation: RouteTranslation,
-    /// `translation.routes`, encoded.
+    /// The route's Route resources, encoded.
     encoded: Vec<Arc<Encoded>>,
 }
 
@@ -120,13 +121,13 @@ fn translate_memo(
     object: &Object,
 ) -> Option<RouteMemo> {
     let index = Index::new(objects);
-    let translation = translate_route(&index, inputs, gateway, object)?;
+    let mut translation = translate_route(&index, inputs, gateway, object)?;
     let mut reads = index.into_dependencies();
     reads.insert(key.clone());
-    let encoded = translation
-        .routes
-        .iter()
-        .map(|r| Encoded::new(type_url::ROUTE, r.name.clone(), r))
+    // Kept encoded only: the messages are not needed again.
+    let encoded = std::mem::take(&mut translation.routes)
+        .into_iter()
+        .map(|r| Encoded::new(type_url::ROUTE, r.name.clone(), &r))
         .collect();
     Some(RouteMemo {
         reads,
