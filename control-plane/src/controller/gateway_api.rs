@@ -44,7 +44,8 @@ pub(super) struct ApiGateway {
 /// One route translated for one Gateway, with what it read: valid while none of `reads` changes
 /// and the Gateway's `RouteInputs` stay the same.
 pub(super) struct RouteMemo {
-    reads: BTreeSet<ObjectKey>,
+    /// Sorted, without duplicates.
+    reads: Box<[ObjectKey]>,
     /// Its `routes` moved to `encoded`.
     translation: RouteTranslation,
     /// The route's Route resources, encoded.
@@ -130,7 +131,7 @@ fn translate_memo(
         .map(|r| Encoded::new(type_url::ROUTE, r.name.clone(), &r))
         .collect();
     Some(RouteMemo {
-        reads,
+        reads: reads.into_iter().collect(),
         translation,
         encoded,
     })
@@ -287,7 +288,7 @@ impl Controller {
                     continue;
                 };
                 let memo = match reusable.remove(route_key) {
-                    Some(memo) if memo.reads.is_disjoint(touched) => Some(memo),
+                    Some(memo) if !memo.reads.iter().any(|k| touched.contains(k)) => Some(memo),
                     _ => {
                         retranslated.push(route_key.clone());
                         translate_memo(&self.objects, &frame.inputs, key, route_key, object)

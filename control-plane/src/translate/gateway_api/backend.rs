@@ -39,13 +39,32 @@ pub struct Backends {
     pub client_certificate: Option<String>,
 }
 
+/// One route's clusters, CA bundles, Secrets and policy verdicts, in name order.
+#[derive(Clone, Debug)]
+pub struct RouteBackends {
+    clusters: Vec<pb::Cluster>,
+    ca_bundles: Vec<pb::Secret>,
+    secrets: Vec<String>,
+    policies: Vec<(ObjectKey, (Option<i64>, Vec<Condition>))>,
+}
+
 impl Backends {
+    /// What one route resolved, compact (it is kept per route while the route is unchanged).
+    pub fn into_route_backends(self) -> RouteBackends {
+        RouteBackends {
+            clusters: self.clusters.into_values().collect(),
+            ca_bundles: self.ca_bundles.into_values().collect(),
+            secrets: self.secrets.into_iter().collect(),
+            policies: self.policies.into_iter().collect(),
+        }
+    }
+
     /// Adds what a later route resolved, as if it had resolved into `self`: a cluster already
     /// here stays, made HTTP/2 when the later route needs it so (as `resolve` does); later policy
     /// verdicts replace earlier ones.
-    pub fn merge(&mut self, later: &Backends) {
-        for (name, cluster) in &later.clusters {
-            match self.clusters.get_mut(name) {
+    pub fn merge(&mut self, later: &RouteBackends) {
+        for cluster in &later.clusters {
+            match self.clusters.get_mut(&cluster.name) {
                 Some(existing) => {
                     if cluster.protocol == pb::UpstreamProtocol::H2c as i32
                         && existing.tls.is_none()
@@ -54,12 +73,12 @@ impl Backends {
                     }
                 }
                 None => {
-                    self.clusters.insert(name.clone(), cluster.clone());
+                    self.clusters.insert(cluster.name.clone(), cluster.clone());
                 }
             }
         }
-        for (name, bundle) in &later.ca_bundles {
-            self.ca_bundles.insert(name.clone(), bundle.clone());
+        for bundle in &later.ca_bundles {
+            self.ca_bundles.insert(bundle.name.clone(), bundle.clone());
         }
         self.secrets.extend(later.secrets.iter().cloned());
         for (key, verdict) in &later.policies {

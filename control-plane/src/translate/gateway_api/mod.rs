@@ -362,12 +362,12 @@ pub struct RouteTranslation {
     /// Its parentRefs naming the Gateway, with their conditions.
     pub reports: Vec<ParentReport>,
     /// Listeners (indices) whose attachedRoutes count it: empty unless accepted somewhere.
-    counted_on: BTreeSet<usize>,
+    counted_on: Vec<usize>,
     /// Route resources, when accepted somewhere.
     pub routes: Vec<pb::Route>,
     /// Its clusters, CA bundles, Secrets and policy verdicts; `None` when it attaches to no
     /// listener (then they are not the Gateway's).
-    backends: Option<Backends>,
+    backends: Option<backend::RouteBackends>,
 }
 
 /// Translates `object` (a route of any kind) for Gateway `gateway` with `inputs`; `None` when no
@@ -531,16 +531,16 @@ pub fn translate_route(
         generation: meta.generation,
         reports,
         counted_on: if accepted_somewhere {
-            attached_to
+            attached_to.into_iter().collect()
         } else {
-            BTreeSet::new()
+            Vec::new()
         },
         routes: if accepted_somewhere {
             resources
         } else {
             Vec::new()
         },
-        backends: (!placements.is_empty()).then_some(backends),
+        backends: (!placements.is_empty()).then(|| backends.into_route_backends()),
     })
 }
 
