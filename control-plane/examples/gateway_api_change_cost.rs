@@ -63,6 +63,18 @@ fn secret(g: usize, (cert, key): &(String, String)) -> String {
     )
 }
 
+/// This process's resident set, in KiB (0 when /proc is not there).
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn arg(i: usize, default: usize) -> usize {
     std::env::args()
         .nth(i)
@@ -101,9 +113,10 @@ fn main() {
     initial.push(ProviderEvent::Synced);
     controller.apply(initial);
     println!(
-        "{gateways} gateways, {} routes: initial translation {:.1} ms",
+        "{gateways} gateways, {} routes: initial translation {:.1} ms, RSS {} KiB",
         gateways * (per_gateway + 2),
-        started.elapsed().as_secs_f64() * 1e3
+        started.elapsed().as_secs_f64() * 1e3,
+        rss_kib()
     );
     // Change `n` of gateway `g` (n = 1, 2, ...: each differs from the one before).
     type Change<'a> = &'a dyn Fn(usize, usize) -> String;
