@@ -34,10 +34,13 @@ pub struct Backends {
     /// Secret resources (Kubernetes Secrets) the clusters reference.
     pub secrets: BTreeSet<String>,
     /// Per policy: its generation and conditions for this gateway.
-    pub policies: BTreeMap<ObjectKey, (Option<i64>, Vec<Condition>)>,
+    pub policies: BTreeMap<ObjectKey, PolicyVerdict>,
     /// The Gateway's backend client certificate (Secret resource), presented on upstream TLS.
     pub client_certificate: Option<String>,
 }
+
+/// A BackendTLSPolicy's generation and its conditions for one gateway.
+pub type PolicyVerdict = (Option<i64>, Vec<Condition>);
 
 /// One route's clusters, CA bundles, Secrets and policy verdicts, in name order.
 #[derive(Clone, Debug)]
@@ -45,7 +48,7 @@ pub struct RouteBackends {
     clusters: Vec<pb::Cluster>,
     ca_bundles: Vec<pb::Secret>,
     secrets: Vec<String>,
-    policies: Vec<(ObjectKey, (Option<i64>, Vec<Condition>))>,
+    policies: Vec<(ObjectKey, PolicyVerdict)>,
 }
 
 impl Backends {
