@@ -204,6 +204,12 @@ impl StreamState {
             // (possibly empty) is complete.
             out.push(self.response(t, Vec::new(), Vec::new()));
         }
+        if first && let Some((_, rest)) = out.split_last_mut() {
+            // The data plane waits for the last chunk of its initial state before it is ready.
+            for r in rest {
+                r.initial_state_continues = true;
+            }
+        }
         Ok(out)
     }
 
@@ -372,6 +378,7 @@ impl StreamState {
             type_url: type_url::ALL[t].to_string(),
             removed_resources: removals,
             nonce,
+            initial_state_continues: false,
         }
     }
 
@@ -820,5 +827,36 @@ mod tests {
             }
         }
         assert_eq!(seen.len(), 41);
+        // The data plane is ready only at the last chunk of its initial state.
+        let (last, rest) = out.split_last().unwrap();
+        assert!(rest.iter().all(|r| r.initial_state_continues));
+        assert!(!last.initial_state_continues);
+    }
+
+    #[test]
+    fn only_the_initial_state_is_marked_as_continuing() {
+        let route_of = |i: usize| {
+            Encoded::new(
+                type_url::ROUTE,
+                format!("r{i:02}"),
+                &pb::Route {
+                    name: format!("r{i:02}"),
+                    source: "x".repeat(1 << 10),
+                    ..Default::default()
+                },
+            )
+        };
+        let v = view_with((0..10).map(route_of).collect());
+        let mut s = StreamState::new("pod-1".into(), Default::default());
+        let initial = v.read(|vs| s.on_request(req(R), vs)).unwrap();
+        assert!(initial.len() > 1);
+        // A later split push is not initial state: nothing waits on it.
+        v.apply(ViewChanges {
+            upserts: (10..20).map(route_of).collect(),
+            removals: vec![],
+        });
+        let pushed = v.read(|vs| s.on_view_change(vs));
+        assert!(pushed.len() > 1);
+        assert!(pushed.iter().all(|r| !r.initial_state_continues));
     }
 }
