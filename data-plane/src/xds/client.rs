@@ -1,12 +1,17 @@
 //! The connection loop: connect, subscribe to every type with what is already held, apply and
 //! ACK each response, and reconnect with exponential backoff and jitter when the stream ends.
 
+use super::batch::{InitialState, batch_admits, owner_of_listener};
 use super::identity::{Credentials, XdsTls, keep_renewed};
 use super::state::{ConfigState, acknowledgement};
 use crate::config_dump::ActiveConfig;
 use crate::listeners::ProxyRuntime;
+use crate::metrics::Metrics;
+use crate::snapshot::Changed;
+use futures::FutureExt;
+use prost::Message;
 use sluice_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use sluice_proto::discovery::{DeltaDiscoveryRequest, Node};
+use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use sluice_proto::type_url;
 use std::sync::Arc;
 use std::time::Duration;
@@ -152,64 +157,122 @@ async fn session(
     tracing::info!(endpoint = %opts.endpoint, gateway = %opts.gateway, "xDS stream open");
     let metrics = runtime.observer().metrics();
     metrics.xds_connected(true);
-    let mut initial_seen = [false; type_url::ALL.len()];
-    while let Some(resp) = inbound.message().await? {
+    let mut initial = InitialState::default();
+    loop {
+        let Some(first) = inbound.message().await? else {
+            return Ok(());
+        };
         *got_response = true;
-        let started = std::time::Instant::now();
-        let mut applied = state.apply(&resp);
-        let accepted = resp.resources.len() + resp.removed_resources.len();
-        if !applied.changed.is_empty() {
-            let snapshot = state.compile(&applied.changed);
-            let failed = runtime.apply(snapshot).await;
-            active.update(&state.resources, state, &applied.changed);
-            if !failed.is_empty() {
-                let names: Vec<String> = failed.iter().map(|(n, _)| n.clone()).collect();
-                let changed = state.drop_listeners(&names);
-                let snapshot = state.compile(&changed);
-                runtime.apply(snapshot).await;
-                active.update(&state.resources, state, &changed);
-                applied.rejected.extend(failed);
+        // Everything already received is applied together: one compile and one swap per burst
+        // (a split initial state arrives as hundreds of responses), bounded so ACKs keep flowing.
+        let mut bytes = first.encoded_len();
+        let mut batch = vec![first];
+        let mut end = None;
+        while let Some(next) = inbound.message().now_or_never() {
+            match next {
+                Ok(Some(resp)) => {
+                    bytes += resp.encoded_len();
+                    batch.push(resp);
+                }
+                Ok(None) => end = Some(Ok(())),
+                Err(status) => end = Some(Err(StreamEnd::Status(status))),
+            }
+            if end.is_some() || !batch_admits(batch.len(), bytes, 0) {
+                break;
             }
         }
-        if let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) {
-            let rejected = applied.rejected.len();
-            metrics.config_applied(
-                TYPE_NAMES[t],
-                state.held(t),
-                accepted.saturating_sub(rejected) as u64,
-                rejected as u64,
-            );
+        let rejected = apply_batch(&batch, state, runtime, active).await;
+        for (resp, rejected) in batch.iter().zip(&rejected) {
+            initial.observe(resp);
+            record(resp, rejected, state, metrics);
         }
-        if resp.resources.is_empty() && resp.removed_resources.is_empty() {
-            tracing::debug!(type_url = %resp.type_url, nonce = %resp.nonce, "applied response (no changes)");
-        } else {
-            tracing::info!(
-                type_url = %resp.type_url,
-                resources = resp.resources.len(),
-                removed = resp.removed_resources.len(),
-                rejected = applied.rejected.len(),
-                apply_us = started.elapsed().as_micros() as u64,
-                "applied update"
-            );
-        }
-        for (name, reason) in &applied.rejected {
-            tracing::warn!(type_url = %resp.type_url, resource = %name, %reason, "rejected resource");
-        }
-        if let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) {
-            initial_seen[t] = true;
-        }
-        if initial_seen.iter().all(|s| *s) && !*ready.borrow() {
+        if initial.complete() && !*ready.borrow() {
             tracing::info!(gateway = %opts.gateway, "initial configuration applied; ready");
             ready.send_replace(true);
         }
-        // ACK only now: the snapshot is swapped in and serving.
-        if tx
-            .send(acknowledgement(&resp, &applied.rejected))
-            .await
-            .is_err()
-        {
-            return Err(StreamEnd::Closed);
+        // ACK only now: the snapshot holding every response of the batch is serving.
+        for (resp, rejected) in batch.iter().zip(&rejected) {
+            if tx.send(acknowledgement(resp, rejected)).await.is_err() {
+                return Err(StreamEnd::Closed);
+            }
+        }
+        if let Some(end) = end {
+            return end;
         }
     }
-    Ok(())
+}
+
+/// Applies `batch` to the held state with one compile and one swap; returns each response's
+/// rejected (name, reason) pairs, listeners the runtime could not start included.
+async fn apply_batch(
+    batch: &[DeltaDiscoveryResponse],
+    state: &mut ConfigState,
+    runtime: &Arc<ProxyRuntime>,
+    active: &ActiveConfig,
+) -> Vec<Vec<(String, String)>> {
+    let started = std::time::Instant::now();
+    let mut changed = Changed::default();
+    let mut rejected = Vec::with_capacity(batch.len());
+    for resp in batch {
+        let applied = state.apply(resp);
+        changed.merge(applied.changed);
+        rejected.push(applied.rejected);
+    }
+    if changed.is_empty() {
+        return rejected;
+    }
+    let snapshot = state.compile(&changed);
+    let failed = runtime.apply(snapshot).await;
+    active.update(&state.resources, state, &changed);
+    if !failed.is_empty() {
+        let names: Vec<String> = failed.iter().map(|(n, _)| n.clone()).collect();
+        let dropped = state.drop_listeners(&names);
+        let snapshot = state.compile(&dropped);
+        runtime.apply(snapshot).await;
+        active.update(&state.resources, state, &dropped);
+        for (name, reason) in failed {
+            if let Some(i) = owner_of_listener(batch, &name) {
+                rejected[i].push((name, reason));
+            }
+        }
+    }
+    tracing::info!(
+        responses = batch.len(),
+        apply_us = started.elapsed().as_micros() as u64,
+        "applied snapshot"
+    );
+    rejected
+}
+
+/// Metrics and logs for one applied response.
+fn record(
+    resp: &DeltaDiscoveryResponse,
+    rejected: &[(String, String)],
+    state: &ConfigState,
+    metrics: &Metrics,
+) {
+    if let Some(t) = type_url::ALL.iter().position(|u| *u == resp.type_url) {
+        let accepted = resp.resources.len() + resp.removed_resources.len();
+        metrics.config_applied(
+            TYPE_NAMES[t],
+            state.held(t),
+            accepted.saturating_sub(rejected.len()) as u64,
+            rejected.len() as u64,
+        );
+    }
+    if resp.resources.is_empty() && resp.removed_resources.is_empty() {
+        tracing::debug!(type_url = %resp.type_url, nonce = %resp.nonce, "applied response (no changes)");
+    } else {
+        tracing::info!(
+            type_url = %resp.type_url,
+            resources = resp.resources.len(),
+            removed = resp.removed_resources.len(),
+            rejected = rejected.len(),
+            initial_state_continues = resp.initial_state_continues,
+            "applied update"
+        );
+    }
+    for (name, reason) in rejected {
+        tracing::warn!(type_url = %resp.type_url, resource = %name, %reason, "rejected resource");
+    }
 }

@@ -205,6 +205,14 @@ impl Versions for ConfigState {
 }
 
 impl Changed {
+    /// Adds what `other` changed (responses applied together under one compile).
+    pub fn merge(&mut self, other: Changed) {
+        self.listeners |= other.listeners;
+        self.clusters.extend(other.clusters);
+        self.routes.extend(other.routes);
+        self.secrets.extend(other.secrets);
+    }
+
     fn record(&mut self, type_index: usize, name: &str) {
         match type_index {
             CLUSTER => {
