@@ -382,3 +382,45 @@ async fn sigterm_under_load_finishes_every_in_flight_request() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_initial_state_is_ready_only_when_whole_and_compiled_in_bursts() {
+    let (_a, port_a) = echo("a");
+    let gw_port = free_port();
+    let admin = free_port();
+    let xds = free_port();
+    let dir = TempDir::new("split-initial");
+    dir.write("gw.yaml", &gateway_yaml("gw", gw_port));
+    // Hundreds of routes: their initial state is split into many responses. Routes go out in
+    // name order, so r99 is in the last chunk.
+    write_numbered_routes(&dir, "gw", 600, port_a);
+    let _cp = control_plane(dir.path(), xds, &[]);
+    let dp = data_plane("default/gw", xds, admin, &[], &[("RUST_LOG", "info")]);
+    let http = client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready:\n{}",
+            dp.log()
+        );
+        let ready = request(&http, "GET", admin, "localhost", "/readyz", &[]).await;
+        if matches!(ready, Ok(r) if r.status == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Ready means whole: the last chunk's route serves at once.
+    let last = request(&http, "GET", gw_port, "x", "/r99", &[])
+        .await
+        .expect("gateway answers");
+    assert_eq!(last.status, 200, "route of the last chunk after ready");
+    let log = dp.log();
+    let responses = log.matches("applied update").count();
+    let snapshots = log.matches("applied snapshot").count();
+    assert!(responses > 10, "split into many responses: {responses}");
+    assert!(
+        snapshots < responses,
+        "{snapshots} snapshots for {responses} responses"
+    );
+}
