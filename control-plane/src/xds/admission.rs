@@ -125,11 +125,23 @@ impl Admission {
 /// The UNAVAILABLE answer to a stream shed by the rate limit: the hint is in the message and in
 /// gRPC's standard `grpc-retry-pushback-ms` trailer.
 pub fn shed_status(retry_after: Duration) -> tonic::Status {
-    // Round up so a client honouring the hint never comes back before a token is there.
-    let ms = retry_after.as_millis().max(1) + 1;
-    let mut status = tonic::Status::unavailable(format!(
-        "too many new xDS streams: retry in {ms} ms (with jitter)"
-    ));
+    let ms = pushback_ms(retry_after);
+    with_pushback(
+        tonic::Status::unavailable(format!(
+            "too many new xDS streams: retry in {ms} ms (with jitter)"
+        )),
+        ms,
+    )
+}
+
+/// The wait to ask of a refused client, rounded up so one honouring the hint never comes back
+/// before a token is there.
+pub fn pushback_ms(retry_after: Duration) -> u128 {
+    retry_after.as_millis().max(1) + 1
+}
+
+/// `status` with the wait in gRPC's standard `grpc-retry-pushback-ms` trailer.
+pub fn with_pushback(mut status: tonic::Status, ms: u128) -> tonic::Status {
     if let Ok(value) = ms.to_string().parse() {
         status
             .metadata_mut()

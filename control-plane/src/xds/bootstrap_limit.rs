@@ -4,7 +4,7 @@
 //! correctly is never held back. An address out of attempts is refused before its token is
 //! even checked, with RESOURCE_EXHAUSTED and a retry hint.
 
-use super::admission::TokenBucket;
+use super::admission::{TokenBucket, pushback_ms, with_pushback};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -67,17 +67,14 @@ impl FailedBootstraps {
 /// The refusal of an address out of attempts: the hint is in the message and in gRPC's
 /// standard `grpc-retry-pushback-ms` trailer.
 pub fn limited_status(peer: IpAddr, retry_after: Duration) -> tonic::Status {
-    let ms = retry_after.as_millis().max(1) + 1;
-    let mut status = tonic::Status::resource_exhausted(format!(
-        "too many failed bootstrap attempts from {peer}: retry in {} s",
-        ms.div_ceil(1000)
-    ));
-    if let Ok(value) = ms.to_string().parse() {
-        status
-            .metadata_mut()
-            .insert("grpc-retry-pushback-ms", value);
-    }
-    status
+    let ms = pushback_ms(retry_after);
+    with_pushback(
+        tonic::Status::resource_exhausted(format!(
+            "too many failed bootstrap attempts from {peer}: retry in {} s",
+            ms.div_ceil(1000)
+        )),
+        ms,
+    )
 }
 
 #[cfg(test)]
