@@ -18,6 +18,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BENCH="${BENCH:-$ROOT/../shared/bench}"
 source "$BENCH/lib.sh"
+source "$ROOT/integration-tests/bench-config.sh"
 SLUICE=${SLUICE:-$ROOT/target/release/sluice}
 WHO=${WHO:-sluice}
 MODE=${MODE:-h1}
@@ -43,38 +44,8 @@ CPPID=
 if [[ $WHO == sluice ]]; then
   P=$((PORT_BASE + 5)) PTLS=$((PORT_BASE + 365)) XDS=$((PORT_BASE + 10005)) ADMIN=$((PORT_BASE + 1805))
   CONF="$CG_DIR/sluice-conf"
-  rm -rf "$CONF" && mkdir -p "$CONF"
-  indent() { sed 's/^/    /' "$1"; }
   # The same configuration as integration-tests/proxy-bench.sh, on this script's ports.
-  cat >"$CONF/bench.yaml" <<YAML
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-cert, namespace: default}
-type: kubernetes.io/tls
-stringData:
-  tls.crt: |
-$(indent "$RUN_DIR/cert.pem")
-  tls.key: |
-$(indent "$RUN_DIR/key.pk8.pem")
----
-apiVersion: gateway.jkaninda.dev/v1alpha1
-kind: Gateway
-metadata: {name: bench, namespace: default}
-spec:
-  service: {httpPort: $P, httpsPort: $PTLS}
-  server:
-    tls: [{secretName: bench-cert}]
----
-apiVersion: gateway.jkaninda.dev/v1alpha1
-kind: Route
-metadata: {name: origins, namespace: default}
-spec:
-  gateways: [bench]
-  path: /
-  backends:
-    - endpoint: http://127.0.0.1:$P_ORIGIN1
-    - endpoint: http://127.0.0.1:$P_ORIGIN2
-YAML
+  write_bench_config "$CONF" "$P" "$PTLS"
   "$SLUICE" control-plane --config "$CONF" --listen "127.0.0.1:$XDS" >"$CG_DIR/cp.log" 2>&1 &
   CPPID=$!
   RUST_LOG=warn "${CG[@]}" "$SLUICE" --worker-threads 1 data-plane --gateway default/bench \
