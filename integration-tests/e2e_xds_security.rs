@@ -336,6 +336,7 @@ async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
     api.apply(tls_secret("team-b", "c-cert", &c_cert));
     for (ns, name, uid, gateway, sa) in [
         ("edge", "a-1", "uid-a-1", "a", "a"),
+        ("edge", "a-2", "uid-a-2", "a", "a"),
         ("edge", "b-1", "uid-b-1", "b", "b"),
         ("team-a", "c-1", "uid-c-1", "c", "c"),
     ] {
@@ -634,6 +635,43 @@ async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
             .await,
         Code::PermissionDenied,
         "may not inspect gateway team-a/c",
+    );
+
+    // A pod relabelled to another gateway: its credentials were for its old gateway only. Its
+    // open stream closes, and its certificate neither reconnects nor renews.
+    let a2 = issue(xds, &ca, Some("token-a-2"), None, node("edge/a", "a-2"))
+        .await
+        .expect("a-2 gets a certificate");
+    let mut a2_stream = ads(xds, &ca, Some(&a2), node("edge/a", "a-2"))
+        .await
+        .expect("a-2 ADS");
+    a2_stream.initial().await.expect("a-2 initial state");
+    api.apply(pod("edge", "a-2", "uid-a-2", "b"));
+    let relabelled = "the credentials of pod edge/a-2 (uid uid-a-2) of gateway edge/a no longer \
+                      hold: the pod was relabelled from gateway edge/a to gateway edge/b";
+    let closed = loop {
+        match a2_stream.next().await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(closed.code(), Code::PermissionDenied, "{closed:?}");
+    assert_eq!(closed.message(), relabelled);
+    assert_status(
+        async {
+            ads(xds, &ca, Some(&a2), node("edge/a", "a-2"))
+                .await?
+                .initial()
+                .await
+        }
+        .await,
+        Code::PermissionDenied,
+        relabelled,
+    );
+    assert_status(
+        issue(xds, &ca, None, Some(&a2), node("edge/a", "a-2")).await,
+        Code::PermissionDenied,
+        relabelled,
     );
 
     // Revocation: deleting a-1 closes its open stream, and its certificate is refused after.

@@ -1,7 +1,10 @@
-//! Which data-plane pods are alive. A certificate outlives nothing: once its pod is deleted it is
-//! refused at the next connect and the pod's open streams are closed.
+//! Which data-plane pods are alive, and which gateway each serves. A credential holds only
+//! while its pod lives and still belongs to the gateway it was issued for: once the pod is
+//! deleted, or relabelled to another gateway, its certificates are refused at the next connect
+//! or renewal and its open streams are closed.
 
 use super::identity::PodIdentity;
+use super::tokens::gateway_of_pod;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
@@ -16,7 +19,7 @@ pub enum PodLiveness {
     /// Outside Kubernetes: a credential holds until it expires.
     #[default]
     Unchecked,
-    /// The pod (by UID) must be among the live data-plane pods.
+    /// The pod (by UID) must be among the live data-plane pods, of the credential's gateway.
     Kubernetes(Arc<PodSet>),
 }
 
@@ -37,15 +40,24 @@ impl PodLiveness {
     }
 }
 
+/// A live data-plane pod as its labels describe it now.
+#[derive(Clone, Debug, PartialEq)]
+struct LivePod {
+    /// `namespace/name`.
+    name: String,
+    /// The gateway (name, in the pod's namespace) its operator labels name; `None` when they
+    /// name none (the instance label removed).
+    gateway: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     synced: bool,
-    /// uid -> namespace/name.
-    live: HashMap<String, String>,
+    live: HashMap<String, LivePod>,
     /// UIDs seen deleted: their credentials are revoked for good.
     revoked: HashSet<String>,
     /// The relist in progress (a watch restart): replaces `live` when done.
-    relist: Option<HashMap<String, String>>,
+    relist: Option<HashMap<String, LivePod>>,
 }
 
 /// The live data-plane pods, from a watch. Pure bookkeeping: the watch adapter feeds it.
@@ -63,14 +75,16 @@ impl Default for PodSet {
     }
 }
 
-fn key(pod: &Pod) -> Option<(String, String)> {
+fn key(pod: &Pod) -> Option<(String, LivePod)> {
     let uid = pod.metadata.uid.clone()?;
     let name = format!(
         "{}/{}",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
         pod.metadata.name.as_deref().unwrap_or_default()
     );
-    Some((uid, name))
+    // The same labels bootstrap read to name the pod's gateway.
+    let gateway = gateway_of_pod(pod);
+    Some((uid, LivePod { name, gateway }))
 }
 
 impl PodSet {
@@ -97,12 +111,26 @@ impl PodSet {
         if !state.synced {
             return Err("the control plane has not listed the data-plane pods yet; retry".into());
         }
-        if !state.live.contains_key(uid) {
+        let Some(pod) = state.live.get(uid) else {
             return Err(format!(
                 "the credentials of {identity} are revoked: the pod does not exist"
             ));
+        };
+        match &pod.gateway {
+            Some(gateway) if *gateway == identity.gateway => Ok(()),
+            // The pod's namespace is the credential's: only the gateway name can differ.
+            Some(gateway) => Err(format!(
+                "the credentials of {identity} no longer hold: the pod was relabelled from \
+                 gateway {} to gateway {}/{gateway}",
+                identity.gateway_id(),
+                identity.namespace
+            )),
+            None => Err(format!(
+                "the credentials of {identity} no longer hold: the pod was relabelled from \
+                 gateway {} to no gateway",
+                identity.gateway_id()
+            )),
         }
-        Ok(())
     }
 
     pub fn apply(&self, event: watcher::Event<Pod>) {
@@ -130,16 +158,30 @@ impl PodSet {
                 self.notify();
             }
             watcher::Event::Apply(pod) => {
-                if let Some((uid, name)) = key(&pod) {
-                    state.live.insert(uid, name);
+                if let Some((uid, live)) = key(&pod) {
+                    let before = state.live.insert(uid.clone(), live.clone());
+                    // Pods change often (status); streams re-check only when a gateway did.
+                    if let Some(before) = before
+                        && before.gateway != live.gateway
+                    {
+                        drop(state);
+                        tracing::info!(
+                            pod = %live.name,
+                            %uid,
+                            from = before.gateway.as_deref().unwrap_or("-"),
+                            to = live.gateway.as_deref().unwrap_or("-"),
+                            "data-plane pod changed gateway: its credentials no longer hold"
+                        );
+                        self.notify();
+                    }
                 }
             }
             watcher::Event::Delete(pod) => {
-                if let Some((uid, name)) = key(&pod) {
+                if let Some((uid, live)) = key(&pod) {
                     state.live.remove(&uid);
                     state.revoked.insert(uid.clone());
                     drop(state);
-                    tracing::info!(pod = %name, %uid, "data-plane pod deleted: its credentials are revoked");
+                    tracing::info!(pod = %live.name, %uid, "data-plane pod deleted: its credentials are revoked");
                     self.notify();
                 }
             }
@@ -176,9 +218,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// A data-plane pod of `gateway` as the operator labels it (`None`: no instance label).
+    fn labelled(name: &str, uid: &str, gateway: Option<&str>) -> Pod {
+        let mut labels = json!({
+            "app.kubernetes.io/component": "data-plane",
+            "app.kubernetes.io/managed-by": "sluice"});
+        if let Some(gateway) = gateway {
+            labels["app.kubernetes.io/instance"] = json!(gateway);
+        }
+        serde_json::from_value(json!({"metadata": {
+            "name": name, "namespace": "edge", "uid": uid, "labels": labels}}))
+        .expect("a Pod")
+    }
+
     fn pod(name: &str, uid: &str) -> Pod {
-        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "edge", "uid": uid}}))
-            .expect("a Pod")
+        labelled(name, uid, Some("a"))
     }
 
     fn identity(name: &str, uid: &str) -> PodIdentity {
@@ -238,6 +292,63 @@ mod tests {
             pods.check(&no_uid)
                 .expect_err("no uid")
                 .contains("no pod uid")
+        );
+    }
+
+    #[test]
+    fn a_pod_relabelled_to_another_gateway_loses_its_credentials() {
+        let pods = PodSet::default();
+        pods.apply(watcher::Event::Init);
+        pods.apply(watcher::Event::InitApply(pod("a-1", "u1")));
+        pods.apply(watcher::Event::InitDone);
+        let a = identity("a-1", "u1");
+        assert_eq!(pods.check(&a), Ok(()));
+        // A status update that keeps the gateway wakes no stream.
+        let mut changed = pods.changed.subscribe();
+        pods.apply(watcher::Event::Apply(pod("a-1", "u1")));
+        assert!(!changed.has_changed().expect("open"));
+        assert_eq!(pods.check(&a), Ok(()));
+
+        pods.apply(watcher::Event::Apply(labelled("a-1", "u1", Some("b"))));
+        assert!(changed.has_changed().expect("open"), "streams re-check");
+        changed.mark_unchanged();
+        assert_eq!(
+            pods.check(&a),
+            Err(
+                "the credentials of pod edge/a-1 (uid u1) of gateway edge/a no longer hold: \
+                 the pod was relabelled from gateway edge/a to gateway edge/b"
+                    .into()
+            )
+        );
+        // Its new gateway's credential (a new bootstrap) holds.
+        let as_b = PodIdentity {
+            gateway: "b".into(),
+            ..a.clone()
+        };
+        assert_eq!(pods.check(&as_b), Ok(()));
+
+        pods.apply(watcher::Event::Apply(labelled("a-1", "u1", None)));
+        assert!(changed.has_changed().expect("open"));
+        assert_eq!(
+            pods.check(&as_b),
+            Err(
+                "the credentials of pod edge/a-1 (uid u1) of gateway edge/b no longer hold: \
+                 the pod was relabelled from gateway edge/b to no gateway"
+                    .into()
+            )
+        );
+        // Relabelled back: the original credential holds again (the pod is the same pod).
+        pods.apply(watcher::Event::Apply(pod("a-1", "u1")));
+        assert_eq!(pods.check(&a), Ok(()));
+
+        // A relabel missed while the watch was down is seen by the relist.
+        pods.apply(watcher::Event::Init);
+        pods.apply(watcher::Event::InitApply(labelled("a-1", "u1", Some("b"))));
+        pods.apply(watcher::Event::InitDone);
+        assert!(
+            pods.check(&a)
+                .expect_err("relabelled")
+                .contains("relabelled from gateway edge/a to gateway edge/b")
         );
     }
 }

@@ -1,7 +1,7 @@
 //! A stream lives no longer than the credentials it authenticated with: it ends when its
 //! client certificate expires (the data plane has renewed by then and reconnects with the new
-//! one), when its pod is deleted (Kubernetes) and when its pod or certificate is revoked
-//! (`--xds-revoked`).
+//! one), when its pod is deleted or relabelled to another gateway (Kubernetes) and when its pod
+//! or certificate is revoked (`--xds-revoked`).
 
 use crate::security::{PeerCertificate, Security};
 use std::time::Duration;
@@ -134,6 +134,48 @@ mod tests {
                 .contains("(serial 0a1b) is revoked (revoked:1)"),
             "{}",
             status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_when_its_pod_is_relabelled_to_another_gateway() {
+        use crate::security::{PodLiveness, PodSet};
+        use kube::runtime::watcher::Event;
+        let pod = |gateway: &str| -> k8s_openapi::api::core::v1::Pod {
+            serde_json::from_value(serde_json::json!({"metadata": {
+                "name": "a-1", "namespace": "edge", "uid": "u1", "labels": {
+                    "app.kubernetes.io/component": "data-plane",
+                    "app.kubernetes.io/managed-by": "sluice",
+                    "app.kubernetes.io/instance": gateway}}}))
+            .expect("a Pod")
+        };
+        let pods = std::sync::Arc::new(PodSet::default());
+        pods.apply(Event::Init);
+        pods.apply(Event::InitApply(pod("a")));
+        pods.apply(Event::InitDone);
+        let security = Security {
+            pods: PodLiveness::Kubernetes(pods.clone()),
+            ..Security::default()
+        };
+        let mut cert = cert(unix_now() + 3600);
+        cert.identity.uid = Some("u1".into());
+        let ended = ended(&security, Some(&cert));
+        tokio::pin!(ended);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut ended)
+                .await
+                .is_err(),
+            "the pod's certificate holds"
+        );
+        pods.apply(Event::Apply(pod("b")));
+        let status = tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("ended on relabel");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            status.message(),
+            "the credentials of pod edge/a-1 (uid u1) of gateway edge/a no longer hold: \
+             the pod was relabelled from gateway edge/a to gateway edge/b"
         );
     }
 
