@@ -3,9 +3,13 @@
 
 mod support;
 
+use sluice_proto::config as pb;
+use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use sluice_proto::type_url;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use support::xds::*;
 use support::*;
 use tokio::task::JoinHandle;
 
@@ -383,8 +387,11 @@ async fn sigterm_under_load_finishes_every_in_flight_request() {
     );
 }
 
+/// The real control plane's split initial state: ready means whole, and the data plane compiles
+/// the chunks in bursts. (Whether readiness waits for the last chunk is timing-dependent here; the
+/// scripted test below checks it step by step.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn split_initial_state_is_ready_only_when_whole_and_compiled_in_bursts() {
+async fn split_initial_state_from_the_control_plane_is_whole_when_ready_and_compiled_in_bursts() {
     let (_a, port_a) = echo("a");
     let gw_port = free_port();
     let admin = free_port();
@@ -423,4 +430,134 @@ async fn split_initial_state_is_ready_only_when_whole_and_compiled_in_bursts() {
         snapshots < responses,
         "{snapshots} snapshots for {responses} responses"
     );
+}
+
+/// Sends one response and waits for its ACK. The data plane decides readiness before it ACKs,
+/// and ACKs only once the snapshot holding the response serves: after this returns, `/readyz`
+/// and the routes reflect exactly the responses sent so far.
+async fn send_and_await_ack(
+    tx: &tokio::sync::mpsc::Sender<Result<DeltaDiscoveryResponse, tonic::Status>>,
+    rx: &mut tonic::Streaming<DeltaDiscoveryRequest>,
+    resp: DeltaDiscoveryResponse,
+) {
+    let nonce = resp.nonce.clone();
+    tx.send(Ok(resp)).await.expect("stream open");
+    let ack = next_request(rx).await;
+    assert_eq!(ack.response_nonce, nonce, "the ACK of {nonce}");
+    assert!(ack.error_detail.is_none(), "{nonce} NACKed: {ack:?}");
+}
+
+/// The data plane's side of a split initial state, driven chunk by chunk by a scripted control
+/// plane (docs/xds-protocol.md, "Split responses and the initial state"): `/readyz` stays 503
+/// while any type's initial state continues, although every type has answered and the chunks
+/// received so far already serve, and turns 200 with the last chunk of the last type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_initial_state_is_ready_only_when_every_type_is_whole() {
+    let (_a, port_a) = echo("a");
+    let (xds, mut streams) = Scripted::start().await;
+    let gw_port = free_port();
+    let admin = free_port();
+    let _dp = data_plane("default/gw", xds, admin, &[], &[]);
+    let (mut rx, tx) = streams.recv().await.expect("the data plane connects");
+    for _ in type_url::ALL {
+        next_request(&mut rx).await;
+    }
+    wait_ok(admin, "localhost", "/healthz", Duration::from_secs(20)).await;
+    let http = client();
+    let status = |port: u16, path: &'static str| {
+        let http = http.clone();
+        async move {
+            request(&http, "GET", port, "localhost", path, &[])
+                .await
+                .expect("answers")
+                .status
+        }
+    };
+    let chunk =
+        |t: &str, nonce: &str, continues: bool, resources: Vec<Resource>| DeltaDiscoveryResponse {
+            initial_state_continues: continues,
+            ..response(t, nonce, resources)
+        };
+    let cluster = pb::Cluster {
+        name: "c".into(),
+        endpoints: vec![pb::Endpoint {
+            address: "127.0.0.1".into(),
+            port: port_a as u32,
+            weight: 1,
+        }],
+        ..Default::default()
+    };
+    let listener = pb::Listener {
+        name: "http".into(),
+        port: gw_port as u32,
+        protocol: pb::Protocol::Http as i32,
+        ..Default::default()
+    };
+    let routes = |n: usize| {
+        resource(
+            &format!("r{n}"),
+            &route(&format!("r{n}"), &format!("/r{n}"), "c"),
+        )
+    };
+
+    // Every type answers, two of them with chunks marked to continue: not ready, although the
+    // first route chunk serves.
+    let first_chunks = [
+        chunk(type_url::SECRET, "s1", false, vec![]),
+        chunk(type_url::CLUSTER, "c1", true, vec![resource("c", &cluster)]),
+        chunk(
+            type_url::LISTENER,
+            "l1",
+            false,
+            vec![resource("http", &listener)],
+        ),
+        chunk(type_url::ROUTE, "r1", true, vec![routes(1)]),
+    ];
+    for resp in first_chunks {
+        send_and_await_ack(&tx, &mut rx, resp).await;
+        assert_eq!(
+            status(admin, "/readyz").await,
+            503,
+            "ready before the last chunk"
+        );
+    }
+    assert_eq!(status(gw_port, "/r1").await, 200, "the first chunk serves");
+    // The clusters complete (an empty last chunk); routes still continue.
+    send_and_await_ack(&tx, &mut rx, chunk(type_url::CLUSTER, "c2", false, vec![])).await;
+    assert_eq!(
+        status(admin, "/readyz").await,
+        503,
+        "ready while routes continue"
+    );
+    send_and_await_ack(
+        &tx,
+        &mut rx,
+        chunk(type_url::ROUTE, "r2", true, vec![routes(2)]),
+    )
+    .await;
+    assert_eq!(
+        status(admin, "/readyz").await,
+        503,
+        "ready while routes continue"
+    );
+    assert_eq!(
+        status(gw_port, "/r3").await,
+        404,
+        "the last chunk is not there yet"
+    );
+    // The last route chunk: ready, and whole.
+    send_and_await_ack(
+        &tx,
+        &mut rx,
+        chunk(type_url::ROUTE, "r3", false, vec![routes(3)]),
+    )
+    .await;
+    assert_eq!(
+        status(admin, "/readyz").await,
+        200,
+        "ready with the last chunk"
+    );
+    for path in ["/r1", "/r2", "/r3"] {
+        assert_eq!(status(gw_port, path).await, 200, "{path} serves");
+    }
 }

@@ -285,30 +285,6 @@ async fn control_plane_keeps_the_server_rules() {
     assert_eq!(removed, ["route/default/deleted-meanwhile"]);
 }
 
-fn route(name: &str, path: &str, cluster: &str) -> pb::Route {
-    pb::Route {
-        name: name.into(),
-        listeners: vec!["http".into()],
-        matches: vec![pb::RouteMatch {
-            path: Some(pb::PathMatch {
-                kind: pb::path_match::Kind::Prefix as i32,
-                value: path.into(),
-            }),
-            ..Default::default()
-        }],
-        action: Some(pb::route::Action::Forward(pb::ForwardAction {
-            backends: vec![pb::WeightedBackend {
-                cluster: cluster.into(),
-                weight: 1,
-                ..Default::default()
-            }],
-            preserve_host: true,
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_plane_keeps_the_client_rules() {
     let (_echo, echo_port) = echo("good");

@@ -2,6 +2,7 @@
 //! is handed to the test, which sends responses and reads the requests (ACKs and NACKs).
 
 use prost::Message;
+use sluice_proto::config as pb;
 use sluice_proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -51,6 +52,31 @@ pub fn resource<M: Message + prost::Name>(name: &str, m: &M) -> Resource {
             value: m.encode_to_vec(),
         }),
         ttl: None,
+    }
+}
+
+/// A route of the listener `http` forwarding paths under `path` to `cluster`.
+pub fn route(name: &str, path: &str, cluster: &str) -> pb::Route {
+    pb::Route {
+        name: name.into(),
+        listeners: vec!["http".into()],
+        matches: vec![pb::RouteMatch {
+            path: Some(pb::PathMatch {
+                kind: pb::path_match::Kind::Prefix as i32,
+                value: path.into(),
+            }),
+            ..Default::default()
+        }],
+        action: Some(pb::route::Action::Forward(pb::ForwardAction {
+            backends: vec![pb::WeightedBackend {
+                cluster: cluster.into(),
+                weight: 1,
+                ..Default::default()
+            }],
+            preserve_host: true,
+            ..Default::default()
+        })),
+        ..Default::default()
     }
 }
 
