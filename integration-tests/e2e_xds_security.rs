@@ -193,6 +193,18 @@ async fn ads(
     })
 }
 
+/// An ADS stream through its initial state, or the status that refused it.
+async fn ads_initial(
+    port: u16,
+    ca: &str,
+    cert: Option<&ClientCert>,
+    node: Node,
+) -> Result<AdsStream, Status> {
+    let mut stream = ads(port, ca, cert, node).await?;
+    stream.initial().await?;
+    Ok(stream)
+}
+
 impl AdsStream {
     /// The next response, or the status that ended the stream.
     async fn next(&mut self) -> Result<DeltaDiscoveryResponse, Status> {
@@ -462,39 +474,28 @@ async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
         .expect("c-1 gets a certificate");
 
     // ADS: a certificate is required and binds the node.
-    assert_status(
-        async {
-            ads(xds, &ca, None, node("edge/a", "a-1"))
-                .await?
-                .initial()
-                .await
-        }
-        .await,
-        Code::Unauthenticated,
-        "ADS needs a client certificate",
-    );
-    assert_status(
-        async {
-            ads(xds, &ca, Some(&a1), node("edge/b", "a-1"))
-                .await?
-                .initial()
-                .await
-        }
-        .await,
-        Code::PermissionDenied,
-        "node.gateway \"edge/b\" is not the authenticated gateway \"edge/a\" (client certificate",
-    );
-    assert_status(
-        async {
-            ads(xds, &ca, Some(&a1), node("edge/a", "b-1"))
-                .await?
-                .initial()
-                .await
-        }
-        .await,
-        Code::PermissionDenied,
-        "node.id \"b-1\" is not the authenticated pod \"a-1\"",
-    );
+    for (cert, node, code, reason) in [
+        (
+            None,
+            node("edge/a", "a-1"),
+            Code::Unauthenticated,
+            "ADS needs a client certificate",
+        ),
+        (
+            Some(&a1),
+            node("edge/b", "a-1"),
+            Code::PermissionDenied,
+            "node.gateway \"edge/b\" is not the authenticated gateway \"edge/a\" (client certificate",
+        ),
+        (
+            Some(&a1),
+            node("edge/a", "b-1"),
+            Code::PermissionDenied,
+            "node.id \"b-1\" is not the authenticated pod \"a-1\"",
+        ),
+    ] {
+        assert_status(ads_initial(xds, &ca, cert, node).await, code, reason);
+    }
     // An expired certificate of the right CA is refused, with the reason.
     let expired = {
         let key = rcgen::KeyPair::generate().expect("key");
@@ -517,13 +518,7 @@ async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
         }
     };
     assert_status(
-        async {
-            ads(xds, &ca, Some(&expired), node("edge/a", "a-1"))
-                .await?
-                .initial()
-                .await
-        }
-        .await,
+        ads_initial(xds, &ca, Some(&expired), node("edge/a", "a-1")).await,
         Code::Unauthenticated,
         "the client certificate of pod edge/a-1 (uid uid-a-1) of gateway edge/a (serial",
     );
@@ -637,6 +632,33 @@ async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
         "may not inspect gateway team-a/c",
     );
 
+    // In Kubernetes the CA lives in its Secret: exported to a directory (kubectl, as
+    // docs/security.md shows), it signs an admin certificate that inspects its namespace only.
+    dir.write("exported-ca/ca.crt", &ca);
+    dir.write("exported-ca/ca.key", &ca_key);
+    let admins = dir.path().join("admins");
+    let (ok, text) = admin_cert(&[
+        "--xds-tls-dir",
+        dir.path().join("exported-ca").to_str().expect("utf-8"),
+        "--name",
+        "ops",
+        "--namespaces",
+        "team-a",
+        "--out",
+        admins.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "{text}");
+    let ops = ClientCert {
+        cert: std::fs::read_to_string(admins.join("ops.crt")).expect("crt"),
+        key: std::fs::read_to_string(admins.join("ops.key")).expect("key"),
+    };
+    assert_eq!(
+        list_gateways(xds, &ca, Some(&ops))
+            .await
+            .expect("ops lists"),
+        ["team-a/c"]
+    );
+
     // A pod relabelled to another gateway: its credentials were for its old gateway only. Its
     // open stream closes, and its certificate neither reconnects nor renews.
     let a2 = issue(xds, &ca, Some("token-a-2"), None, node("edge/a", "a-2"))
@@ -658,13 +680,7 @@ async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
     assert_eq!(closed.code(), Code::PermissionDenied, "{closed:?}");
     assert_eq!(closed.message(), relabelled);
     assert_status(
-        async {
-            ads(xds, &ca, Some(&a2), node("edge/a", "a-2"))
-                .await?
-                .initial()
-                .await
-        }
-        .await,
+        ads_initial(xds, &ca, Some(&a2), node("edge/a", "a-2")).await,
         Code::PermissionDenied,
         relabelled,
     );
@@ -688,13 +704,7 @@ async fn kubernetes_pods_get_their_own_gateway_and_nothing_else() {
         "{closed:?}"
     );
     assert_status(
-        async {
-            ads(xds, &ca, Some(&a1), node("edge/a", "a-1"))
-                .await?
-                .initial()
-                .await
-        }
-        .await,
+        ads_initial(xds, &ca, Some(&a1), node("edge/a", "a-1")).await,
         Code::PermissionDenied,
         "are revoked",
     );
@@ -1141,4 +1151,317 @@ async fn file_mode_revokes_pods_and_certificates_and_limits_failed_bootstraps() 
     issue(xds, &ca, None, Some(&cert2b), gw("gw-2"))
         .await
         .expect("a renewal by certificate is not limited");
+}
+
+/// Runs `sluice admin-cert` to completion: (success, stdout and stderr).
+fn admin_cert(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("admin-cert")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run sluice admin-cert");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The gateway ids `ListGateways` shows to `cert`.
+async fn list_gateways(
+    port: u16,
+    ca: &str,
+    cert: Option<&ClientCert>,
+) -> Result<Vec<String>, Status> {
+    let channel = channel(port, ca, cert).await.map_err(Status::unavailable)?;
+    let gateways = InspectionClient::new(channel)
+        .list_gateways(ListGatewaysRequest {})
+        .await?
+        .into_inner()
+        .gateways;
+    Ok(gateways.into_iter().map(|g| g.gateway).collect())
+}
+
+async fn get_resources(
+    port: u16,
+    ca: &str,
+    cert: &ClientCert,
+    gateway: &str,
+) -> Result<usize, Status> {
+    let channel = channel(port, ca, Some(cert))
+        .await
+        .map_err(Status::unavailable)?;
+    let resources = InspectionClient::new(channel)
+        .get_resources(GetResourcesRequest {
+            gateway: gateway.into(),
+            type_url: String::new(),
+        })
+        .await?
+        .into_inner()
+        .resources;
+    Ok(resources.len())
+}
+
+/// Admin client certificates, signed offline with the control plane's CA by `sluice admin-cert`:
+/// they inspect the gateways of their namespaces only (no `--admin-tokens` file needed), can
+/// neither subscribe to xDS nor renew into a pod certificate, a pod's certificate cannot
+/// inspect, and an admin serial listed in `--xds-revoked` is refused and ends an open watch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_certificates_inspect_their_namespaces_only() {
+    let dir = TempDir::new("xds-sec-admin-cert");
+    let (_echo, echo_port) = echo("backend");
+    for (ns, gw) in [("team-a", "gw-a"), ("team-b", "gw-b")] {
+        dir.write(
+            &format!("config/{gw}.yaml"),
+            &gateway_yaml(gw, free_port())
+                .replace("namespace: default", &format!("namespace: {ns}")),
+        );
+        dir.write(
+            &format!("config/{gw}-route.yaml"),
+            &route_yaml("api", gw, "/api", echo_port, "")
+                .replace("namespace: default", &format!("namespace: {ns}")),
+        );
+    }
+    const TOKEN: &str = "bootstrap-0123456789abcdef";
+    dir.write("tokens", &format!("{TOKEN} team-a/gw-a gw-a-*\n"));
+    dir.write("revoked", "");
+    let revoked = dir.path().join("revoked");
+    let xds = free_port();
+    let ca_dir = dir.path().join("ca");
+    let ca_dir_arg = ca_dir.to_str().expect("utf-8");
+    let out_dir = dir.path().join("admins");
+    let out_arg = out_dir.to_str().expect("utf-8");
+
+    // Nothing to sign with before the control plane made its CA: none is created here.
+    let (ok, text) = admin_cert(&[
+        "--xds-tls-dir",
+        ca_dir_arg,
+        "--name",
+        "alice",
+        "--namespaces",
+        "team-a",
+        "--out",
+        out_arg,
+    ]);
+    assert!(!ok && text.contains("ca.key"), "{text}");
+    assert!(!ca_dir.exists());
+
+    let cp = Proc::start(
+        &[
+            "control-plane",
+            "--config",
+            dir.path().join("config").to_str().expect("utf-8"),
+            "--listen",
+            &format!("127.0.0.1:{xds}"),
+            "--xds-tls-dir",
+            ca_dir_arg,
+            "--xds-bootstrap-tokens",
+            dir.path().join("tokens").to_str().expect("utf-8"),
+            "--xds-revoked",
+            revoked.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    cp.wait_log("xDS server listening", Duration::from_secs(20));
+    let ca = std::fs::read_to_string(ca_dir.join("ca.crt")).expect("CA written");
+
+    // Bad input is refused with the field named.
+    let (ok, text) = admin_cert(&[
+        "--xds-tls-dir",
+        ca_dir_arg,
+        "--name",
+        "bob",
+        "--namespaces",
+        "team-a,,team-b",
+        "--out",
+        out_arg,
+    ]);
+    assert!(
+        !ok && text.contains("--namespaces: scope \"team-a,,team-b\" has an empty"),
+        "{text}"
+    );
+    let (ok, text) = admin_cert(&[
+        "--xds-tls-dir",
+        ca_dir_arg,
+        "--name",
+        "bob",
+        "--namespaces",
+        "*",
+        "--valid-for",
+        "2y",
+        "--out",
+        out_arg,
+    ]);
+    assert!(
+        !ok && text.contains("the unit must be s, m, h or d"),
+        "{text}"
+    );
+
+    let issue_admin = |name: &str, namespaces: &str, valid_for: &str| -> (ClientCert, String) {
+        let (ok, text) = admin_cert(&[
+            "--xds-tls-dir",
+            ca_dir_arg,
+            "--name",
+            name,
+            "--namespaces",
+            namespaces,
+            "--valid-for",
+            valid_for,
+            "--out",
+            out_arg,
+        ]);
+        assert!(ok, "{text}");
+        let serial = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("serial:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no serial printed: {text}"))
+            .to_owned();
+        let read = |ext: &str| {
+            std::fs::read_to_string(out_dir.join(format!("{name}.{ext}"))).expect("written")
+        };
+        (
+            ClientCert {
+                cert: read("crt"),
+                key: read("key"),
+            },
+            serial,
+        )
+    };
+    let (alice, alice_serial) = issue_admin("alice", "team-a", "24h");
+    let (root, _) = issue_admin("root", "*", "1h");
+    let (brief, _) = issue_admin("brief", "*", "2s");
+    // The same name twice does not overwrite the key.
+    let (ok, text) = admin_cert(&[
+        "--xds-tls-dir",
+        ca_dir_arg,
+        "--name",
+        "alice",
+        "--namespaces",
+        "*",
+        "--out",
+        out_arg,
+    ]);
+    assert!(!ok && text.contains("alice.key"), "{text}");
+
+    // Scoped to its namespaces, exactly like a scoped token.
+    assert_eq!(
+        list_gateways(xds, &ca, Some(&alice))
+            .await
+            .expect("alice lists"),
+        ["team-a/gw-a"]
+    );
+    assert_eq!(
+        list_gateways(xds, &ca, Some(&root))
+            .await
+            .expect("root lists"),
+        ["team-a/gw-a", "team-b/gw-b"]
+    );
+    assert!(
+        get_resources(xds, &ca, &alice, "team-a/gw-a")
+            .await
+            .expect("alice reads")
+            > 0
+    );
+    assert_status(
+        get_resources(xds, &ca, &alice, "team-b/gw-b").await,
+        Code::PermissionDenied,
+        "the admin certificate of admin alice (namespaces team-a) may not inspect gateway \
+         team-b/gw-b (outside its namespaces)",
+    );
+    // No credential at all: no token file here, so certificates are the only way in.
+    assert_status(
+        list_gateways(xds, &ca, None).await,
+        Code::Unauthenticated,
+        "needs an admin credential",
+    );
+
+    // An admin certificate is not a pod's: no xDS, no pod certificate.
+    let admin_not_pod = "the client certificate is an admin certificate (admin alice (namespaces \
+                         team-a)): it may only inspect";
+    assert_status(
+        ads_initial(xds, &ca, Some(&alice), node("team-a/gw-a", "alice")).await,
+        Code::PermissionDenied,
+        admin_not_pod,
+    );
+    assert_status(
+        issue(xds, &ca, None, Some(&alice), node("team-a/gw-a", "gw-a-1")).await,
+        Code::PermissionDenied,
+        admin_not_pod,
+    );
+    // A pod's certificate does not inspect, not even its own gateway.
+    let pod = issue(xds, &ca, Some(TOKEN), None, node("team-a/gw-a", "gw-a-1"))
+        .await
+        .expect("gw-a-1 bootstraps");
+    ads_initial(xds, &ca, Some(&pod), node("team-a/gw-a", "gw-a-1"))
+        .await
+        .expect("the pod subscribes");
+    assert_status(
+        list_gateways(xds, &ca, Some(&pod)).await,
+        Code::PermissionDenied,
+        "the client certificate of pod team-a/gw-a-1 of gateway team-a/gw-a is a pod's: pods \
+         may not inspect",
+    );
+
+    // Expired: refused with the reason (the handshake lets it through to say so).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match list_gateways(xds, &ca, Some(&brief)).await {
+            Ok(_) => {
+                assert!(std::time::Instant::now() < deadline, "never expired");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+                assert!(
+                    status.message().contains(
+                        "the client certificate of admin brief (every namespace) (serial"
+                    ) && status.message().contains("s ago; obtain a new one"),
+                    "{status:?}"
+                );
+                break;
+            }
+        }
+    }
+
+    // Revoked by serial: an open watch ends with the reason, and new calls are refused.
+    let channel = channel(xds, &ca, Some(&alice)).await.expect("channel");
+    let mut watch = InspectionClient::new(channel)
+        .watch_resources(GetResourcesRequest {
+            gateway: "team-a/gw-a".into(),
+            type_url: String::new(),
+        })
+        .await
+        .expect("alice watches")
+        .into_inner();
+    assert!(watch.message().await.expect("first").is_some());
+    std::fs::write(&revoked, format!("serial {alice_serial}\n")).expect("write");
+    let revoked_reason = format!(
+        "the admin certificate of admin alice (namespaces team-a) (serial {alice_serial}) is \
+         revoked ({}:1)",
+        revoked.display()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a reason"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the watch ends on revocation");
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert_eq!(ended.message(), revoked_reason);
+    assert_status(
+        list_gateways(xds, &ca, Some(&alice)).await,
+        Code::PermissionDenied,
+        &revoked_reason,
+    );
+    list_gateways(xds, &ca, Some(&root))
+        .await
+        .expect("another admin is unaffected");
 }

@@ -12,10 +12,11 @@ use sluice_control_plane::run::{
     Handles, KubernetesOptions, kubernetes_client, run_file_control_plane,
     run_kubernetes_control_plane,
 };
+use sluice_control_plane::security::admin_cert;
 use sluice_control_plane::security::ca_store::{load_or_create_in_dir, load_or_create_in_secret};
 use sluice_control_plane::security::{
-    AdminAccess, AdminTokens, Authenticator, BootstrapTokens, PodLiveness, Revocations, Security,
-    TlsMaterial, TokenReviewer, revocation,
+    AdminAccess, AdminIdentity, AdminScope, AdminTokens, Authenticator, BootstrapTokens,
+    PodLiveness, Revocations, Security, TlsMaterial, TokenReviewer, revocation,
 };
 use sluice_control_plane::translate::gateway_api::index::Index;
 use sluice_control_plane::translate::gateway_api::is_our_class;
@@ -70,6 +71,9 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Signs an admin client certificate for the inspection service with the control plane's
+    /// CA, offline (docs/security.md, "Inspection").
+    AdminCert(AdminCertArgs),
     /// A JSON echo backend (for demos and tests).
     Echo {
         #[arg(long, default_value = "127.0.0.1:9101")]
@@ -162,6 +166,26 @@ struct ControlPlaneArgs {
     health_listen: Option<SocketAddr>,
     #[command(flatten)]
     limits: XdsLimitArgs,
+}
+
+#[derive(clap::Args)]
+struct AdminCertArgs {
+    /// The control plane's CA directory (its --xds-tls-dir: ca.crt, ca.key). In Kubernetes,
+    /// export the CA Secret into a directory first (docs/security.md).
+    #[arg(long)]
+    xds_tls_dir: PathBuf,
+    /// Who the certificate is for (letters, digits, '-', '.', '_'); names the files too.
+    #[arg(long)]
+    name: String,
+    /// The namespaces whose gateways it may inspect, comma-separated, or '*' for every one.
+    #[arg(long)]
+    namespaces: String,
+    /// How long it is valid: a number and s, m, h or d (at most 365d).
+    #[arg(long, default_value = "24h", value_parser = admin_cert::parse_validity)]
+    valid_for: Duration,
+    /// Where to write NAME.crt and NAME.key (mode 0600); existing files are not overwritten.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Storm protection of the xDS server.
@@ -329,6 +353,7 @@ fn main() -> anyhow::Result<()> {
             Command::DataPlane(args) => data_plane(args).await,
             Command::Validate { dir } => validate(dir),
             Command::Crds { dir } => crds(dir),
+            Command::AdminCert(args) => issue_admin_cert(args),
             Command::Echo {
                 listen,
                 name,
@@ -351,6 +376,27 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+fn issue_admin_cert(args: AdminCertArgs) -> anyhow::Result<()> {
+    let identity = AdminIdentity {
+        name: args.name,
+        scope: AdminScope::parse(&args.namespaces)
+            .map_err(|e| anyhow::anyhow!("--namespaces: {e}"))?,
+    };
+    identity
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--name/--namespaces: {e}"))?;
+    let files = admin_cert::issue_to_dir(&args.xds_tls_dir, &identity, args.valid_for, &args.out)?;
+    println!("issued an admin certificate for {identity}");
+    println!("  certificate: {}", files.certificate.display());
+    println!("  key:         {}", files.key.display());
+    println!(
+        "  serial:      {} (revoke with \"serial {}\" in --xds-revoked)",
+        files.serial, files.serial
+    );
+    println!("  valid until: {}", files.valid_until());
+    Ok(())
 }
 
 async fn control_plane(args: ControlPlaneArgs) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! Who may use the inspection service: open on loopback plaintext (standalone), otherwise an
-//! admin bearer token, each scoped to every namespace or to some.
+//! admin bearer token or an admin client certificate (`super::admin_identity`), each scoped to
+//! every namespace or to some.
 
 use super::authorize::secrets_equal;
 use std::collections::BTreeSet;
@@ -49,17 +50,7 @@ impl AdminTokens {
             if token.len() < 16 {
                 return Err(format!("{at}: the token is shorter than 16 characters"));
             }
-            let scope = if *scope == "*" {
-                AdminScope::All
-            } else {
-                let namespaces: BTreeSet<String> = scope.split(',').map(str::to_owned).collect();
-                if namespaces.iter().any(|n| n.is_empty() || n == "*") {
-                    return Err(format!(
-                        "{at}: scope {scope:?} has an empty or '*' namespace"
-                    ));
-                }
-                AdminScope::Namespaces(namespaces)
-            };
+            let scope = AdminScope::parse(scope).map_err(|e| format!("{at}: {e}"))?;
             entries.push((token.to_string(), scope));
         }
         Ok(Self { entries })
@@ -96,7 +87,7 @@ impl AdminAccess {
             AdminAccess::Tokens(tokens) => {
                 let token = bearer.ok_or_else(|| {
                     "the inspection service needs an admin credential \
-                     (authorization: Bearer <token>)"
+                     (authorization: Bearer <token>, or an admin client certificate)"
                         .to_owned()
                 })?;
                 tokens

@@ -1,6 +1,8 @@
-//! The control plane's own certificate authority: it signs the xDS server certificate and the
-//! short-lived client certificates of data-plane pods (from their CSRs: keys never leave pods).
+//! The control plane's own certificate authority: it signs the xDS server certificate, the
+//! short-lived client certificates of data-plane pods (from their CSRs: keys never leave pods)
+//! and, offline (`sluice admin-cert`), admin client certificates for the inspection service.
 
+use super::admin_identity::AdminIdentity;
 use super::identity::PodIdentity;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
@@ -155,15 +157,53 @@ impl CertificateAuthority {
     ) -> Result<IssuedCertificate, CaError> {
         identity.validate().map_err(CaError::BadIdentity)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(CaError::BadCsr)?;
+        self.sign_leaf(
+            &csr.public_key,
+            &identity.pod,
+            identity.uri(),
+            now,
+            validity,
+        )
+    }
+
+    /// A new key and an admin client certificate for `identity` (certificate, key PEM): the
+    /// key is made here because the one issuing it holds the CA key anyway.
+    pub fn issue_admin(
+        &self,
+        identity: &AdminIdentity,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<(IssuedCertificate, String), CaError> {
+        identity.validate().map_err(CaError::BadIdentity)?;
+        let key = KeyPair::generate()?;
+        let issued = self.sign_leaf(
+            &key,
+            &format!("sluice admin {}", identity.name),
+            identity.uri(),
+            now,
+            validity,
+        )?;
+        Ok((issued, key.serialize_pem()))
+    }
+
+    /// A client-auth leaf for `public_key` whose only SAN is the identity `uri`.
+    fn sign_leaf(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        common_name: &str,
+        uri: String,
+        now: OffsetDateTime,
+        validity: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params
             .distinguished_name
-            .push(DnType::CommonName, identity.pod.clone());
-        params.subject_alt_names =
-            vec![SanType::URI(identity.uri().try_into().map_err(
-                |e: rcgen::Error| CaError::BadIdentity(e.to_string()),
-            )?)];
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = vec![SanType::URI(
+            uri.try_into()
+                .map_err(|e: rcgen::Error| CaError::BadIdentity(e.to_string()))?,
+        )];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let serial = random_serial()?;
@@ -172,7 +212,7 @@ impl CertificateAuthority {
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + validity;
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&csr.public_key, &self.issuer()?)?;
+        let cert = params.signed_by(public_key, &self.issuer()?)?;
         Ok(IssuedCertificate {
             certificate_pem: cert.pem(),
             serial: serial_hex,
@@ -234,6 +274,71 @@ mod tests {
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
         let san = cert.subject_alternative_name().expect("ok").expect("san");
         assert_eq!(san.value.general_names.len(), 1);
+    }
+
+    #[test]
+    fn an_admin_certificate_is_an_admin_identity_and_never_a_pod() {
+        use crate::security::AdminScope;
+        use crate::security::identity::{CertifiedPeer, IdentityError};
+        let now = OffsetDateTime::now_utc();
+        let ca = CertificateAuthority::generate(now).expect("ca");
+        let alice = AdminIdentity {
+            name: "alice".into(),
+            scope: AdminScope::Namespaces(["team-a".to_owned(), "team-b".to_owned()].into()),
+        };
+        let (issued, key_pem) = ca
+            .issue_admin(&alice, now, Duration::from_secs(86400))
+            .expect("issued");
+        let der = rustls_pem_der(&issued.certificate_pem).expect("der");
+        let CertifiedPeer::Admin(admin) = CertifiedPeer::from_der(&der).expect("parses") else {
+            panic!("not an admin certificate");
+        };
+        assert_eq!(admin.identity, alice);
+        assert_eq!(admin.serial, issued.serial);
+        assert_eq!(
+            admin.not_after,
+            (now + Duration::from_secs(86400)).unix_timestamp()
+        );
+        assert_eq!(
+            PeerCertificate::from_der(&der),
+            Err(IdentityError::AdminNotPod(alice))
+        );
+        // The key is the certificate's.
+        let key = KeyPair::from_pem(&key_pem).expect("key");
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("x509");
+        assert_eq!(
+            cert.public_key().subject_public_key.data.as_ref(),
+            key.public_key_raw()
+        );
+        // A pod certificate reads as a pod's.
+        let pod = ca
+            .sign_client(&csr(), &identity(), now, Duration::from_secs(60))
+            .expect("signed");
+        let der = rustls_pem_der(&pod.certificate_pem).expect("der");
+        assert!(matches!(
+            CertifiedPeer::from_der(&der),
+            Ok(CertifiedPeer::Pod(_))
+        ));
+    }
+
+    #[test]
+    fn a_certificate_naming_both_a_pod_and_an_admin_is_refused() {
+        use crate::security::identity::{CertifiedPeer, IdentityError};
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::default();
+        let uris = [
+            identity().uri(),
+            "sluice-admin://alice?namespaces=*".to_owned(),
+        ];
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI(u.clone().try_into().expect("uri")))
+            .collect();
+        let cert = params.self_signed(&key).expect("cert");
+        assert_eq!(
+            CertifiedPeer::from_der(cert.der()),
+            Err(IdentityError::Ambiguous(uris.to_vec()))
+        );
     }
 
     #[test]

@@ -54,12 +54,24 @@ pub fn load_or_create_in_dir(dir: &Path) -> Result<CertificateAuthority, CaStore
             Err(e) => return Err(io(e)),
         }
     }
-    let key = std::fs::read_to_string(&key_path).map_err(io)?;
-    let cert = std::fs::read_to_string(&cert_path).map_err(io)?;
-    CertificateAuthority::from_pem(&cert, &key).map_err(|e| CaStoreError::Invalid(place, e))
+    load_from_dir(dir)
 }
 
-fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+/// Loads the CA of `dir` (`ca.crt`, `ca.key`); never creates one (an offline signer must use
+/// the CA the control plane trusts).
+pub fn load_from_dir(dir: &Path) -> Result<CertificateAuthority, CaStoreError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| CaStoreError::Io(path, e))
+    };
+    let key = read(CA_KEY_KEY)?;
+    let cert = read(CA_CERT_KEY)?;
+    CertificateAuthority::from_pem(&cert, &key)
+        .map_err(|e| CaStoreError::Invalid(dir.display().to_string(), e))
+}
+
+/// Creates `path` (never overwrites) with `text` and permission `mode`.
+pub fn write_new(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

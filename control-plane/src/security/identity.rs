@@ -1,6 +1,8 @@
 //! A data-plane pod's identity as the control plane's certificates carry it: one URI SAN
-//! `spiffe://sluice/ns/NS/gateway/GW/pod/POD[/uid/UID]`.
+//! `spiffe://sluice/ns/NS/gateway/GW/pod/POD[/uid/UID]`; and what a verified client certificate
+//! says: a pod's identity or an admin's ([`super::admin_identity`]), never both.
 
+use super::admin_identity::{ADMIN_URI_PREFIX, AdminIdentity};
 use std::fmt;
 
 const URI_SCHEME_PREFIX: &str = "spiffe://sluice/";
@@ -27,10 +29,20 @@ pub enum IdentityError {
     NoPodUri,
     #[error("the client certificate's URI SAN {0:?} is not a sluice pod identity")]
     BadPodUri(String),
+    #[error("the client certificate's URI SAN {0:?} is not a sluice admin identity")]
+    BadAdminUri(String),
+    #[error("the client certificate names more than one sluice identity: {0:?}")]
+    Ambiguous(Vec<String>),
+    /// Authenticated, but an admin's: it may inspect and nothing else.
+    #[error(
+        "the client certificate is an admin certificate ({0}): it may only inspect \
+         (sluice.discovery.v1.Inspection), not subscribe to xDS or obtain pod certificates"
+    )]
+    AdminNotPod(AdminIdentity),
 }
 
 /// A Kubernetes-style name segment: non-empty, no `/` (it is a path segment of the URI).
-fn valid_segment(s: &str) -> bool {
+pub(crate) fn valid_segment(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.bytes()
@@ -103,7 +115,7 @@ impl fmt::Display for PodIdentity {
     }
 }
 
-/// What a verified client certificate says (rustls already checked its chain and validity).
+/// What a verified pod certificate says (rustls already checked its chain and validity).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerCertificate {
     pub identity: PodIdentity,
@@ -113,8 +125,26 @@ pub struct PeerCertificate {
     pub not_after: i64,
 }
 
-impl PeerCertificate {
-    /// Reads the pod identity, serial and expiry of a DER certificate.
+/// What a verified admin certificate says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminCertificate {
+    pub identity: AdminIdentity,
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// Seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// A verified client certificate of our CA: a pod's or an admin's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertifiedPeer {
+    Pod(PeerCertificate),
+    Admin(AdminCertificate),
+}
+
+impl CertifiedPeer {
+    /// Reads the identity, serial and expiry of a DER certificate. Exactly one sluice URI SAN
+    /// (pod or admin) must be there, and it must parse strictly.
     pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
         use x509_parser::prelude::*;
         let (_, cert) =
@@ -122,7 +152,7 @@ impl PeerCertificate {
         let san = cert
             .subject_alternative_name()
             .map_err(|e| IdentityError::Unparsable(e.to_string()))?;
-        let uris: Vec<&str> = san
+        let ours: Vec<&str> = san
             .map(|ext| {
                 ext.value
                     .general_names
@@ -131,20 +161,72 @@ impl PeerCertificate {
                         GeneralName::URI(u) => Some(*u),
                         _ => None,
                     })
+                    .filter(|u| u.starts_with(URI_SCHEME_PREFIX) || u.starts_with(ADMIN_URI_PREFIX))
                     .collect()
             })
             .unwrap_or_default();
-        let uri = uris
-            .iter()
-            .find(|u| u.starts_with(URI_SCHEME_PREFIX))
-            .ok_or(IdentityError::NoPodUri)?;
+        let uri = match ours.as_slice() {
+            [] => return Err(IdentityError::NoPodUri),
+            [uri] => *uri,
+            many => {
+                return Err(IdentityError::Ambiguous(
+                    many.iter().map(|u| (*u).to_owned()).collect(),
+                ));
+            }
+        };
+        let serial = cert.raw_serial_as_string().replace(':', "");
+        let not_after = cert.validity().not_after.timestamp();
+        if uri.starts_with(ADMIN_URI_PREFIX) {
+            let identity = AdminIdentity::from_uri(uri)
+                .ok_or_else(|| IdentityError::BadAdminUri(uri.to_owned()))?;
+            return Ok(CertifiedPeer::Admin(AdminCertificate {
+                identity,
+                serial,
+                not_after,
+            }));
+        }
         let identity =
-            PodIdentity::from_uri(uri).ok_or_else(|| IdentityError::BadPodUri(uri.to_string()))?;
-        Ok(PeerCertificate {
+            PodIdentity::from_uri(uri).ok_or_else(|| IdentityError::BadPodUri(uri.to_owned()))?;
+        Ok(CertifiedPeer::Pod(PeerCertificate {
             identity,
-            serial: cert.raw_serial_as_string().replace(':', ""),
-            not_after: cert.validity().not_after.timestamp(),
-        })
+            serial,
+            not_after,
+        }))
+    }
+
+    pub fn serial(&self) -> &str {
+        match self {
+            CertifiedPeer::Pod(c) => &c.serial,
+            CertifiedPeer::Admin(c) => &c.serial,
+        }
+    }
+
+    pub fn not_after(&self) -> i64 {
+        match self {
+            CertifiedPeer::Pod(c) => c.not_after,
+            CertifiedPeer::Admin(c) => c.not_after,
+        }
+    }
+}
+
+/// Whose certificate it is: `pod … of gateway …` or `admin … (namespaces …)`.
+impl fmt::Display for CertifiedPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CertifiedPeer::Pod(c) => c.identity.fmt(f),
+            CertifiedPeer::Admin(c) => c.identity.fmt(f),
+        }
+    }
+}
+
+impl PeerCertificate {
+    /// Reads the pod identity, serial and expiry of a DER certificate; an admin certificate is
+    /// refused ([`IdentityError::AdminNotPod`]).
+    pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {
+        match CertifiedPeer::from_der(der)? {
+            CertifiedPeer::Pod(pod) => Ok(pod),
+            CertifiedPeer::Admin(admin) => Err(IdentityError::AdminNotPod(admin.identity)),
+        }
     }
 }
 

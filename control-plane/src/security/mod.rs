@@ -5,6 +5,8 @@
 //! (CA Secret, TokenReview, the pod watch) are thin edges over them.
 
 pub mod admin;
+pub mod admin_cert;
+pub mod admin_identity;
 pub mod authorize;
 pub mod ca;
 pub mod ca_store;
@@ -15,6 +17,7 @@ pub mod settings;
 pub mod tokens;
 
 pub use admin::{AdminAccess, AdminScope, AdminTokens};
+pub use admin_identity::AdminIdentity;
 pub use ca::{CertificateAuthority, IssuedCertificate};
 pub use identity::{PeerCertificate, PodIdentity};
 pub use pods::{PodLiveness, PodSet};

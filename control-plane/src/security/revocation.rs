@@ -1,7 +1,8 @@
 //! Revocation outside Kubernetes: an operator lists revoked pods and certificates in a file
 //! (`--xds-revoked FILE`) that the control plane re-reads when it changes. A revoked pod's open
 //! streams are closed, and its certificates are refused at the next connect or renewal; a
-//! revoked pod is issued no new certificate either, whatever its bootstrap token.
+//! revoked pod is issued no new certificate either, whatever its bootstrap token. A `serial`
+//! line revokes an admin certificate (`sluice admin-cert`) the same way.
 //!
 //! ```text
 //! # every certificate of a pod, and any new one
@@ -10,6 +11,7 @@
 //! serial 5f0c2a9e41d7b3c8
 //! ```
 
+use super::admin_identity::AdminIdentity;
 use super::identity::PodIdentity;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -103,6 +105,16 @@ impl RevocationList {
         Ok(())
     }
 
+    /// Refuses the admin certificate `serial` of `admin` when it is revoked.
+    pub fn check_admin(&self, admin: &AdminIdentity, serial: &str) -> Result<(), String> {
+        match self.serials.get(&normalize_serial(serial)) {
+            Some(at) => Err(format!(
+                "the admin certificate of {admin} (serial {serial}) is revoked ({at})"
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.pods.len() + self.serials.len()
     }
@@ -133,6 +145,10 @@ impl Revocations {
 
     pub fn check(&self, identity: &PodIdentity, serial: Option<&str>) -> Result<(), String> {
         self.current.borrow().check(identity, serial)
+    }
+
+    pub fn check_admin(&self, admin: &AdminIdentity, serial: &str) -> Result<(), String> {
+        self.current.borrow().check_admin(admin, serial)
     }
 
     /// Installs a new list and wakes every stream to re-check itself.
@@ -220,6 +236,20 @@ mod tests {
         // A token-authenticated pod has no certificate yet: only its pod counts.
         assert_eq!(list.check(&identity("public-2"), None), Ok(()));
         assert!(list.check(&identity("public-1"), None).is_err());
+        // An admin certificate is revoked by its serial.
+        let alice = AdminIdentity {
+            name: "alice".into(),
+            scope: crate::security::AdminScope::All,
+        };
+        assert_eq!(
+            list.check_admin(&alice, "00abcd01"),
+            Err(
+                "the admin certificate of admin alice (every namespace) (serial 00abcd01) \
+                 is revoked (revoked:4)"
+                    .into()
+            )
+        );
+        assert_eq!(list.check_admin(&alice, "abcd02"), Ok(()));
     }
 
     #[test]

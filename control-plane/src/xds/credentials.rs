@@ -1,8 +1,10 @@
 //! A stream lives no longer than the credentials it authenticated with: it ends when its
 //! client certificate expires (the data plane has renewed by then and reconnects with the new
 //! one), when its pod is deleted or relabelled to another gateway (Kubernetes) and when its pod
-//! or certificate is revoked (`--xds-revoked`).
+//! or certificate is revoked (`--xds-revoked`). An inspection watch lives no longer than the
+//! admin certificate it authenticated with, the same way.
 
+use crate::security::identity::AdminCertificate;
 use crate::security::{PeerCertificate, Security};
 use std::time::Duration;
 use tonic::Status;
@@ -28,18 +30,53 @@ pub fn check(security: &Security, cert: &PeerCertificate) -> Result<(), String> 
         .check(&cert.identity, Some(&cert.serial))
 }
 
+/// Whether the admin certificate `cert` still holds: its serial not revoked.
+pub fn check_admin(security: &Security, cert: &AdminCertificate) -> Result<(), String> {
+    security
+        .revocations
+        .check_admin(&cert.identity, &cert.serial)
+}
+
 /// Resolves with the status that ends the stream once `cert` stops holding; never for an
 /// unauthenticated (loopback plaintext) stream.
 pub async fn ended(security: &Security, cert: Option<&PeerCertificate>) -> Status {
     let Some(cert) = cert else {
         return std::future::pending().await;
     };
-    let expiry = tokio::time::sleep(until_expiry(cert.not_after, unix_now()));
+    let expired = format!(
+        "the client certificate of {} (serial {}) expired; reconnect with a renewed certificate",
+        cert.identity, cert.serial
+    );
+    holds_until(security, cert.not_after, expired, || check(security, cert)).await
+}
+
+/// Resolves with the status that ends an inspection watch once the admin certificate it
+/// authenticated with expires or is revoked.
+pub async fn admin_ended(security: &Security, cert: &AdminCertificate) -> Status {
+    let expired = format!(
+        "the admin certificate of {} (serial {}) expired; issue a new one with sluice admin-cert",
+        cert.identity, cert.serial
+    );
+    holds_until(security, cert.not_after, expired, || {
+        check_admin(security, cert)
+    })
+    .await
+}
+
+/// Re-runs `check` whenever the live pods or the revocations change; resolves with
+/// `PERMISSION_DENIED` when it fails, or `UNAUTHENTICATED` (`expired`) after `not_after`.
+async fn holds_until(
+    security: &Security,
+    not_after: i64,
+    expired: String,
+    check: impl Fn() -> Result<(), String>,
+) -> Status {
+    let expiry = tokio::time::sleep(until_expiry(not_after, unix_now()));
     tokio::pin!(expiry);
     let mut pods = security.pods.subscribe();
     let mut revocations = security.revocations.subscribe();
     loop {
-        if let Err(reason) = check(security, cert) {
+        if let Err(reason) = check() {
             return Status::permission_denied(reason);
         }
         let pods_changed = async {
@@ -52,12 +89,7 @@ pub async fn ended(security: &Security, cert: Option<&PeerCertificate>) -> Statu
             }
         };
         tokio::select! {
-            _ = &mut expiry => {
-                return Status::unauthenticated(format!(
-                    "the client certificate of {} (serial {}) expired; reconnect with a renewed certificate",
-                    cert.identity, cert.serial
-                ));
-            }
+            _ = &mut expiry => return Status::unauthenticated(expired),
             _ = pods_changed => {}
             changed = revocations.changed() => {
                 if changed.is_err() {

@@ -2,8 +2,10 @@
 //! and each gateway's resources (fetched once or watched).
 
 use super::clients::Clients;
-use super::peer::bearer_token;
+use super::credentials::{admin_ended, check_admin};
+use super::peer::{bearer_token, certified_peer};
 use super::server::{Closing, closed, valid_gateway_id};
+use crate::security::identity::{AdminCertificate, CertifiedPeer};
 use crate::security::{AdminScope, Security};
 use crate::views::{GatewayView, Views};
 use futures::Stream;
@@ -20,6 +22,15 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+/// An authorized caller of the inspection service.
+struct Inspector {
+    scope: AdminScope,
+    /// Names the credential in refusals.
+    who: String,
+    /// The admin certificate it authenticated with, if any (a watch ends with it).
+    certificate: Option<AdminCertificate>,
+}
 
 pub struct InspectionService {
     views: Arc<Views>,
@@ -43,18 +54,42 @@ impl InspectionService {
         }
     }
 
-    /// What the caller's admin credential lets it see.
-    fn scope<T>(&self, request: &Request<T>) -> Result<AdminScope, Status> {
-        self.security
-            .admin
-            .authorize(bearer_token(request).as_deref())
-            .map_err(Status::unauthenticated)
+    /// Who the caller is and what its admin credential lets it see: an admin client
+    /// certificate of our CA, else an admin bearer token. A pod's certificate never inspects.
+    fn inspector<T>(&self, request: &Request<T>) -> Result<Inspector, Status> {
+        match certified_peer(request)? {
+            Some(CertifiedPeer::Admin(cert)) => {
+                check_admin(&self.security, &cert).map_err(Status::permission_denied)?;
+                Ok(Inspector {
+                    scope: cert.identity.scope.clone(),
+                    who: format!("the admin certificate of {}", cert.identity),
+                    certificate: Some(cert),
+                })
+            }
+            Some(CertifiedPeer::Pod(pod)) => Err(Status::permission_denied(format!(
+                "the client certificate of {} is a pod's: pods may not inspect (the inspection \
+                 service needs an admin certificate or token)",
+                pod.identity
+            ))),
+            None => {
+                let scope = self
+                    .security
+                    .admin
+                    .authorize(bearer_token(request).as_deref())
+                    .map_err(Status::unauthenticated)?;
+                Ok(Inspector {
+                    scope,
+                    who: "the admin token".into(),
+                    certificate: None,
+                })
+            }
+        }
     }
 
     fn view(
         &self,
         req: &GetResourcesRequest,
-        scope: &AdminScope,
+        inspector: &Inspector,
     ) -> Result<(Arc<GatewayView>, Option<usize>), Status> {
         if !valid_gateway_id(&req.gateway) {
             return Err(Status::invalid_argument(format!(
@@ -62,10 +97,10 @@ impl InspectionService {
                 req.gateway
             )));
         }
-        if !scope.allows(&req.gateway) {
+        if !inspector.scope.allows(&req.gateway) {
             return Err(Status::permission_denied(format!(
-                "the admin token may not inspect gateway {} (outside its namespaces)",
-                req.gateway
+                "{} may not inspect gateway {} (outside its namespaces)",
+                inspector.who, req.gateway
             )));
         }
         let type_filter = if req.type_url.is_empty() {
@@ -111,7 +146,7 @@ impl Inspection for InspectionService {
         &self,
         request: Request<ListGatewaysRequest>,
     ) -> Result<Response<ListGatewaysResponse>, Status> {
-        let scope = self.scope(&request)?;
+        let scope = self.inspector(&request)?.scope;
         let mut ids = self.views.ids();
         for c in self.clients.all() {
             if !ids.contains(&c.gateway) {
@@ -184,9 +219,9 @@ impl Inspection for InspectionService {
         &self,
         request: Request<GetResourcesRequest>,
     ) -> Result<Response<GetResourcesResponse>, Status> {
-        let scope = self.scope(&request)?;
+        let inspector = self.inspector(&request)?;
         let req = request.into_inner();
-        let (view, filter) = self.view(&req, &scope)?;
+        let (view, filter) = self.view(&req, &inspector)?;
         let (resources, _) = collect(&view, filter);
         Ok(Response::new(GetResourcesResponse {
             gateway: req.gateway,
@@ -200,16 +235,28 @@ impl Inspection for InspectionService {
         &self,
         request: Request<GetResourcesRequest>,
     ) -> Result<Response<Self::WatchResourcesStream>, Status> {
-        let scope = self.scope(&request)?;
+        let inspector = self.inspector(&request)?;
         let req = request.into_inner();
-        let (view, filter) = self.view(&req, &scope)?;
+        let (view, filter) = self.view(&req, &inspector)?;
         let (tx, rx) = mpsc::channel(4);
         let gateway = req.gateway;
         let closing = self.closing.clone();
+        let security = self.security.clone();
         tokio::spawn(async move {
+            // A watch does not outlive the admin certificate it authenticated with.
+            let credential_ended = async {
+                match &inspector.certificate {
+                    Some(cert) => admin_ended(&security, cert).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = watch(view, filter, gateway, tx) => {}
+                _ = watch(view, filter, gateway, tx.clone()) => {}
                 _ = closed(closing) => {}
+                status = credential_ended => {
+                    tracing::info!(reason = %status.message(), "closing an inspection watch: its admin certificate no longer holds");
+                    let _ = tx.send(Err(status)).await;
+                }
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
