@@ -138,8 +138,8 @@ impl PodSet {
         match event {
             watcher::Event::Init => state.relist = Some(HashMap::new()),
             watcher::Event::InitApply(pod) => {
-                if let (Some(relist), Some((uid, name))) = (state.relist.as_mut(), key(&pod)) {
-                    relist.insert(uid, name);
+                if let (Some(relist), Some((uid, live))) = (state.relist.as_mut(), key(&pod)) {
+                    relist.insert(uid, live);
                 }
             }
             watcher::Event::InitDone => {
