@@ -2,8 +2,11 @@
 //! plane) with their versions, as proto3 JSON through the descriptor set sluice-proto embeds, so
 //! every field is shown without hand-written serialisers. Secrets show name, source and kind
 //! only: never key material or opaque data.
+//!
+//! Routes and clusters are the held entries themselves (shared allocations: the view costs a
+//! pointer per resource), rendered from the bytes the control plane sent.
 
-use crate::resources::Resources;
+use crate::resources::{HeldMap, Resources};
 use crate::snapshot::Changed;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
@@ -20,8 +23,8 @@ struct Held<T> {
 
 type Held4 = (
     BTreeMap<String, Held<pb::Listener>>,
-    BTreeMap<String, Held<pb::Route>>,
-    BTreeMap<String, Held<pb::Cluster>>,
+    HeldMap<pb::Route>,
+    HeldMap<pb::Cluster>,
     BTreeMap<String, Held<pb::Secret>>,
 );
 
@@ -49,20 +52,8 @@ impl ActiveConfig {
                 .map(|(n, r)| (n.clone(), entry(versions, type_url::LISTENER, n, r)))
                 .collect();
         }
-        sync(
-            &mut held.1,
-            &resources.routes,
-            &changed.routes,
-            versions,
-            type_url::ROUTE,
-        );
-        sync(
-            &mut held.2,
-            &resources.clusters,
-            &changed.clusters,
-            versions,
-            type_url::CLUSTER,
-        );
+        share(&mut held.1, &resources.routes, &changed.routes);
+        share(&mut held.2, &resources.clusters, &changed.clusters);
         sync(
             &mut held.3,
             &resources.secrets,
@@ -91,8 +82,8 @@ impl ActiveConfig {
             .collect();
         json!({
             "listeners": dump(&listeners, "sluice.config.v1.Listener"),
-            "routes": dump(&routes, "sluice.config.v1.Route"),
-            "clusters": dump(&clusters, "sluice.config.v1.Cluster"),
+            "routes": dump_encoded(&routes, "sluice.config.v1.Route"),
+            "clusters": dump_encoded(&clusters, "sluice.config.v1.Cluster"),
             "secrets": secrets,
         })
     }
@@ -105,6 +96,22 @@ fn entry<T>(versions: &dyn Versions, type_url: &str, name: &str, r: &Arc<T>) -> 
             .unwrap_or_default()
             .to_owned(),
         resource: r.clone(),
+    }
+}
+
+/// Points the view at the held entries of the `changed` names.
+fn share<T>(
+    view: &mut HeldMap<T>,
+    current: &HeldMap<T>,
+    changed: &std::collections::BTreeSet<String>,
+) {
+    for name in changed {
+        match current.held(name) {
+            Some(h) => view.put(h.clone()),
+            None => {
+                view.remove(name);
+            }
+        }
     }
 }
 
@@ -148,16 +155,30 @@ fn pool() -> Option<&'static DescriptorPool> {
     .as_ref()
 }
 
+/// `message` in `encoded` as proto3 JSON (null when it cannot be shown).
+fn to_json(message: Option<&prost_reflect::MessageDescriptor>, encoded: &[u8]) -> Value {
+    message
+        .and_then(|d| DynamicMessage::decode(d.clone(), encoded).ok())
+        .and_then(|m| serde_json::to_value(&m).ok())
+        .unwrap_or(Value::Null)
+}
+
 fn dump<T: Message>(held: &BTreeMap<String, Held<T>>, message: &str) -> Vec<Value> {
     let desc = pool().and_then(|p| p.get_message_by_name(message));
     held.iter()
         .map(|(name, h)| {
-            let resource = desc
-                .clone()
-                .and_then(|d| DynamicMessage::decode(d, h.resource.encode_to_vec().as_slice()).ok())
-                .and_then(|m| serde_json::to_value(&m).ok())
-                .unwrap_or(Value::Null);
+            let resource = to_json(desc.as_ref(), &h.resource.encode_to_vec());
             json!({"name": name, "version": h.version, "resource": resource})
+        })
+        .collect()
+}
+
+fn dump_encoded<T>(held: &HeldMap<T>, message: &str) -> Vec<Value> {
+    let desc = pool().and_then(|p| p.get_message_by_name(message));
+    held.iter()
+        .map(|h| {
+            let resource = to_json(desc.as_ref(), h.encoded());
+            json!({"name": h.name(), "version": h.version(), "resource": resource})
         })
         .collect()
 }
@@ -165,12 +186,13 @@ fn dump<T: Message>(held: &BTreeMap<String, Held<T>>, message: &str) -> Vec<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::Held;
     use crate::tls::test_certs::self_signed;
 
     struct V;
     impl Versions for V {
-        fn version(&self, _: &str, name: &str) -> Option<&str> {
-            Some(if name == "api" { "v7" } else { "v1" })
+        fn version(&self, _: &str, _: &str) -> Option<&str> {
+            Some("v1")
         }
     }
 
@@ -179,15 +201,15 @@ mod tests {
         let mut res = Resources::default();
         res.add_http_listener("http", 8080)
             .add_cluster("backend", &[("127.0.0.1", 9000)]);
-        res.routes.insert(
-            "api".into(),
-            Arc::new(pb::Route {
-                name: "api".into(),
-                listeners: vec!["http".into()],
-                disable_metrics: true,
-                ..Default::default()
-            }),
-        );
+        let api = pb::Route {
+            name: "api".into(),
+            listeners: vec!["http".into()],
+            disable_metrics: true,
+            ..Default::default()
+        };
+        // Routes and clusters carry the version they were received with.
+        res.routes
+            .put(Held::new("api", "v7", &api.encode_to_vec()).expect("small"));
         let cert = self_signed(&["a.test"]);
         res.secrets
             .insert("cert".into(), Arc::new(cert.secret("cert")));

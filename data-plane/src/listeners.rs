@@ -887,7 +887,7 @@ mod tests {
         let mut res2 = res.clone();
         let changed = resources(port, backend, "/v2");
         res2.routes
-            .insert("api".into(), changed.routes["api"].clone());
+            .insert("api".into(), changed.routes.get("api").expect("held"));
         let failures = runtime.apply(compiler.compile(&res2)).await;
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(runtime.port_generation(port).await, Some(generation));

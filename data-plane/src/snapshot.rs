@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use crate::metrics::endpoint::MetricsEndpoint;
 use crate::middleware::state::States;
 use crate::middleware::{Chain, CompileEnv};
-use crate::resources::Resources;
+use crate::resources::{Held, Resources};
 use crate::router::host::validate_hostname;
 use crate::router::route::to_duration;
 use crate::router::{
@@ -267,10 +267,11 @@ fn shared_store_of(resources: &Resources) -> Option<Arc<SharedStore>> {
 }
 
 /// Validates resources and compiles snapshots, memoising compiled routes and clusters by name and
-/// `Arc` identity so a one-route change at 10k routes recompiles one route.
+/// held-entry identity so a one-route change at 10k routes recompiles one route. Memo keys are
+/// the compiled objects' own names (one shared allocation per name).
 pub struct Compiler {
-    routes: HashMap<String, (Arc<pb::Route>, Arc<CompiledRoute>)>,
-    clusters: HashMap<String, (Arc<pb::Cluster>, Arc<CompiledCluster>)>,
+    routes: HashMap<Arc<str>, (Held<pb::Route>, Arc<CompiledRoute>)>,
+    clusters: HashMap<Arc<str>, (Held<pb::Cluster>, Arc<CompiledCluster>)>,
     /// Loaded keys of TlsCertificate Secrets (None: another kind, or it failed to load).
     secrets: HashMap<String, (Arc<pb::Secret>, Option<Arc<CertifiedKey>>)>,
     /// Routes that carry a certificate_secret, by name (inputs of the SNI indexes).
@@ -281,10 +282,10 @@ pub struct Compiler {
     /// Accepted TCP, UDP and TLS listeners in name order, as of the last listener change.
     l4_listeners: Vec<L4ListenerSpec>,
     /// Compiled routes attached to some L4 listener, by name.
-    l4_routes: BTreeMap<String, (Arc<pb::Route>, Arc<L4Route>)>,
+    l4_routes: BTreeMap<String, (Held<pb::Route>, Arc<L4Route>)>,
     /// Survives cluster changes (round-robin position, endpoint health, retry budget); dropped
     /// when the cluster is removed.
-    cluster_states: HashMap<String, Arc<ClusterState>>,
+    cluster_states: HashMap<Arc<str>, Arc<ClusterState>>,
     clients: Arc<Clients>,
     /// The gateway's upstream defaults, as of the last listener change.
     pool_defaults: PoolSettings,
@@ -462,12 +463,13 @@ impl Compiler {
     pub fn compile(&mut self, resources: &Resources) -> Arc<Snapshot> {
         let mut all = Changed {
             listeners: true,
-            clusters: resources.clusters.keys().cloned().collect(),
-            routes: resources.routes.keys().cloned().collect(),
+            clusters: resources.clusters.names().map(str::to_owned).collect(),
+            routes: resources.routes.names().map(str::to_owned).collect(),
             secrets: resources.secrets.keys().cloned().collect(),
         };
-        all.clusters.extend(self.clusters.keys().cloned());
-        all.routes.extend(self.routes.keys().cloned());
+        all.clusters
+            .extend(self.clusters.keys().map(|k| k.to_string()));
+        all.routes.extend(self.routes.keys().map(|k| k.to_string()));
         all.secrets.extend(self.secrets.keys().cloned());
         self.compile_changes(resources, &all)
     }
@@ -492,20 +494,22 @@ impl Compiler {
                 PoolSettings::gateway_defaults(resources.listeners.values().map(|l| &**l));
             if defaults != self.pool_defaults {
                 self.pool_defaults = defaults;
-                cluster_names.extend(self.clusters.keys().cloned());
+                cluster_names.extend(self.clusters.keys().map(|k| k.to_string()));
             }
         }
         if !changed.secrets.is_empty() {
             cluster_names.extend(
                 self.clusters
                     .iter()
-                    .filter(|(_, (pb_cluster, _))| {
-                        pb_cluster.tls.as_ref().is_some_and(|t| {
-                            changed.secrets.contains(&t.ca_secret)
-                                || changed.secrets.contains(&t.client_certificate_secret)
+                    .filter(|(_, (_, c))| {
+                        c.tls.as_ref().is_some_and(|t| {
+                            changed.secrets.contains(&t.settings.ca_secret)
+                                || changed
+                                    .secrets
+                                    .contains(&t.settings.client_certificate_secret)
                         })
                     })
-                    .map(|(name, _)| name.clone()),
+                    .map(|(name, _)| name.to_string()),
             );
         }
         for name in changed
@@ -513,45 +517,73 @@ impl Compiler {
             .iter()
             .chain(cluster_names.difference(&changed.clusters))
         {
-            let key: Arc<str> = Arc::from(name.as_str());
-            let Some(pb_cluster) = resources.clusters.get(name) else {
-                self.clusters.remove(name);
-                self.cluster_states.remove(name);
-                Arc::make_mut(&mut clusters).remove(&key);
-                continue;
+            let decoded = resources
+                .clusters
+                .held(name)
+                .map(|held| held.decode().map(|c| (held, c)));
+            let (held, pb_cluster) = match decoded {
+                None => {
+                    self.clusters.remove(name.as_str());
+                    self.cluster_states.remove(name.as_str());
+                    Arc::make_mut(&mut clusters).remove(name.as_str());
+                    continue;
+                }
+                Some(Ok(found)) => found,
+                Some(Err(error)) => {
+                    tracing::error!(cluster = %name, %error, "cluster left out of snapshot");
+                    self.clusters.remove(name.as_str());
+                    Arc::make_mut(&mut clusters).remove(name.as_str());
+                    continue;
+                }
             };
-            let tls = match cluster::tls_inputs(pb_cluster, &resources.secrets) {
+            let tls = match cluster::tls_inputs(&pb_cluster, &resources.secrets) {
                 Ok(tls) => tls,
                 Err(error) => {
                     // A Secret went away under the cluster: fail closed, never downgrade.
                     tracing::warn!(cluster = %name, %error, "cluster left out of snapshot");
-                    self.clusters.remove(name);
-                    Arc::make_mut(&mut clusters).remove(&key);
+                    self.clusters.remove(name.as_str());
+                    Arc::make_mut(&mut clusters).remove(name.as_str());
                     continue;
                 }
             };
             let previous = self
                 .clusters
-                .get(name)
+                .get(name.as_str())
                 .map(|(old, c)| (old.clone(), c.clone()));
-            let pool = cluster::pool_settings(pb_cluster, self.pool_defaults);
+            let pool = cluster::pool_settings(&pb_cluster, self.pool_defaults);
             if previous.as_ref().is_some_and(|(old, c)| {
-                Arc::ptr_eq(old, pb_cluster) && c.tls.as_deref() == tls.as_ref() && c.pool == pool
+                old.same(held) && c.tls.as_deref() == tls.as_ref() && c.pool == pool
             }) {
                 continue;
             }
-            let state = self.cluster_states.entry(name.clone()).or_default().clone();
+            // One allocation for the name, shared by the memo, the state map, the snapshot's
+            // map and the compiled cluster.
+            let key: Arc<str> = match (&previous, self.cluster_states.get_key_value(name.as_str()))
+            {
+                (Some((_, c)), _) => c.name.clone(),
+                (None, Some((k, _))) => k.clone(),
+                (None, None) => Arc::from(name.as_str()),
+            };
+            let state = self.cluster_states.entry(key.clone()).or_default().clone();
             let previous = previous.as_ref().map(|(_, c)| &**c);
-            match CompiledCluster::compile(pb_cluster, state, &self.clients, tls, pool, previous) {
+            match CompiledCluster::compile_named(
+                &pb_cluster,
+                key.clone(),
+                state,
+                &self.clients,
+                tls,
+                pool,
+                previous,
+            ) {
                 Ok(c) => {
                     let c = Arc::new(c);
-                    Arc::make_mut(&mut clusters).insert(key, c.clone());
-                    self.clusters.insert(name.clone(), (pb_cluster.clone(), c));
+                    Arc::make_mut(&mut clusters).insert(key.clone(), c.clone());
+                    self.clusters.insert(key, (held.clone(), c));
                 }
                 Err(error) => {
                     tracing::warn!(cluster = %name, %error, "cluster left out of snapshot");
-                    self.clusters.remove(name);
-                    Arc::make_mut(&mut clusters).remove(&key);
+                    self.clusters.remove(name.as_str());
+                    Arc::make_mut(&mut clusters).remove(name.as_str());
                 }
             }
         }
@@ -599,7 +631,7 @@ impl Compiler {
                     self.routes
                         .iter()
                         .filter(|(_, (_, r))| !r.middlewares.is_empty())
-                        .map(|(name, _)| name.clone()),
+                        .map(|(name, _)| name.to_string()),
                 );
             }
         }
@@ -613,7 +645,7 @@ impl Compiler {
                             .iter()
                             .any(|s| changed.secrets.contains(&**s))
                     })
-                    .map(|(name, _)| name.clone()),
+                    .map(|(name, _)| name.to_string()),
             );
         }
         let mut upserted = Vec::new();
@@ -627,37 +659,44 @@ impl Compiler {
             if self.route_certs.remove(name).is_some() {
                 tls_dirty = true;
             }
-            let Some(pb_route) = resources.routes.get(name) else {
-                if let Some((_, r)) = self.routes.remove(name) {
+            let Some(held) = resources.routes.held(name) else {
+                if let Some((key, (_, r))) = self.routes.remove_entry(name.as_str()) {
                     middlewares_touched |= !r.middlewares.is_empty();
-                    removed.push(Arc::from(name.as_str()));
+                    removed.push(key);
                 }
                 continue;
             };
             if !forced.contains(name)
-                && self
-                    .routes
-                    .get(name)
-                    .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_route))
+                && let Some((old, r)) = self.routes.get(name.as_str())
+                && old.same(held)
             {
-                if let Some((_, r)) = self.routes.get(name)
-                    && r.certificate_secret.is_some()
-                {
+                if r.certificate_secret.is_some() {
                     self.route_certs.insert(name.clone(), r.clone());
                 }
                 continue;
             }
+            let pb_route = match held.decode() {
+                Ok(r) => r,
+                Err(error) => {
+                    tracing::error!(route = %name, %error, "route left out of snapshot");
+                    if let Some((key, (_, r))) = self.routes.remove_entry(name.as_str()) {
+                        middlewares_touched |= !r.middlewares.is_empty();
+                        removed.push(key);
+                    }
+                    continue;
+                }
+            };
             middlewares_touched |= !pb_route.middlewares.is_empty()
                 || self
                     .routes
-                    .get(name)
+                    .get(name.as_str())
                     .is_some_and(|(_, r)| !r.middlewares.is_empty());
             let inputs = MiddlewareInputs {
                 states: &mut self.middleware_states,
                 shared_store: self.shared_store.as_ref(),
                 geoip_database: self.geoip_database.as_deref(),
             };
-            match Self::compile_route(pb_route, resources, inputs) {
+            match Self::compile_route(&pb_route, resources, inputs) {
                 Ok(mut r) => {
                     // Resolved while the previous version (if any) is still held, so its
                     // series carry over.
@@ -665,19 +704,26 @@ impl Compiler {
                         .metrics
                         .as_ref()
                         .filter(|_| !pb_route.disable_metrics)
-                        .map(|m| m.route(CompiledRoute::metrics_label(pb_route)));
+                        .map(|m| m.route(CompiledRoute::metrics_label(&pb_route)));
                     let r = Arc::new(r);
                     if r.certificate_secret.is_some() {
                         tls_dirty = true;
                         self.route_certs.insert(name.clone(), r.clone());
                     }
                     upserted.push(r.clone());
-                    self.routes.insert(name.clone(), (pb_route.clone(), r));
+                    // The compiled route's name is the memo key (the resource's own name).
+                    let key = if *r.name == **name {
+                        r.name.clone()
+                    } else {
+                        Arc::from(name.as_str())
+                    };
+                    self.routes.remove(name.as_str());
+                    self.routes.insert(key, (held.clone(), r));
                 }
                 Err(error) => {
                     tracing::warn!(route = %name, %error, "route left out of snapshot");
-                    if self.routes.remove(name).is_some() {
-                        removed.push(Arc::from(name.as_str()));
+                    if let Some((key, _)) = self.routes.remove_entry(name.as_str()) {
+                        removed.push(key);
                     }
                 }
             }
@@ -851,8 +897,14 @@ impl Compiler {
     /// changed ones. Returns whether the L4 tables must be rebuilt.
     fn sync_l4_routes(&mut self, resources: &Resources, changed: &Changed) -> bool {
         let l4_names: HashSet<&str> = self.l4_listeners.iter().map(|l| &*l.name).collect();
+        if l4_names.is_empty() {
+            // No L4 listener: no route can attach (and none needs decoding to tell).
+            let had_routes = !self.l4_routes.is_empty();
+            self.l4_routes.clear();
+            return changed.listeners || had_routes;
+        }
         let names: Vec<String> = if changed.listeners {
-            let mut all: BTreeSet<String> = resources.routes.keys().cloned().collect();
+            let mut all: BTreeSet<String> = resources.routes.names().map(str::to_owned).collect();
             all.extend(self.l4_routes.keys().cloned());
             all.into_iter().collect()
         } else {
@@ -860,25 +912,32 @@ impl Compiler {
         };
         let mut dirty = changed.listeners;
         for name in names {
-            let attached = resources
-                .routes
-                .get(&name)
-                .filter(|r| r.listeners.iter().any(|l| l4_names.contains(l.as_str())));
+            let Some(held) = resources.routes.held(&name) else {
+                dirty |= self.l4_routes.remove(&name).is_some();
+                continue;
+            };
+            if self.l4_routes.get(&name).is_some_and(|(old, r)| {
+                old.same(held) && r.listeners.iter().any(|l| l4_names.contains(&**l))
+            }) {
+                continue;
+            }
+            let attached = match held.decode() {
+                Ok(r) => {
+                    Some(r).filter(|r| r.listeners.iter().any(|l| l4_names.contains(l.as_str())))
+                }
+                Err(error) => {
+                    tracing::error!(route = %name, %error, "route left out of TCP, UDP and TLS listeners");
+                    None
+                }
+            };
             let Some(pb_route) = attached else {
                 dirty |= self.l4_routes.remove(&name).is_some();
                 continue;
             };
-            if self
-                .l4_routes
-                .get(&name)
-                .is_some_and(|(old, _)| Arc::ptr_eq(old, pb_route))
-            {
-                continue;
-            }
             dirty = true;
-            match L4Route::compile(pb_route) {
+            match L4Route::compile(&pb_route) {
                 Ok(r) => {
-                    self.l4_routes.insert(name, (pb_route.clone(), Arc::new(r)));
+                    self.l4_routes.insert(name, (held.clone(), Arc::new(r)));
                 }
                 Err(error) => {
                     tracing::warn!(route = %name, %error, "route left out of TCP, UDP and TLS listeners");
@@ -1243,7 +1302,7 @@ mod tests {
             assert_eq!(with_forward(edit).unwrap_err(), error);
         }
 
-        let mut cluster = (*res.clusters["backend"]).clone();
+        let mut cluster = res.clusters.get("backend").expect("held");
         cluster.health_check = Some(pb::HealthCheck {
             path: "/healthz".into(),
             interval: Some(bad_duration),
@@ -1544,7 +1603,7 @@ mod tests {
         assert!(Arc::ptr_eq(b_old, b_new));
 
         // Dropping the route's certificate falls back to the listener certificates.
-        let mut route = (*res.routes["r"]).clone();
+        let mut route = res.routes.get("r").expect("held");
         route.certificate_secret.clear();
         res.routes.insert("r".into(), Arc::new(route));
         let changed = Changed {
@@ -1914,7 +1973,7 @@ mod metrics_tests {
 
         // A changed route keeps the same series; disabling metrics drops them.
         let mut changed = resources(false, "api");
-        let mut r = (*changed.routes["route/default/api"]).clone();
+        let mut r = changed.routes.get("route/default/api").expect("held");
         r.priority = 3;
         changed
             .routes
@@ -2017,7 +2076,7 @@ mod l4_tests {
         let res = resources();
         let c = Compiler::new();
         assert_eq!(
-            c.validate_route(&res.routes["unresolved"], &res),
+            c.validate_route(&res.routes.get("unresolved").expect("held"), &res),
             Ok(()),
             "an unresolved backend is valid"
         );

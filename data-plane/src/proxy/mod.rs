@@ -861,7 +861,7 @@ mod tests {
             res.add_http_listener("http", PORT)
                 .add_cluster("main", &[("127.0.0.1", backend_addr.port())]);
             if h2 {
-                let mut c = (*res.clusters["main"]).clone();
+                let mut c = res.clusters.get("main").expect("held");
                 c.protocol = pb::UpstreamProtocol::H2c as i32;
                 res.clusters.insert("main".into(), Arc::new(c));
             }
@@ -876,7 +876,10 @@ mod tests {
             }];
             res.routes.insert(r.name.clone(), Arc::new(r));
             let mut compiler = Compiler::new();
-            assert_eq!(compiler.validate_route(&res.routes["upload"], &res), Ok(()));
+            assert_eq!(
+                compiler.validate_route(&res.routes.get("upload").expect("held"), &res),
+                Ok(())
+            );
             let snap = compiler.compile(&res);
             let chunks = futures::stream::iter((0..8).map(|_| {
                 Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from(vec![b'x'; 4096])))

@@ -261,6 +261,21 @@ impl CompiledCluster {
         pool: PoolSettings,
         previous: Option<&CompiledCluster>,
     ) -> Result<Self, String> {
+        let name = c.name.as_str().into();
+        Self::compile_named(c, name, state, clients, tls, pool, previous)
+    }
+
+    /// As [`CompiledCluster::compile`], with the cluster's name already allocated (the
+    /// Compiler shares one allocation per name between its maps and the compiled cluster).
+    pub fn compile_named(
+        c: &pb::Cluster,
+        name: Arc<str>,
+        state: Arc<ClusterState>,
+        clients: &Clients,
+        tls: Option<TlsInputs>,
+        pool: PoolSettings,
+        previous: Option<&CompiledCluster>,
+    ) -> Result<Self, String> {
         validate(c)?;
         let addresses = c
             .endpoints
@@ -284,7 +299,6 @@ impl CompiledCluster {
         } else {
             connect_timeout
         };
-        let name: Arc<str> = c.name.as_str().into();
         let (scheme, client) = match &tls {
             None => (Scheme::HTTP, clients.get(protocol, connect_timeout, pool)),
             Some(inputs) => {

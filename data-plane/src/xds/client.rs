@@ -141,8 +141,7 @@ async fn session(
             resource_names_subscribe: vec!["*".into()],
             initial_resource_versions: state
                 .versions(t)
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             ..Default::default()
         };

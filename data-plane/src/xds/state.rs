@@ -3,7 +3,7 @@
 
 use crate::config_dump::Versions;
 use crate::metrics::Metrics;
-use crate::resources::{Resources, compact_cluster, compact_route};
+use crate::resources::{Held, Resources};
 use crate::snapshot::{Changed, Compiler, Snapshot};
 use prost::Message;
 use sluice_proto::config as pb;
@@ -30,7 +30,8 @@ pub struct Applied {
 
 pub struct ConfigState {
     pub resources: Resources,
-    /// name -> version of every accepted resource, per type (reported on reconnect).
+    /// name -> version of every accepted Secret and Listener (reported on reconnect); routes
+    /// and clusters carry their version in their held entry.
     versions: [BTreeMap<String, String>; TYPES],
     compiler: Compiler,
 }
@@ -66,11 +67,36 @@ impl ConfigState {
 
     /// Resources held of the type at `type_index` (metrics).
     pub fn held(&self, type_index: usize) -> usize {
-        self.versions[type_index].len()
+        match type_index {
+            CLUSTER => self.resources.clusters.len(),
+            ROUTE => self.resources.routes.len(),
+            t => self.versions.get(t).map_or(0, BTreeMap::len),
+        }
     }
 
-    pub fn versions(&self, type_index: usize) -> &BTreeMap<String, String> {
-        &self.versions[type_index]
+    /// (name, version) of every accepted resource of the type at `type_index`, in name order.
+    pub fn versions(&self, type_index: usize) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
+        match type_index {
+            CLUSTER => Box::new(
+                self.resources
+                    .clusters
+                    .iter()
+                    .map(|h| (h.name(), h.version())),
+            ),
+            ROUTE => Box::new(
+                self.resources
+                    .routes
+                    .iter()
+                    .map(|h| (h.name(), h.version())),
+            ),
+            t => Box::new(
+                self.versions
+                    .get(t)
+                    .into_iter()
+                    .flatten()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            ),
+        }
     }
 
     /// Validates and applies `resp` to the held resources. A response with duplicate names is
@@ -99,7 +125,9 @@ impl ConfigState {
         for r in &resp.resources {
             match self.accept(t, &resp.type_url, r) {
                 Ok(()) => {
-                    self.versions[t].insert(r.name.clone(), r.version.clone());
+                    if t == SECRET || t == LISTENER {
+                        self.versions[t].insert(r.name.clone(), r.version.clone());
+                    }
                     out.changed.record(t, &r.name);
                 }
                 Err(reason) => out.rejected.push((r.name.clone(), reason)),
@@ -109,9 +137,9 @@ impl ConfigState {
         for name in &resp.removed_resources {
             let removed = match t {
                 SECRET => self.resources.secrets.remove(name).is_some(),
-                CLUSTER => self.resources.clusters.remove(name).is_some(),
+                CLUSTER => self.resources.clusters.remove(name),
                 LISTENER => self.resources.listeners.remove(name).is_some(),
-                _ => self.resources.routes.remove(name).is_some(),
+                _ => self.resources.routes.remove(name),
             };
             self.versions[t].remove(name);
             if removed {
@@ -146,6 +174,10 @@ impl ConfigState {
                 ))
             }
         }
+        fn held<T>(r: &sluice_proto::discovery::Resource, value: &[u8]) -> Result<Held<T>, String> {
+            Held::new(&r.name, &r.version, value)
+                .ok_or_else(|| "name or version longer than 4 GiB".to_string())
+        }
         let res = &mut self.resources;
         match t {
             SECRET => {
@@ -155,11 +187,10 @@ impl ConfigState {
                 res.secrets.insert(r.name.clone(), Arc::new(m));
             }
             CLUSTER => {
-                let mut m: pb::Cluster = decode(&any.value)?;
+                let m: pb::Cluster = decode(&any.value)?;
                 same_name(&m.name, &r.name)?;
-                compact_cluster(&mut m);
                 self.compiler.validate_cluster(&m, res)?;
-                res.clusters.insert(r.name.clone(), Arc::new(m));
+                res.clusters.put(held(r, &any.value)?);
             }
             LISTENER => {
                 let m: pb::Listener = decode(&any.value)?;
@@ -168,11 +199,10 @@ impl ConfigState {
                 res.listeners.insert(r.name.clone(), Arc::new(m));
             }
             ROUTE => {
-                let mut m: pb::Route = decode(&any.value)?;
+                let m: pb::Route = decode(&any.value)?;
                 same_name(&m.name, &r.name)?;
-                compact_route(&mut m);
                 self.compiler.validate_route(&m, res)?;
-                res.routes.insert(r.name.clone(), Arc::new(m));
+                res.routes.put(held(r, &any.value)?);
             }
             _ => return Err("unknown type".into()),
         }
@@ -200,7 +230,11 @@ impl ConfigState {
 impl Versions for ConfigState {
     fn version(&self, type_url: &str, name: &str) -> Option<&str> {
         let t = type_url::ALL.iter().position(|u| *u == type_url)?;
-        self.versions[t].get(name).map(String::as_str)
+        match t {
+            CLUSTER => self.resources.clusters.held(name).map(Held::version),
+            ROUTE => self.resources.routes.held(name).map(Held::version),
+            _ => self.versions[t].get(name).map(String::as_str),
+        }
     }
 }
 
