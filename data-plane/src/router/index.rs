@@ -65,6 +65,16 @@ impl TrieNode {
     }
 }
 
+/// Pushes with no slack for the first entry: most paths hold one, and a first push would
+/// reserve room for four (120 bytes wasted per route at 10,000 routes of distinct paths).
+/// Later pushes grow as usual (amortised).
+fn push_exact(entries: &mut Vec<Entry>, entry: Entry) {
+    if entries.capacity() == 0 {
+        entries.reserve_exact(1);
+    }
+    entries.push(entry);
+}
+
 /// Exact paths, and a segment trie of prefixes and regexes, for one host pattern.
 #[derive(Debug, Default)]
 pub struct PathTable {
@@ -75,12 +85,12 @@ pub struct PathTable {
 impl PathTable {
     fn insert(&mut self, entry: Entry) {
         match &entry.route.matches[entry.match_idx].path {
-            PathMatcher::Exact(p) => self.exact.entry(p.clone()).or_default().push(entry),
+            PathMatcher::Exact(p) => push_exact(self.exact.entry(p.clone()).or_default(), entry),
             PathMatcher::Regex(_) => {
                 let dir = entry.route.matches[entry.match_idx].regex_dir();
-                self.trie.node_mut(dir).regexes.push(entry);
+                push_exact(&mut self.trie.node_mut(dir).regexes, entry);
             }
-            PathMatcher::Prefix(p) => self.trie.node_mut(p).prefixes.push(entry),
+            PathMatcher::Prefix(p) => push_exact(&mut self.trie.node_mut(p).prefixes, entry),
         }
     }
 
