@@ -17,7 +17,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response};
 use sluice_proto::config as pb;
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -27,31 +27,54 @@ use tokio_rustls::TlsConnector;
 #[derive(Debug, Default)]
 pub struct ClusterState {
     rr: AtomicU64,
-    /// Endpoint health by address; an endpoint keeps it while it stays in the cluster.
-    endpoints: Mutex<HashMap<Authority, Arc<EndpointHealth>>>,
+    /// Endpoint health by address, sorted by address (an exact-size slice: a hash map of one
+    /// endpoint costs ~180 bytes, and clusters usually have one or a few); an endpoint keeps
+    /// it while it stays in the cluster.
+    endpoints: Mutex<KnownEndpoints>,
     pub budget: Arc<RetryBudget>,
     /// Serialises ejection decisions, so concurrent failures cannot exceed the ejection cap.
     ejecting: Mutex<()>,
 }
+
+type KnownEndpoints = Box<[(Authority, Arc<EndpointHealth>)]>;
 
 impl ClusterState {
     /// The health of each of `endpoints` (shared when an address appears twice); forgets the
     /// addresses no longer listed.
     fn endpoint_health(&self, endpoints: &[Authority]) -> Vec<Arc<EndpointHealth>> {
         let mut known = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let mut kept: HashMap<Authority, Arc<EndpointHealth>> =
-            HashMap::with_capacity(endpoints.len());
+        let mut listed: Vec<&Authority> = endpoints.iter().collect();
+        listed.sort_by(|a, b| authority_order(a, b));
+        listed.dedup_by(|a, b| authority_order(a, b).is_eq());
+        let kept: Box<[(Authority, Arc<EndpointHealth>)]> = listed
+            .into_iter()
+            .map(|a| {
+                let health = known
+                    .binary_search_by(|(k, _)| authority_order(k, a))
+                    .map(|i| known[i].1.clone())
+                    .unwrap_or_default();
+                (a.clone(), health)
+            })
+            .collect();
         let health = endpoints
             .iter()
             .map(|a| {
-                kept.entry(a.clone())
-                    .or_insert_with(|| known.remove(a).unwrap_or_default())
-                    .clone()
+                kept.binary_search_by(|(k, _)| authority_order(k, a))
+                    .map(|i| kept[i].1.clone())
+                    .unwrap_or_default()
             })
             .collect();
         *known = kept;
         health
     }
+}
+
+/// Authorities ordered as they compare equal: ASCII case-insensitively.
+fn authority_order(a: &Authority, b: &Authority) -> std::cmp::Ordering {
+    a.as_str()
+        .bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.as_str().bytes().map(|c| c.to_ascii_lowercase()))
 }
 
 #[derive(Debug, Clone)]
@@ -542,6 +565,22 @@ mod tests {
     /// A plaintext cluster with the default pool, carrying `state` across compiles.
     fn with_state(c: &pb::Cluster, state: Arc<ClusterState>, clients: &Clients) -> CompiledCluster {
         CompiledCluster::compile(c, state, clients, None, PoolSettings::default(), None).unwrap()
+    }
+
+    #[test]
+    fn endpoint_health_is_shared_by_equal_addresses_and_kept_for_listed_ones() {
+        let state = ClusterState::default();
+        let auth = |s: &str| Authority::try_from(s).expect("valid");
+        let first = state.endpoint_health(&[auth("b:80"), auth("a:80"), auth("A:80")]);
+        // Authorities compare case-insensitively: a:80 and A:80 are one endpoint.
+        assert!(Arc::ptr_eq(&first[1], &first[2]));
+        assert!(!Arc::ptr_eq(&first[0], &first[1]));
+        let second = state.endpoint_health(&[auth("c:80"), auth("a:80")]);
+        assert!(Arc::ptr_eq(&second[1], &first[1]));
+        assert!(!Arc::ptr_eq(&second[0], &first[0]));
+        // b:80 was dropped from the list, so it comes back with fresh health.
+        let third = state.endpoint_health(&[auth("b:80")]);
+        assert!(!Arc::ptr_eq(&third[0], &first[0]));
     }
 
     /// A plaintext cluster with fresh state and the default pool.
