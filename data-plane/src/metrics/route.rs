@@ -85,10 +85,14 @@ pub struct RouteStats {
     name: Arc<str>,
     /// Shared by every route (one pointer per route, not six).
     families: Arc<RouteFamilies>,
-    methods: [OnceLock<Box<MethodStats>>; METHOD_SLOTS],
+    /// Allocated at the route's first request: a route that never serves one (most of a large
+    /// configuration at any moment) pays one pointer, not ~170 bytes of empty slots.
+    methods: OnceLock<Box<MethodSlots>>,
     upstream: OnceLock<Histogram>,
     index: Weak<StatsIndex>,
 }
+
+type MethodSlots = [OnceLock<Box<MethodStats>>; METHOD_SLOTS];
 
 #[derive(Debug)]
 struct MethodStats {
@@ -115,7 +119,7 @@ impl RouteStats {
 
     fn method(&self, slot: usize) -> &MethodStats {
         let slot = slot.min(METHOD_SLOTS - 1);
-        self.methods[slot].get_or_init(|| {
+        self.methods.get_or_init(Box::default)[slot].get_or_init(|| {
             let labels = self.labels(slot);
             let f = &self.families;
             Box::new(MethodStats {
@@ -185,7 +189,8 @@ impl RouteStats {
 
     fn remove_series(&self) {
         let f = &self.families;
-        for (slot, m) in self.methods.iter().enumerate() {
+        let methods = self.methods.get().map_or(&[][..], |m| &m[..]);
+        for (slot, m) in methods.iter().enumerate() {
             let Some(m) = m.get() else { continue };
             let labels = self.labels(slot);
             f.requests.remove(&labels);
