@@ -698,6 +698,9 @@ impl Compiler {
             };
             match Self::compile_route(&pb_route, resources, inputs) {
                 Ok(mut r) => {
+                    // Clusters compile before routes (and are sent before them).
+                    let clusters = &self.clusters;
+                    r.share_cluster_names(|n| clusters.get_key_value(n).map(|(k, _)| k.clone()));
                     // Resolved while the previous version (if any) is still held, so its
                     // series carry over.
                     r.stats = self
@@ -1744,8 +1747,13 @@ mod tests {
         let r0 = c.compiled_route("r0").unwrap().clone();
         let r1 = c.compiled_route("r1").unwrap().clone();
         let cluster = snap.cluster("backend").unwrap().clone();
+        // The route's backend names the cluster with the compiled cluster's own allocation.
+        let crate::router::RouteAction::Forward(f) = &r0.action else {
+            panic!("forward route")
+        };
+        assert!(Arc::ptr_eq(&f.backends.backends[0].cluster, &cluster.name));
 
-        // Replace r1 with an equal but new Arc: only r1 is recompiled.
+        // Replace r1 with an equal but new resource: only r1 is recompiled.
         res.routes
             .insert("r1".into(), Arc::new(forward_route("r1", "backend")));
         res.routes.remove("r2");

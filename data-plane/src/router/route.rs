@@ -255,6 +255,23 @@ impl CompiledRoute {
         })
     }
 
+    /// Points backend and mirror cluster names at `shared`'s allocation of the same name (the
+    /// compiled clusters' own), so 10,000 routes do not hold 10,000 more copies.
+    pub fn share_cluster_names(&mut self, shared: impl Fn(&str) -> Option<Arc<str>>) {
+        let share = |name: &mut Arc<str>| {
+            if let Some(s) = shared(name) {
+                *name = s;
+            }
+        };
+        if let RouteAction::Forward(f) = &mut self.action {
+            f.backends
+                .backends
+                .iter_mut()
+                .for_each(|b| share(&mut b.cluster));
+        }
+        self.mirrors.iter_mut().for_each(|m| share(&mut m.cluster));
+    }
+
     /// The `name` label of a route's metrics.
     pub fn metrics_label(r: &pb::Route) -> &str {
         if r.metrics_name.is_empty() {
