@@ -301,6 +301,9 @@ pub struct Compiler {
     shared_store: Option<Arc<SharedStore>>,
     /// GeoIP database for geoBlock middlewares.
     geoip_database: Option<PathBuf>,
+    /// The listeners' names as of the last listener change, shared by the compiled routes that
+    /// name them.
+    listener_names: HashSet<Arc<str>>,
 }
 
 impl Default for Compiler {
@@ -328,6 +331,7 @@ impl Compiler {
             middleware_states: States::default(),
             shared_store: None,
             geoip_database: None,
+            listener_names: HashSet::new(),
         }
     }
 
@@ -485,6 +489,13 @@ impl Compiler {
     /// refuses handshakes (fail closed).
     pub fn compile_changes(&mut self, resources: &Resources, changed: &Changed) -> Arc<Snapshot> {
         let mut clusters = self.last.clusters.clone();
+        if changed.listeners {
+            self.listener_names = resources
+                .listeners
+                .keys()
+                .map(|n| Arc::from(n.as_str()))
+                .collect();
+        }
         // Clusters to recompile although their resource did not change: all of them when the
         // gateway's pool defaults changed, and the TLS clusters using a changed Secret (a rotated
         // CA or client certificate needs a new client config). A set, so each compiles once.
@@ -701,6 +712,7 @@ impl Compiler {
                     // Clusters compile before routes (and are sent before them).
                     let clusters = &self.clusters;
                     r.share_cluster_names(|n| clusters.get_key_value(n).map(|(k, _)| k.clone()));
+                    r.share_listener_names(|n| self.listener_names.get(n).cloned());
                     // Resolved while the previous version (if any) is still held, so its
                     // series carry over.
                     r.stats = self
@@ -1017,7 +1029,7 @@ impl Compiler {
             let listeners = self
                 .tls_listeners
                 .iter()
-                .filter(|l| route.listeners.contains(&l.name));
+                .filter(|l| route.listeners.iter().any(|n| **n == *l.name));
             let mut cert = None;
             for l in listeners {
                 let Some(k) = cert.get_or_insert_with(|| key(secret, name)) else {
@@ -1752,6 +1764,8 @@ mod tests {
             panic!("forward route")
         };
         assert!(Arc::ptr_eq(&f.backends.backends[0].cluster, &cluster.name));
+        // Routes share one allocation of the listener name they attach to.
+        assert!(Arc::ptr_eq(&r0.listeners[0], &r1.listeners[0]));
 
         // Replace r1 with an equal but new resource: only r1 is recompiled.
         res.routes

@@ -182,11 +182,7 @@ fn placements(
     by_name: &HashMap<&str, &ListenerInfo>,
 ) -> Vec<(Placement, Vec<HostPattern>)> {
     let mut out: BTreeMap<Placement, Vec<HostPattern>> = BTreeMap::new();
-    for listener in route
-        .listeners
-        .iter()
-        .filter_map(|n| by_name.get(n.as_str()))
-    {
+    for listener in route.listeners.iter().filter_map(|n| by_name.get(&**n)) {
         let hosts: Vec<HostPattern> = if route.hostnames.is_empty() {
             vec![listener.hostname.clone()]
         } else {

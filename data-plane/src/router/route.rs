@@ -22,7 +22,9 @@ pub struct CompiledRoute {
     pub priority: i32,
     /// Tie-break before the name: smaller wins (Gateway API: the oldest route).
     pub creation_order: i64,
-    pub listeners: Vec<String>,
+    /// Shared with the Compiler's allocation of each listener name (see
+    /// [`CompiledRoute::share_listener_names`]).
+    pub listeners: Box<[Arc<str>]>,
     /// Empty means any host.
     pub hostnames: Vec<HostPattern>,
     /// TlsCertificate Secret served for this route's hostnames on TLS listeners.
@@ -237,7 +239,7 @@ impl CompiledRoute {
             name: r.name.as_str().into(),
             priority: r.priority,
             creation_order: r.creation_order,
-            listeners: r.listeners.clone(),
+            listeners: r.listeners.iter().map(|l| Arc::from(l.as_str())).collect(),
             hostnames,
             certificate_secret: (!r.certificate_secret.is_empty())
                 .then(|| r.certificate_secret.as_str().into()),
@@ -270,6 +272,16 @@ impl CompiledRoute {
                 .for_each(|b| share(&mut b.cluster));
         }
         self.mirrors.iter_mut().for_each(|m| share(&mut m.cluster));
+    }
+
+    /// Points listener names at `shared`'s allocation of the same name: every route of a
+    /// gateway names the same few listeners.
+    pub fn share_listener_names(&mut self, shared: impl Fn(&str) -> Option<Arc<str>>) {
+        for name in self.listeners.iter_mut() {
+            if let Some(s) = shared(name) {
+                *name = s;
+            }
+        }
     }
 
     /// The `name` label of a route's metrics.
