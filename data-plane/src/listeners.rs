@@ -3,9 +3,11 @@
 //! serves every accepted connection (HTTP/1.1 and h2c, or TLS with h2/http1.1 by ALPN on HTTPS
 //! ports; TCP, TLS and UDP listeners through `l4`) on its own task.
 
+use crate::l4::rewind::Rewind;
 use crate::l4::{self, L4Context};
 use crate::observe::Observer;
 use crate::proxy::Peer;
+use crate::server::http1::{self, BoxIo, Ended, Io, Lifecycle, RequestBody};
 use crate::snapshot::{PortKind, Snapshot};
 use crate::timeouts::{
     Activity, BodyBound, BodyStall, ClientIo, InFlightBody, Protocol, WaitingBody,
@@ -17,7 +19,6 @@ use futures::task::AtomicWaker;
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,7 +43,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 struct Shared {
     /// Also read by the TLS certificate resolvers at each handshake.
     current: Arc<ArcSwap<Snapshot>>,
-    builder: auto::Builder<TokioExecutor>,
+    /// HTTP/2 (ALPN h2 and h2c); HTTP/1.1 is `server::http1`.
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
     /// Open connections, for a bounded drain on shutdown.
     connections: AtomicUsize,
     drained: Notify,
@@ -77,25 +79,15 @@ impl ProxyRuntime {
     }
 
     pub fn with_observer(bind_ip: IpAddr, observer: Observer) -> Arc<Self> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        // A request head larger than this gets 431 (HTTP/1: hyper answers when its read buffer
-        // fills before the head is complete).
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // It would also run while a kept-alive connection waits for its next request,
-            // cutting it at the read timeout instead of the idle one (see `timeouts`).
-            .header_read_timeout(None)
-            .max_buf_size(MAX_HEADER_BYTES);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        // A request head larger than this gets 431 (HTTP/1: our server; HTTP/2: hyper's).
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_header_list_size(MAX_HEADER_BYTES as u32);
         Arc::new(ProxyRuntime {
             bind_ip,
             shared: Arc::new(Shared {
                 current: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
-                builder,
+                h2,
                 connections: AtomicUsize::new(0),
                 drained: Notify::new(),
                 observer: Arc::new(observer),
@@ -445,22 +437,30 @@ async fn serve_connection(
         }
     };
     let activity = Arc::new(Activity::default());
+    let mut client = Client {
+        remote,
+        port,
+        tls: None,
+        read_timeout: timeouts.read,
+        lifecycle: Lifecycle {
+            stop,
+            idle_timeout: timeouts.idle,
+            activity: activity.clone(),
+        },
+        shared: shared.clone(),
+    };
     let Some(acceptor) = acceptor else {
         let io = Counted {
             io: ClientIo::new(
                 stream,
-                activity.clone(),
+                activity,
                 Protocol::Sniff,
                 timeouts.read,
                 timeouts.write,
             ),
             _guard: guard,
         };
-        let idle = IdleWatch {
-            timeout: timeouts.idle,
-            activity,
-        };
-        return serve_http(io, remote, port, None, idle, timeouts.read, stop, shared).await;
+        return client.serve_h1(Box::new(io)).await;
     };
     let metrics = shared.observer.metrics();
     let Some(stream) =
@@ -468,41 +468,27 @@ async fn serve_connection(
     else {
         return;
     };
-    let connection = TlsConnection::new(
+    client.tls = Some(Arc::new(TlsConnection::new(
         stream.get_ref().1.server_name(),
         &shared.current.load(),
         port,
-    );
-    // hyper-util's auto builder reads the HTTP/2 preface, so ALPN h2 and http/1.1 both work.
+    )));
+    // ALPN h2 goes to hyper's HTTP/2 server; http/1.1 (or no ALPN) to ours, which still hands
+    // a connection that opens with the HTTP/2 preface over.
     let protocol = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,
         Some(_) => Protocol::Http1,
         None => Protocol::Sniff,
     };
     let io = Counted {
-        io: ClientIo::new(
-            stream,
-            activity.clone(),
-            protocol,
-            timeouts.read,
-            timeouts.write,
-        ),
+        io: ClientIo::new(stream, activity, protocol, timeouts.read, timeouts.write),
         _guard: guard,
     };
-    serve_http(
-        io,
-        remote,
-        port,
-        Some(Arc::new(connection)),
-        IdleWatch {
-            timeout: timeouts.idle,
-            activity,
-        },
-        timeouts.read,
-        stop,
-        shared,
-    )
-    .await;
+    if protocol == Protocol::Http2 {
+        client.serve_h2(io).await;
+    } else {
+        client.serve_h1(Box::new(io)).await;
+    }
 }
 
 /// The timeouts of one connection (`None`: disabled).
@@ -513,105 +499,163 @@ struct ConnTimeouts {
     idle: Option<Duration>,
 }
 
-/// Closes a connection gracefully once no request has been in flight for `timeout`.
-struct IdleWatch {
-    timeout: Option<Duration>,
-    activity: Arc<Activity>,
-}
-
-/// Serves HTTP/1.1 and HTTP/2 on an accepted (plain or TLS) stream until it closes or `stop`.
-/// `read_timeout` bounds a request body waiting for the client.
-#[allow(clippy::too_many_arguments)]
-async fn serve_http<I>(
-    io: I,
+/// An accepted client connection (plain or TLS) and what serving its requests needs.
+struct Client {
     remote: SocketAddr,
     port: u16,
     tls: Option<Arc<TlsConnection>>,
-    idle: IdleWatch,
+    /// Bounds a request body waiting for the client.
     read_timeout: Option<Duration>,
-    mut stop: watch::Receiver<bool>,
+    lifecycle: Lifecycle,
     shared: Arc<Shared>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let service_shared = shared.clone();
-    let service_activity = idle.activity.clone();
-    let peer = Peer::new(remote);
-    let service = service_fn(move |req: http::Request<Incoming>| {
-        // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
-        let snapshot = service_shared.current.load_full();
-        let tls = tls.clone();
-        let in_flight = service_activity.begin();
-        // Bodies are bounded by the read timeout while they wait for the client: HTTP/1 by the
-        // connection's reader, HTTP/2 per stream.
-        let mut stall = None;
-        let bound = match read_timeout {
-            Some(_) if req.body().is_end_stream() => BodyBound::None,
-            None => BodyBound::None,
-            Some(_) if req.version() < http::Version::HTTP_2 => {
-                BodyBound::Connection(service_activity.clone())
+}
+
+impl Io for Counted<ClientIo<TcpStream>> {
+    fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<()>>> {
+        Some(self.io.get_ref().poll_read_ready(cx))
+    }
+}
+
+/// TLS may hold decrypted bytes the socket no longer signals: read, do not wait for readiness.
+impl Io for Counted<ClientIo<tokio_rustls::server::TlsStream<TcpStream>>> {}
+
+impl Client {
+    /// Serves HTTP/1.1 with our own server until the connection closes, is upgraded, or turns
+    /// out to speak HTTP/2 (prior knowledge), which goes on with hyper's.
+    async fn serve_h1(mut self, io: BoxIo) {
+        let service_shared = self.shared.clone();
+        let activity = self.lifecycle.activity.clone();
+        let read_timeout = self.read_timeout;
+        let port = self.port;
+        let tls = self.tls.clone();
+        let peer = Peer::new(self.remote);
+        let service = |req: http::Request<RequestBody>| {
+            // One snapshot per request, held as an Arc (never an arc-swap Guard) across awaits.
+            let snapshot = service_shared.current.load_full();
+            let tls = tls.clone();
+            let in_flight = activity.begin();
+            // The connection's reader bounds a body waiting for the client (read timeout).
+            let bound = match read_timeout {
+                Some(_) if !req.body().is_end_stream() => BodyBound::Connection(activity.clone()),
+                _ => BodyBound::None,
+            };
+            let req = req.map(|body| WaitingBody::new(body, bound));
+            let observer = service_shared.observer.clone();
+            let peer = peer.clone();
+            // Boxed so the connection's future stays small while idle (the request's state
+            // machine is several KiB); allocated first and written in place, since
+            // `Box::pin(async { .. })` builds the whole state on the stack and copies it.
+            in_place(Box::new_uninit(), async move {
+                let response = observer
+                    .serve(snapshot, port, peer, tls.as_deref(), None, req)
+                    .await;
+                if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                    in_flight.upgrade();
+                }
+                // In flight until the response body is done, not just its head.
+                response.map(|body| InFlightBody::new(body, in_flight, None))
+            })
+        };
+        let ended = http1::serve(io, true, MAX_HEADER_BYTES, &mut self.lifecycle, service).await;
+        match ended {
+            Ok(Ended::Http2 { io, read }) => {
+                self.serve_h2(Rewind::new(read.to_vec(), io)).await;
             }
-            Some(timeout) => {
-                let s = Arc::new(BodyStall::default());
-                stall = Some(s.clone());
-                BodyBound::Stream { timeout, stall: s }
+            Ok(Ended::Closed | Ended::Upgraded) => {}
+            Err(error) => {
+                tracing::debug!(remote = %self.remote, port, %error, "connection ended with error");
+            }
+        }
+    }
+
+    /// Serves HTTP/2 with hyper until the connection closes, the idle timeout or `stop`.
+    async fn serve_h2<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Client {
+            remote,
+            port,
+            tls,
+            read_timeout,
+            lifecycle,
+            shared,
+        } = self;
+        let Lifecycle {
+            mut stop,
+            idle_timeout,
+            activity,
+        } = lifecycle;
+        let service_shared = shared.clone();
+        let service_activity = activity.clone();
+        let peer = Peer::new(remote);
+        let service = service_fn(move |req: http::Request<Incoming>| {
+            let snapshot = service_shared.current.load_full();
+            let tls = tls.clone();
+            let in_flight = service_activity.begin();
+            // A stalled stream must not end the connection's others: each body keeps its own
+            // read-timeout bound.
+            let mut stall = None;
+            let bound = match read_timeout {
+                Some(_) if req.body().is_end_stream() => BodyBound::None,
+                None => BodyBound::None,
+                Some(timeout) => {
+                    let s = Arc::new(BodyStall::default());
+                    stall = Some(s.clone());
+                    BodyBound::Stream { timeout, stall: s }
+                }
+            };
+            let req = req.map(|body| WaitingBody::new(body, bound));
+            let observer = service_shared.observer.clone();
+            let peer = peer.clone();
+            // Boxed and written in place: hyper moves it into a task per stream.
+            in_place(Box::new_uninit(), async move {
+                let response = observer
+                    .serve(snapshot, port, peer, tls.as_deref(), stall.as_deref(), req)
+                    .await;
+                // A stall after this answer resets the stream; one before it is the 408 already.
+                let stall = stall.filter(|s| !s.is_stalled());
+                Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight, stall)))
+            })
+        });
+        let conn = shared.h2.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let idle = IdleWatch {
+            timeout: idle_timeout,
+            activity,
+        };
+        // Polled only on its own wake-ups: nearly all of this task's are the connection's I/O.
+        let mut wind_down = OwnWakes::new(wind_down(&mut stop, &idle));
+        let ended = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            wind_down.poll(cx).map(|reason| {
+                if reason == WindDown::Idle {
+                    tracing::debug!(%remote, port, "idle connection closed");
+                }
+                None
+            })
+        })
+        .await;
+        let result = match ended {
+            Some(result) => result,
+            None => {
+                // Finish in-flight streams, then GOAWAY.
+                conn.as_mut().graceful_shutdown();
+                conn.await
             }
         };
-        let req = req.map(|body| WaitingBody::new(body, bound));
-        let observer = service_shared.observer.clone();
-        let peer = peer.clone();
-        // Boxed: the request's state machine is several KiB (8 KiB in release builds), and hyper
-        // moves the service future into its connection state (HTTP/1) or a task per stream
-        // (HTTP/2); moving a pointer is cheaper than copying the state. Allocated first and
-        // written in place: `Box::pin(async { .. })` builds the whole state on the stack and
-        // copies it into the allocation (an 8 KiB memcpy per request under callgrind), while
-        // writing into the allocation stores only the captured values.
-        in_place(Box::new_uninit(), async move {
-            let response = observer
-                .serve(snapshot, port, peer, tls.as_deref(), stall.as_deref(), req)
-                .await;
-            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                in_flight.upgrade();
-            }
-            // A stall after this answer resets the stream; one before it is the 408 already.
-            let stall = stall.filter(|s| !s.is_stalled());
-            // In flight until the response body is done, not just its head.
-            Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight, stall)))
-        })
-    });
-    // An upgraded connection leaves this task: its tunnel (proxy::upgrade) owns the stream, so a
-    // config change cannot close it, and `Counted` keeps it in the drain count until it closes.
-    // The head bound is ClientIo's; hyper's HTTP/1 head timer is off in the shared builder.
-    let conn = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // Polled only on its own wake-ups: nearly all of this task's are the connection's I/O.
-    let mut wind_down = OwnWakes::new(wind_down(&mut stop, &idle));
-    let ended = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
+        if let Err(error) = result {
+            tracing::debug!(%remote, port, %error, "connection ended with error");
         }
-        wind_down.poll(cx).map(|reason| {
-            if reason == WindDown::Idle {
-                tracing::debug!(%remote, port, "idle connection closed");
-            }
-            None
-        })
-    })
-    .await;
-    let result = match ended {
-        Some(result) => result,
-        None => {
-            // Finish in-flight requests (a response still streaming too), then close (HTTP/1
-            // Connection: close, HTTP/2 GOAWAY).
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%remote, port, %error, "connection ended with error");
     }
+}
+
+/// Closes an HTTP/2 connection gracefully once no request has been in flight for `timeout`.
+struct IdleWatch {
+    timeout: Option<Duration>,
+    activity: Arc<Activity>,
 }
 
 /// Moves `future` into `slot`, an allocation made before the future was built, so the compiler

@@ -59,7 +59,7 @@ impl Observer {
         req: Request<B>,
     ) -> Response<ObservedBody>
     where
-        B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+        B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
     {
         let start = Instant::now();
         let client_addr = client.addr;

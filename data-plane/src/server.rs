@@ -1,5 +1,8 @@
 //! Per-port server settings compiled from a Listener's `http` (HttpSettings): client-side
-//! timeouts and the trusted proxies that may name the client.
+//! timeouts and the trusted proxies that may name the client. The HTTP/1.1 server itself is
+//! in [`http1`].
+
+pub mod http1;
 
 use crate::proxy::client_ip::TrustedProxies;
 use crate::router::route::to_duration;

@@ -115,6 +115,10 @@ impl<T> ClientIo<T> {
         }
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
     fn sniff(&mut self, data: &[u8]) {
         let want = &H2_PREFACE[self.sniffed..];
         let n = want.len().min(data.len());
@@ -423,15 +427,20 @@ impl<B> Drop for WaitingBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for WaitingBody<B> {
+impl<B> Body for WaitingBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    /// Boxed: the proxy takes HTTP/1 (our own) and HTTP/2 (hyper's) bodies alike.
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx).map_err(Into::into);
         self.set_waiting(polled.is_pending());
         if polled.is_pending() && self.deadline.expired(cx) {
             self.stream_wait_expired(cx);

@@ -37,7 +37,7 @@ pub fn start<B>(
     body: B,
 ) -> TeeBody<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     let mut tee = TeeBody {
         inner: body,
@@ -131,15 +131,15 @@ pub struct TeeBody<B> {
 
 impl<B> Body for TeeBody<B>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         if this.copies.is_empty() {

@@ -27,6 +27,7 @@ use crate::router::redirect::RedirectRequest;
 use crate::router::{CompiledRoute, Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
+use crate::upstream::client::BoxError;
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, header};
@@ -47,7 +48,7 @@ pub async fn handle<B>(
     req: Request<B>,
 ) -> Response<ProxyBody>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
     let mut report = Report::default();
     handle_reporting(snapshot, port, client, tls, req, &mut report).await
@@ -63,7 +64,7 @@ pub async fn handle_reporting<B>(
     report: &mut Report,
 ) -> Response<ProxyBody>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_LEN {
         return response::uri_too_long();
@@ -240,7 +241,7 @@ async fn forward_request<B>(
     report: &mut Report,
 ) -> Response<ProxyBody>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static,
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
     let RouteAction::Forward(forward) = &route.action else {
         return response::upstream_error();
@@ -392,7 +393,7 @@ async fn inspect_body<B>(
     body: B,
 ) -> Result<PrefixedBody<B>, Response<ProxyBody>>
 where
-    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
     let kind = headers
         .get(header::CONTENT_TYPE)
@@ -796,10 +797,10 @@ mod tests {
 
         // 32 MiB in 8 KiB chunks: far more than the socket buffers and the mirror's queue.
         const CHUNKS: usize = 4096;
-        let chunks =
-            futures::stream::iter((0..CHUNKS).map(|_| {
-                Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from(vec![b'x'; 8192])))
-            }));
+        let chunks = futures::stream::iter(
+            (0..CHUNKS)
+                .map(|_| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![b'x'; 8192])))),
+        );
         let req = Request::post("/upload")
             .header("host", "h.example.com")
             .body(http_body_util::StreamBody::new(chunks))
@@ -881,9 +882,10 @@ mod tests {
                 Ok(())
             );
             let snap = compiler.compile(&res);
-            let chunks = futures::stream::iter((0..8).map(|_| {
-                Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from(vec![b'x'; 4096])))
-            }));
+            let chunks =
+                futures::stream::iter((0..8).map(|_| {
+                    Ok::<_, BoxError>(http_body::Frame::data(Bytes::from(vec![b'x'; 4096])))
+                }));
             let req = Request::post("/upload")
                 .header("host", "h.example.com")
                 .body(http_body_util::StreamBody::new(chunks))

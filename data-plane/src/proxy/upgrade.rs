@@ -8,19 +8,19 @@
 //! routed ("h2c smuggling").
 
 use super::response::ProxyBody;
+use crate::server::http1::OnClientUpgrade;
 use crate::upstream::ResponseBody;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode, Version, request};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
-/// A client's pending upgrade: the protocols it asked for and hyper's handle on its connection.
+/// A client's pending upgrade: the protocols it asked for and the handle on its connection,
+/// which our HTTP/1.1 server attaches to requests asking for an upgrade (HTTP/2 has none).
 pub struct ClientUpgrade {
     protocols: HeaderValue,
-    on_upgrade: OnUpgrade,
+    on_upgrade: OnClientUpgrade,
 }
 
 /// Takes the upgrade a request asks for: HTTP/1.1, an `Upgrade` header and `upgrade` listed in
@@ -36,7 +36,7 @@ pub fn take_request(parts: &mut request::Parts) -> Option<ClientUpgrade> {
         return None;
     }
     let protocols = protocols.clone();
-    let on_upgrade = parts.extensions.remove::<OnUpgrade>()?;
+    let on_upgrade = parts.extensions.remove::<OnClientUpgrade>()?;
     Some(ClientUpgrade {
         protocols,
         on_upgrade,
@@ -83,15 +83,14 @@ impl ClientUpgrade {
             .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
         let client_io = self.on_upgrade;
         tokio::spawn(async move {
-            // The client side switches once hyper has written the 101 returned below.
-            let client = match client_io.await {
+            // The client side switches once the connection has written the 101 returned below.
+            let mut client = match client_io.await {
                 Ok(client) => client,
                 Err(error) => {
                     tracing::debug!(%route, %error, "upgrade did not complete");
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 Ok((up, down)) => {
                     tracing::debug!(%route, bytes_up = up, bytes_down = down, "upgraded connection closed");
@@ -115,11 +114,9 @@ mod tests {
         }
         let (mut parts, ()) = req.body(()).unwrap().into_parts();
         if pending {
-            // Stands in for the handle hyper's HTTP/1 server attaches to a request carrying
-            // `Upgrade` (this one never completes).
-            parts
-                .extensions
-                .insert(hyper::upgrade::on(Request::new(())));
+            // The handle our HTTP/1.1 server attaches to a request asking for an upgrade.
+            let (_switch, on_upgrade) = crate::server::http1::upgrade::pending();
+            parts.extensions.insert(on_upgrade);
         }
         parts
     }
@@ -132,7 +129,7 @@ mod tests {
         ];
         let mut p = parts(Version::HTTP_11, &ws, true);
         let up = take_request(&mut p).expect("an upgrade");
-        assert!(p.extensions.get::<OnUpgrade>().is_none(), "taken");
+        assert!(p.extensions.get::<OnClientUpgrade>().is_none(), "taken");
         let mut h = HeaderMap::new();
         up.restore_request_headers(&mut h);
         assert_eq!(h[header::UPGRADE], "websocket");

@@ -140,12 +140,12 @@ fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
     out.put_slice(b"\r\n");
 }
 
-fn itoa_buf() -> [u8; 20] {
+pub fn itoa_buf() -> [u8; 20] {
     [0; 20]
 }
 
 /// `n` in decimal, written at the end of `buf`.
-fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -281,14 +281,14 @@ pub fn response_framing(
     })
 }
 
-enum Chunked {
+pub enum Chunked {
     Absent,
     Last,
     NotLast,
 }
 
 /// Where `chunked` is among the transfer codings (it may only be applied once, last).
-fn chunked_position(headers: &HeaderMap) -> Chunked {
+pub fn chunked_position(headers: &HeaderMap) -> Chunked {
     let mut codings = headers
         .get_all(TRANSFER_ENCODING)
         .iter()
@@ -310,7 +310,7 @@ fn chunked_position(headers: &HeaderMap) -> Chunked {
 
 /// The Content-Length of a message: None without one; every value (repeated fields, comma
 /// lists) must be the same decimal number.
-fn content_length<'a>(
+pub fn content_length<'a>(
     values: impl Iterator<Item = &'a HeaderValue>,
 ) -> Result<Option<u64>, ProtocolError> {
     let mut length = None;
