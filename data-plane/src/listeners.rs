@@ -1,7 +1,8 @@
 //! The proxy runtime: owns the current snapshot and the listening sockets, reconciles sockets
 //! against each new snapshot (bind new ports, stop removed ones, never reopen a kept one) and
 //! serves every accepted connection (HTTP/1.1 and h2c, or TLS with h2/http1.1 by ALPN on HTTPS
-//! ports; TCP, TLS and UDP listeners through `l4`) on its own task.
+//! ports; TCP, TLS and UDP listeners through `l4`) on its own task. HTTP/1.1 is our own server
+//! (`server::http1`); HTTP/2 is hyper's.
 
 use crate::l4::rewind::Rewind;
 use crate::l4::{self, L4Context};

@@ -246,7 +246,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountingBody<B> {
     }
 }
 
-/// The response body handed to hyper: the proxy's body, counted, recording the exchange when
+/// The response body handed to the server: the proxy's body, counted, recording the exchange when
 /// it ends.
 pub struct ObservedBody {
     inner: ProxyBody,
@@ -332,7 +332,7 @@ impl Body for ObservedBody {
 
 impl Drop for ObservedBody {
     fn drop(&mut self) {
-        // Bodies hyper never polls (HEAD, 204, 304) and aborted ones end here.
+        // Bodies the server never polls (HEAD, 204, 304) and aborted ones end here.
         self.finish();
     }
 }

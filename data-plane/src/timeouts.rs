@@ -1,8 +1,8 @@
 //! Client connection timeouts, per connection: the HTTP/1 request-head bound (slowloris), a
 //! bound on a stalled write (a client that stops reading) and idle tracking (no request in
-//! flight). hyper's own head timer also runs while a kept-alive connection waits for its next
-//! request, which would make the idle timeout unreachable; this one starts at the first byte of
-//! a request instead, as Go's net/http does.
+//! flight). The head bound starts at the first byte of a request, not when a kept-alive
+//! connection begins to wait for its next one (that wait is the idle timeout's), as Go's
+//! net/http does.
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
@@ -354,8 +354,9 @@ impl BodyStall {
 pub const BODY_STALLED: &str = "request body stalled (read timeout)";
 
 /// A request body bounded by the read timeout while it waits for client bytes, while a slow
-/// upstream (which simply does not poll it) never is. HTTP/1 tells its connection, which fails
-/// the read (hyper hands that error to the body's consumer); HTTP/2 times each stream itself.
+/// upstream (which simply does not poll it) never is. HTTP/1 tells its connection's stream, which
+/// fails the body's own read (`server::http1` bodies read the stream themselves); HTTP/2 times
+/// each stream itself.
 pub struct WaitingBody<B> {
     inner: B,
     bound: BodyBound,
@@ -682,7 +683,7 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buf = [0u8; 64];
         io.read_exact(&mut buf[..18]).await.unwrap();
-        // hyper parsed the head and called the service.
+        // The server parsed the head and called the service.
         let request = activity.begin();
         drop(request);
         let waited = tokio::time::timeout(Duration::from_millis(600), io.read(&mut buf)).await;

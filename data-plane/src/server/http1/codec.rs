@@ -214,11 +214,14 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
 /// How the response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseFraming {
-    /// No body is sent (HEAD, 1xx, 204, 304); `keep_length`: the response's own
-    /// Content-Length describes the body it would have had (HEAD, 304) and is kept.
+    /// No body is sent (1xx, 204, 304); `keep_length`: the response's own Content-Length
+    /// describes the body it would have had (304) and is kept.
     None {
         keep_length: bool,
     },
+    /// A HEAD response: no body; the response's Content-Length is kept, else the length of
+    /// the body it would have had is given when known.
+    Head(Option<u64>),
     Length(u64),
     Chunked,
     /// HTTP/1.0 with an unknown length: the body ends when the connection closes.
@@ -237,7 +240,10 @@ pub fn response_framing(
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         return ResponseFraming::None { keep_length: false };
     }
-    if *request_method == Method::HEAD || status == StatusCode::NOT_MODIFIED {
+    if *request_method == Method::HEAD {
+        return ResponseFraming::Head(exact_len);
+    }
+    if status == StatusCode::NOT_MODIFIED {
         return ResponseFraming::None { keep_length: true };
     }
     let declared = headers
@@ -284,7 +290,10 @@ pub fn encode_response_head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
-    let keep_length = matches!(framing, ResponseFraming::None { keep_length: true });
+    let keep_length = matches!(
+        framing,
+        ResponseFraming::None { keep_length: true } | ResponseFraming::Head(_)
+    );
     for (name, value) in headers {
         let ours = (*name == CONTENT_LENGTH && !keep_length)
             || *name == TRANSFER_ENCODING
@@ -299,7 +308,11 @@ pub fn encode_response_head(
             put_field(out, b"content-length", format_u64(n, &mut digits));
         }
         ResponseFraming::Chunked => put_field(out, b"transfer-encoding", b"chunked"),
-        ResponseFraming::None { .. } | ResponseFraming::UntilClose => {}
+        ResponseFraming::Head(Some(n)) if !headers.contains_key(CONTENT_LENGTH) => {
+            let mut digits = itoa_buf();
+            put_field(out, b"content-length", format_u64(n, &mut digits));
+        }
+        ResponseFraming::None { .. } | ResponseFraming::Head(_) | ResponseFraming::UntilClose => {}
     }
     if !switching {
         match persistence {
@@ -599,13 +612,35 @@ mod tests {
     }
 
     #[test]
+    fn head_responses_give_the_length_they_would_have_had() {
+        let s = encoded(
+            200,
+            &[],
+            ResponseFraming::Head(Some(5)),
+            Persistence::Default,
+        );
+        assert!(s.contains("content-length: 5\r\n"), "{s}");
+        let own = [("content-length", "7")];
+        let s = encoded(
+            200,
+            &own,
+            ResponseFraming::Head(Some(5)),
+            Persistence::Default,
+        );
+        assert!(
+            s.contains("content-length: 7\r\n") && !s.contains(": 5"),
+            "{s}"
+        );
+    }
+
+    #[test]
     fn framing_choices() {
         let none = HeaderMap::new();
         let get = Method::GET;
         let v11 = Version::HTTP_11;
         assert_eq!(
             response_framing(&Method::HEAD, v11, StatusCode::OK, &none, Some(3)),
-            ResponseFraming::None { keep_length: true }
+            ResponseFraming::Head(Some(3))
         );
         assert_eq!(
             response_framing(&get, v11, StatusCode::NOT_MODIFIED, &none, None),

@@ -72,7 +72,7 @@ pub enum Ended {
 
 /// What waiting for the next request brought.
 enum Next {
-    Head(Box<RequestHead>),
+    Head(RequestHead),
     Http2,
     Reject(Rejection),
     /// End of stream, stop or idle timeout.
@@ -128,7 +128,7 @@ where
             expect_continue,
             accepts_trailers,
             wants_upgrade,
-        } = *head;
+        } = head;
         let exchange = {
             let mut state = wire.lock();
             state.exchange += 1;
@@ -260,7 +260,7 @@ fn poll_head(
             }
             if !*sniff {
                 match codec::parse_request_head(&mut state.buf, max_head_bytes) {
-                    Ok(Some(head)) => return Poll::Ready(Next::Head(Box::new(head))),
+                    Ok(Some(head)) => return Poll::Ready(Next::Head(head)),
                     Ok(None) => {}
                     Err(rejection) => return Poll::Ready(Next::Reject(rejection)),
                 }
@@ -319,7 +319,7 @@ where
     B::Error: Into<BoxError>,
 {
     let declared = match framing {
-        ResponseFraming::None { .. } => {
+        ResponseFraming::None { .. } | ResponseFraming::Head(_) => {
             write_all(wire, &mut [IoSlice::new(out)]).await?;
             flush(wire).await?;
             return Ok(true);
@@ -687,6 +687,10 @@ mod tests {
         let (head, rest) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{text}");
         assert!(
+            head.contains("content-length: 5"),
+            "the GET's length: {text}"
+        );
+        assert!(
             rest.starts_with("HTTP/1.1 204 No Content\r\n"),
             "HEAD sent no body: {text}"
         );
@@ -939,5 +943,22 @@ mod tests {
         );
         assert!(polled.is_pending());
         assert_eq!(wire.lock().buf.capacity(), 0, "released while waiting");
+    }
+
+    /// What an idle connection costs is mostly this future: it must stay small (the request's
+    /// future is boxed by the service, buffers are released while idle).
+    #[tokio::test]
+    async fn the_connection_future_is_small() {
+        let (_client, server) = tokio::io::duplex(64);
+        let (_stop, rx) = watch::channel(false);
+        let mut lifecycle = Lifecycle {
+            stop: rx,
+            idle_timeout: Some(Duration::from_secs(60)),
+            activity: Arc::new(Activity::default()),
+        };
+        let future = serve(Box::new(server), true, 64 * 1024, &mut lifecycle, service);
+        let size = std::mem::size_of_val(&future);
+        println!("HTTP/1.1 connection future: {size} bytes");
+        assert!(size <= 2048, "{size} bytes");
     }
 }
