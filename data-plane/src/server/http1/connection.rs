@@ -70,7 +70,9 @@ pub enum Ended {
     },
 }
 
-/// What waiting for the next request brought.
+/// What waiting for the next request brought. Returned by value once per request (boxing the
+/// head would cost an allocation per request).
+#[allow(clippy::large_enum_variant)]
 enum Next {
     Head(RequestHead),
     Http2,
