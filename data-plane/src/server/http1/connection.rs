@@ -102,7 +102,15 @@ where
     let mut sniff = sniff_h2;
     let mut idle = IdleTimer::default();
     loop {
-        let head = match next_head(&wire, &mut sniff, max_head_bytes, lifecycle, &mut idle).await {
+        let next = next_head(
+            &wire,
+            &mut out,
+            &mut sniff,
+            max_head_bytes,
+            lifecycle,
+            &mut idle,
+        );
+        let head = match next.await {
             Next::Head(head) => head,
             Next::Close => break,
             Next::Failed(e) => return Err(e),
@@ -202,9 +210,6 @@ where
             state.body = BodyRead::Broken;
             break;
         }
-        if out.capacity() > COALESCE {
-            out = Vec::new();
-        }
     }
     wire.lock().body = BodyRead::Broken;
     // Best effort: a FIN (and TLS close_notify) after the last response.
@@ -216,9 +221,11 @@ where
     Ok(Ended::Closed)
 }
 
-/// Waits for the next request head, the stop signal or the idle timeout.
+/// Waits for the next request head, the stop signal or the idle timeout. While it waits, the
+/// connection holds no buffers: the read buffer is released by the stream, `out` here.
 async fn next_head(
     wire: &Wire,
+    out: &mut Vec<u8>,
     sniff: &mut bool,
     max_head_bytes: usize,
     lifecycle: &mut Lifecycle,
@@ -232,7 +239,13 @@ async fn next_head(
         idle_timeout,
         activity,
     } = lifecycle;
-    let read = std::future::poll_fn(|cx| poll_head(&mut wire.lock(), cx, sniff, max_head_bytes));
+    let read = std::future::poll_fn(|cx| {
+        let polled = poll_head(&mut wire.lock(), cx, sniff, max_head_bytes);
+        if polled.is_pending() && out.capacity() != 0 {
+            *out = Vec::new();
+        }
+        polled
+    });
     tokio::select! {
         biased;
         next = read => next,

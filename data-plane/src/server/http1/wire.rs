@@ -14,8 +14,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A read buffer grows by this much at a time.
+/// A read buffer starts at this size...
 pub const READ_SIZE: usize = 8 * 1024;
+/// ...and doubles while reads fill it (a body streaming in) up to this, as hyper's does: fewer,
+/// larger body frames.
+const MAX_READ_SIZE: usize = 64 * 1024;
 /// Bytes read into the stack while waiting for a request on a stream that cannot report
 /// readiness, so that an idle connection holds no buffer.
 const PROBE_SIZE: usize = 1024;
@@ -94,6 +97,8 @@ pub struct WireState {
     pub expect: Continue,
     /// Counts requests, so a body outliving its exchange cannot read the next one's.
     pub exchange: u64,
+    /// What the next read asks for (adaptive, between READ_SIZE and MAX_READ_SIZE).
+    read_size: usize,
 }
 
 pub struct Wire(Mutex<WireState>);
@@ -106,6 +111,7 @@ impl Wire {
             body: BodyRead::Done,
             expect: Continue::None,
             exchange: 0,
+            read_size: READ_SIZE,
         }))
     }
 
@@ -128,11 +134,26 @@ impl WireState {
 
     /// Reads more bytes into `buf`; `Ok(0)` at the end of the stream.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
-            self.buf.reserve(READ_SIZE);
+        if self.buf.capacity() - self.buf.len() < self.read_size / 4 {
+            self.buf.reserve(self.read_size);
         }
+        let room = self.buf.capacity() - self.buf.len();
         let io = self.io.as_mut().ok_or_else(gone)?;
-        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.buf)
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == room && self.read_size < MAX_READ_SIZE {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Releases the read buffer (nothing is buffered): an idle connection holds none.
+    fn release(&mut self) {
+        self.buf = BytesMut::new();
+        self.read_size = READ_SIZE;
     }
 
     /// Waits for the next request's first bytes with no buffer held while there are none:
@@ -144,7 +165,7 @@ impl WireState {
         let io = self.io.as_mut().ok_or_else(gone)?;
         match io.poll_read_ready(cx) {
             Some(Poll::Pending) => {
-                self.buf = BytesMut::new();
+                self.release();
                 return Poll::Pending;
             }
             Some(Poll::Ready(result)) => {
@@ -157,7 +178,7 @@ impl WireState {
         let mut read = ReadBuf::new(&mut probe);
         match Pin::new(io).poll_read(cx, &mut read) {
             Poll::Pending => {
-                self.buf = BytesMut::new();
+                self.release();
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
