@@ -158,7 +158,23 @@ where
         });
         let method = request.method().clone();
         let version = request.version();
-        let response = service(request).await;
+        // While the request is served, a client that goes away ends it (recorded as 499).
+        let mut answer = service(request);
+        let answered = std::future::poll_fn(|cx| {
+            if let Poll::Ready(response) = Pin::new(&mut answer).poll(cx) {
+                return Poll::Ready(Some(response));
+            }
+            match wire.lock().poll_client_gone(cx, max_head_bytes) {
+                Poll::Ready(()) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let Some(response) = answered else {
+            tracing::debug!("client went away before the response");
+            return Ok(Ended::Closed);
+        };
+        drop(answer);
         let (parts, body) = response.into_parts();
         std::future::poll_fn(|cx| wire.lock().poll_settle_continue(cx)).await?;
         let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
@@ -508,6 +524,19 @@ async fn linger(wire: &Wire) {
 }
 
 impl WireState {
+    /// While a request whose body is read is served: ready once the client closed (or reset)
+    /// its end. Bytes it pipelines meanwhile are kept for the next head, up to a head's worth.
+    /// Costs no system call while the socket has nothing new: a short read cleared readiness.
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>, max_head_bytes: usize) -> Poll<()> {
+        while matches!(self.body, BodyRead::Done) && self.buf.len() < max_head_bytes {
+            match ready!(self.poll_fill(cx)) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(_) => {}
+            }
+        }
+        Poll::Pending
+    }
+
     /// Before a response head: a `100 Continue` half written is finished; one not begun is no
     /// longer sent (the final answer goes instead).
     fn poll_settle_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -561,6 +590,7 @@ mod tests {
                     }
                 },
                 "/head" => Response::new(full("hello")),
+                "/hang" => std::future::pending().await,
                 "/empty" => {
                     let mut resp = Response::new(full(""));
                     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -869,6 +899,23 @@ mod tests {
             "{text}"
         );
         assert!(matches!(s.ended.await.unwrap(), Ok(Ended::Upgraded)));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_ends_its_request() {
+        let mut s = start();
+        s.client
+            .write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!s.ended.is_finished());
+        drop(s.client);
+        let ended = tokio::time::timeout(Duration::from_secs(5), s.ended).await;
+        assert!(matches!(
+            ended.expect("noticed").unwrap(),
+            Ok(Ended::Closed)
+        ));
     }
 
     #[tokio::test]
