@@ -111,7 +111,9 @@ pub fn parse_request_head(
         *slot = (span(field.name.as_bytes()), span(field.value));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the proxy adds (X-Forwarded-*, X-Real-IP, the request ID): growing the
+    // map rehashes it, which costs more than the larger allocation.
+    let mut headers = HeaderMap::with_capacity(count + 12);
     for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| Rejection::bad("invalid header field name"))?;
