@@ -124,6 +124,48 @@ impl Controller {
         }
     }
 
+    /// Drops the controller one part at a time, calling `after(part)` once each part is gone, so
+    /// a counting allocator can attribute memory (tests/gateway_api_memory.rs). A resource shared
+    /// by several parts is freed with the last of them: `views` is dropped here only if the
+    /// caller holds no other handle.
+    #[doc(hidden)]
+    pub fn release_in_parts(self, mut after: impl FnMut(&'static str)) {
+        let Self {
+            views,
+            objects,
+            gateways,
+            routes,
+            routes_by_gateway,
+            secrets,
+            secret_refs,
+            listener_secrets,
+            board,
+            api_board,
+            mut api_gateways,
+            api_routes_by_gateway,
+            api_route_parents,
+            api_policy_ancestors,
+            ..
+        } = self;
+        for state in api_gateways.values_mut() {
+            state.release_memo();
+        }
+        after("route memo");
+        drop(api_gateways);
+        after("gateway state");
+        drop((api_route_parents, api_policy_ancestors, api_board, board));
+        after("status");
+        drop(api_routes_by_gateway);
+        after("parent index");
+        drop((gateways, routes, routes_by_gateway, secrets, secret_refs));
+        drop(listener_secrets);
+        after("goma state");
+        drop(views);
+        after("views");
+        drop(objects);
+        after("model store");
+    }
+
     /// Applies provider batches until the channel closes. Everything already queued is applied
     /// together: a burst that arrives while a batch is translated becomes the next batch, so
     /// bursts are batched without adding a fixed delay to a lone change. Marks the views ready

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use sluice_proto::type_url;
 
-use super::{Controller, SECRET, gateway_id};
+use super::{Controller, gateway_id};
 use crate::model::gateway_api::ApiObject;
 use crate::model::{Kind, Object, ObjectKey};
 use crate::resource::{Encoded, type_index};
@@ -22,12 +22,13 @@ use crate::translate::gateway_api::{
     route_parent_gateways, translate_route,
 };
 use crate::views::ViewChanges;
+use crate::xds::held::HeldSet;
 
 /// What the controller remembers of one Gateway API Gateway.
 #[derive(Default)]
 pub(super) struct ApiGateway {
-    /// Resources in the gateway's view, by (type index, name).
-    resources: BTreeMap<(usize, String), Arc<Encoded>>,
+    /// Resources in the gateway's view.
+    resources: GatewayResources,
     /// Kubernetes Secret resources referenced.
     secrets: BTreeSet<String>,
     /// Objects the last translation read (its routes' reads included).
@@ -41,6 +42,55 @@ pub(super) struct ApiGateway {
     reported_policies: BTreeSet<ObjectKey>,
 }
 
+/// One gateway's resources as last applied to its view, by type and name. Entries are the
+/// view's own `Arc`s (8 bytes each, no copy of the name), and a re-translation that encodes the
+/// same bytes again keeps the held `Arc` (`reuse`), so the memo, this and the view share one copy.
+#[derive(Default)]
+struct GatewayResources([HeldSet; type_url::ALL.len()]);
+
+impl GatewayResources {
+    /// Records `resource`, replacing what was held under its type and name.
+    fn insert(&mut self, resource: Arc<Encoded>) {
+        if let Some(t) = type_index(resource.type_url) {
+            self.0[t].insert(resource);
+        }
+    }
+
+    fn contains(&self, type_index: usize, name: &str) -> bool {
+        self.0[type_index].contains(name)
+    }
+
+    /// The held resource when it has `resource`'s name and version, else `resource`.
+    fn reuse(&self, resource: Arc<Encoded>) -> Arc<Encoded> {
+        let held = type_index(resource.type_url)
+            .and_then(|t| self.0[t].get(&resource.name))
+            .filter(|held| held.version == resource.version);
+        match held {
+            Some(held) => held.clone(),
+            None => resource,
+        }
+    }
+
+    /// Every resource, with its type index.
+    fn iter(&self) -> impl Iterator<Item = (usize, &Arc<Encoded>)> {
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(t, set)| set.iter().map(move |r| (t, r)))
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(HeldSet::len).sum()
+    }
+}
+
+impl ApiGateway {
+    /// Forgets the route memo (memory attribution only: the next translation starts over).
+    pub(super) fn release_memo(&mut self) {
+        self.routes = BTreeMap::new();
+    }
+}
+
 /// One route translated for one Gateway, with what it read: valid while none of `reads` changes
 /// and the Gateway's `RouteInputs` stay the same.
 pub(super) struct RouteMemo {
@@ -48,8 +98,8 @@ pub(super) struct RouteMemo {
     reads: Box<[ObjectKey]>,
     /// Its `routes` moved to `encoded`.
     translation: RouteTranslation,
-    /// The route's Route resources, encoded.
-    encoded: Vec<Arc<Encoded>>,
+    /// The route's Route resources, encoded: the very `Arc`s the gateway's view holds.
+    encoded: Box<[Arc<Encoded>]>,
 }
 
 /// Whether `kind` is a Gateway API route kind.
@@ -114,21 +164,26 @@ fn service_keys(object: Option<&Object>) -> Vec<ObjectKey> {
 }
 
 /// Translates one route for Gateway `gateway`, recording what it read (the route included).
+/// A Route resource whose encoding `held` already has (the gateway's resources as last
+/// applied to its view) is that same `Arc`, so the memo and the view share one copy.
 fn translate_memo(
     objects: &BTreeMap<ObjectKey, Object>,
     inputs: &RouteInputs,
     gateway: &ObjectKey,
     key: &ObjectKey,
     object: &Object,
+    held: &GatewayResources,
 ) -> Option<RouteMemo> {
     let index = Index::new(objects);
     let mut translation = translate_route(&index, inputs, gateway, object)?;
     let mut reads = index.into_dependencies();
     reads.insert(key.clone());
-    // Kept encoded only: the messages are not needed again.
-    let encoded = std::mem::take(&mut translation.routes)
-        .into_iter()
-        .map(|r| Encoded::new(type_url::ROUTE, r.name.clone(), &r))
+    // Kept encoded only: the messages are not needed again. Collected by reference: an
+    // in-place collect would keep the messages' allocation (KiBs) for 8-byte Arcs.
+    let routes = std::mem::take(&mut translation.routes);
+    let encoded = routes
+        .iter()
+        .map(|r| held.reuse(Encoded::new(type_url::ROUTE, r.name.clone(), r)))
         .collect();
     Some(RouteMemo {
         reads: reads.into_iter().collect(),
@@ -259,7 +314,7 @@ impl Controller {
         let secrets = std::mem::take(&mut state.secrets);
         let mut changes = ViewChanges {
             upserts: vec![],
-            removals: resources.into_keys().collect(),
+            removals: resources.iter().map(|(t, r)| (t, r.name.clone())).collect(),
         };
         self.reference_secrets(id, &secrets, &BTreeSet::new(), &mut changes);
         self.views.apply(id, changes);
@@ -291,7 +346,14 @@ impl Controller {
                     Some(memo) if !memo.reads.iter().any(|k| touched.contains(k)) => Some(memo),
                     _ => {
                         retranslated.push(route_key.clone());
-                        translate_memo(&self.objects, &frame.inputs, key, route_key, object)
+                        translate_memo(
+                            &self.objects,
+                            &frame.inputs,
+                            key,
+                            route_key,
+                            object,
+                            &old.resources,
+                        )
                     }
                 };
                 if let Some(memo) = memo {
@@ -310,7 +372,7 @@ impl Controller {
         let retranslated_count = retranslated.len();
         #[cfg(test)]
         self.api_route_translations.extend(retranslated);
-        let mut resources = BTreeMap::new();
+        let mut resources = GatewayResources::default();
         let mut secrets = BTreeSet::new();
         let mut route_reports = BTreeMap::new();
         let mut policy_reports = BTreeMap::new();
@@ -319,25 +381,28 @@ impl Controller {
         let ours = translation.is_some();
         match translation {
             Some(t) => {
+                let held = &old.resources;
                 for l in &t.listeners {
-                    let e = Encoded::new(type_url::LISTENER, l.name.clone(), l);
-                    resources.insert((type_index(e.type_url).unwrap_or(0), e.name.clone()), e);
+                    resources.insert(held.reuse(Encoded::new(
+                        type_url::LISTENER,
+                        l.name.clone(),
+                        l,
+                    )));
                 }
                 if t.served {
                     for e in state.routes.values().flat_map(|m| &m.encoded) {
-                        resources.insert(
-                            (type_index(e.type_url).unwrap_or(0), e.name.clone()),
-                            e.clone(),
-                        );
+                        resources.insert(e.clone());
                     }
                 }
                 for c in &t.clusters {
-                    let e = Encoded::new(type_url::CLUSTER, c.name.clone(), c);
-                    resources.insert((type_index(e.type_url).unwrap_or(0), e.name.clone()), e);
+                    resources.insert(held.reuse(Encoded::new(
+                        type_url::CLUSTER,
+                        c.name.clone(),
+                        c,
+                    )));
                 }
                 for s in &t.ca_bundles {
-                    let e = Encoded::new(type_url::SECRET, s.name.clone(), s);
-                    resources.insert((SECRET, e.name.clone()), e);
+                    resources.insert(held.reuse(Encoded::new(type_url::SECRET, s.name.clone(), s)));
                 }
                 secrets = t.secrets;
                 if let Some(status) = t.gateway_status {
@@ -357,12 +422,14 @@ impl Controller {
             None => self.api_board.remove(key),
         }
         let mut changes = ViewChanges::default();
-        for name in old.resources.keys() {
-            if !resources.contains_key(name) {
-                changes.removals.push(name.clone());
+        for (t, r) in old.resources.iter() {
+            if !resources.contains(t, &r.name) {
+                changes.removals.push((t, r.name.clone()));
             }
         }
-        changes.upserts.extend(resources.values().cloned());
+        changes
+            .upserts
+            .extend(resources.iter().map(|(_, r)| r.clone()));
         self.reference_secrets(&id, &old.secrets, &secrets, &mut changes);
         if !changes.is_empty() {
             self.views.apply(&id, changes);

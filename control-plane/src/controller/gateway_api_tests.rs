@@ -336,3 +336,43 @@ fn incremental_translation_equals_translating_from_scratch() {
     assert_eq!(status, fresh_status);
     assert!(status.contains_key(&route("front", "rx")));
 }
+
+/// Whether gateway `gw`'s view holds, for each of route `name`'s memoised Route resources, the
+/// memo's own `Arc` (one copy, not two equal ones).
+fn memo_shares_view_copies(c: &Controller, views: &Views, gw: &str, name: &str) -> bool {
+    let memo = &c.api_gateways[&gateway(gw)].routes[&route("default", name)];
+    assert!(!memo.encoded.is_empty());
+    views.gateway(&format!("default/{gw}")).read(|v| {
+        memo.encoded.iter().all(|e| {
+            v.resources[3]
+                .get(&e.name)
+                .is_some_and(|held| Arc::ptr_eq(held, e))
+        })
+    })
+}
+
+#[test]
+fn a_retranslation_with_the_same_output_keeps_the_views_copy() {
+    let (views, _, mut c) = two_gateways();
+    assert!(memo_shares_view_copies(&c, &views, "a", "ra1"));
+    let before = views.gateway("default/a").read(|v| v.revision);
+    // A new port on Service one re-translates ra1 and ra2 into the same bytes.
+    let service_one_with_two_ports = "apiVersion: v1\nkind: Service\nmetadata: {name: one, namespace: default}\nspec: {ports: [{port: 80}, {port: 81}]}\n";
+    assert_eq!(
+        retranslated(&mut c, service_one_with_two_ports),
+        [route("default", "ra1"), route("default", "ra2")]
+    );
+    assert_eq!(views.gateway("default/a").read(|v| v.revision), before);
+    assert!(memo_shares_view_copies(&c, &views, "a", "ra1"));
+    assert!(memo_shares_view_copies(&c, &views, "a", "ra2"));
+    // The same after new listeners, which start every route over.
+    let with_hostname = api_gateway("a", "default")
+        .replace("protocol: HTTP,", "protocol: HTTP, hostname: a.example,");
+    retranslated(&mut c, &with_hostname);
+    let labelled = with_hostname.replace(
+        "namespace: default}",
+        "namespace: default, labels: {team: x}}",
+    );
+    retranslated(&mut c, &labelled);
+    assert!(memo_shares_view_copies(&c, &views, "a", "ra1"));
+}
