@@ -18,8 +18,8 @@ use crate::resource::{Encoded, type_index};
 use crate::status::gateway_api::{ApiStatus, CONTROLLER_NAME, ParentReport};
 use crate::translate::gateway_api::index::grants_of;
 use crate::translate::gateway_api::{
-    Index, RouteInputs, RouteTranslation, assemble, gateway_class_status, gateway_frame,
-    route_parent_gateways, translate_route,
+    Index, ParentReports, RouteInputs, RouteTranslation, assemble, gateway_class_status,
+    gateway_frame, route_parent_gateways, translate_route,
 };
 use crate::views::ViewChanges;
 use crate::xds::held::HeldSet;
@@ -31,14 +31,14 @@ pub(super) struct ApiGateway {
     resources: GatewayResources,
     /// Kubernetes Secret resources referenced.
     secrets: BTreeSet<String>,
-    /// Objects the last translation read (its routes' reads included).
+    /// Objects the last translation read (its routes' reads included, but not the routes
+    /// themselves: the parent index finds the Gateways of a changed route).
     dependencies: BTreeSet<ObjectKey>,
     /// The Gateway inputs `routes` were translated with.
     route_inputs: RouteInputs,
-    /// Each attached route's last translation.
+    /// Each attached route's last translation; also the routes this Gateway last reported on.
     routes: BTreeMap<ObjectKey, RouteMemo>,
-    /// Routes and policies this Gateway last reported on.
-    reported_routes: BTreeSet<ObjectKey>,
+    /// Policies this Gateway last reported on.
     reported_policies: BTreeSet<ObjectKey>,
 }
 
@@ -134,8 +134,57 @@ pub(super) fn touched_keys(
     out
 }
 
-/// Per route (or policy): each of our gateways' reports about it, by gateway id.
-pub(super) type Reports = BTreeMap<ObjectKey, BTreeMap<String, (Option<i64>, Vec<ParentReport>)>>;
+/// Per route (or policy): each of our gateways' reports about it.
+pub(super) type Reports = BTreeMap<ObjectKey, ReportsByGateway>;
+
+/// One object's reports by gateway id, sorted by id: usually one gateway, so an exact-size
+/// vector (a map's node would cost ~1 KiB per route), and the id is shared by all the routes
+/// the gateway reports on.
+#[derive(Default)]
+pub(super) struct ReportsByGateway(Vec<(Arc<str>, GatewayReport)>);
+
+/// A gateway's report on one object: the object's generation and its entries.
+type GatewayReport = (Option<i64>, ParentReports);
+
+impl ReportsByGateway {
+    fn get(&self, id: &str) -> Option<&GatewayReport> {
+        let i = self.0.binary_search_by(|(g, _)| (**g).cmp(id)).ok()?;
+        Some(&self.0[i].1)
+    }
+
+    fn insert(&mut self, id: &Arc<str>, report: GatewayReport) {
+        match self.0.binary_search_by(|(g, _)| (**g).cmp(id)) {
+            Ok(i) => self.0[i].1 = report,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (id.clone(), report));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        match self.0.binary_search_by(|(g, _)| (**g).cmp(id)) {
+            Ok(i) => {
+                self.0.remove(i);
+                self.0.shrink_to_fit();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The object's status: every gateway's entries, in gateway order.
+    fn combined(&self) -> (Option<i64>, Vec<ParentReport>) {
+        let generation = self.0.iter().find_map(|(_, (g, _))| *g);
+        let mut parents = Vec::with_capacity(self.0.iter().map(|(_, (_, p))| p.len()).sum());
+        parents.extend(self.0.iter().flat_map(|(_, (_, p))| p.iter().cloned()));
+        (generation, parents)
+    }
+}
 
 fn api(object: Option<&Object>) -> Option<&ApiObject> {
     match object {
@@ -329,6 +378,7 @@ impl Controller {
         let mut old = self.api_gateways.remove(key).unwrap_or_default();
         let mut state = ApiGateway::default();
         let mut retranslated = Vec::new();
+        let mut detached = BTreeMap::new();
         let index = Index::new(&self.objects);
         let translation = gateway_frame(&index, key).map(|frame| {
             // Listeners decide where every route lands: when they change, all start over.
@@ -360,18 +410,22 @@ impl Controller {
                     state.routes.insert(route_key.clone(), memo);
                 }
             }
+            // Memos of routes no longer attached: reported on last time, not now.
+            detached = reusable;
             state.route_inputs = frame.inputs.clone();
             let translations: Vec<&RouteTranslation> =
                 state.routes.values().map(|m| &m.translation).collect();
             assemble(&index, frame, &translations)
         });
         state.dependencies = index.into_dependencies();
-        for memo in state.routes.values() {
-            state.dependencies.extend(memo.reads.iter().cloned());
+        for (route_key, memo) in &state.routes {
+            let reads = memo.reads.iter().filter(|k| *k != route_key);
+            state.dependencies.extend(reads.cloned());
         }
         let retranslated_count = retranslated.len();
         #[cfg(test)]
-        self.api_route_translations.extend(retranslated);
+        self.api_route_translations
+            .extend(retranslated.iter().cloned());
         let mut resources = GatewayResources::default();
         let mut secrets = BTreeSet::new();
         let mut route_reports = BTreeMap::new();
@@ -434,12 +488,19 @@ impl Controller {
         if !changes.is_empty() {
             self.views.apply(&id, changes);
         }
-        state.reported_routes = route_reports.keys().cloned().collect();
         state.reported_policies = policy_reports.keys().cloned().collect();
+        let shared_id: Arc<str> = Arc::from(id.as_str());
+        // Every memoised route was reported on (and only those): all of them are among the old
+        // memos not reused (in `old.routes` or `detached`) and the routes re-translated.
+        let previously_reported = old
+            .routes
+            .keys()
+            .chain(detached.keys())
+            .chain(retranslated.iter());
         Self::merge_reports(
             &mut self.api_route_parents,
-            &id,
-            &old.reported_routes,
+            &shared_id,
+            previously_reported,
             route_reports,
             |generation, parents| ApiStatus::Route {
                 generation,
@@ -449,8 +510,8 @@ impl Controller {
         );
         Self::merge_reports(
             &mut self.api_policy_ancestors,
-            &id,
-            &old.reported_policies,
+            &shared_id,
+            old.reported_policies.iter(),
             policy_reports,
             |generation, ancestors| ApiStatus::Policy {
                 generation,
@@ -468,18 +529,18 @@ impl Controller {
     /// Replaces gateway `id`'s reports (it last reported on `previous`) and rewrites the status
     /// of every object whose reports changed: all our gateways' reports together, or nothing
     /// once none reports it.
-    fn merge_reports(
+    fn merge_reports<'a>(
         all: &mut Reports,
-        id: &str,
-        previous: &BTreeSet<ObjectKey>,
-        new: BTreeMap<ObjectKey, (Option<i64>, Vec<ParentReport>)>,
+        id: &Arc<str>,
+        previous: impl Iterator<Item = &'a ObjectKey>,
+        new: BTreeMap<ObjectKey, GatewayReport>,
         status: impl Fn(Option<i64>, Vec<ParentReport>) -> ApiStatus,
         board: &crate::status::gateway_api::GatewayApiBoard,
     ) {
         let mut touched = BTreeSet::new();
-        for k in previous.iter().filter(|k| !new.contains_key(*k)) {
+        for k in previous.filter(|k| !new.contains_key(*k)) {
             if let Some(by_gateway) = all.get_mut(k)
-                && by_gateway.remove(id).is_some()
+                && by_gateway.remove(id)
             {
                 touched.insert(k.clone());
             }
@@ -487,18 +548,14 @@ impl Controller {
         for (k, report) in new {
             let by_gateway = all.entry(k.clone()).or_default();
             if by_gateway.get(id) != Some(&report) {
-                by_gateway.insert(id.to_owned(), report);
+                by_gateway.insert(id, report);
                 touched.insert(k);
             }
         }
         for k in touched {
             match all.get(&k).filter(|by_gateway| !by_gateway.is_empty()) {
                 Some(by_gateway) => {
-                    let generation = by_gateway.values().find_map(|(g, _)| *g);
-                    let parents = by_gateway
-                        .values()
-                        .flat_map(|(_, p)| p.iter().cloned())
-                        .collect();
+                    let (generation, parents) = by_gateway.combined();
                     board.insert(k, status(generation, parents));
                 }
                 None => {

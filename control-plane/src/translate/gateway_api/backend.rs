@@ -349,7 +349,7 @@ impl Backends {
         &self,
         gateway_ns: &str,
         gateway: &str,
-    ) -> BTreeMap<ObjectKey, (Option<i64>, Vec<ParentReport>)> {
+    ) -> BTreeMap<ObjectKey, (Option<i64>, super::ParentReports)> {
         self.policies
             .iter()
             .map(|(k, (generation, conditions))| {
@@ -365,10 +365,11 @@ impl Backends {
                     k.clone(),
                     (
                         *generation,
-                        vec![ParentReport {
+                        [ParentReport {
                             parent_ref,
                             conditions: conditions.clone(),
-                        }],
+                        }]
+                        .into(),
                     ),
                 )
             })

@@ -2,6 +2,7 @@
 //! Listener/Route/Cluster resources and status reports. Pure: no I/O, no logging.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use sluice_proto::config as pb;
 
@@ -79,10 +80,14 @@ pub struct GatewayTranslation {
     pub secrets: BTreeSet<String>,
     pub gateway_status: Option<ApiStatus>,
     /// Per route: its generation and its parents that are this Gateway.
-    pub route_parents: BTreeMap<ObjectKey, (Option<i64>, Vec<ParentReport>)>,
+    pub route_parents: BTreeMap<ObjectKey, (Option<i64>, ParentReports)>,
     /// Per BackendTLSPolicy: its generation and this Gateway as ancestor.
-    pub policy_ancestors: BTreeMap<ObjectKey, (Option<i64>, Vec<ParentReport>)>,
+    pub policy_ancestors: BTreeMap<ObjectKey, (Option<i64>, ParentReports)>,
 }
+
+/// One object's reports from one Gateway: shared, not copied, by a route's memo and the
+/// controller's per-route record of its parents' reports.
+pub type ParentReports = Arc<[ParentReport]>;
 
 /// Seconds since the epoch of `metadata.creationTimestamp` (RFC 3339, UTC as the API server
 /// writes it); objects without one (files) count as created at 0.
@@ -360,7 +365,7 @@ pub struct RouteTranslation {
     pub key: ObjectKey,
     generation: Option<i64>,
     /// Its parentRefs naming the Gateway, with their conditions.
-    pub reports: Vec<ParentReport>,
+    pub reports: ParentReports,
     /// Listeners (indices) whose attachedRoutes count it: empty unless accepted somewhere.
     counted_on: Vec<usize>,
     /// Route resources, when accepted somewhere.
@@ -520,6 +525,8 @@ pub fn translate_route(
                 }
             }
             conditions.push(resolved.clone());
+            // Kept while the route is memoised: no spare capacity.
+            conditions.shrink_to_fit();
             ParentReport {
                 parent_ref: a.parent_ref,
                 conditions,
