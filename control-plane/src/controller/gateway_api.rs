@@ -18,8 +18,8 @@ use crate::resource::{Encoded, type_index};
 use crate::status::gateway_api::{ApiStatus, CONTROLLER_NAME, ParentReport};
 use crate::translate::gateway_api::index::grants_of;
 use crate::translate::gateway_api::{
-    Index, ParentReports, RouteInputs, RouteTranslation, assemble, gateway_class_status,
-    gateway_frame, route_parent_gateways, translate_route,
+    Index, ParentReports, RouteInputs, RouteTranslation, SharedBackends, assemble,
+    gateway_class_status, gateway_frame, route_parent_gateways, translate_route,
 };
 use crate::views::ViewChanges;
 use crate::xds::held::HeldSet;
@@ -91,10 +91,10 @@ impl ApiGateway {
     }
 }
 
-/// One route translated for one Gateway, with what it read: valid while none of `reads` changes
-/// and the Gateway's `RouteInputs` stay the same.
+/// One route translated for one Gateway, with what it read: valid while neither the route nor
+/// any of `reads` changes and the Gateway's `RouteInputs` stay the same.
 pub(super) struct RouteMemo {
-    /// Sorted, without duplicates.
+    /// The objects read besides the route itself; sorted, without duplicates.
     reads: Box<[ObjectKey]>,
     /// Its `routes` moved to `encoded`.
     translation: RouteTranslation,
@@ -226,7 +226,8 @@ fn translate_memo(
     let index = Index::new(objects);
     let mut translation = translate_route(&index, inputs, gateway, object)?;
     let mut reads = index.into_dependencies();
-    reads.insert(key.clone());
+    // The route itself is the memo's key.
+    reads.remove(key);
     // Kept encoded only: the messages are not needed again. Collected by reference: an
     // in-place collect would keep the messages' allocation (KiBs) for 8-byte Arcs.
     let routes = std::mem::take(&mut translation.routes);
@@ -393,7 +394,12 @@ impl Controller {
                     continue;
                 };
                 let memo = match reusable.remove(route_key) {
-                    Some(memo) if !memo.reads.iter().any(|k| touched.contains(k)) => Some(memo),
+                    Some(memo)
+                        if !touched.contains(route_key)
+                            && !memo.reads.iter().any(|k| touched.contains(k)) =>
+                    {
+                        Some(memo)
+                    }
                     _ => {
                         retranslated.push(route_key.clone());
                         translate_memo(
@@ -412,15 +418,21 @@ impl Controller {
             }
             // Memos of routes no longer attached: reported on last time, not now.
             detached = reusable;
+            let mut shared = SharedBackends::default();
+            for memo in state.routes.values_mut() {
+                memo.translation.share_backends(&mut shared);
+            }
             state.route_inputs = frame.inputs.clone();
-            let translations: Vec<&RouteTranslation> =
-                state.routes.values().map(|m| &m.translation).collect();
+            let translations: Vec<(&ObjectKey, &RouteTranslation)> = state
+                .routes
+                .iter()
+                .map(|(k, m)| (k, &m.translation))
+                .collect();
             assemble(&index, frame, &translations)
         });
         state.dependencies = index.into_dependencies();
-        for (route_key, memo) in &state.routes {
-            let reads = memo.reads.iter().filter(|k| *k != route_key);
-            state.dependencies.extend(reads.cloned());
+        for memo in state.routes.values() {
+            state.dependencies.extend(memo.reads.iter().cloned());
         }
         let retranslated_count = retranslated.len();
         #[cfg(test)]

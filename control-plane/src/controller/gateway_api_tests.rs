@@ -376,3 +376,22 @@ fn a_retranslation_with_the_same_output_keeps_the_views_copy() {
     retranslated(&mut c, &labelled);
     assert!(memo_shares_view_copies(&c, &views, "a", "ra1"));
 }
+
+#[test]
+fn routes_resolving_the_same_backends_share_one_copy() {
+    let (_, _, mut c) = two_gateways();
+    let translation = |c: &Controller, name: &str| {
+        c.api_gateways[&gateway("a")].routes[&route("default", name)]
+            .translation
+            .clone()
+    };
+    assert!(translation(&c, "ra1").shares_backends_with(&translation(&c, "ra2")));
+    // Re-translated alone (ra2 reused), ra1 finds ra2's copy; sent elsewhere, its own.
+    retranslated(
+        &mut c,
+        &http_route("ra1", "default", "a", "{name: one, port: 80, weight: 1}"),
+    );
+    assert!(translation(&c, "ra1").shares_backends_with(&translation(&c, "ra2")));
+    retranslated(&mut c, &http_route("ra1", "default", "a", TWO));
+    assert!(!translation(&c, "ra1").shares_backends_with(&translation(&c, "ra2")));
+}

@@ -2,7 +2,10 @@
 //! endpoints are the ready addresses of the Service's EndpointSlices; a BackendTLSPolicy
 //! targeting the Service adds upstream TLS.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use sluice_proto::config as pb;
 
@@ -43,12 +46,46 @@ pub struct Backends {
 pub type PolicyVerdict = (Option<i64>, Vec<Condition>);
 
 /// One route's clusters, CA bundles, Secrets and policy verdicts, in name order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RouteBackends {
     clusters: Vec<pb::Cluster>,
     ca_bundles: Vec<pb::Secret>,
     secrets: Vec<String>,
     policies: Vec<(ObjectKey, PolicyVerdict)>,
+}
+
+impl RouteBackends {
+    /// A hash of what names these backends (not their contents): equal backends hash equal.
+    fn names_hash(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        for c in &self.clusters {
+            c.name.hash(&mut h);
+        }
+        for b in &self.ca_bundles {
+            b.name.hash(&mut h);
+        }
+        self.secrets.hash(&mut h);
+        for (k, _) in &self.policies {
+            k.hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
+/// Route backends by content, so routes that resolved the same ones hold one copy: most routes
+/// of a gateway send to the same few Services (a cluster with its endpoints is ~0.5 KiB).
+#[derive(Default)]
+pub struct SharedBackends(HashMap<u64, Vec<Arc<RouteBackends>>>);
+
+impl SharedBackends {
+    /// Makes `backends` the copy already held when one is equal; else holds it.
+    pub fn share(&mut self, backends: &mut Arc<RouteBackends>) {
+        let same_names = self.0.entry(backends.names_hash()).or_default();
+        match same_names.iter().find(|held| **held == *backends) {
+            Some(held) => *backends = held.clone(),
+            None => same_names.push(backends.clone()),
+        }
+    }
 }
 
 impl Backends {

@@ -22,6 +22,7 @@ use crate::model::{Kind, Object, ObjectKey};
 use crate::status::gateway_api::{ApiStatus, CONTROLLER_NAME, Condition, ParentReport};
 use attach::{RouteRef, attach};
 use backend::Backends;
+pub use backend::SharedBackends;
 use route::{Placement, RouteContext, RuleProblems};
 
 /// Features of the standard channel implemented end to end (GatewayClass status), so the
@@ -302,15 +303,17 @@ fn translate(index: &Index, key: &ObjectKey) -> Option<GatewayTranslation> {
     for kind in ROUTE_KINDS {
         for object in index.all(kind) {
             if let Some(t) = translate_route(index, &frame.inputs, key, object) {
-                index.depend(t.key.clone());
-                routes.push(t);
+                let route_key = object.key();
+                index.depend(route_key.clone());
+                routes.push((route_key, t));
             }
         }
     }
-    let translations: Vec<&RouteTranslation> = routes.iter().collect();
+    let translations: Vec<(&ObjectKey, &RouteTranslation)> =
+        routes.iter().map(|(k, t)| (k, t)).collect();
     let mut out = assemble(index, frame, &translations);
     if out.served {
-        out.routes = routes.into_iter().flat_map(|r| r.routes).collect();
+        out.routes = routes.into_iter().flat_map(|(_, t)| t.routes).collect();
     }
     Some(out)
 }
@@ -362,7 +365,6 @@ pub fn gateway_frame<'a>(index: &Index<'a>, key: &ObjectKey) -> Option<GatewayFr
 /// What one route contributes to one Gateway.
 #[derive(Clone, Debug)]
 pub struct RouteTranslation {
-    pub key: ObjectKey,
     generation: Option<i64>,
     /// Its parentRefs naming the Gateway, with their conditions.
     pub reports: ParentReports,
@@ -372,7 +374,25 @@ pub struct RouteTranslation {
     pub routes: Vec<pb::Route>,
     /// Its clusters, CA bundles, Secrets and policy verdicts; `None` when it attaches to no
     /// listener (then they are not the Gateway's).
-    backends: Option<backend::RouteBackends>,
+    backends: Option<Arc<backend::RouteBackends>>,
+}
+
+impl RouteTranslation {
+    /// Shares its backends with the routes in `shared` that resolved the same ones.
+    pub fn share_backends(&mut self, shared: &mut SharedBackends) {
+        if let Some(backends) = &mut self.backends {
+            shared.share(backends);
+        }
+    }
+
+    /// Whether `other` holds the very same backends (one copy).
+    #[cfg(test)]
+    pub(crate) fn shares_backends_with(&self, other: &RouteTranslation) -> bool {
+        match (&self.backends, &other.backends) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// Translates `object` (a route of any kind) for Gateway `gateway` with `inputs`; `None` when no
@@ -534,7 +554,6 @@ pub fn translate_route(
         })
         .collect();
     Some(RouteTranslation {
-        key: object.key(),
         generation: meta.generation,
         reports,
         counted_on: if accepted_somewhere {
@@ -547,16 +566,17 @@ pub fn translate_route(
         } else {
             Vec::new()
         },
-        backends: (!placements.is_empty()).then(|| backends.into_route_backends()),
+        backends: (!placements.is_empty()).then(|| Arc::new(backends.into_route_backends())),
     })
 }
 
-/// The Gateway's translation from its frame and its routes' translations (in route order:
-/// kind, namespace, name). Leaves `routes` empty: the caller owns the routes' resources.
+/// The Gateway's translation from its frame and its routes' translations, each with its route
+/// (in route order: kind, namespace, name). Leaves `routes` empty: the caller owns the routes'
+/// resources.
 pub fn assemble(
     index: &Index,
     frame: GatewayFrame,
-    routes: &[&RouteTranslation],
+    routes: &[(&ObjectKey, &RouteTranslation)],
 ) -> GatewayTranslation {
     let (ns, name) = (frame.key.namespace.as_str(), frame.key.name.as_str());
     let gw = frame.gateway;
@@ -568,7 +588,7 @@ pub fn assemble(
         client_certificate: frame.inputs.client_certificate,
         ..Default::default()
     };
-    for r in routes {
+    for (key, r) in routes {
         for i in &r.counted_on {
             if let Some(l) = listeners.get_mut(*i) {
                 l.report.attached_routes += 1;
@@ -578,7 +598,7 @@ pub fn assemble(
             backends.merge(b);
         }
         out.route_parents
-            .insert(r.key.clone(), (r.generation, r.reports.clone()));
+            .insert((*key).clone(), (r.generation, r.reports.clone()));
     }
 
     // Gateway status.
