@@ -114,29 +114,35 @@ pub fn parse_request_head(
     // Room for what the proxy adds (X-Forwarded-*, X-Real-IP, the request ID): growing the
     // map rehashes it, which costs more than the larger allocation.
     let mut headers = HeaderMap::with_capacity(count + 12);
+    // Which fields that matter here are present, noted while building the map: most requests
+    // carry none but Host, and each lookup afterwards would hash its name again.
+    let mut seen = Seen::default();
     for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| Rejection::bad("invalid header field name"))?;
         let value =
             HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
                 .map_err(|_| Rejection::bad("invalid header field value"))?;
+        seen.note(&name);
         headers.append(name, value);
     }
     let uri = parse_target(
         &method,
         head.slice(target_start as usize..target_end as usize),
     )?;
-    check_host(version, &uri, &headers)?;
-    let framing = framing(version, &headers)?;
-    let keep_alive = keeps_alive(version, &headers);
-    let expect_continue = version == Version::HTTP_11
+    check_host(version, &uri, seen.hosts)?;
+    let framing = framing(version, &headers, &seen)?;
+    let keep_alive = keeps_alive(version, &headers, &seen);
+    let expect_continue = seen.expect
+        && version == Version::HTTP_11
         && framing != BodyFraming::Empty
         && headers
             .get(EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let accepts_trailers = has_token(&headers, TE, b"trailers");
-    let wants_upgrade = version == Version::HTTP_11
-        && headers.contains_key(UPGRADE)
+    let accepts_trailers = seen.te && has_token(&headers, TE, b"trailers");
+    let wants_upgrade = seen.upgrade
+        && seen.connection
+        && version == Version::HTTP_11
         && has_token(&headers, CONNECTION, b"upgrade");
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -168,24 +174,55 @@ fn parse_target(method: &Method, target: Bytes) -> Result<Uri, Rejection> {
     Ok(uri)
 }
 
-/// HTTP/1.1 requests carry exactly one Host (RFC 9112 §3.2); HTTP/1.0 may carry none.
-fn check_host(version: Version, uri: &Uri, headers: &HeaderMap) -> Result<(), Rejection> {
-    let mut hosts = headers.get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (_, Some(_)) => Err(Rejection::bad("more than one Host field")),
-        (None, None) if version == Version::HTTP_11 && uri.authority().is_none() => {
-            Err(Rejection::bad("HTTP/1.1 request without Host"))
+/// The fields of a request head that decide its framing, persistence and expectations.
+#[derive(Default)]
+struct Seen {
+    hosts: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+    connection: bool,
+    expect: bool,
+    te: bool,
+    upgrade: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        if *name == HOST {
+            self.hosts += 1;
+        } else if *name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if *name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == CONNECTION {
+            self.connection = true;
+        } else if *name == EXPECT {
+            self.expect = true;
+        } else if *name == TE {
+            self.te = true;
+        } else if *name == UPGRADE {
+            self.upgrade = true;
         }
-        _ => Ok(()),
     }
 }
 
-fn framing(version: Version, headers: &HeaderMap) -> Result<BodyFraming, Rejection> {
-    if headers.contains_key(TRANSFER_ENCODING) {
+/// HTTP/1.1 requests carry exactly one Host (RFC 9112 §3.2); HTTP/1.0 may carry none.
+fn check_host(version: Version, uri: &Uri, hosts: usize) -> Result<(), Rejection> {
+    match hosts {
+        0 if version == Version::HTTP_11 && uri.authority().is_none() => {
+            Err(Rejection::bad("HTTP/1.1 request without Host"))
+        }
+        0 | 1 => Ok(()),
+        _ => Err(Rejection::bad("more than one Host field")),
+    }
+}
+
+fn framing(version: Version, headers: &HeaderMap, seen: &Seen) -> Result<BodyFraming, Rejection> {
+    if seen.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(Rejection::bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if headers.contains_key(CONTENT_LENGTH) {
+        if seen.content_length {
             return Err(Rejection::bad("both Content-Length and Transfer-Encoding"));
         }
         return match chunked_position(headers) {
@@ -196,6 +233,9 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<BodyFraming, Rejecti
             }),
         };
     }
+    if !seen.content_length {
+        return Ok(BodyFraming::Empty);
+    }
     match content_length(headers.get_all(CONTENT_LENGTH).iter()) {
         Ok(None | Some(0)) => Ok(BodyFraming::Empty),
         Ok(Some(n)) => Ok(BodyFraming::Length(n)),
@@ -204,7 +244,10 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<BodyFraming, Rejecti
 }
 
 /// HTTP/1.1 persists unless `close` is asked; HTTP/1.0 only with `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+fn keeps_alive(version: Version, headers: &HeaderMap, seen: &Seen) -> bool {
+    if !seen.connection {
+        return version == Version::HTTP_11;
+    }
     if has_close(headers) {
         return false;
     }
