@@ -120,9 +120,10 @@ pub fn parse_request_head(
     for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| Rejection::bad("invalid header field name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
-                .map_err(|_| Rejection::bad("invalid header field value"))?;
+        let value = head.slice(value_start as usize..value_end as usize);
+        // SAFETY: httparse accepted the value, which admits only HTAB, SP, VCHAR and obs-text:
+        // a subset of what a HeaderValue allows (no validation pass again, as hyper).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
         seen.note(&name);
         headers.append(name, value);
     }
@@ -298,13 +299,8 @@ pub fn response_framing(
     if status == StatusCode::NOT_MODIFIED {
         return ResponseFraming::None { keep_length: true };
     }
-    let declared = headers
-        .contains_key(CONTENT_LENGTH)
-        .then(|| {
-            content_length(headers.get_all(CONTENT_LENGTH).iter())
-                .ok()
-                .flatten()
-        })
+    let declared = content_length(headers.get_all(CONTENT_LENGTH).iter())
+        .ok()
         .flatten();
     match declared.or(exact_len) {
         Some(n) => ResponseFraming::Length(n),
@@ -346,10 +342,12 @@ pub fn encode_response_head(
         framing,
         ResponseFraming::None { keep_length: true } | ResponseFraming::Head(_)
     );
+    let mut has_date = false;
     for (name, value) in headers {
         let ours = (*name == CONTENT_LENGTH && !keep_length)
             || *name == TRANSFER_ENCODING
             || (*name == CONNECTION && !switching);
+        has_date |= *name == DATE;
         if !ours {
             put_field(out, name.as_str().as_bytes(), value.as_bytes());
         }
@@ -373,7 +371,7 @@ pub fn encode_response_head(
             Persistence::Close => put_field(out, b"connection", b"close"),
         }
     }
-    if !headers.contains_key(DATE) {
+    if !has_date {
         put_field(out, b"date", date.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
