@@ -13,60 +13,12 @@ use sluice_control_plane::controller::Controller;
 use sluice_control_plane::provider::ProviderEvent;
 use sluice_control_plane::provider::file::parse_manifests;
 use sluice_control_plane::views::Views;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
-/// Counts live heap bytes and blocks (glibc adds ~8-16 bytes of its own per block).
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-static LIVE_BLOCKS: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            LIVE_BLOCKS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        LIVE_BLOCKS.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-#[derive(Clone, Copy, Default, Debug)]
-struct Heap {
-    bytes: isize,
-    blocks: isize,
-}
-
-fn heap() -> Heap {
-    Heap {
-        bytes: LIVE_BYTES.load(Ordering::Relaxed),
-        blocks: LIVE_BLOCKS.load(Ordering::Relaxed),
-    }
-}
+#[path = "../../integration-tests/support/counting_heap.rs"]
+mod counting_heap;
+use counting_heap::{Heap, heap};
 
 const GATEWAYS: usize = 100;
 const ROUTES: usize = 10_000;
