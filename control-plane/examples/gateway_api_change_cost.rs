@@ -6,61 +6,26 @@
 //!
 //! `cargo run --release -p sluice-control-plane --example gateway_api_change_cost -- [G] [R] [N]`
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use sluice_control_plane::controller::Controller;
 use sluice_control_plane::provider::ProviderEvent;
-use sluice_control_plane::provider::file::parse_manifests;
 use sluice_control_plane::views::Views;
 
-/// A self-signed certificate and key, PEM.
-fn self_signed(host: &str) -> (String, String) {
-    match rcgen::generate_simple_self_signed(vec![host.to_string()]) {
-        Ok(c) => (c.cert.pem(), c.signing_key.serialize_pem()),
-        Err(e) => {
-            eprintln!("cannot make a certificate: {e}");
-            std::process::exit(2);
-        }
-    }
-}
+#[path = "../../integration-tests/support/fleet_manifests.rs"]
+mod fleet_manifests;
+use fleet_manifests::{
+    FLEET_TARGET_PORT, events, fleet_events, fleet_gateway, http_route, self_signed, service,
+    tls_secret,
+};
 
-fn events(yaml: &str) -> Vec<ProviderEvent> {
-    let (objects, diagnostics) = parse_manifests(Path::new("fleet.yaml"), yaml);
-    if let Some(d) = diagnostics.first() {
-        eprintln!("manifest problem: {d:?}");
+/// The value of `result`, or the process ends with `what` and the error (status 2).
+fn or_exit<T, E: std::fmt::Debug>(what: &str, result: Result<T, E>) -> T {
+    result.unwrap_or_else(|e| {
+        eprintln!("{what}: {e:?}");
         std::process::exit(2);
-    }
-    objects.into_iter().map(ProviderEvent::Apply).collect()
-}
-
-fn gateway(g: usize) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw{g}, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {{name: http, port: {}, protocol: HTTP}}\n  - name: https\n    port: {}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: cert-g{g}}}]}}\n---\n",
-        20000 + g,
-        21000 + g
-    )
-}
-
-fn route(g: usize, name: &str, path: &str, service: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  parentRefs: [{{name: gw{g}}}]\n  rules: [{{matches: [{{path: {{value: {path}}}}}], backendRefs: [{{name: {service}, port: 80}}]}}]\n---\n"
-    )
-}
-
-fn service(name: &str, endpoints: usize) -> String {
-    let addresses: Vec<String> = (1..=endpoints).map(|i| format!("127.0.0.{i}")).collect();
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{}]}}]\n---\n",
-        addresses.join(", ")
-    )
-}
-
-fn secret(g: usize, (cert, key): &(String, String)) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: cert-g{g}, namespace: default}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: {cert:?}, tls.key: {key:?}}}\n---\n"
-    )
+    })
 }
 
 /// This process's resident set, in KiB (0 when /proc is not there).
@@ -85,28 +50,13 @@ fn arg(i: usize, default: usize) -> usize {
 fn main() {
     let (gateways, routes, reps) = (arg(1, 100).max(1), arg(2, 10_000), arg(3, 200).max(1));
     let per_gateway = routes / gateways;
-    let certs = [self_signed("a.example.com"), self_signed("b.example.com")];
-    let mut yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n---\n".to_string();
-    yaml.push_str(&service("svc-a", 1));
-    yaml.push_str(&service("svc-b", 1));
-    // Parsed per gateway: one manifest stream is limited in documents.
-    let mut initial = events(&yaml);
-    for g in 0..gateways {
-        let mut yaml = gateway(g);
-        yaml.push_str(&secret(g, &certs[0]));
-        yaml.push_str(&service(&format!("svc-g{g}"), 1));
-        yaml.push_str(&route(g, &format!("hot-g{g}"), "/hot", "svc-a"));
-        yaml.push_str(&route(
-            g,
-            &format!("endpoints-g{g}"),
-            "/endpoints",
-            &format!("svc-g{g}"),
-        ));
-        for r in 0..per_gateway {
-            yaml.push_str(&route(g, &format!("g{g}-r{r}"), &format!("/r{r}"), "svc-a"));
-        }
-        initial.extend(events(&yaml));
-    }
+    let certs = ["a.example.com", "b.example.com"]
+        .map(|host| or_exit("cannot make a certificate", self_signed(host)));
+    // The churned route of the bench is left out: no change here edits it.
+    let mut initial = or_exit(
+        "manifest problems",
+        fleet_events(gateways, per_gateway, false, &certs[0]),
+    );
     let views = Arc::new(Views::default());
     let mut controller = Controller::new(views);
     let started = Instant::now();
@@ -122,19 +72,29 @@ fn main() {
     type Change<'a> = &'a dyn Fn(usize, usize) -> String;
     let changes: [(&str, Change); 3] = [
         ("route edit (hot route flips Service)", &|g, n| {
-            route(g, &format!("hot-g{g}"), "/hot", ["svc-a", "svc-b"][n % 2])
+            http_route(
+                &format!("hot-g{g}"),
+                &fleet_gateway(g),
+                "/hot",
+                ["svc-a", "svc-b"][n % 2],
+            )
         }),
         ("EndpointSlice (1..=3 endpoints)", &|g, n| {
-            service(&format!("svc-g{g}"), n % 3 + 1)
+            service(&format!("svc-g{g}"), FLEET_TARGET_PORT, n % 3 + 1)
         }),
         ("listener certificate rotation", &|g, n| {
-            secret(g, &certs[n % 2])
+            tls_secret(g, &certs[n % 2])
         }),
     ];
     for (name, change) in changes {
         // Parsed beforehand: only the controller's work is timed.
         let batches: Vec<Vec<ProviderEvent>> = (0..reps)
-            .map(|i| events(&change(i % gateways, i / gateways + 1)))
+            .map(|i| {
+                or_exit(
+                    "manifest problems",
+                    events(&change(i % gateways, i / gateways + 1)),
+                )
+            })
             .collect();
         let mut times: Vec<f64> = batches
             .into_iter()

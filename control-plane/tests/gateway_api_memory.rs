@@ -11,74 +11,25 @@
 
 use sluice_control_plane::controller::Controller;
 use sluice_control_plane::provider::ProviderEvent;
-use sluice_control_plane::provider::file::parse_manifests;
 use sluice_control_plane::views::Views;
-use std::path::Path;
 use std::sync::Arc;
 
 #[path = "../../integration-tests/support/counting_heap.rs"]
 mod counting_heap;
 use counting_heap::{Heap, heap};
 
+#[path = "../../integration-tests/support/fleet_manifests.rs"]
+mod fleet_manifests;
+use fleet_manifests::{fleet_events, self_signed};
+
 const GATEWAYS: usize = 100;
 const ROUTES: usize = 10_000;
 
-fn events(yaml: &str) -> Vec<ProviderEvent> {
-    let (objects, diagnostics) = parse_manifests(Path::new("fleet.yaml"), yaml);
-    assert!(diagnostics.is_empty(), "manifest problems: {diagnostics:?}");
-    objects.into_iter().map(ProviderEvent::Apply).collect()
-}
-
-fn gateway(g: usize) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw{g}, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {{name: http, port: {}, protocol: HTTP}}\n  - name: https\n    port: {}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: cert-g{g}}}]}}\n---\n",
-        20000 + g,
-        21000 + g
-    )
-}
-
-fn route(g: usize, name: &str, path: &str, service: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  parentRefs: [{{name: gw{g}}}]\n  rules: [{{matches: [{{path: {{value: {path}}}}}], backendRefs: [{{name: {service}, port: 80}}]}}]\n---\n"
-    )
-}
-
-fn service(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
-    )
-}
-
-fn secret(g: usize, (cert, key): &(String, String)) -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: cert-g{g}, namespace: default}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: {cert:?}, tls.key: {key:?}}}\n---\n"
-    )
-}
-
-/// The fleet's objects with `per_gateway` plain routes on each gateway.
+/// The fleet's objects with `per_gateway` plain routes on each gateway, and all its churned
+/// routes.
 fn fleet(per_gateway: usize, cert: &(String, String)) -> Vec<ProviderEvent> {
-    let mut yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n---\n".to_string();
-    yaml.push_str(&service("svc-a"));
-    yaml.push_str(&service("svc-b"));
-    // Parsed per gateway: one manifest stream is limited in documents.
-    let mut out = events(&yaml);
-    for g in 0..GATEWAYS {
-        let mut yaml = gateway(g);
-        yaml.push_str(&secret(g, cert));
-        yaml.push_str(&service(&format!("svc-g{g}")));
-        yaml.push_str(&route(g, &format!("hot-g{g}"), "/hot", "svc-a"));
-        yaml.push_str(&route(g, &format!("churn-g{g}"), "/churn", "svc-a"));
-        yaml.push_str(&route(
-            g,
-            &format!("endpoints-g{g}"),
-            "/endpoints",
-            &format!("svc-g{g}"),
-        ));
-        for r in 0..per_gateway {
-            yaml.push_str(&route(g, &format!("g{g}-r{r}"), &format!("/r{r}"), "svc-a"));
-        }
-        out.extend(events(&yaml));
-    }
+    let mut out = fleet_events(GATEWAYS, per_gateway, true, cert)
+        .unwrap_or_else(|problems| panic!("manifest problems: {problems:?}"));
     out.push(ProviderEvent::Synced);
     out
 }
@@ -126,10 +77,8 @@ fn held(batch: Vec<ProviderEvent>) -> (Vec<Heap>, usize) {
 
 #[test]
 fn gateway_api_heap_per_route_is_bounded() {
-    let cert = match rcgen::generate_simple_self_signed(vec!["a.example.com".to_string()]) {
-        Ok(c) => (c.cert.pem(), c.signing_key.serialize_pem()),
-        Err(e) => panic!("cannot make a certificate: {e}"),
-    };
+    let cert =
+        self_signed("a.example.com").unwrap_or_else(|e| panic!("cannot make a certificate: {e}"));
     let (without, resources_without) = held(fleet(0, &cert));
     let (with, resources_with) = held(fleet(ROUTES / GATEWAYS, &cert));
     // Each plain route is one Route resource in its gateway's view (its Service's cluster is shared).
