@@ -22,6 +22,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "support/fleet_manifests.rs"]
+mod fleet_manifests;
+
+use fleet_manifests::{GATEWAY_CLASS, http_route, self_signed, service, tls_secret};
 use prost::Message;
 use sluice_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
@@ -120,33 +124,27 @@ impl Fleet {
 
     fn gateway(&self, g: usize) -> String {
         let name = gateway_name(g);
-        let port = 20000 + g as u16;
         match self.api {
-            Api::Goma => gateway_yaml(&name, port),
+            Api::Goma => gateway_yaml(&name, 20000 + g as u16),
             // HTTP, and HTTPS with a per-gateway certificate (rotated by the Secret churn).
-            Api::GatewayApi => format!(
-                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n  - {{name: http, port: {port}, protocol: HTTP}}\n  - name: https\n    port: {}\n    protocol: HTTPS\n    tls: {{certificateRefs: [{{name: cert-g{g}}}]}}\n",
-                port + 1000
-            ),
+            Api::GatewayApi => fleet_manifests::gateway(&name, g),
         }
     }
 
     /// GatewayClass, and Services svc-a / svc-b on the two echo backends.
     fn gateway_api_shared(&self) -> String {
-        let mut out = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: sluice}\nspec: {controllerName: sluice.dev/gateway-controller}\n".to_string();
-        for (name, port) in [("a", self.ports[0]), ("b", self.ports[1])] {
-            out.push_str("---\n");
-            out.push_str(&service_yaml(&format!("svc-{name}"), &[port], 1));
-        }
+        let mut out = GATEWAY_CLASS.to_string();
+        out.push_str(&service("svc-a", self.ports[0], 1));
+        out.push_str(&service("svc-b", self.ports[1], 1));
         out
     }
 
-    /// A route `name` on gateway `g` for `path` to backend `which` (0 or 1).
+    /// A route `name` on gateway `g` for `path` to backend `which` (0 or 1), ended by `---`.
     fn route(&self, g: usize, name: &str, path: &str, which: usize) -> String {
         let gw = gateway_name(g);
         match self.api {
-            Api::Goma => route_yaml(name, &gw, path, self.ports[which % 2], ""),
-            Api::GatewayApi => http_route_yaml(name, &gw, path, ["svc-a", "svc-b"][which % 2]),
+            Api::Goma => route_yaml(name, &gw, path, self.ports[which % 2], "") + "---\n",
+            Api::GatewayApi => http_route(name, &gw, path, ["svc-a", "svc-b"][which % 2]),
         }
     }
 
@@ -157,7 +155,6 @@ impl Fleet {
             let mut plain = String::new();
             for r in 0..self.plain {
                 plain.push_str(&self.route(g, &format!("g{g}-r{r}"), &format!("/r{r}"), 0));
-                plain.push_str("---\n");
             }
             dir.write(&format!("{name}-routes.yaml"), &plain);
             self.write_hot(dir, g, 0);
@@ -188,9 +185,8 @@ impl Fleet {
             ),
             // A Service of this gateway whose EndpointSlice grows and shrinks (1..=3 endpoints).
             Churn::Endpoints if self.api == Api::GatewayApi => {
-                let mut yaml = service_yaml(&format!("svc-g{g}"), &[self.ports[0]], n % 3 + 1);
-                yaml.push_str("---\n");
-                yaml.push_str(&http_route_yaml(
+                let mut yaml = service(&format!("svc-g{g}"), self.ports[0], n % 3 + 1);
+                yaml.push_str(&http_route(
                     &format!("endpoints-g{g}"),
                     &gw,
                     "/endpoints",
@@ -200,11 +196,7 @@ impl Fleet {
             }
             // The certificate of the gateway's HTTPS listener is rotated.
             Churn::Secret if self.api == Api::GatewayApi => {
-                let (cert, key) = &self.certs[n % 2];
-                (
-                    "churn-tls",
-                    tls_secret_yaml(&format!("cert-g{g}"), cert, key),
-                )
+                ("churn-tls", tls_secret(g, &self.certs[n % 2]))
             }
             // Goma backends are endpoint URLs: the list grows and shrinks (1..=3 endpoints).
             Churn::Endpoints => {
@@ -243,37 +235,11 @@ impl Fleet {
     }
 }
 
-/// A Gateway API HTTPRoute `name` on Gateway `gateway` sending `path` to Service `service`.
-fn http_route_yaml(name: &str, gateway: &str, path: &str, service: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  parentRefs: [{{name: {gateway}}}]\n  rules: [{{matches: [{{path: {{value: {path}}}}}], backendRefs: [{{name: {service}, port: 80}}]}}]\n"
-    )
-}
-
-/// A Service `name` (port 80) and its EndpointSlice: `endpoints` loopback addresses on `ports`.
-fn service_yaml(name: &str, ports: &[u16], endpoints: usize) -> String {
-    let addresses: Vec<String> = (1..=endpoints).map(|i| format!("127.0.0.{i}")).collect();
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: default, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [{}]}}]\n",
-        ports.first().copied().unwrap_or(80),
-        addresses.join(", ")
-    )
-}
-
 #[derive(Clone, Copy, Debug)]
 enum Churn {
     Route,
     Endpoints,
     Secret,
-}
-
-fn self_signed(host: &str) -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("key pair");
-    let cert = rcgen::CertificateParams::new(vec![host.to_string()])
-        .expect("certificate params")
-        .self_signed(&key)
-        .expect("self-signed certificate");
-    (cert.pem(), key.serialize_pem())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -644,7 +610,8 @@ async fn run(s: Settings) {
         gateways: s.gateways,
         plain,
         ports: [port_a, port_b],
-        certs: [self_signed("a.example.com"), self_signed("b.example.com")],
+        certs: ["a.example.com", "b.example.com"]
+            .map(|host| self_signed(host).expect("self-signed certificate")),
         hot_writes: (0..s.gateways).map(|_| AtomicUsize::new(0)).collect(),
     });
     let routes = fleet.routes();
