@@ -9,6 +9,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
+// The fleet's HTTPRoute and Service shapes, on one Gateway of its own.
+#[path = "support/fleet_manifests.rs"]
+mod fleet_manifests;
+
+use fleet_manifests::{GATEWAY_CLASS, http_route, service};
 use prost::Message;
 use sluice_proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use sluice_proto::discovery::{DeltaDiscoveryRequest, Node};
@@ -39,60 +44,33 @@ enum Api {
     GatewayApi,
 }
 
-/// A Gateway API HTTPRoute `name` on Gateway `gw` sending `path` to Service `svc-{backend}`.
-fn http_route_yaml(name: &str, path: &str, backend: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{matches: [{{path: {{value: {path}}}}}], backendRefs: [{{name: svc-{backend}, port: 80}}]}}]
-"
-    )
-}
-
 /// GatewayClass, Gateway `default/gw` on `port`, Services svc-a / svc-b on the echo ports.
 fn gateway_api_yaml(port: u16, port_a: u16, port_b: u16) -> String {
-    let mut out = format!(
+    let mut out = GATEWAY_CLASS.to_string();
+    out.push_str(&format!(
         "apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: sluice}}
-spec: {{controllerName: sluice.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: gw, namespace: default}}
 spec:
   gatewayClassName: sluice
   listeners: [{{name: http, port: {port}, protocol: HTTP}}]
-"
-    );
-    for (name, p) in [("a", port_a), ("b", port_b)] {
-        out.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Service
-metadata: {{name: svc-{name}, namespace: default}}
-spec: {{ports: [{{name: http, port: 80}}]}}
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: svc-{name}-1, namespace: default, labels: {{kubernetes.io/service-name: svc-{name}}}}}
-addressType: IPv4
-ports: [{{name: http, port: {p}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
 "
-        ));
-    }
+    ));
+    out.push_str(&service("svc-a", port_a, 1));
+    out.push_str(&service("svc-b", port_b, 1));
     out
 }
 
 fn write_numbered_http_routes(dir: &TempDir, count: usize) {
     let mut chunk = String::new();
     for i in 0..count {
-        chunk.push_str(&http_route_yaml(&format!("r{i}"), &format!("/r{i}"), "a"));
-        chunk.push_str("---\n");
+        chunk.push_str(&http_route(
+            &format!("r{i}"),
+            "gw",
+            &format!("/r{i}"),
+            "svc-a",
+        ));
         if (i + 1) % 500 == 0 {
             dir.write(&format!("chunk-{i}.yaml"), &chunk);
             chunk.clear();
@@ -112,7 +90,7 @@ async fn run_size(api: Api, routes: usize, changes: usize) -> Result_ {
     let dir = TempDir::new("bench");
     let hot = |port: u16, name: &str| match api {
         Api::Goma => route_yaml("hot", "gw", "/hot", port, ""),
-        Api::GatewayApi => http_route_yaml("hot", "/hot", name),
+        Api::GatewayApi => http_route("hot", "gw", "/hot", &format!("svc-{name}")),
     };
     match api {
         Api::Goma => {

@@ -1,8 +1,9 @@
 //! The Gateway API fleet's manifests, one generator for every measurement of that fleet: the fleet
 //! bench (`bench_fleet`, through the file provider) and, in process, the control plane's heap per
-//! route (`gateway_api_memory`) and cost per change (`gateway_api_change_cost`). Each generator
-//! returns whole YAML documents, each ended by `---`, so they concatenate. Included with `#[path]`
-//! by each of them, like `counting_heap.rs`; each uses a part of it, hence the `allow`.
+//! route (`gateway_api_memory`) and cost per change (`gateway_api_change_cost`); the propagation
+//! bench (`bench_propagation`) writes the same HTTPRoutes and Services. Each generator returns
+//! whole YAML documents, each ended by `---`, so they concatenate. Included with `#[path]` by each
+//! of them, like `counting_heap.rs`; each uses a part of it, hence the `allow`.
 #![allow(dead_code)]
 
 use sluice_control_plane::provider::file::parse_manifests;
