@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config_dump;
 pub mod fast_map;
 pub mod geoip;
+pub mod in_place;
 pub mod l4;
 pub mod listeners;
 pub mod metrics;

@@ -87,12 +87,13 @@ impl Observer {
             inner,
             bytes: request_bytes,
         });
-        let handle = proxy::handle_reporting(snapshot, port, client, tls, req, &mut flight.report);
+        let report = &mut flight.report;
+        // Built in each arm: a future built before the `match` is copied once more to be awaited.
         let resp = match stall {
-            None => handle.await,
+            None => proxy::handle_reporting(snapshot, port, client, tls, req, report).await,
             Some(stall) => tokio::select! {
                 biased;
-                resp = handle => resp,
+                resp = proxy::handle_reporting(snapshot, port, client, tls, req, report) => resp,
                 // As Envoy's stream idle timeout: 408 while no response has begun (once it has,
                 // the listener's response body resets the stream).
                 () = stall.stalled() => {

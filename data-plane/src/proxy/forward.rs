@@ -8,6 +8,7 @@ use super::lent_body::Slot;
 use super::report::{Report, UpstreamFailure};
 use super::response::{self, ProxyBody};
 use super::upgrade::ClientUpgrade;
+use crate::in_place;
 use crate::router::backend::{Backend, BackendSet};
 use crate::router::route::{Forward, Retry};
 use crate::snapshot::Snapshot;
@@ -52,16 +53,21 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let attempts = attempts(
-        snapshot,
-        route,
-        forward,
-        pinned,
-        parts,
-        body,
-        upgrade,
-        host_preserved,
-        report,
+    // Boxed where it is built: the attempts' state is most of a request's (KiBs), and every
+    // future above this one would otherwise hold it and copy it as it is awaited.
+    let attempts = in_place::boxed(
+        Box::new_uninit(),
+        attempts(
+            snapshot,
+            route,
+            forward,
+            pinned,
+            parts,
+            body,
+            upgrade,
+            host_preserved,
+            report,
+        ),
     );
     let Some(limit) = forward.timeout else {
         return attempts.await;
