@@ -4,6 +4,7 @@
 //! ports; TCP, TLS and UDP listeners through `l4`) on its own task. HTTP/1.1 is our own server
 //! (`server::http1`); HTTP/2 is hyper's.
 
+use crate::in_place;
 use crate::l4::rewind::Rewind;
 use crate::l4::{self, L4Context};
 use crate::observe::Observer;
@@ -438,7 +439,7 @@ async fn serve_connection(
         }
     };
     let activity = Arc::new(Activity::default());
-    let mut client = Client {
+    let client = Client {
         remote,
         port,
         tls: None,
@@ -463,6 +464,26 @@ async fn serve_connection(
         };
         return client.serve_h1(Box::new(io)).await;
     };
+    // Boxed: the TLS state (handshake, rustls connection, HTTP/2) is several KiB that every
+    // plain connection's task would otherwise carry while it waits.
+    in_place::boxed(
+        Box::new_uninit(),
+        serve_tls(client, stream, acceptor, activity, timeouts, guard),
+    )
+    .await;
+}
+
+/// Serves a TLS connection: handshake, then HTTP/2 or HTTP/1.1 by ALPN.
+async fn serve_tls(
+    mut client: Client,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    activity: Arc<Activity>,
+    timeouts: ConnTimeouts,
+    guard: ConnectionGuard,
+) {
+    let shared = client.shared.clone();
+    let (remote, port) = (client.remote, client.port);
     let metrics = shared.observer.metrics();
     let Some(stream) =
         tls::handshake(&acceptor, stream, HANDSHAKE_TIMEOUT, metrics, port, remote).await
@@ -546,7 +567,7 @@ impl Client {
             // Boxed so the connection's future stays small while idle (the request's state
             // machine is several KiB); allocated first and written in place, since
             // `Box::pin(async { .. })` builds the whole state on the stack and copies it.
-            in_place(Box::new_uninit(), async move {
+            in_place::boxed(Box::new_uninit(), async move {
                 let response = observer
                     .serve(snapshot, port, peer, tls.as_deref(), None, req)
                     .await;
@@ -610,7 +631,7 @@ impl Client {
             let observer = service_shared.observer.clone();
             let peer = peer.clone();
             // Boxed and written in place: hyper moves it into a task per stream.
-            in_place(Box::new_uninit(), async move {
+            in_place::boxed(Box::new_uninit(), async move {
                 let response = observer
                     .serve(snapshot, port, peer, tls.as_deref(), stall.as_deref(), req)
                     .await;
@@ -657,13 +678,6 @@ impl Client {
 struct IdleWatch {
     timeout: Option<Duration>,
     activity: Arc<Activity>,
-}
-
-/// Moves `future` into `slot`, an allocation made before the future was built, so the compiler
-/// can construct the future directly in the heap (see the request service in `serve_http`).
-#[inline(always)]
-fn in_place<F: Future>(slot: Box<std::mem::MaybeUninit<F>>, future: F) -> Pin<Box<F>> {
-    Box::into_pin(Box::write(slot, future))
 }
 
 #[derive(Debug, PartialEq, Eq)]
