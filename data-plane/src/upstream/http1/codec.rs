@@ -168,6 +168,28 @@ pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
+    /// Which framing fields are present, noted while the map was built: most responses carry
+    /// only Content-Length, and a lookup afterwards hashes the name again.
+    framing_fields: FramingFields,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct FramingFields {
+    content_length: bool,
+    transfer_encoding: bool,
+    connection: bool,
+}
+
+impl FramingFields {
+    fn note(&mut self, name: &HeaderName) {
+        if *name == CONTENT_LENGTH {
+            self.content_length = true;
+        } else if *name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if *name == CONNECTION {
+            self.connection = true;
+        }
+    }
 }
 
 /// Parses a response head at the start of `buf`, consuming it when complete. None: more bytes
@@ -219,20 +241,23 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    let mut framing_fields = FramingFields::default();
     for &(name, name_len, value, value_len) in &spans[..count] {
         let name = &head[name as usize..(name + name_len) as usize];
         let name = HeaderName::from_bytes(name)
             .map_err(|_| ProtocolError::HeaderField(String::from_utf8_lossy(name).into()))?;
-        let value = HeaderValue::from_maybe_shared(
-            head.slice(value as usize..(value + value_len) as usize),
-        )
-        .map_err(|_| ProtocolError::HeaderField(name.as_str().to_owned()))?;
+        let value = head.slice(value as usize..(value + value_len) as usize);
+        // SAFETY: httparse accepted the value, which admits only HTAB, SP, VCHAR and obs-text:
+        // a subset of what a HeaderValue allows (no second validation pass, as in hyper).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
+        framing_fields.note(&name);
         headers.append(name, value);
     }
     Ok(Some(ResponseHead {
         status,
         version,
         headers,
+        framing_fields,
     }))
 }
 
@@ -259,8 +284,12 @@ pub fn response_framing(
     {
         return Ok(ResponseFraming::Empty);
     }
-    let has_te = head.headers.contains_key(TRANSFER_ENCODING);
-    let length = content_length(head.headers.get_all(CONTENT_LENGTH).iter())?;
+    let has_te = head.framing_fields.transfer_encoding;
+    let length = if head.framing_fields.content_length {
+        content_length(head.headers.get_all(CONTENT_LENGTH).iter())?
+    } else {
+        None
+    };
     if has_te {
         if length.is_some() {
             return Err(ProtocolError::LengthAndTransferEncoding);
@@ -343,7 +372,8 @@ pub fn has_close(headers: &HeaderMap) -> bool {
 /// HTTP/1.1 response without `Connection: close` (HTTP/1.0 keep-alive is not honoured: rare,
 /// and closing is always safe).
 pub fn response_keeps_alive(head: &ResponseHead) -> bool {
-    head.version == Version::HTTP_11 && !has_close(&head.headers)
+    head.version == Version::HTTP_11
+        && !(head.framing_fields.connection && has_close(&head.headers))
 }
 
 /// Decodes a chunked body (RFC 9112 §7.1) from a buffer the caller fills.
