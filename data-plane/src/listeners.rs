@@ -12,7 +12,7 @@ use crate::proxy::Peer;
 use crate::server::http1::{self, BoxIo, Ended, Io, Lifecycle, RequestBody};
 use crate::snapshot::{PortKind, Snapshot};
 use crate::timeouts::{
-    Activity, BodyBound, BodyStall, ClientIo, InFlightBody, Protocol, WaitingBody,
+    Activity, BodyBound, BodyStall, ClientIo, InFlightBody, Protocol, TunnelActivity, WaitingBody,
 };
 use crate::tls::{self, TlsConnection};
 use crate::upstream::HealthCheckers;
@@ -83,8 +83,10 @@ impl ProxyRuntime {
     pub fn with_observer(bind_ip: IpAddr, observer: Observer) -> Arc<Self> {
         // A request head larger than this gets 431 (HTTP/1: our server; HTTP/2: hyper's).
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // Extended CONNECT (RFC 8441) carries WebSocket over HTTP/2 (`proxy::upgrade`).
         h2.timer(TokioTimer::new())
-            .max_header_list_size(MAX_HEADER_BYTES as u32);
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .enable_connect_protocol();
         Arc::new(ProxyRuntime {
             bind_ip,
             shared: Arc::new(Shared {
@@ -611,10 +613,16 @@ impl Client {
         let service_shared = shared.clone();
         let service_activity = activity.clone();
         let peer = Peer::new(remote);
-        let service = service_fn(move |req: http::Request<Incoming>| {
+        let service = service_fn(move |mut req: http::Request<Incoming>| {
             let snapshot = service_shared.current.load_full();
             let tls = tls.clone();
             let in_flight = service_activity.begin();
+            // A stream that may become a tunnel (WebSocket): the tunnel keeps the connection
+            // active while open, as an upgraded HTTP/1.1 connection is (see `serve_h1`).
+            if req.extensions().get::<hyper::ext::Protocol>().is_some() {
+                let tunnel = TunnelActivity::new(service_activity.begin());
+                req.extensions_mut().insert(tunnel);
+            }
             // A stalled stream must not end the connection's others: each body keeps its own
             // read-timeout bound.
             let mut stall = None;
@@ -1107,6 +1115,191 @@ mod tests {
         .await
         .expect("drained when the tunnel closed");
         assert_eq!(runtime.shared.connections.load(Ordering::Acquire), 0);
+    }
+
+    /// An HTTP/1.1 WebSocket backend: a GET with `Upgrade: websocket` and a key is switched to
+    /// a raw byte echo, its accept computed from the key (a wrong one on `/bad-accept`), the
+    /// first offered subprotocol selected. Anything else gets 400.
+    async fn websocket_backend() -> SocketAddr {
+        use crate::proxy::upgrade::websocket_h2::accept_key;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+                    let h = |n: &str| req.headers().get(n).cloned();
+                    let (Some(upgrade), Some(key)) = (h("upgrade"), h("sec-websocket-key")) else {
+                        let resp = Response::builder().status(StatusCode::BAD_REQUEST);
+                        return Ok::<_, Infallible>(resp.body(Full::new(Bytes::new())).unwrap());
+                    };
+                    assert_eq!(req.method(), http::Method::GET);
+                    assert_eq!(upgrade, "websocket");
+                    assert_eq!(h("connection").unwrap(), "upgrade");
+                    assert_eq!(h("sec-websocket-version").unwrap(), "13");
+                    let accept = if req.uri().path() == "/bad-accept" {
+                        accept_key(b"not the key")
+                    } else {
+                        accept_key(key.as_bytes())
+                    };
+                    let protocol = h("sec-websocket-protocol")
+                        .and_then(|p| p.to_str().ok()?.split(',').next().map(str::to_owned));
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(io) = on_upgrade.await else { return };
+                        let mut io = TokioIo::new(io);
+                        let mut buf = [0u8; 64];
+                        while let Ok(n @ 1..) = io.read(&mut buf).await {
+                            io.write_all(&buf[..n]).await.unwrap();
+                        }
+                    });
+                    let mut resp = Response::builder()
+                        .status(StatusCode::SWITCHING_PROTOCOLS)
+                        .header("upgrade", "websocket")
+                        .header("connection", "upgrade")
+                        .header("sec-websocket-accept", accept);
+                    if let Some(p) = protocol {
+                        resp = resp.header("sec-websocket-protocol", p);
+                    }
+                    Ok(resp.body(Full::new(Bytes::new())).unwrap())
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades(),
+                );
+            }
+        });
+        addr
+    }
+
+    /// RFC 8441 on an h2c connection: the extended CONNECT becomes the backend's HTTP/1.1
+    /// handshake, the `101` the client's `200`, and the open tunnel keeps the connection from
+    /// being idle-closed (new requests still go through it after the idle timeout).
+    #[tokio::test]
+    async fn websocket_over_h2_is_tunnelled_and_keeps_its_connection_active() {
+        use hyper::ext::Protocol;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let backend = websocket_backend().await;
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let port = free_port();
+        let mut res = resources(port, backend, "/");
+        let mut listener = (*res.listeners["http"]).clone();
+        listener.http = Some(pb::HttpSettings {
+            idle_timeout: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 300_000_000,
+            }),
+            ..Default::default()
+        });
+        res.listeners.insert("http".into(), Arc::new(listener));
+        assert!(
+            runtime
+                .apply(Compiler::new().compile(&res))
+                .await
+                .is_empty()
+        );
+
+        let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+            TokioExecutor::new(),
+            TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        let conn = tokio::spawn(conn);
+        let request = |method: http::Method, path: &str, protocol: Option<&'static str>| {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(format!("http://app.example.com{path}"))
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-protocol", "chat, superchat")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            if let Some(p) = protocol {
+                req.extensions_mut().insert(Protocol::from_static(p));
+            }
+            req
+        };
+        async fn timed<T>(what: &str, f: impl Future<Output = T>) -> T {
+            tokio::time::timeout(Duration::from_secs(5), f)
+                .await
+                .unwrap_or_else(|_| panic!("timed out: {what}"))
+        }
+        // A first request, so the server's SETTINGS (extended CONNECT enabled) are in.
+        let resp = sender
+            .send_request(request(http::Method::GET, "/api/x", None))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "not a handshake");
+
+        let mut resp = sender
+            .send_request(request(http::Method::CONNECT, "/api/ws", Some("websocket")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let headers = resp.headers();
+        assert_eq!(headers["sec-websocket-protocol"], "chat");
+        for gone in [
+            "sec-websocket-accept",
+            "upgrade",
+            "connection",
+            "content-length",
+        ] {
+            assert!(!headers.contains_key(gone), "{gone}: {headers:?}");
+        }
+        assert!(headers.contains_key("x-goma-request-id"), "{headers:?}");
+        let mut tunnel = TokioIo::new(
+            timed("the stream switches", hyper::upgrade::on(&mut resp))
+                .await
+                .unwrap(),
+        );
+        let mut echo = async |msg: &[u8]| {
+            tunnel.write_all(msg).await.unwrap();
+            let mut got = vec![0u8; msg.len()];
+            timed("the echo", tunnel.read_exact(&mut got))
+                .await
+                .unwrap();
+            assert_eq!(got, msg);
+        };
+        echo(b"one").await;
+        // Past the idle timeout with only the tunnel open: the connection still takes requests.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        echo(b"two").await;
+        let resp = timed(
+            "a request after the idle timeout",
+            sender.send_request(request(http::Method::GET, "/api/x", None)),
+        )
+        .await
+        .expect("the connection was not closed while its tunnel is open");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+        // A 101 whose accept is not for our key never reaches the client as a tunnel.
+        let resp = sender
+            .send_request(request(
+                http::Method::CONNECT,
+                "/api/bad-accept",
+                Some("websocket"),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "upstream WebSocket handshake failed\n");
+        // A protocol we cannot translate.
+        let resp = sender
+            .send_request(request(http::Method::CONNECT, "/api/ws", Some("foo")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+
+        // Once the tunnel closes, the idle connection is closed.
+        drop(tunnel);
+        timed("the idle connection closes", conn)
+            .await
+            .unwrap()
+            .unwrap();
+        runtime.shutdown(Duration::from_secs(1)).await;
     }
 
     /// A raw TCP echo backend.

@@ -587,6 +587,23 @@ impl InFlight {
     }
 }
 
+/// Keeps its connection active (never idle-closed) while held: the HTTP/2 listener attaches one
+/// to each extended CONNECT (RFC 8441), and the tunnel that stream becomes holds it until it
+/// closes, as an upgraded HTTP/1.1 connection is never idle-closed either. Clone, as request
+/// extensions are; the last clone ends it.
+#[derive(Clone)]
+pub struct TunnelActivity {
+    _in_flight: Arc<InFlight>,
+}
+
+impl TunnelActivity {
+    pub fn new(in_flight: InFlight) -> Self {
+        TunnelActivity {
+            _in_flight: Arc::new(in_flight),
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         let nanos = u64::try_from(self.0.start.elapsed().as_nanos()).unwrap_or(u64::MAX);

@@ -227,6 +227,17 @@ where
         if keep_copy {
             next_head = Some(head.clone());
         }
+        if target.cluster.protocol != Protocol::Http1
+            && upgrade
+                .as_ref()
+                .is_some_and(ClientUpgrade::requires_http1_upstream)
+        {
+            tracing::warn!(%route, cluster = %target.cluster.name, "WebSocket over HTTP/2 routed to a cluster that does not speak HTTP/1.1");
+            return response::text(
+                StatusCode::BAD_GATEWAY,
+                "WebSocket needs an HTTP/1.1 upstream\n",
+            );
+        }
         let upgrading = upgrade
             .as_ref()
             .filter(|_| target.cluster.protocol == Protocol::Http1);

@@ -34,6 +34,7 @@ use http::{HeaderValue, Request, Response, Uri, header};
 use http_body::Body;
 use std::net::IpAddr;
 use std::sync::Arc;
+use upgrade::websocket_h2::Prepared;
 
 /// Longer request targets get 414 (well below the 64 KiB header bound, which gives 431).
 pub const MAX_URI_LEN: usize = 16 * 1024;
@@ -56,6 +57,29 @@ where
 
 /// [`handle`], also reporting what it learned about the request into `report`.
 pub async fn handle_reporting<B>(
+    snapshot: Arc<Snapshot>,
+    port: u16,
+    client: Peer,
+    tls: Option<&TlsConnection>,
+    req: Request<B>,
+    report: &mut Report,
+) -> Response<ProxyBody>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
+    let mut req = req;
+    // An HTTP/2 WebSocket (extended CONNECT) is served as the HTTP/1.1 upgrade it stands for.
+    match upgrade::websocket_h2::prepare(&mut req) {
+        Prepared::Other => route_and_serve(snapshot, port, client, tls, req, report).await,
+        Prepared::WebSocket => upgrade::websocket_h2::answer(
+            route_and_serve(snapshot, port, client, tls, req, report).await,
+        ),
+        Prepared::Unsupported => upgrade::websocket_h2::unsupported(),
+    }
+}
+
+/// [`handle_reporting`] once the request is in the form routing expects.
+async fn route_and_serve<B>(
     snapshot: Arc<Snapshot>,
     port: u16,
     client: Peer,

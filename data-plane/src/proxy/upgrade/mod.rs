@@ -1,11 +1,16 @@
-//! HTTP/1.1 protocol upgrades (WebSocket and any other `Upgrade:` token, RFC 9110 §7.8,
-//! RFC 6455 §4): the upgrade headers are hop-by-hop, so they are carried across explicitly, and a
-//! `101 Switching Protocols` from the upstream turns the two connections into a byte tunnel.
+//! Protocol upgrades (WebSocket and any other `Upgrade:` token, RFC 9110 §7.8, RFC 6455 §4):
+//! the upgrade headers are hop-by-hop, so they are carried across explicitly, and a `101
+//! Switching Protocols` from the upstream turns the client's stream and the upstream
+//! connection into a byte tunnel (`tunnel`).
 //!
-//! Only HTTP/1.1 requests on HTTP/1.1 upstreams are upgraded; everything else is forwarded as a
-//! plain request (the upgrade headers are stripped like any hop-by-hop header). `Upgrade: h2c` is
-//! never passed on: an HTTP/2 tunnel to the backend would carry requests the gateway never
-//! routed ("h2c smuggling").
+//! HTTP/1.1 requests are upgraded on HTTP/1.1 upstreams; an HTTP/2 client's WebSocket (RFC 8441
+//! extended CONNECT) is translated to the HTTP/1.1 handshake (`websocket_h2`). Everything else is
+//! forwarded as a plain request (the upgrade headers are stripped like any hop-by-hop header).
+//! `Upgrade: h2c` is never passed on: an HTTP/2 tunnel to the backend would carry requests the
+//! gateway never routed ("h2c smuggling").
+
+mod tunnel;
+pub mod websocket_h2;
 
 use super::response::ProxyBody;
 use crate::server::http1::OnClientUpgrade;
@@ -16,16 +21,30 @@ use std::sync::Arc;
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
 
-/// A client's pending upgrade: the protocols it asked for and the handle on its connection,
-/// which our HTTP/1.1 server attaches to requests asking for an upgrade (HTTP/2 has none).
-pub struct ClientUpgrade {
-    protocols: HeaderValue,
-    on_upgrade: OnClientUpgrade,
+/// A client's pending upgrade.
+pub struct ClientUpgrade(Kind);
+
+enum Kind {
+    /// The protocols an HTTP/1.1 client asked for and the handle on its connection, which our
+    /// HTTP/1.1 server attaches to requests asking for an upgrade.
+    Http1 {
+        protocols: HeaderValue,
+        on_upgrade: OnClientUpgrade,
+    },
+    /// An HTTP/2 client's WebSocket ([`websocket_h2::prepare`] made the request a GET).
+    WebSocketOverH2(websocket_h2::Pending),
 }
 
 /// Takes the upgrade a request asks for: HTTP/1.1, an `Upgrade` header and `upgrade` listed in
-/// `Connection`. Costs a header lookup on requests that ask for none.
+/// `Connection`; or HTTP/2 prepared by [`websocket_h2::prepare`]. Costs a header lookup on
+/// requests that ask for none.
 pub fn take_request(parts: &mut request::Parts) -> Option<ClientUpgrade> {
+    if parts.version == Version::HTTP_2 {
+        return parts
+            .extensions
+            .remove::<websocket_h2::Pending>()
+            .map(|pending| ClientUpgrade(Kind::WebSocketOverH2(pending)));
+    }
     if parts.version != Version::HTTP_11 {
         return None;
     }
@@ -37,10 +56,10 @@ pub fn take_request(parts: &mut request::Parts) -> Option<ClientUpgrade> {
     }
     let protocols = protocols.clone();
     let on_upgrade = parts.extensions.remove::<OnClientUpgrade>()?;
-    Some(ClientUpgrade {
+    Some(ClientUpgrade(Kind::Http1 {
         protocols,
         on_upgrade,
-    })
+    }))
 }
 
 /// Whether a comma-separated header lists `token` (case-insensitively, ignoring a `/version`).
@@ -59,17 +78,30 @@ fn has_token(values: header::GetAll<'_, HeaderValue>, token: &str) -> bool {
 impl ClientUpgrade {
     /// Puts the upgrade request headers back after hop-by-hop stripping.
     pub fn restore_request_headers(&self, headers: &mut HeaderMap) {
-        headers.insert(header::UPGRADE, self.protocols.clone());
-        headers.insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+        match &self.0 {
+            Kind::Http1 { protocols, .. } => {
+                headers.insert(header::UPGRADE, protocols.clone());
+                headers.insert(header::CONNECTION, UPGRADE_TOKEN.clone());
+            }
+            Kind::WebSocketOverH2(pending) => pending.handshake_headers(headers),
+        }
     }
 
     /// Answers the client with the upstream's `101` (hop-by-hop headers stripped, the upgrade
     /// headers kept) and spawns the tunnel that copies bytes both ways once the client side
-    /// switched (the upstream side already has).
+    /// switched (the upstream side already has). An HTTP/2 client's `101` becomes its `200` in
+    /// [`websocket_h2::answer`].
     pub fn switch(self, upstream: Response<ResponseBody>, route: Arc<str>) -> Response<ProxyBody> {
         debug_assert_eq!(upstream.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let (protocols, on_upgrade) = match self.0 {
+            Kind::Http1 {
+                protocols,
+                on_upgrade,
+            } => (protocols, on_upgrade),
+            Kind::WebSocketOverH2(pending) => return pending.switch(upstream, route),
+        };
         let (mut parts, body) = upstream.into_parts();
-        let Some(mut upstream) = body.into_upgraded() else {
+        let Some(upstream) = body.into_upgraded() else {
             tracing::warn!(%route, "101 from an upstream connection that cannot be upgraded");
             return super::response::upstream_error();
         };
@@ -77,28 +109,21 @@ impl ClientUpgrade {
         super::headers::strip_hop_by_hop(&mut parts.headers, false);
         parts
             .headers
-            .insert(header::UPGRADE, protocol.unwrap_or(self.protocols));
+            .insert(header::UPGRADE, protocol.unwrap_or(protocols));
         parts
             .headers
             .insert(header::CONNECTION, UPGRADE_TOKEN.clone());
-        let client_io = self.on_upgrade;
-        tokio::spawn(async move {
-            // The client side switches once the connection has written the 101 returned below.
-            let mut client = match client_io.await {
-                Ok(client) => client,
-                Err(error) => {
-                    tracing::debug!(%route, %error, "upgrade did not complete");
-                    return;
-                }
-            };
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((up, down)) => {
-                    tracing::debug!(%route, bytes_up = up, bytes_down = down, "upgraded connection closed");
-                }
-                Err(error) => tracing::debug!(%route, %error, "upgraded connection ended"),
-            }
-        });
+        // The client side switches once the connection has written the 101 returned below.
+        tunnel::spawn(route, on_upgrade, upstream, ());
         Response::from_parts(parts, super::response::empty())
+    }
+
+    /// Whether an upstream that does not speak HTTP/1.1 must not be sent the request at all:
+    /// an HTTP/1.1 client's upgrade goes there as a plain request (whose answer, not a `101`,
+    /// tells the client it was not switched), but an HTTP/2 client's WebSocket as a plain GET
+    /// could only end in an answer that is no tunnel.
+    pub fn requires_http1_upstream(&self) -> bool {
+        matches!(self.0, Kind::WebSocketOverH2(_))
     }
 }
 
