@@ -1,6 +1,8 @@
 //! Streaming through the real binary: WebSocket upgrades tunnelled to an HTTP/1.1 backend (and
-//! kept across a config change), Server-Sent Events delivered event by event, and gRPC (unary
-//! and server streaming, status in trailers) to an h2c backend selected by a `h2c://` target.
+//! kept across a config change), from HTTP/1.1 clients and from HTTP/2 clients (RFC 8441
+//! extended CONNECT, h2c and h2 over TLS), Server-Sent Events delivered event by event, and gRPC
+//! (unary and server streaming, status in trailers) to an h2c backend selected by a `h2c://`
+//! target.
 
 mod support;
 
@@ -10,7 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -59,7 +61,7 @@ async fn ws_open(port: u16, path: &str, headers: &str) -> (TcpStream, String) {
     (s, String::from_utf8_lossy(&head).into_owned())
 }
 
-async fn ws_send(s: &mut TcpStream, opcode: u8, payload: &[u8]) {
+async fn ws_send<S: AsyncWrite + Unpin>(s: &mut S, opcode: u8, payload: &[u8]) {
     let mut frame = vec![0x80 | opcode];
     match payload.len() {
         n @ 0..=125 => frame.push(0x80 | n as u8),
@@ -83,7 +85,7 @@ fn fastmask(seed: usize) -> [u8; 4] {
 }
 
 /// Reads one (unmasked, server) frame: (opcode, payload).
-async fn ws_recv(s: &mut TcpStream) -> (u8, Vec<u8>) {
+async fn ws_recv<S: AsyncRead + Unpin>(s: &mut S) -> (u8, Vec<u8>) {
     within("a WebSocket frame", async {
         let mut head = [0u8; 2];
         s.read_exact(&mut head).await.expect("frame head");
@@ -217,6 +219,210 @@ async fn websocket_outlives_the_read_timeout() {
         assert_eq!(ws_recv(&mut ws).await, (1, message.to_vec()));
         // The client is quiet for longer than the read timeout.
         tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+// --- WebSocket over HTTP/2 (RFC 8441): hyper's h2 client sends the extended CONNECT. ---
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
+
+async fn h2_connect<I>(io: I) -> H2Sender
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("HTTP/2 handshake with the gateway");
+    tokio::spawn(conn);
+    sender
+}
+
+/// Sends `:method CONNECT`, `:protocol protocol` for `path` on ws.example.com.
+async fn h2_extended_connect(
+    sender: &mut H2Sender,
+    scheme: &str,
+    path: &str,
+    protocol: &'static str,
+    headers: &[(&str, &str)],
+) -> http::Response<hyper::body::Incoming> {
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("{scheme}://ws.example.com{path}"))
+        .header("sec-websocket-version", "13");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let mut req = req.body(Empty::new()).unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    within("the extended CONNECT answer", sender.send_request(req))
+        .await
+        .expect("the gateway answers the extended CONNECT")
+}
+
+/// A gateway with an HTTP and an HTTPS port (a certificate for ws.example.com signed by a CA
+/// of its own, returned as a client config offering ALPN h2), `/ws` to `echo_port` and
+/// `/denied/ws` behind an access policy that denies 127.0.0.1.
+async fn h2_websocket_gateway(
+    dir: &TempDir,
+    echo_port: u16,
+) -> (Proc, u16, u16, tokio_rustls::TlsConnector) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
+        .expect("ca cert");
+    let key = KeyPair::generate().expect("leaf key");
+    let leaf = CertificateParams::new(vec!["ws.example.com".to_string()])
+        .expect("leaf params")
+        .signed_by(&key, &ca)
+        .expect("leaf cert");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("ca root");
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+
+    let (http_port, https_port) = (free_port(), free_port());
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\n\
+             spec:\n  service: {{httpPort: {http_port}, httpsPort: {https_port}}}\n  server:\n    tls: [{{secretName: ws-cert}}]\n"
+        ),
+    );
+    dir.write(
+        "cert.yaml",
+        &tls_secret_yaml("ws-cert", &leaf.pem(), &key.serialize_pem()),
+    );
+    dir.write("ws.yaml", &route_yaml("ws", "gw", "/ws", echo_port, ""));
+    dir.write(
+        "denied.yaml",
+        &format!(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Middleware\nmetadata: {{name: deny-local, namespace: default}}\n\
+             spec:\n  type: accessPolicy\n  rule:\n    action: DENY\n    sourceRanges: [127.0.0.1/32]\n---\n{}",
+            route_yaml(
+                "denied",
+                "gw",
+                "/denied",
+                echo_port,
+                "  middlewares: [deny-local]\n"
+            )
+        ),
+    );
+    let (p, _) = standalone(dir.path(), "gw", free_port()).await;
+    wait_ok(http_port, "ws.example.com", "/ws", WAIT).await;
+    (
+        p,
+        http_port,
+        https_port,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect_h2c_and_tls() {
+    let (_echo, echo_port) = echo("ws");
+    let dir = TempDir::new("ws-h2");
+    let (_sluice, http_port, https_port, tls) = h2_websocket_gateway(&dir, echo_port).await;
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+
+    for transport in ["h2c", "h2 over TLS"] {
+        let tcp_port = if transport == "h2c" {
+            http_port
+        } else {
+            https_port
+        };
+        let tcp = TcpStream::connect(("127.0.0.1", tcp_port))
+            .await
+            .expect("connect to the gateway");
+        let (mut sender, scheme) = if transport == "h2c" {
+            (h2_connect(tcp).await, "http")
+        } else {
+            let name = rustls::pki_types::ServerName::try_from("ws.example.com").unwrap();
+            let stream = within("the TLS handshake", tls.connect(name, tcp))
+                .await
+                .expect("TLS handshake");
+            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+            (h2_connect(stream).await, "https")
+        };
+
+        let mut resp = h2_extended_connect(&mut sender, scheme, "/ws", "websocket", &[]).await;
+        assert_eq!(resp.status(), 200, "{transport}: {resp:?}");
+        for hop_by_hop in ["upgrade", "connection", "sec-websocket-accept"] {
+            assert!(
+                !resp.headers().contains_key(hop_by_hop),
+                "{transport}: {hop_by_hop}: {resp:?}"
+            );
+        }
+        assert!(resp.headers().contains_key("x-goma-request-id"), "{resp:?}");
+        let upgraded = within("the stream switches", hyper::upgrade::on(&mut resp))
+            .await
+            .expect("the 200 switches the stream");
+        let mut ws = hyper_util::rt::TokioIo::new(upgraded);
+        ws_send(&mut ws, 1, b"hello over h2").await;
+        assert_eq!(ws_recv(&mut ws).await, (1, b"hello over h2".to_vec()));
+        ws_send(&mut ws, 2, &[0, 1, 2, 255]).await;
+        assert_eq!(ws_recv(&mut ws).await, (2, vec![0, 1, 2, 255]));
+        // A binary message with a 64-bit length, larger than the HTTP/2 windows and frames.
+        ws_send(&mut ws, 2, &big).await;
+        assert_eq!(ws_recv(&mut ws).await, (2, big.clone()), "{transport}");
+        ws_send(&mut ws, 1, "τέλος".as_bytes()).await;
+        assert_eq!(ws_recv(&mut ws).await, (1, "τέλος".as_bytes().to_vec()));
+
+        // The same connection serves other streams meanwhile, among them a second WebSocket.
+        let mut second = h2_extended_connect(&mut sender, scheme, "/ws", "websocket", &[]).await;
+        assert_eq!(second.status(), 200, "{transport}");
+        let mut ws2 = hyper_util::rt::TokioIo::new(
+            within(
+                "the second stream switches",
+                hyper::upgrade::on(&mut second),
+            )
+            .await
+            .expect("switched"),
+        );
+        ws_send(&mut ws2, 1, b"two").await;
+        ws_send(&mut ws, 1, b"one").await;
+        assert_eq!(ws_recv(&mut ws2).await, (1, b"two".to_vec()));
+        assert_eq!(ws_recv(&mut ws).await, (1, b"one".to_vec()));
+
+        // Close handshake, then the backend closes: the stream ends.
+        ws_send(&mut ws, 8, &[0x03, 0xE8]).await;
+        assert_eq!(ws_recv(&mut ws).await, (8, vec![0x03, 0xE8]));
+        let mut rest = Vec::new();
+        within("the tunnel closes", ws.read_to_end(&mut rest))
+            .await
+            .expect("clean close");
+        assert!(rest.is_empty(), "{rest:?}");
+
+        // A backend refusing the upgrade: its answer reaches the client as it is.
+        let resp = h2_extended_connect(
+            &mut sender,
+            scheme,
+            "/ws",
+            "websocket",
+            &[("x-echo-status", "403")],
+        )
+        .await;
+        assert_eq!(resp.status(), 403, "{transport}");
+        // A route whose middleware denies the client denies its extended CONNECT too.
+        let resp = h2_extended_connect(&mut sender, scheme, "/denied/ws", "websocket", &[]).await;
+        assert_eq!(resp.status(), 403, "{transport}");
+        // Unrouted paths are 404, as for any request.
+        let resp = h2_extended_connect(&mut sender, scheme, "/nowhere", "websocket", &[]).await;
+        assert_eq!(resp.status(), 404, "{transport}");
+        // A protocol the gateway cannot translate.
+        let resp = h2_extended_connect(&mut sender, scheme, "/ws", "foo", &[]).await;
+        assert_eq!(resp.status(), 501, "{transport}");
+        drop(ws2);
     }
 }
 

@@ -4,7 +4,8 @@
 //! provoke errors. On the same port (HTTP/1.1 and h2c) it also serves:
 //! * gRPC (`content-type: application/grpc*`): `grpc.health.v1.Health`, reporting the backend's
 //!   name as a service, SERVING until a request carries `x-echo-health: NOT_SERVING`;
-//! * WebSocket (`Upgrade: websocket`): every message is echoed back;
+//! * WebSocket (`Upgrade: websocket`): every message is echoed back (with `x-echo-status` the
+//!   upgrade is refused with that status);
 //! * Server-Sent Events (`x-echo-sse: N`): N events, the last one held back until some request
 //!   carries `x-echo-sse-release`, so a test can tell streaming from buffering.
 //!
@@ -102,7 +103,8 @@ impl Echo {
             };
             return Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()));
         }
-        if websocket::is_upgrade(&req) {
+        // `x-echo-status` refuses an upgrade with that status (a plain answer follows).
+        if websocket::is_upgrade(&req) && header("x-echo-status").is_none() {
             return Ok(websocket::accept(req));
         }
         if header("x-echo-sse-release").is_some() {
