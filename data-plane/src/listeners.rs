@@ -1293,6 +1293,15 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
 
+        // A plain CONNECT (no :protocol) is served as before: no route has its empty path.
+        let plain = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("app.example.com:443")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(plain).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
         // Once the tunnel closes, the idle connection is closed.
         drop(tunnel);
         timed("the idle connection closes", conn)

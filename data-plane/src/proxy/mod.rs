@@ -650,6 +650,75 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
 
+    /// An HTTP/2 WebSocket is routed as the GET upgrade it stands for; what cannot become its
+    /// tunnel never answers it with a 2xx (which in HTTP/2 would mean the tunnel is open).
+    #[tokio::test]
+    async fn websocket_over_h2_is_routed_as_a_get_and_never_falsely_accepted() {
+        let (silent, plain) = (silent_backend().await, header_echo("plain").await);
+        let mut res = Resources::default();
+        res.add_http_listener("http", PORT)
+            .add_cluster("plain", &[("127.0.0.1", plain.port())])
+            .add_cluster("h2", &[("127.0.0.1", silent.port())]);
+        let mut h2 = res.clusters.get("h2").expect("held");
+        h2.protocol = pb::UpstreamProtocol::H2c as i32;
+        res.clusters.insert("h2".into(), Arc::new(h2));
+        let mut get_only = route(
+            "get-only",
+            "/ws",
+            forward(vec![backend("plain", false)], None),
+        );
+        get_only.allowed_methods = vec!["GET".into()];
+        let direct = |status| {
+            pb::route::Action::DirectResponse(pb::DirectResponse {
+                status,
+                body: "local".into(),
+                ..Default::default()
+            })
+        };
+        for r in [
+            get_only,
+            route("h2", "/h2", forward(vec![backend("h2", false)], Some(2000))),
+            route("direct", "/direct", direct(200)),
+            route("teapot", "/teapot", direct(418)),
+        ] {
+            res.routes.insert(r.name.clone(), Arc::new(r));
+        }
+        let snap = Compiler::new().compile(&res);
+        let websocket = |path: &str, protocol: &'static str| {
+            let mut req = Request::builder()
+                .method(Method::CONNECT)
+                .version(http::Version::HTTP_2)
+                .uri(format!("http://h.example.com{path}"))
+                .header("sec-websocket-version", "13")
+                .body(Full::new(Bytes::new()).map_err(|never: Infallible| match never {}))
+                .unwrap();
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static(protocol));
+            req.extensions_mut()
+                .insert(hyper::upgrade::on(Request::new(())));
+            handle(snap.clone(), PORT, client().into(), None, req)
+        };
+
+        // Matched as a GET (else 405); the backend ignores the upgrade and answers 200.
+        let resp = websocket("/ws", "websocket").await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(resp.headers()["x-goma-request-id"].len(), 32);
+        assert_eq!(body(resp).await, "upstream did not switch to WebSocket\n");
+        // Never sent to an HTTP/2 cluster as a plain GET (the silent backend would time out).
+        let resp = websocket("/h2", "websocket").await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(body(resp).await, "WebSocket needs an HTTP/1.1 upstream\n");
+        assert_eq!(
+            websocket("/direct", "websocket").await.status(),
+            StatusCode::BAD_GATEWAY
+        );
+        let resp = websocket("/teapot", "websocket").await;
+        assert_eq!(resp.status(), StatusCode::IM_A_TEAPOT);
+        assert_eq!(body(resp).await, "local");
+        let resp = websocket("/ws", "connect-udp").await;
+        assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+    }
+
     /// Answers `name|x-forwarded-for|x-real-ip|x-goma-request-id`.
     async fn header_echo(name: &'static str) -> SocketAddr {
         use hyper_util::rt::TokioIo;
