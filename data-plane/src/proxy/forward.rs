@@ -232,7 +232,7 @@ where
                 .as_ref()
                 .is_some_and(ClientUpgrade::requires_http1_upstream)
         {
-            tracing::warn!(%route, cluster = %target.cluster.name, "WebSocket over HTTP/2 routed to a cluster that does not speak HTTP/1.1");
+            tracing::debug!(%route, cluster = %target.cluster.name, "WebSocket over HTTP/2 routed to a cluster that does not speak HTTP/1.1");
             return response::text(
                 StatusCode::BAD_GATEWAY,
                 "WebSocket needs an HTTP/1.1 upstream\n",

@@ -8,7 +8,8 @@
 //! unknown one on would open a tunnel nothing routed. A plain CONNECT (no `:protocol`) is not
 //! touched here.
 
-use super::tunnel;
+use super::{UPGRADE_TOKEN, tunnel};
+use crate::proxy::headers::X_GOMA_REQUEST_ID;
 use crate::proxy::response::{self, ProxyBody};
 use crate::timeouts::TunnelActivity;
 use crate::upstream::ResponseBody;
@@ -25,9 +26,8 @@ use std::sync::Arc;
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const WEBSOCKET: &str = "websocket";
 static WEBSOCKET_TOKEN: HeaderValue = HeaderValue::from_static(WEBSOCKET);
-static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
-pub static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
-pub static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+static SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+static SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
 /// An HTTP/2 client's pending WebSocket, carried in the request's extensions from
 /// [`prepare`] (before routing) to forwarding. Clone, as request extensions are.
@@ -119,7 +119,7 @@ impl Pending {
             tracing::warn!(%route, "101 from an upstream connection that cannot be upgraded");
             return response::upstream_error();
         };
-        super::super::headers::strip_hop_by_hop(&mut parts.headers, false);
+        crate::proxy::headers::strip_hop_by_hop(&mut parts.headers, false);
         parts
             .headers
             .insert(header::UPGRADE, WEBSOCKET_TOKEN.clone());
@@ -158,11 +158,9 @@ pub fn answer(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
             StatusCode::BAD_GATEWAY,
             "upstream did not switch to WebSocket\n",
         );
-        // Keep what identifies the request (x-goma-request-id) and the route's headers.
-        for (name, value) in resp.headers() {
-            if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-                refused.headers_mut().append(name, value.clone());
-            }
+        // The id, so the client can quote it; the rest belonged to an answer not relayed.
+        if let Some(id) = resp.headers_mut().remove(&X_GOMA_REQUEST_ID) {
+            refused.headers_mut().insert(X_GOMA_REQUEST_ID.clone(), id);
         }
         return refused;
     }
@@ -342,10 +340,11 @@ mod tests {
 
         let not_switched = answer(with_status(
             StatusCode::OK,
-            &[("x-goma-request-id", "id-2"), ("content-length", "0")],
+            &[("x-goma-request-id", "id-2"), ("set-cookie", "a=b")],
         ));
         assert_eq!(not_switched.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(not_switched.headers()["x-goma-request-id"], "id-2");
+        assert!(!not_switched.headers().contains_key("set-cookie"));
 
         for status in [
             StatusCode::FORBIDDEN,
