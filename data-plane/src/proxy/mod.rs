@@ -68,33 +68,20 @@ where
     B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
     let mut req = req;
-    // An HTTP/2 WebSocket (extended CONNECT) is served as the HTTP/1.1 upgrade it stands for.
-    match upgrade::websocket_h2::prepare(&mut req) {
-        Prepared::Other => route_and_serve(snapshot, port, client, tls, req, report).await,
-        Prepared::WebSocket => upgrade::websocket_h2::answer(
-            route_and_serve(snapshot, port, client, tls, req, report).await,
-        ),
-        Prepared::Unsupported => upgrade::websocket_h2::unsupported(),
-    }
-}
-
-/// [`handle_reporting`] once the request is in the form routing expects.
-async fn route_and_serve<B>(
-    snapshot: Arc<Snapshot>,
-    port: u16,
-    client: Peer,
-    tls: Option<&TlsConnection>,
-    req: Request<B>,
-    report: &mut Report,
-) -> Response<ProxyBody>
-where
-    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
-{
+    // An HTTP/2 WebSocket (extended CONNECT) is served as the HTTP/1.1 upgrade it stands for,
+    // and its answer turned back at the end. The early returns below are all refusals (4xx),
+    // which it would pass unchanged. Not a wrapping `async fn`: one more level of future would
+    // hold, and copy, the whole request's state.
+    let websocket = match upgrade::websocket_h2::prepare(&mut req) {
+        Prepared::Other => false,
+        Prepared::WebSocket => true,
+        Prepared::Unsupported => return upgrade::websocket_h2::unsupported(),
+    };
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_LEN {
         return response::uri_too_long();
     }
     let Some(index) = snapshot.port(port) else {
-        return not_found(req.headers());
+        return not_found(req.headers(), websocket);
     };
     let origin = {
         let peer = client.addr.ip().to_canonical();
@@ -129,7 +116,7 @@ where
                 report.matched(r);
                 return response::method_not_allowed(r.allow.as_ref());
             }
-            Lookup::NotFound => return not_found(req.headers()),
+            Lookup::NotFound => return not_found(req.headers(), websocket),
         };
         let route = &entry.route;
         report.matched(route);
@@ -216,7 +203,11 @@ where
         cors.decorate(cors_origin.as_ref(), resp.headers_mut());
     }
     route.response_headers.apply(resp.headers_mut());
-    resp
+    if websocket {
+        upgrade::websocket_h2::answer(resp)
+    } else {
+        resp
+    }
 }
 
 /// What a routed request gets.
@@ -229,11 +220,13 @@ enum Plan {
     },
 }
 
-/// No route: 404, or for a gRPC request the gRPC status UNIMPLEMENTED.
-fn not_found(headers: &http::HeaderMap) -> Response<ProxyBody> {
-    let grpc = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+/// No route: 404, or for a gRPC request the gRPC status UNIMPLEMENTED (never for a WebSocket
+/// handshake, whose 2xx would mean the tunnel is open).
+fn not_found(headers: &http::HeaderMap, websocket: bool) -> Response<ProxyBody> {
+    let grpc = !websocket
+        && headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if grpc {
         response::grpc_unimplemented()
     } else {
@@ -717,6 +710,20 @@ mod tests {
         assert_eq!(body(resp).await, "local");
         let resp = websocket("/ws", "connect-udp").await;
         assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+        // Unrouted: 404 even when it claims to be gRPC (whose "unimplemented" is a 200).
+        let mut grpc = Request::builder()
+            .method(Method::CONNECT)
+            .version(http::Version::HTTP_2)
+            .uri("http://h.example.com/nowhere")
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::new()).map_err(|never: Infallible| match never {}))
+            .unwrap();
+        grpc.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        grpc.extensions_mut()
+            .insert(hyper::upgrade::on(Request::new(())));
+        let resp = handle(snap.clone(), PORT, client().into(), None, grpc).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     }
 
     /// Answers `name|x-forwarded-for|x-real-ip|x-goma-request-id`.
