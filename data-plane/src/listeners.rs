@@ -566,10 +566,8 @@ impl Client {
             let req = req.map(|body| WaitingBody::new(body, bound));
             let observer = service_shared.observer.clone();
             let peer = peer.clone();
-            // Boxed so the connection's future stays small while idle (the request's state
-            // machine is several KiB); allocated first and written in place, since
-            // `Box::pin(async { .. })` builds the whole state on the stack and copies it.
-            in_place::boxed(Box::new_uninit(), async move {
+            // Not boxed here: the server boxes each exchange, this future included.
+            async move {
                 let response = observer
                     .serve(snapshot, port, peer, tls.as_deref(), None, req)
                     .await;
@@ -578,12 +576,15 @@ impl Client {
                 }
                 // In flight until the response body is done, not just its head.
                 response.map(|body| InFlightBody::new(body, in_flight, None))
-            })
+            }
         };
         let ended = http1::serve(io, true, MAX_HEADER_BYTES, &mut self.lifecycle, service).await;
         match ended {
             Ok(Ended::Http2 { io, read }) => {
-                self.serve_h2(Rewind::new(read.to_vec(), io)).await;
+                // Boxed: hyper's HTTP/2 connection would otherwise size every HTTP/1.1
+                // connection's task.
+                let rewound = Rewind::new(read.to_vec(), io);
+                in_place::boxed(Box::new_uninit(), self.serve_h2(rewound)).await;
             }
             Ok(Ended::Closed | Ended::Upgraded) => {}
             Err(error) => {
