@@ -177,18 +177,38 @@ pub struct ResponseHead {
 struct FramingFields {
     content_length: bool,
     transfer_encoding: bool,
+    /// A Connection field kept in the map (one that lists more than keep-alive and close).
     connection: bool,
+    /// `close` was among the tokens of a Connection field that was not kept.
+    close: bool,
 }
 
 impl FramingFields {
-    fn note(&mut self, name: &HeaderName) {
+    /// Notes a field; false when it is a Connection field of only `keep-alive` and `close`,
+    /// which is not kept: such a field concerns this hop alone, and the proxy would remove it
+    /// from the relayed response anyway (at a cost of a hashed insert and removal per response).
+    fn note(&mut self, name: &HeaderName, value: &[u8]) -> bool {
         if *name == CONTENT_LENGTH {
             self.content_length = true;
         } else if *name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
         } else if *name == CONNECTION {
+            let mut close = false;
+            let plain = value.split(|b| *b == b',').all(|token| {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                    return true;
+                }
+                token.eq_ignore_ascii_case(b"keep-alive")
+            });
+            if plain {
+                self.close |= close;
+                return false;
+            }
             self.connection = true;
         }
+        true
     }
 }
 
@@ -246,11 +266,13 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
         let name = &head[name as usize..(name + name_len) as usize];
         let name = HeaderName::from_bytes(name)
             .map_err(|_| ProtocolError::HeaderField(String::from_utf8_lossy(name).into()))?;
-        let value = head.slice(value as usize..(value + value_len) as usize);
+        let value = value as usize..(value + value_len) as usize;
+        if !framing_fields.note(&name, &head[value.clone()]) {
+            continue;
+        }
         // SAFETY: httparse accepted the value, which admits only HTAB, SP, VCHAR and obs-text:
         // a subset of what a HeaderValue allows (no second validation pass, as in hyper).
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(value) };
-        framing_fields.note(&name);
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(value)) };
         headers.append(name, value);
     }
     Ok(Some(ResponseHead {
@@ -373,6 +395,7 @@ pub fn has_close(headers: &HeaderMap) -> bool {
 /// and closing is always safe).
 pub fn response_keeps_alive(head: &ResponseHead) -> bool {
     head.version == Version::HTTP_11
+        && !head.framing_fields.close
         && !(head.framing_fields.connection && has_close(&head.headers))
 }
 
@@ -753,6 +776,43 @@ mod tests {
             "HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\n\r\n"
         ));
         assert!(!alive("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n"));
+        assert!(!alive("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n"));
+        assert!(!alive(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nconnection: x-hop, close\r\n\r\n"
+        ));
+        assert!(alive(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\n\r\n"
+        ));
+    }
+
+    /// A Connection field of only `keep-alive`/`close` is noted, not kept (it concerns this hop
+    /// alone); one naming other fields stays for the relay to remove what it lists.
+    #[test]
+    fn plain_connection_fields_are_not_kept() {
+        let kept = |h: &str| {
+            head(h)
+                .unwrap()
+                .unwrap()
+                .headers
+                .get_all(CONNECTION)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert!(kept("HTTP/1.1 200 OK\r\nConnection: Keep-Alive\r\n\r\n").is_empty());
+        assert!(kept("HTTP/1.1 200 OK\r\nconnection: close , keep-alive\r\n\r\n").is_empty());
+        assert_eq!(
+            kept("HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\n\r\n"),
+            ["close, x-hop"]
+        );
+        assert_eq!(
+            kept("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\r\n"),
+            ["upgrade"]
+        );
+        assert_eq!(
+            kept("HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: x-hop\r\n\r\n"),
+            ["x-hop"]
+        );
     }
 
     /// Decodes `input` fed in pieces of `step` bytes.
