@@ -1002,36 +1002,50 @@ mod tests {
 
     /// A backend that switches every request to a raw byte echo (`Upgrade: echo`).
     async fn upgrading_backend() -> SocketAddr {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        upgrade_backend(|mut req: Request<Incoming>| async move {
+            echo_upgraded(hyper::upgrade::on(&mut req));
+            let resp = Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("upgrade", "echo")
+                .header("connection", "upgrade")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            Ok(resp)
+        })
+        .await
+    }
+
+    /// An HTTP/1.1 backend with upgrades on a local port, answering with `handle`.
+    async fn upgrade_backend<F, R>(handle: F) -> SocketAddr
+    where
+        F: Fn(Request<Incoming>) -> R + Clone + Send + 'static,
+        R: Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let svc = service_fn(|mut req: Request<hyper::body::Incoming>| async move {
-                    let on_upgrade = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        let mut io = TokioIo::new(on_upgrade.await.unwrap());
-                        let mut buf = [0u8; 64];
-                        while let Ok(n @ 1..) = io.read(&mut buf).await {
-                            io.write_all(&buf[..n]).await.unwrap();
-                        }
-                    });
-                    let resp = Response::builder()
-                        .status(StatusCode::SWITCHING_PROTOCOLS)
-                        .header("upgrade", "echo")
-                        .header("connection", "upgrade")
-                        .body(Full::new(Bytes::new()))
-                        .unwrap();
-                    Ok::<_, Infallible>(resp)
-                });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection(TokioIo::new(stream), service_fn(handle.clone()))
                         .with_upgrades(),
                 );
             }
         });
         addr
+    }
+
+    /// Echoes an upgraded connection's bytes back until it closes.
+    fn echo_upgraded(on_upgrade: hyper::upgrade::OnUpgrade) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tokio::spawn(async move {
+            let Ok(io) = on_upgrade.await else { return };
+            let mut io = TokioIo::new(io);
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                io.write_all(&buf[..n]).await.unwrap();
+            }
+        });
     }
 
     /// Shutdown reaches a connection waiting for its next request at once: it closes, and the
@@ -1123,55 +1137,35 @@ mod tests {
     /// first offered subprotocol selected. Anything else gets 400.
     async fn websocket_backend() -> SocketAddr {
         use crate::proxy::upgrade::websocket_h2::accept_key;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let svc = service_fn(|mut req: Request<hyper::body::Incoming>| async move {
-                    let h = |n: &str| req.headers().get(n).cloned();
-                    let (Some(upgrade), Some(key)) = (h("upgrade"), h("sec-websocket-key")) else {
-                        let resp = Response::builder().status(StatusCode::BAD_REQUEST);
-                        return Ok::<_, Infallible>(resp.body(Full::new(Bytes::new())).unwrap());
-                    };
-                    assert_eq!(req.method(), http::Method::GET);
-                    assert_eq!(upgrade, "websocket");
-                    assert_eq!(h("connection").unwrap(), "upgrade");
-                    assert_eq!(h("sec-websocket-version").unwrap(), "13");
-                    let accept = if req.uri().path() == "/bad-accept" {
-                        accept_key(b"not the key")
-                    } else {
-                        accept_key(key.as_bytes())
-                    };
-                    let protocol = h("sec-websocket-protocol")
-                        .and_then(|p| p.to_str().ok()?.split(',').next().map(str::to_owned));
-                    let on_upgrade = hyper::upgrade::on(&mut req);
-                    tokio::spawn(async move {
-                        let Ok(io) = on_upgrade.await else { return };
-                        let mut io = TokioIo::new(io);
-                        let mut buf = [0u8; 64];
-                        while let Ok(n @ 1..) = io.read(&mut buf).await {
-                            io.write_all(&buf[..n]).await.unwrap();
-                        }
-                    });
-                    let mut resp = Response::builder()
-                        .status(StatusCode::SWITCHING_PROTOCOLS)
-                        .header("upgrade", "websocket")
-                        .header("connection", "upgrade")
-                        .header("sec-websocket-accept", accept);
-                    if let Some(p) = protocol {
-                        resp = resp.header("sec-websocket-protocol", p);
-                    }
-                    Ok(resp.body(Full::new(Bytes::new())).unwrap())
-                });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades(),
-                );
+        upgrade_backend(|mut req: Request<Incoming>| async move {
+            let h = |n: &str| req.headers().get(n).cloned();
+            let (Some(upgrade), Some(key)) = (h("upgrade"), h("sec-websocket-key")) else {
+                let resp = Response::builder().status(StatusCode::BAD_REQUEST);
+                return Ok(resp.body(Full::new(Bytes::new())).unwrap());
+            };
+            assert_eq!(req.method(), http::Method::GET);
+            assert_eq!(upgrade, "websocket");
+            assert_eq!(h("connection").unwrap(), "upgrade");
+            assert_eq!(h("sec-websocket-version").unwrap(), "13");
+            let accept = if req.uri().path() == "/bad-accept" {
+                accept_key(b"not the key")
+            } else {
+                accept_key(key.as_bytes())
+            };
+            let protocol = h("sec-websocket-protocol")
+                .and_then(|p| p.to_str().ok()?.split(',').next().map(str::to_owned));
+            echo_upgraded(hyper::upgrade::on(&mut req));
+            let mut resp = Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", accept);
+            if let Some(p) = protocol {
+                resp = resp.header("sec-websocket-protocol", p);
             }
-        });
-        addr
+            Ok(resp.body(Full::new(Bytes::new())).unwrap())
+        })
+        .await
     }
 
     /// RFC 8441 on an h2c connection: the extended CONNECT becomes the backend's HTTP/1.1
