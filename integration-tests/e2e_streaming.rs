@@ -102,6 +102,17 @@ async fn ws_recv<S: AsyncRead + Unpin>(s: &mut S) -> (u8, Vec<u8>) {
     .await
 }
 
+/// The close handshake (code 1000), after which the backend closes: the stream ends cleanly.
+async fn ws_close<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    ws_send(s, 8, &[0x03, 0xE8]).await;
+    assert_eq!(ws_recv(s).await, (8, vec![0x03, 0xE8]));
+    let mut rest = Vec::new();
+    within("the tunnel closes", s.read_to_end(&mut rest))
+        .await
+        .expect("clean close");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_is_tunnelled_and_survives_config_changes() {
     let (_echo, echo_port) = echo("ws");
@@ -151,13 +162,7 @@ async fn websocket_is_tunnelled_and_survives_config_changes() {
     assert_eq!(ws_recv(&mut ws).await, (2, big));
     ws_send(&mut ws, 9, b"ping").await;
     assert_eq!(ws_recv(&mut ws).await, (10, b"ping".to_vec()));
-    ws_send(&mut ws, 8, &[0x03, 0xE8]).await;
-    assert_eq!(ws_recv(&mut ws).await, (8, vec![0x03, 0xE8]));
-    let mut rest = Vec::new();
-    within("the tunnel closes", ws.read_to_end(&mut rest))
-        .await
-        .expect("clean close");
-    assert!(rest.is_empty(), "{rest:?}");
+    ws_close(&mut ws).await;
 
     // `Upgrade: h2c` is not passed on (it would open an HTTP/2 tunnel past routing).
     let r = request(
@@ -395,13 +400,7 @@ async fn websocket_over_http2_extended_connect_h2c_and_tls() {
         assert_eq!(ws_recv(&mut ws).await, (1, b"one".to_vec()));
 
         // Close handshake, then the backend closes: the stream ends.
-        ws_send(&mut ws, 8, &[0x03, 0xE8]).await;
-        assert_eq!(ws_recv(&mut ws).await, (8, vec![0x03, 0xE8]));
-        let mut rest = Vec::new();
-        within("the tunnel closes", ws.read_to_end(&mut rest))
-            .await
-            .expect("clean close");
-        assert!(rest.is_empty(), "{rest:?}");
+        ws_close(&mut ws).await;
 
         // A backend refusing the upgrade: its answer reaches the client as it is.
         let resp = h2_extended_connect(
