@@ -1048,6 +1048,30 @@ mod tests {
         });
     }
 
+    /// An idle plain connection costs mostly its task, which is as large as this future's
+    /// largest state: the TLS path, each HTTP/1.1 exchange and an HTTP/2 hand-over are boxed so
+    /// that waiting for the next request stays small.
+    #[tokio::test]
+    async fn a_plain_connection_task_is_small() {
+        let runtime = ProxyRuntime::new(IpAddr::from([127, 0, 0, 1]));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, remote) = listener.accept().await.unwrap();
+        let (_stop, rx) = watch::channel(false);
+        let task = serve_connection(
+            stream,
+            remote,
+            addr.port(),
+            None,
+            rx,
+            runtime.shared.clone(),
+        );
+        let size = std::mem::size_of_val(&task);
+        println!("plain connection task future: {size} bytes");
+        assert!(size <= 1536, "{size} bytes");
+    }
+
     /// Shutdown reaches a connection waiting for its next request at once: it closes, and the
     /// drain does not wait out the grace period.
     #[tokio::test]
