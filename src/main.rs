@@ -1,5 +1,6 @@
 //! The `sluice` binary: CLI wiring only. The work lives in the control-plane and data-plane crates.
 
+mod block_cache;
 mod echo;
 
 use anyhow::{Context, bail};
@@ -329,23 +330,31 @@ async fn shutdown_signal() {
     }
 }
 
+#[global_allocator]
+static ALLOCATOR: block_cache::BlockCache = block_cache::BlockCache;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
-    let runtime = match cli.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
+    let mut builder = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(0) => bail!("--worker-threads must be at least 1"),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    }
-    .context("starting the async runtime")?;
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    // The runtime's threads (and this one, which runs a current-thread runtime's tasks) keep
+    // freed request-sized blocks for the next request.
+    block_cache::enable();
+    let runtime = builder
+        .enable_all()
+        .on_thread_start(block_cache::enable)
+        .on_thread_stop(block_cache::flush)
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
             Command::Standalone(args) => standalone(args).await,
