@@ -134,16 +134,20 @@ where
         };
         // The exchange (the service's future and the response's writing, several KiB) lives in
         // one allocation per request, so a connection waiting for its next request holds none
-        // of it. Written in place: see `in_place`.
-        let exchange = exchange(
-            &wire,
-            &mut out,
-            head,
-            &mut service,
-            lifecycle,
-            max_head_bytes,
+        // of it. Built in the call, after the allocation: a future built before it is copied
+        // into it whole (see `in_place`).
+        let exchange = in_place::boxed(
+            Box::new_uninit(),
+            exchange(
+                &wire,
+                &mut out,
+                head,
+                &mut service,
+                lifecycle,
+                max_head_bytes,
+            ),
         );
-        match in_place::boxed(Box::new_uninit(), exchange).await? {
+        match exchange.await? {
             After::KeepAlive => {}
             After::Close => break,
             After::ClientGone => return Ok(Ended::Closed),
