@@ -65,6 +65,9 @@ pub struct RequestHead {
     pub wants_upgrade: bool,
 }
 
+/// Start and end offsets of a field's name or value in its head.
+type Span = (u32, u32);
+
 /// Parses a request head at the start of `buf`, consuming it. `Ok(None)`: not complete yet (and
 /// within `max_bytes`).
 pub fn parse_request_head(
@@ -105,11 +108,15 @@ pub fn parse_request_head(
         _ => Version::HTTP_11,
     };
     // (name, value) spans, kept on the stack: the fields borrow `buf`, which is split next.
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
+    // Uninitialised: only the parsed fields' spans are written.
+    let mut spans = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let count = parsed.headers.len();
     for (slot, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-        *slot = (span(field.name.as_bytes()), span(field.value));
+        slot.write((span(field.name.as_bytes()), span(field.value)));
     }
+    // SAFETY: httparse fills at most MAX_HEADERS fields, and the loop wrote a span for each.
+    let spans: &[(Span, Span)] =
+        unsafe { std::slice::from_raw_parts(spans.as_ptr().cast(), count) };
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (X-Forwarded-*, X-Real-IP, the request ID): growing the
     // map rehashes it, which costs more than the larger allocation.
@@ -117,7 +124,7 @@ pub fn parse_request_head(
     // Which fields that matter here are present, noted while building the map: most requests
     // carry none but Host, and each lookup afterwards would hash its name again.
     let mut seen = Seen::default();
-    for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
+    for &((name_start, name_end), (value_start, value_end)) in spans {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| Rejection::bad("invalid header field name"))?;
         let value = head.slice(value_start as usize..value_end as usize);
