@@ -1,11 +1,12 @@
-//! The process's allocator: the system's, with a small per-thread cache of freed blocks of 1 to
-//! 8 KiB in front of it.
+//! The process's allocator: the system's, with a small per-thread cache of freed blocks of 128
+//! bytes to 8 KiB in front of it.
 //!
 //! glibc serves blocks up to 1,032 bytes from its own per-thread cache in a few dozen
-//! instructions, but a larger block goes through its bins: several hundred instructions for a
-//! malloc and free pair. Each proxied request allocates a few such blocks for its own lifetime
-//! (the client read buffer, the request's header map, the exchange and forwarding futures) and
-//! frees them when it ends, so the next request on the thread can take them back.
+//! instructions, but keeps only seven of each size there, and a larger block always goes through
+//! its bins: several hundred instructions for a malloc and free pair. Each proxied request
+//! allocates such blocks for its own lifetime (the client read buffer, the header maps, the
+//! exchange and forwarding futures) and frees them when it ends, with as many requests in flight
+//! on a thread as it has busy connections; the next requests on the thread take them back.
 //!
 //! Bounded, unlike a general-purpose allocator's caches: at most [`DEPTH`] blocks per size class
 //! and [`BUDGET`] bytes on a thread, only on threads that [`enable`] it (the runtime's), and [`flush`]ed when such a
@@ -17,11 +18,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
 use std::ptr;
 
-/// Blocks above this are cached (smaller ones are glibc's own cache's)...
-const MIN: usize = 1024;
-/// ...up to this size, in classes of glibc's own granularity (a block rounded up to its class's
-/// size takes the same chunk that glibc would give the exact size).
-const MAX: usize = 8 * 1024;
+/// Blocks above this are cached (smaller ones are few per request, and cheap in glibc)...
+const MIN: usize = 120;
+/// ...up to this size, in classes of glibc's own granularity: chunks 16 bytes apart, each with
+/// room for 8 bytes less than its size, so a block rounded up to its class's size takes the same
+/// chunk that glibc would give the exact size.
+const MAX: usize = 8 * 1024 + 8;
 const GRANULE: usize = 16;
 const CLASSES: usize = (MAX - MIN) / GRANULE;
 /// Free blocks kept per class and thread: about as many as requests in flight on a busy thread,
@@ -184,14 +186,16 @@ mod tests {
 
     #[test]
     fn classes_cover_the_range_in_granules() {
-        assert_eq!(class_of(1024, 8), None);
-        assert_eq!(class_of(1025, 8), Some(0));
-        assert_eq!(class_size(0), 1040);
-        assert_eq!(class_of(1040, 8), Some(0));
-        assert_eq!(class_of(1041, 8), Some(1));
-        assert_eq!(class_of(8192, 8), Some(CLASSES - 1));
-        assert_eq!(class_size(CLASSES - 1), 8192);
-        assert_eq!(class_of(8193, 8), None);
+        assert_eq!(class_of(120, 8), None);
+        assert_eq!(class_of(121, 8), Some(0));
+        assert_eq!(class_size(0), 136);
+        assert_eq!(class_of(136, 8), Some(0));
+        assert_eq!(class_of(137, 8), Some(1));
+        assert_eq!(class_of(8200, 8), Some(CLASSES - 1));
+        assert_eq!(class_size(CLASSES - 1), 8200);
+        assert_eq!(class_of(8201, 8), None);
+        // glibc's usable sizes: 16 * n + 8.
+        assert!((0..CLASSES).all(|c| class_size(c) % 16 == 8));
         assert_eq!(
             class_of(2048, 32),
             None,
@@ -216,10 +220,10 @@ mod tests {
             a.write_bytes(0xab, 2000);
             BlockCache.dealloc(a, layout(2000));
             // Any size of the class gets it, at the class's full size.
-            let b = BlockCache.alloc(layout(1990));
+            let b = BlockCache.alloc(layout(1995));
             assert_eq!(a, b);
-            b.write_bytes(0xcd, 1990);
-            BlockCache.dealloc(b, layout(1990));
+            b.write_bytes(0xcd, 1995);
+            BlockCache.dealloc(b, layout(1995));
             flush();
             assert!(with_cache(|c| !c.enabled && c.len.iter().all(|&l| l == 0)));
         })
