@@ -250,6 +250,65 @@ async fn tls_by_sni_with_route_certificates_alpn_and_live_rotation() {
     assert_eq!(served_cert(&s), rotated.2);
 }
 
+/// A client that sends an IP address as its SNI (as OpenSSL's do when told to, and wrk does) is
+/// not refused, and costs no log line per handshake: rustls warns about it, which the default
+/// log filter leaves out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_address_as_sni_is_handshaken_without_a_log_line() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let site = pki.leaf(&["site.test"]);
+    let (_echo, echo_port) = echo("backend");
+    let (http_port, https_port, admin) = (free_port(), free_port(), free_port());
+    let dir = TempDir::new("tls-ip-sni");
+    dir.write(
+        "gw.yaml",
+        &format!(
+            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  service: {{httpPort: {http_port}, httpsPort: {https_port}}}\n  server:\n    tls: [{{secretName: site}}]\n"
+        ),
+    );
+    dir.write("site.yaml", &tls_secret("site", &site));
+    dir.write("route.yaml", &route_yaml("site", "gw", "/", echo_port, ""));
+    let (sluice, _) = standalone(dir.path(), "gw", admin).await;
+
+    // rustls clients never send an IP address as SNI: take the ClientHello of a DNS name of the
+    // same length and put the address in its place.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = ServerName::try_from("127-0-0-1").expect("server name");
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).expect("client hello");
+    let at = hello
+        .windows(9)
+        .position(|w| w == b"127-0-0-1")
+        .expect("SNI in the ClientHello");
+    hello[at..at + 9].copy_from_slice(b"127.0.0.1");
+
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(("127.0.0.1", https_port))
+            .await
+            .expect("connect");
+        tcp.write_all(&hello).await.expect("send ClientHello");
+        let mut answer = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut answer))
+            .await
+            .expect("answer in time")
+            .expect("answer");
+        // A handshake record (the ServerHello), not an alert: the handshake goes on.
+        assert_eq!(answer[0], 0x16, "{answer:?}");
+    }
+    // The ServerHello follows the parsing of the ClientHello, which is where rustls warns.
+    let log = sluice.log();
+    assert!(!log.contains("Illegal SNI"), "{log}");
+    assert!(log.contains("INFO"), "the log is written at all: {log}");
+}
+
 /// Mutual TLS on a listener, through the real data-plane binary fed by a scripted xDS server
 /// (Goma's Gateway has no field for it; Gateway API frontend validation will use it): only
 /// clients with a certificate from the listener's client CA get in.

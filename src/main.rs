@@ -297,13 +297,28 @@ fn parse_status(text: &str) -> Result<hyper::StatusCode, String> {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let directives = std::env::var("RUST_LOG").unwrap_or_default();
+    let builder = tracing_subscriber::fmt().with_env_filter(log_filter(&directives));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The log filter from `RUST_LOG` (`info` when unset or invalid). rustls's own warnings are left
+/// out unless the directives name rustls: they are about clients (one that sends an IP address
+/// as its SNI, as OpenSSL's clients do when told to, gets one per handshake), and our TLS
+/// handshake metrics and logs already record what went wrong.
+fn log_filter(directives: &str) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let filter = match directives {
+        "" => EnvFilter::new("info"),
+        d => EnvFilter::try_new(d).unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    if directives.contains("rustls") {
+        return filter;
+    }
+    filter.add_directive("rustls=error".parse().expect("a valid directive"))
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -830,4 +845,24 @@ fn validate(dir: PathBuf) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rustls_warnings_are_left_out_unless_asked_for() {
+        for directives in [
+            "",
+            "info",
+            "warn,sluice_data_plane=debug",
+            "not a directive =",
+        ] {
+            let filter = log_filter(directives).to_string();
+            assert!(filter.contains("rustls=error"), "{directives:?}: {filter}");
+        }
+        let filter = log_filter("info,rustls=debug").to_string();
+        assert!(!filter.contains("rustls=error"), "{filter}");
+    }
 }
