@@ -2,12 +2,14 @@
 # Instructions per proxied request (callgrind: deterministic, unlike CPU time on a shared machine)
 # for the sluice data plane or the harness's bare hyper proxy, through the harness's nginx origins.
 #
-#   WHO=sluice|hyper MODE=h1|h2c|https|h2 [N=20000] integration-tests/callgrind-bench.sh
+#   WHO=sluice|hyper MODE=h1|h2c|https|h2|tls-handshake [N=20000] integration-tests/callgrind-bench.sh
 #
 #   h1     HTTP/1.1 keep-alive            h2load --h1 -c16 -m1
 #   h2c    HTTP/2 prior knowledge, plain  h2load -c16 -m8
 #   https  HTTP/1.1 over TLS (ALPN)       h2load --h1 -c16 -m1 https://
 #   h2     HTTP/2 over TLS (ALPN h2)      h2load -c16 -m8 https://
+#   tls-handshake  a new TLS connection per request (full handshake, as the harness's suite):
+#                  wrk -c16 "Connection: close" for DURATION seconds (default 20), N = its count
 #
 # Needs a release build (SLUICE, default target/release/sluice of this checkout) and the bare
 # proxy (`../shared/bench/build.sh hyper`). Uses its own ports (PORT_BASE, default 8180: +5 plain,
@@ -36,6 +38,7 @@ case "$MODE" in
   h2c) SCHEME=http H1= STREAMS=8 ;;
   https) SCHEME=https H1=--h1 STREAMS=1 ;;
   h2) SCHEME=https H1= STREAMS=8 ;;
+  tls-handshake) SCHEME=https H1=--h1 STREAMS=1 ;;
   *) echo "unknown MODE $MODE" >&2; exit 2 ;;
 esac
 
@@ -72,9 +75,16 @@ URL="$SCHEME://127.0.0.1:$PORT/"
 # Warm-up: connections, upstream pools, TLS session state.
 h2load $H1 -n 2000 -c 16 -m "$STREAMS" "$URL" >/dev/null
 callgrind_control -i on "$PID" >/dev/null
-RESULT=$(h2load $H1 -n "$N" -c 16 -m "$STREAMS" "$URL")
-grep -E "^requests:|status codes" <<<"$RESULT"
-grep -q "$N succeeded" <<<"$RESULT" || { echo "not every request succeeded" >&2; exit 1; }
+if [[ $MODE == tls-handshake ]]; then
+  RESULT=$(wrk -t1 -c16 -d"${DURATION:-20}s" -H "Connection: close" "$URL")
+  grep -E "requests in|Non-2xx|errors" <<<"$RESULT" || true
+  ! grep -qE "Non-2xx|Socket errors" <<<"$RESULT" || { echo "not every request succeeded" >&2; exit 1; }
+  N=$(awk '/requests in/ {print $1}' <<<"$RESULT")
+else
+  RESULT=$(h2load $H1 -n "$N" -c 16 -m "$STREAMS" "$URL")
+  grep -E "^requests:|status codes" <<<"$RESULT"
+  grep -q "$N succeeded" <<<"$RESULT" || { echo "not every request succeeded" >&2; exit 1; }
+fi
 callgrind_control -d "$PID" >/dev/null
 stop
 trap - EXIT
