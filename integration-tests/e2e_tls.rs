@@ -79,6 +79,13 @@ fn tls_secret(name: &str, (cert, key, _): &(String, String, CertificateDer<'stat
     tls_secret_yaml(name, cert, key)
 }
 
+/// Gateway `gw` on these ports, with the Secret `site` as its certificate.
+fn site_gateway(http_port: u16, https_port: u16) -> String {
+    format!(
+        "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  service: {{httpPort: {http_port}, httpsPort: {https_port}}}\n  server:\n    tls: [{{secretName: site}}]\n"
+    )
+}
+
 async fn handshake(connector: &TlsConnector, port: u16, sni: &str) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(("127.0.0.1", port))
         .await
@@ -129,12 +136,7 @@ async fn tls_by_sni_with_route_certificates_alpn_and_live_rotation() {
     let (_echo, echo_port) = echo("backend");
     let (http_port, https_port, admin) = (free_port(), free_port(), free_port());
     let dir = TempDir::new("tls");
-    dir.write(
-        "gw.yaml",
-        &format!(
-            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  service: {{httpPort: {http_port}, httpsPort: {https_port}}}\n  server:\n    tls: [{{secretName: site}}]\n"
-        ),
-    );
+    dir.write("gw.yaml", &site_gateway(http_port, https_port));
     dir.write("site.yaml", &tls_secret("site", &site));
     dir.write("own.yaml", &tls_secret("own", &own));
     dir.write(
@@ -261,12 +263,7 @@ async fn an_ip_address_as_sni_is_handshaken_without_a_log_line() {
     let (_echo, echo_port) = echo("backend");
     let (http_port, https_port, admin) = (free_port(), free_port(), free_port());
     let dir = TempDir::new("tls-ip-sni");
-    dir.write(
-        "gw.yaml",
-        &format!(
-            "apiVersion: gateway.jkaninda.dev/v1alpha1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  service: {{httpPort: {http_port}, httpsPort: {https_port}}}\n  server:\n    tls: [{{secretName: site}}]\n"
-        ),
-    );
+    dir.write("gw.yaml", &site_gateway(http_port, https_port));
     dir.write("site.yaml", &tls_secret("site", &site));
     dir.write("route.yaml", &route_yaml("site", "gw", "/", echo_port, ""));
     let (sluice, _) = standalone(dir.path(), "gw", admin).await;
