@@ -8,13 +8,14 @@
 //! closes after the rejection.
 
 use crate::upstream::http1::codec::{
-    Chunked, chunked_position, content_length, format_u64, has_close, itoa_buf,
+    Chunked, chunked_position, content_length, fill_prefix, format_u64, has_close, itoa_buf,
 };
 use bytes::{Bytes, BytesMut};
 use http::header::{
     CONNECTION, CONTENT_LENGTH, DATE, EXPECT, HOST, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use std::mem::MaybeUninit;
 
 /// Header fields a request may carry; more get 431 (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -108,19 +109,18 @@ pub fn parse_request_head(
         _ => Version::HTTP_11,
     };
     // (name, value) spans, kept on the stack: the fields borrow `buf`, which is split next.
-    // Uninitialised: only the parsed fields' spans are written.
-    let mut spans = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let count = parsed.headers.len();
-    for (slot, field) in spans.iter_mut().zip(parsed.headers.iter()) {
-        slot.write((span(field.name.as_bytes()), span(field.value)));
-    }
-    // SAFETY: httparse fills at most MAX_HEADERS fields, and the loop wrote a span for each.
-    let spans: &[(Span, Span)] =
-        unsafe { std::slice::from_raw_parts(spans.as_ptr().cast(), count) };
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let spans: &[(Span, Span)] = fill_prefix(
+        &mut slots,
+        parsed
+            .headers
+            .iter()
+            .map(|field| (span(field.name.as_bytes()), span(field.value))),
+    );
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (X-Forwarded-*, X-Real-IP, the request ID): growing the
     // map rehashes it, which costs more than the larger allocation.
-    let mut headers = HeaderMap::with_capacity(count + 12);
+    let mut headers = HeaderMap::with_capacity(spans.len() + 12);
     // Which fields that matter here are present, noted while building the map: most requests
     // carry none but Host, and each lookup afterwards would hash its name again.
     let mut seen = Seen::default();

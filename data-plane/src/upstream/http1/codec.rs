@@ -9,6 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
+use std::mem::MaybeUninit;
 
 /// The largest response head (status line and header fields) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -214,6 +215,19 @@ impl FramingFields {
 
 /// Parses a response head at the start of `buf`, consuming it when complete. None: more bytes
 /// are needed (an error when the head is already too large).
+/// Writes `items` into the start of `slots` and returns them. For per-head scratch arrays on the
+/// stack: written only as far as a head uses them (zeroing 100 slots per head costs more than
+/// parsing a small one).
+pub fn fill_prefix<T: Copy>(slots: &mut [MaybeUninit<T>], items: impl Iterator<Item = T>) -> &[T] {
+    let mut written = 0;
+    for (slot, item) in slots.iter_mut().zip(items) {
+        slot.write(item);
+        written += 1;
+    }
+    // SAFETY: the first `written` slots were just initialised.
+    unsafe { std::slice::from_raw_parts(slots.as_ptr().cast(), written) }
+}
+
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolError> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
@@ -246,25 +260,23 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, P
     // Offsets of names and values: the values share the head's bytes once it is split off the
     // read buffer (no copy, no allocation besides the map).
     let base = buf.as_ptr() as usize;
-    // Uninitialised too: only the parsed fields' spans are written (no 1.6 KiB of zeroes).
-    let mut spans = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let count = response.headers.len();
-    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        // Within MAX_HEAD_BYTES: the casts cannot truncate.
-        span.write((
-            name as u32,
-            field.name.len() as u32,
-            value as u32,
-            field.value.len() as u32,
-        ));
-    }
-    // SAFETY: httparse fills at most MAX_HEADERS fields, and the loop wrote a span for each.
-    let spans: &[(u32, u32, u32, u32)] =
-        unsafe { std::slice::from_raw_parts(spans.as_ptr().cast(), count) };
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let spans = fill_prefix(
+        &mut slots,
+        response.headers.iter().map(|field| {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            // Within MAX_HEAD_BYTES: the casts cannot truncate.
+            (
+                name as u32,
+                field.name.len() as u32,
+                value as u32,
+                field.value.len() as u32,
+            )
+        }),
+    );
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut framing_fields = FramingFields::default();
     for &(name, name_len, value, value_len) in spans {
         let name = &head[name as usize..(name + name_len) as usize];
@@ -787,6 +799,14 @@ mod tests {
         assert!(alive(
             "HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\n\r\n"
         ));
+    }
+
+    #[test]
+    fn fill_prefix_returns_what_it_wrote_and_no_more_than_fits() {
+        let mut slots = [const { MaybeUninit::uninit() }; 4];
+        assert_eq!(fill_prefix(&mut slots, [7u32, 8].into_iter()), [7, 8]);
+        assert_eq!(fill_prefix(&mut slots, 0u32..10), [0, 1, 2, 3]);
+        assert!(fill_prefix(&mut slots, std::iter::empty::<u32>()).is_empty());
     }
 
     /// A Connection field of only `keep-alive`/`close` is noted, not kept (it concerns this hop
