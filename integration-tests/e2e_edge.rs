@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::time::Duration;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A Goma Gateway on `port` with `server:` settings.
@@ -27,23 +27,6 @@ async fn edge(tag: &str, server: &str) -> (TempDir, Proc, Proc, u16) {
     let (sluice, _) = standalone(dir.path(), "edge", free_port()).await;
     wait_ok(port, "x", "/", Duration::from_secs(10)).await;
     (dir, sluice, echo, port)
-}
-
-/// Reads until the server closes the connection (EOF or reset); panics after `timeout`.
-async fn closed_by_server(stream: &mut TcpStream, timeout: Duration) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let result = tokio::time::timeout(timeout, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(result.is_ok(), "connection still open after {timeout:?}");
-    got
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

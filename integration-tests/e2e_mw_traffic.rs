@@ -25,7 +25,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 type From = Client<HttpConnector, Body>;
@@ -601,6 +602,30 @@ async fn recording_backend() -> (u16, Bodies) {
     (port, seen)
 }
 
+/// One response read off a raw connection (its head and a Content-Length body), which stays open.
+async fn read_response(conn: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse().expect("a length"));
+            if got.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&got).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(WAIT, conn.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_limit_refuses_declared_and_streamed_bodies_over_the_limit() {
     let (backend, seen) = recording_backend().await;
@@ -657,6 +682,49 @@ async fn body_limit_refuses_declared_and_streamed_bodies_over_the_limit() {
             .all(|b| b.is_none_or(|n| n <= 1024)),
         "a body over the limit reached the backend: {seen_now:?}"
     );
+
+    // On the wire. A refused body still on its way is read and dropped after the 413, and the
+    // connection serves the next request.
+    let mut conn = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    conn.write_all(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2048\r\n\r\n")
+        .await
+        .expect("write");
+    let refused = read_response(&mut conn).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 413") && !refused.contains("connection: close"),
+        "{refused}"
+    );
+    let mut rest = vec![b'x'; 2048];
+    rest.extend_from_slice(b"GET /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    conn.write_all(&rest).await.expect("write");
+    let next = closed_by_server(&mut conn, WAIT).await;
+    let next = String::from_utf8_lossy(&next);
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+    // One too long to drop: the 413 says the connection closes, and arrives whole although the
+    // client is still sending (no reset).
+    let mut conn = TcpStream::connect(("127.0.0.1", gw))
+        .await
+        .expect("connect");
+    let head = b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10485760\r\n\r\n";
+    conn.write_all(head).await.expect("write");
+    let (mut read, mut write) = conn.into_split();
+    let sender = tokio::spawn(async move {
+        let block = vec![b'x'; 64 * 1024];
+        while write.write_all(&block).await.is_ok() {}
+    });
+    let mut refused = Vec::new();
+    tokio::time::timeout(WAIT, read.read_to_end(&mut refused))
+        .await
+        .expect("closed in time")
+        .expect("read, not reset");
+    let refused = String::from_utf8_lossy(&refused);
+    assert!(
+        refused.starts_with("HTTP/1.1 413") && refused.contains("connection: close"),
+        "{refused}"
+    );
+    sender.await.expect("sender");
 
     dir.write(
         "bad.yaml",

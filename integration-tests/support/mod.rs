@@ -419,3 +419,20 @@ pub fn data_plane(
     args.extend_from_slice(extra);
     Proc::start(&args, env)
 }
+
+/// Reads until the server closes the connection (EOF or reset); panics after `timeout`.
+pub async fn closed_by_server(stream: &mut tokio::net::TcpStream, timeout: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let result = tokio::time::timeout(timeout, async {
+        loop {
+            match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "connection still open after {timeout:?}");
+    got
+}

@@ -14,7 +14,7 @@ use super::codec::{
 };
 use super::date;
 use super::upgrade::{self, Upgraded};
-use super::wire::{BodyRead, BoxIo, Continue, Wire, WireState};
+use super::wire::{BodyRead, BoxIo, Continue, DISCARD_BYTES, Unread, Wire, WireState};
 use crate::in_place;
 use crate::timeouts::Activity;
 use crate::upstream::client::BoxError;
@@ -38,8 +38,9 @@ const COALESCE: usize = 16 * 1024;
 /// Body frames smaller than this are copied next to the head rather than written from their
 /// own buffer.
 const COPY_BELOW: usize = 4 * 1024;
-/// After a rejection, the client's unread bytes are discarded for this long (at most
-/// `LINGER_BYTES`) so that closing does not reset the connection before it reads the answer.
+/// Before closing with bytes of the client's unread, they are discarded for this long (at most
+/// `LINGER_BYTES`) so that the close does not reset the connection before it reads the answer.
+/// Also how long a short unread body is waited for to keep the connection.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
@@ -150,6 +151,10 @@ where
         match exchange.await? {
             After::KeepAlive => {}
             After::Close => break,
+            After::CloseUnread => {
+                linger(&wire).await;
+                return Ok(Ended::Closed);
+            }
             After::ClientGone => return Ok(Ended::Closed),
             After::Upgraded => return Ok(Ended::Upgraded),
         }
@@ -170,6 +175,8 @@ enum After {
     KeepAlive,
     /// Close the connection (shutting down its write side).
     Close,
+    /// Close it with the request body not read to its end: the client may still be sending.
+    CloseUnread,
     /// The client went away before the response: nothing left to write.
     ClientGone,
     /// The stream went to the request's upgrade.
@@ -248,9 +255,13 @@ where
         &parts.headers,
         body.size_hint().exact(),
     );
+    // A body nobody read to its end: a short rest is discarded after the response to keep the
+    // connection; a longer one closes it, and the response must say so, or the client would
+    // send its next request on a connection being closed.
+    let unread = wire.lock().unread_body();
     let keep_alive = keep_alive
         && !switching
-        && !matches!(wire.lock().body, BodyRead::Broken)
+        && unread != Unread::TooMuch
         && framing != ResponseFraming::UntilClose
         && !has_close(&parts.headers)
         && !lifecycle.stopping();
@@ -282,13 +293,28 @@ where
         return Ok(After::Upgraded);
     }
     drop(upgrade);
-    let mut state = wire.lock();
-    if complete && keep_alive && state.finish_body() {
-        Ok(After::KeepAlive)
-    } else {
-        state.body = BodyRead::Broken;
-        Ok(After::Close)
+    if complete && keep_alive && discard_body(wire).await {
+        return Ok(After::KeepAlive);
     }
+    let mut state = wire.lock();
+    let unread = !matches!(state.body, BodyRead::Done);
+    state.body = BodyRead::Broken;
+    Ok(if unread {
+        After::CloseUnread
+    } else {
+        After::Close
+    })
+}
+
+/// Reads and drops what is left of the request body (bounded in bytes and time, no timer when
+/// it was read): whether it ended.
+async fn discard_body(wire: &Wire) -> bool {
+    if matches!(wire.lock().body, BodyRead::Done) {
+        return true;
+    }
+    let mut budget = DISCARD_BYTES;
+    let discard = std::future::poll_fn(|cx| wire.lock().poll_discard_body(cx, &mut budget));
+    tokio::time::timeout(LINGER, discard).await.unwrap_or(false)
 }
 
 /// Waits for the next request head, the stop signal or the idle timeout. While it waits, the
@@ -548,8 +574,8 @@ async fn flush(wire: &Wire) -> io::Result<()> {
     std::future::poll_fn(|cx| wire.lock().poll_flush(cx)).await
 }
 
-/// After a rejection: stop writing, then read and discard what the client still sends (bounded)
-/// so that its unread bytes do not turn the close into a reset that loses the answer.
+/// Closing with the client still sending: stop writing, then read and discard what it sends
+/// (bounded) so that its unread bytes do not turn the close into a reset that loses the answer.
 async fn linger(wire: &Wire) {
     let mut shut = false;
     let mut discarded = 0;
@@ -939,6 +965,76 @@ mod tests {
         s.client.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbodyGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         let text = read_to_end(&mut s.client).await;
         assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    }
+
+    /// A response that did not wait for its body (a 413, an auth failure): the rest of a short
+    /// body is read and dropped after it, and the connection serves the next request.
+    #[tokio::test]
+    async fn an_unread_body_still_arriving_is_discarded_and_the_connection_reused() {
+        for (head, first, rest) in [
+            ("Content-Length: 10", "0123", "456789"),
+            (
+                "Transfer-Encoding: chunked",
+                "4\r\n0123\r\n",
+                "6\r\n456789\r\n0\r\n\r\n",
+            ),
+        ] {
+            let mut s = start();
+            let request = format!("POST /a HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n{first}");
+            s.client.write_all(request.as_bytes()).await.unwrap();
+            let text = read_until(&mut s.client, "POST HTTP/1.1", 1).await;
+            assert!(
+                text.starts_with("HTTP/1.1 200 OK\r\n") && !text.contains("connection:"),
+                "{head}: kept alive: {text}"
+            );
+            s.client.write_all(rest.as_bytes()).await.unwrap();
+            s.client
+                .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let text = read_to_end(&mut s.client).await;
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{head}: {text}");
+            assert!(text.ends_with("GET HTTP/1.1"), "{head}: {text}");
+        }
+    }
+
+    /// A rest too long to discard: the response says close (a client must not reuse the
+    /// connection), and it is read whole although the client is still sending.
+    #[tokio::test]
+    async fn a_long_unread_body_closes_and_the_answer_still_arrives() {
+        for (head, body) in [
+            (
+                format!("Content-Length: {}", 1024 * 1024),
+                vec![b'x'; 1024 * 1024],
+            ),
+            ("Transfer-Encoding: chunked".to_owned(), {
+                let chunk = format!("1000\r\n{}\r\n", "x".repeat(0x1000));
+                chunk.repeat(64).into_bytes()
+            }),
+        ] {
+            let s = start();
+            let (mut read, mut write) = tokio::io::split(s.client);
+            let request = format!("POST /a HTTP/1.1\r\nHost: x\r\n{head}\r\n\r\n");
+            let writer = tokio::spawn(async move {
+                write.write_all(request.as_bytes()).await.unwrap();
+                let _ = write.write_all(&body).await;
+                write
+            });
+            let mut all = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut all))
+                .await
+                .expect("closed in time")
+                .unwrap();
+            let text = String::from_utf8_lossy(&all);
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{head}: {text}");
+            let says_close = text.contains("connection: close\r\n");
+            // A chunked body's length is unknown at the answer: it is discarded up to the bound,
+            // then the connection closes.
+            assert!(says_close || head.starts_with("Transfer"), "{head}: {text}");
+            assert!(text.ends_with("POST HTTP/1.1"), "{head}: {text}");
+            drop(writer.await.unwrap());
+            assert!(matches!(s.ended.await.unwrap(), Ok(Ended::Closed)));
+        }
     }
 
     #[tokio::test]

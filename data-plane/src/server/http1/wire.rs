@@ -20,6 +20,9 @@ pub const READ_SIZE: usize = 2 * 1024;
 /// ...and doubles while reads fill it (a body streaming in) up to this, as hyper's does: fewer,
 /// larger body frames.
 const MAX_READ_SIZE: usize = 64 * 1024;
+/// At most this much of a request body nobody read is read and dropped after its response to
+/// keep the connection; a longer rest closes it (`Connection: close`).
+pub const DISCARD_BYTES: usize = 64 * 1024;
 /// Bytes read into the stack while waiting for a request on a stream that cannot report
 /// readiness, so that an idle connection holds no buffer.
 const PROBE_SIZE: usize = 1024;
@@ -82,6 +85,17 @@ pub enum Continue {
     Writing(usize),
     /// The response began before the body was read: the client may or may not send it.
     Skipped,
+}
+
+/// A request body's rest that nobody read when the response is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {
+    Nothing,
+    /// Short enough (or buffered already) to read and drop after the response.
+    Discard,
+    /// Too long, unknown, or maybe never sent (`Expect: 100-continue` not answered): the
+    /// response says `Connection: close`.
+    TooMuch,
 }
 
 /// A body frame read off the wire.
@@ -294,15 +308,32 @@ impl WireState {
         }
     }
 
-    /// After the response: consumes the rest of the body if it is already buffered (a client
-    /// that sent a body nobody read). Whether the body is complete, so the next request's head
-    /// starts where expected.
-    pub fn finish_body(&mut self) -> bool {
+    /// When the response is ready: what becomes of the part of the request body not read yet.
+    pub fn unread_body(&self) -> Unread {
+        match &self.body {
+            BodyRead::Done => Unread::Nothing,
+            BodyRead::Broken => Unread::TooMuch,
+            BodyRead::Length(left) if self.buf.len() as u64 >= *left => Unread::Discard,
+            // Told nothing, the client may still be waiting to send it: nothing to discard.
+            _ if self.expect == Continue::Skipped => Unread::TooMuch,
+            BodyRead::Length(left) if *left > DISCARD_BYTES as u64 => Unread::TooMuch,
+            BodyRead::Length(_) | BodyRead::Chunked(_) => Unread::Discard,
+        }
+    }
+
+    /// After the response: reads and drops the rest of the request body, at most
+    /// `DISCARD_BYTES` of it. Ready with whether the body ended, so the next request's head
+    /// starts where expected; without a system call when the rest is buffered already.
+    pub fn poll_discard_body(&mut self, cx: &mut Context<'_>, budget: &mut usize) -> Poll<bool> {
         loop {
-            match self.take_buffered() {
-                Some(Ok(None)) => return true,
-                Some(Ok(Some(_))) => {}
-                Some(Err(_)) | None => return false,
+            match ready!(self.poll_body(cx)) {
+                None => return Poll::Ready(true),
+                Some(Ok(Piece::Data(data))) => match budget.checked_sub(data.len()) {
+                    Some(left) => *budget = left,
+                    None => return Poll::Ready(false),
+                },
+                Some(Ok(Piece::Trailers(_))) => {}
+                Some(Err(_)) => return Poll::Ready(false),
             }
         }
     }
