@@ -8,7 +8,8 @@
 //! closes after the rejection.
 
 use crate::upstream::http1::codec::{
-    Chunked, chunked_position, content_length, fill_prefix, format_u64, has_close, itoa_buf,
+    Chunked, chunked_position, content_length, field_name, fill_prefix, format_u64, has_close,
+    itoa_buf,
 };
 use bytes::{Bytes, BytesMut};
 use http::header::{
@@ -125,7 +126,7 @@ pub fn parse_request_head(
     // carry none but Host, and each lookup afterwards would hash its name again.
     let mut seen = Seen::default();
     for &((name_start, name_end), (value_start, value_end)) in spans {
-        let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
+        let name = field_name(&head[name_start as usize..name_end as usize])
             .map_err(|_| Rejection::bad("invalid header field name"))?;
         let value = head.slice(value_start as usize..value_end as usize);
         // SAFETY: httparse accepted the value, which admits only HTAB, SP, VCHAR and obs-text:
