@@ -61,7 +61,11 @@ impl Body for RequestBody {
             if state.exchange != self.exchange {
                 Poll::Ready(Some(Err(BodyError::Abandoned)))
             } else {
-                state.poll_body(cx)
+                let polled = state.poll_body(cx);
+                if polled.is_pending() {
+                    state.note_body_reader(cx.waker());
+                }
+                polled
             }
         };
         match polled {

@@ -299,6 +299,7 @@ where
     let mut state = wire.lock();
     let unread = !matches!(state.body, BodyRead::Done);
     state.body = BodyRead::Broken;
+    state.take_body_back();
     Ok(if unread {
         After::CloseUnread
     } else {
@@ -312,6 +313,7 @@ async fn discard_body(wire: &Wire) -> bool {
     if matches!(wire.lock().body, BodyRead::Done) {
         return true;
     }
+    wire.lock().take_body_back();
     let mut budget = DISCARD_BYTES;
     let discard = std::future::poll_fn(|cx| wire.lock().poll_discard_body(cx, &mut budget));
     tokio::time::timeout(LINGER, discard).await.unwrap_or(false)
@@ -636,11 +638,16 @@ mod tests {
     use super::*;
     use crate::server::http1::OnClientUpgrade;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     impl super::super::Io for DuplexStream {}
 
     type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+    /// How the body reader of `/early` ended.
+    static EARLY_READER_DONE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+    static EARLY_READER_FAILED: AtomicBool = AtomicBool::new(false);
 
     fn full(s: &str) -> TestBody {
         Full::new(Bytes::from(s.to_owned()))
@@ -670,6 +677,21 @@ mod tests {
                     }
                 },
                 "/head" => Response::new(full("hello")),
+                "/early" => {
+                    // Answers once a task of its own has read the first bytes of the body and
+                    // waits for more.
+                    let (first, got_first) = tokio::sync::oneshot::channel();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let _ = body.frame().await;
+                        let _ = first.send(());
+                        let rest = body.collect().await;
+                        EARLY_READER_FAILED.store(rest.is_err(), Ordering::SeqCst);
+                        EARLY_READER_DONE.notify_one();
+                    });
+                    let _ = got_first.await;
+                    Response::new(full("early"))
+                }
                 "/hang" => std::future::pending().await,
                 "/empty" => {
                     let mut resp = Response::new(full(""));
@@ -996,6 +1018,33 @@ mod tests {
             assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{head}: {text}");
             assert!(text.ends_with("GET HTTP/1.1"), "{head}: {text}");
         }
+    }
+
+    /// The response went out while another task still reads the body: the connection takes
+    /// the stream back to discard the rest, and that task learns its body was abandoned rather
+    /// than waiting forever (the stream wakes only its latest reader).
+    #[tokio::test]
+    async fn a_body_still_read_elsewhere_is_abandoned_when_its_rest_is_discarded() {
+        let mut s = start();
+        s.client
+            .write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123")
+            .await
+            .unwrap();
+        let text = read_until(&mut s.client, "early", 1).await;
+        assert!(!text.contains("connection:"), "{text}");
+        s.client
+            .write_all(b"456789GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let text = read_to_end(&mut s.client).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("GET HTTP/1.1"),
+            "{text}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), EARLY_READER_DONE.notified())
+            .await
+            .expect("the body's reader was woken");
+        assert!(EARLY_READER_FAILED.load(Ordering::SeqCst));
     }
 
     /// A rest too long to discard: the response says close (a client must not reuse the

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A read buffer starts at this size (most request heads fit; a small buffer taken and freed
@@ -112,6 +112,9 @@ pub struct WireState {
     pub expect: Continue,
     /// Counts requests, so a body outliving its exchange cannot read the next one's.
     pub exchange: u64,
+    /// The task last left waiting for body bytes. The stream wakes only its latest reader, so
+    /// when the connection reads again this task is woken to learn its body was abandoned.
+    body_reader: Option<Waker>,
     /// What the next read asks for (adaptive, between READ_SIZE and MAX_READ_SIZE).
     read_size: usize,
 }
@@ -126,6 +129,7 @@ impl Wire {
             body: BodyRead::Done,
             expect: Continue::None,
             exchange: 0,
+            body_reader: None,
             read_size: READ_SIZE,
         }))
     }
@@ -305,6 +309,26 @@ impl WireState {
                 Ok(Decoded::More) => None,
                 Err(e) => Some(Err(e.into())),
             },
+        }
+    }
+
+    /// A body's reader waits for bytes (see `body_reader`).
+    pub fn note_body_reader(&mut self, waker: &Waker) {
+        if !self
+            .body_reader
+            .as_ref()
+            .is_some_and(|w| w.will_wake(waker))
+        {
+            self.body_reader = Some(waker.clone());
+        }
+    }
+
+    /// The connection reads the stream itself again: a body still read elsewhere is abandoned
+    /// (its next poll fails) and its waiting reader woken, not left waiting forever.
+    pub fn take_body_back(&mut self) {
+        self.exchange += 1;
+        if let Some(reader) = self.body_reader.take() {
+            reader.wake();
         }
     }
 
