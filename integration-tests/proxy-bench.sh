@@ -18,7 +18,7 @@ P_SLUICE=8085 P_SLUICE_TLS=8445 P_SLUICE_XDS=18085 P_SLUICE_ADMIN=9985
 "$BENCH/setup.sh" >/dev/null
 [[ -x "$HYPER_BIN" ]] || "$BENCH/build.sh" hyper
 (cd "$ROOT" && cargo build --release --quiet)
-SLUICE="$ROOT/target/release/sluice"
+SLUICE=${SLUICE:-$ROOT/target/release/sluice}
 
 CONF="$RUN_DIR/sluice-conf"
 
