@@ -103,6 +103,11 @@ where
     let mut out = Vec::new();
     let mut sniff = sniff_h2;
     let mut idle = IdleTimer::default();
+    // One wait for the stop signal for the connection's life: a wait begun per request
+    // registers with the signal (a lock and a list insert) and leaves it again each time.
+    let mut stop = lifecycle.stop.clone();
+    // Fused: once ready it stays pending, and `stopping()` ends the connection instead.
+    let mut stopped = std::pin::pin!(futures::FutureExt::fuse(stop.changed()));
     loop {
         let next = next_head(
             &wire,
@@ -111,6 +116,7 @@ where
             max_head_bytes,
             lifecycle,
             &mut idle,
+            stopped.as_mut(),
         );
         let head = match next.await {
             Next::Head(head) => head,
@@ -321,21 +327,22 @@ async fn discard_body(wire: &Wire) -> bool {
 
 /// Waits for the next request head, the stop signal or the idle timeout. While it waits, the
 /// connection holds no buffers: the read buffer is released by the stream, `out` here.
-async fn next_head(
+async fn next_head<S: Future>(
     wire: &Wire,
     out: &mut Vec<u8>,
     sniff: &mut bool,
     max_head_bytes: usize,
-    lifecycle: &mut Lifecycle,
+    lifecycle: &Lifecycle,
     idle: &mut IdleTimer,
+    stopped: Pin<&mut S>,
 ) -> Next {
     if lifecycle.stopping() {
         return Next::Close;
     }
     let Lifecycle {
-        stop,
         idle_timeout,
         activity,
+        ..
     } = lifecycle;
     let read = std::future::poll_fn(|cx| {
         let polled = poll_head(&mut wire.lock(), cx, sniff, max_head_bytes);
@@ -347,7 +354,7 @@ async fn next_head(
     tokio::select! {
         biased;
         next = read => next,
-        _ = stop.changed() => Next::Close,
+        _ = stopped => Next::Close,
         () = idle.expired(*idle_timeout, activity) => {
             tracing::debug!("idle connection closed");
             Next::Close
