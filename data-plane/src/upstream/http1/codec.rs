@@ -8,7 +8,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{
-    self, CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, InvalidHeaderName, TRANSFER_ENCODING,
+    self, CONNECTION, CONTENT_LENGTH, HeaderName, HeaderValue, InvalidHeaderName,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
@@ -84,26 +85,8 @@ pub fn encode_request_head(
     headers: &HeaderMap,
     body: BodyHint,
     out: &mut BytesMut,
-) -> Result<RequestFraming, ProtocolError> {
-    let framing = match headers.get(CONTENT_LENGTH) {
-        Some(_) => {
-            let len = content_length(headers.get_all(CONTENT_LENGTH).iter())
-                .ok()
-                .flatten()
-                .ok_or(ProtocolError::RequestContentLength)?;
-            if len == 0 {
-                RequestFraming::Empty
-            } else {
-                RequestFraming::Length(len)
-            }
-        }
-        None if body.is_end_stream => RequestFraming::Empty,
-        None => match body.exact_len {
-            Some(0) => RequestFraming::Empty,
-            Some(len) => RequestFraming::Length(len),
-            None => RequestFraming::Chunked,
-        },
-    };
+) -> Result<EncodedRequest, ProtocolError> {
+    let start = out.len();
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let target = if target.is_empty() { "/" } else { target };
     out.reserve(64 + target.len() + headers.len() * 32);
@@ -111,13 +94,40 @@ pub fn encode_request_head(
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
+    // The fields that matter here are noted as they are written: most requests carry none of
+    // them, and each lookup would hash its name again.
+    let (mut has_length, mut connection, mut upgrade) = (false, false, false);
     for (name, value) in headers {
         if name == TRANSFER_ENCODING {
             continue;
         }
+        has_length |= name == CONTENT_LENGTH;
+        connection |= name == CONNECTION;
+        upgrade |= name == UPGRADE;
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let has_length = headers.contains_key(CONTENT_LENGTH);
+    let framing = if has_length {
+        let Some(len) = content_length(headers.get_all(CONTENT_LENGTH).iter())
+            .ok()
+            .flatten()
+        else {
+            out.truncate(start);
+            return Err(ProtocolError::RequestContentLength);
+        };
+        if len == 0 {
+            RequestFraming::Empty
+        } else {
+            RequestFraming::Length(len)
+        }
+    } else if body.is_end_stream {
+        RequestFraming::Empty
+    } else {
+        match body.exact_len {
+            Some(0) => RequestFraming::Empty,
+            Some(len) => RequestFraming::Length(len),
+            None => RequestFraming::Chunked,
+        }
+    };
     match framing {
         RequestFraming::Length(len) if !has_length => {
             let mut digits = itoa_buf();
@@ -133,7 +143,21 @@ pub fn encode_request_head(
         _ => {}
     }
     out.put_slice(b"\r\n");
-    Ok(framing)
+    Ok(EncodedRequest {
+        framing,
+        closes: connection && has_close(headers),
+        upgrade,
+    })
+}
+
+/// A request head as written, and what its fields said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodedRequest {
+    pub framing: RequestFraming,
+    /// Its Connection field lists `close`.
+    pub closes: bool,
+    /// It carries an Upgrade field.
+    pub upgrade: bool,
 }
 
 fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -716,8 +740,11 @@ mod tests {
             }
             let mut out = BytesMut::new();
             let uri: Uri = "/a?b=1".parse().unwrap();
-            let framing = encode_request_head(&method, &uri, &map, hint, &mut out);
-            (framing, String::from_utf8(out.to_vec()).unwrap())
+            let encoded = encode_request_head(&method, &uri, &map, hint, &mut out);
+            (
+                encoded.map(|e| e.framing),
+                String::from_utf8(out.to_vec()).unwrap(),
+            )
         };
         let none = BodyHint {
             is_end_stream: true,
@@ -757,8 +784,23 @@ mod tests {
             text.ends_with("transfer-encoding: chunked\r\n\r\n"),
             "{text}"
         );
-        let (f, _) = encode(Method::POST, &[("content-length", "5, 6")], unknown);
+        let (f, text) = encode(Method::POST, &[("content-length", "5, 6")], unknown);
         assert_eq!(f, Err(ProtocolError::RequestContentLength));
+        assert_eq!(text, "", "nothing of a refused head stays in the buffer");
+        // What the fields say is noted while they are written.
+        let mut map = HeaderMap::new();
+        let mut out = BytesMut::new();
+        let uri: Uri = "/".parse().unwrap();
+        let said = |map: &HeaderMap, out: &mut BytesMut| {
+            let e = encode_request_head(&Method::GET, &uri, map, none, out).unwrap();
+            (e.closes, e.upgrade)
+        };
+        assert_eq!(said(&map, &mut out), (false, false));
+        map.insert(CONNECTION, HeaderValue::from_static("keep-alive, Close"));
+        map.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(said(&map, &mut out), (true, true));
+        map.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        assert_eq!(said(&map, &mut out), (false, true));
         assert_eq!(format_u64(0, &mut itoa_buf()), b"0");
         assert_eq!(
             format_u64(u64::MAX, &mut itoa_buf()),

@@ -17,7 +17,7 @@ use crate::upstream::client::{BoxError, UpstreamBody};
 use crate::upstream::connector::UpstreamStream;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
-use http::{Request, StatusCode, header};
+use http::{Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::collections::VecDeque;
@@ -148,7 +148,7 @@ impl Connection {
             is_end_stream: req.body().is_end_stream(),
             exact_len: req.body().size_hint().exact(),
         };
-        let framing = codec::encode_request_head(
+        let encoded = codec::encode_request_head(
             req.method(),
             req.uri(),
             req.headers(),
@@ -156,7 +156,7 @@ impl Connection {
             &mut self.write_buf,
         )
         .map_err(|e| failed(e.into()))?;
-        let mut outgoing = Outgoing::new(framing);
+        let mut outgoing = Outgoing::new(encoded.framing);
         let mut body_taken = false;
         if let Some(out) = &mut outgoing {
             // A small body already in hand goes with the head.
@@ -182,8 +182,8 @@ impl Connection {
             return Err(failed(error.into()));
         }
         let method = req.method().clone();
-        let wants_upgrade = req.headers().contains_key(header::UPGRADE);
-        let request_closes = codec::has_close(req.headers());
+        let wants_upgrade = encoded.upgrade;
+        let request_closes = encoded.closes;
         let mut outgoing = outgoing.map(|mut out| {
             out.body = Some(req.into_body());
             Box::new(out)
@@ -689,6 +689,7 @@ mod tests {
     use crate::upstream::connector::{TcpConnector, UpstreamConnector};
     use crate::upstream::dns::CachingResolver;
     use http::HeaderMap;
+    use http::header;
     use http_body_util::{Empty, Full, StreamBody};
     use std::net::SocketAddr;
     use std::sync::Arc;
