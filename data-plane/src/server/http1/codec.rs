@@ -289,8 +289,8 @@ pub enum ResponseFraming {
     UntilClose,
 }
 
-/// Chooses the response framing: none where the method or status has no body, the response's
-/// own Content-Length, else the body's known length, else chunked (HTTP/1.1) or until close.
+/// Chooses the response framing: none where the method or status has no body, the body's known
+/// length, else the response's own Content-Length, else chunked (HTTP/1.1) or until close.
 pub fn response_framing(
     request_method: &Method,
     request_version: Version,
@@ -307,10 +307,15 @@ pub fn response_framing(
     if status == StatusCode::NOT_MODIFIED {
         return ResponseFraming::None { keep_length: true };
     }
-    let declared = content_length(headers.get_all(CONTENT_LENGTH).iter())
-        .ok()
-        .flatten();
-    match declared.or(exact_len) {
+    // The body's own exact length first: it is what will be sent (a proxied body's comes from
+    // the same field; a stale field left by a transformation would break the framing), and
+    // most responses then need no lookup.
+    let declared = || {
+        content_length(headers.get_all(CONTENT_LENGTH).iter())
+            .ok()
+            .flatten()
+    };
+    match exact_len.or_else(declared) {
         Some(n) => ResponseFraming::Length(n),
         None if request_version == Version::HTTP_11 => ResponseFraming::Chunked,
         None => ResponseFraming::UntilClose,
@@ -725,6 +730,11 @@ mod tests {
         assert_eq!(
             response_framing(&get, v11, StatusCode::OK, &declared, None),
             ResponseFraming::Length(10)
+        );
+        // A body of known length is framed by it, whatever a field left behind says.
+        assert_eq!(
+            response_framing(&get, v11, StatusCode::OK, &declared, Some(4)),
+            ResponseFraming::Length(4)
         );
     }
 
