@@ -277,10 +277,12 @@ where
         original_host.clone(),
         client_tls,
     );
-    let request_id = headers::request_id(
-        parts.headers.get(&headers::X_GOMA_REQUEST_ID),
-        origin.peer_trusted,
-    );
+    // Only a trusted proxy's id is kept: anyone else's is not even looked up.
+    let supplied = origin
+        .peer_trusted
+        .then(|| parts.headers.get(&headers::X_GOMA_REQUEST_ID))
+        .flatten();
+    let request_id = headers::request_id(supplied, origin.peer_trusted);
     parts
         .headers
         .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id.clone());
