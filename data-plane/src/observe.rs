@@ -125,7 +125,8 @@ impl Observer {
             .filter(|e| e.port == port && *e.path == *path)
             .peekable();
         endpoints.peek()?;
-        let host = NormalizedHost::new(&request_host(req.uri(), req.headers()));
+        let raw_host = request_host(req.uri(), req.headers());
+        let host = NormalizedHost::new(&raw_host);
         if !endpoints.any(|e| e.matches(port, path, host.as_str())) {
             return None;
         }

@@ -3,43 +3,24 @@
 
 use std::borrow::Cow;
 
-/// Longest host kept on the stack while normalising; longer hosts (not valid DNS names anyway) allocate.
-const STACK_HOST: usize = 256;
-
 /// A request host reduced to what routing compares: port stripped, lowercased, trailing dot removed.
-/// Lives in a stack buffer so the hot path does not allocate.
-pub struct NormalizedHost {
-    buf: [u8; STACK_HOST],
-    len: usize,
-    heap: Option<String>,
-}
+/// Borrowed from the request when it is already in that form (as hosts nearly always are); a
+/// host with capitals is lowercased into its own string. Small, so returning it copies little.
+pub struct NormalizedHost<'a>(Cow<'a, str>);
 
-impl NormalizedHost {
-    pub fn new(raw: &str) -> Self {
+impl<'a> NormalizedHost<'a> {
+    pub fn new(raw: &'a str) -> Self {
         let host = strip_port(raw);
         let host = host.strip_suffix('.').unwrap_or(host);
-        let mut out = NormalizedHost {
-            buf: [0; STACK_HOST],
-            len: 0,
-            heap: None,
-        };
-        if host.len() <= STACK_HOST {
-            for (dst, src) in out.buf.iter_mut().zip(host.bytes()) {
-                *dst = src.to_ascii_lowercase();
-            }
-            out.len = host.len();
+        NormalizedHost(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
         } else {
-            out.heap = Some(host.to_ascii_lowercase());
-        }
-        out
+            Cow::Borrowed(host)
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        match &self.heap {
-            Some(s) => s,
-            // ASCII lowercasing of valid UTF-8 stays valid UTF-8; the fallback is unreachable in practice.
-            None => std::str::from_utf8(&self.buf[..self.len]).unwrap_or(""),
-        }
+        &self.0
     }
 }
 
@@ -206,6 +187,13 @@ mod tests {
         assert_eq!(NormalizedHost::new("").as_str(), "");
         let long = "a".repeat(300);
         assert_eq!(NormalizedHost::new(&long).as_str(), long);
+        // Already normalized: borrowed from the request, nothing copied.
+        let raw = "example.com:8080";
+        assert!(std::ptr::eq(NormalizedHost::new(raw).as_str(), &raw[..11]));
+        assert!(matches!(
+            NormalizedHost::new("Example.com").0,
+            Cow::Owned(_)
+        ));
     }
 
     #[test]
