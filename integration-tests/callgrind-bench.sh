@@ -16,8 +16,9 @@
 # proxy (`../shared/bench/build.sh hyper`). nginx runs the harness's proxy configuration with
 # `master_process off` (its one worker is the process measured). CACHE_SIM=1 also simulates the
 # caches and branch predictors and prints misses per request: instruction counts alone hide
-# where the time of a request goes when its code and data do not stay in the L1 caches. Uses its own ports (PORT_BASE, default 8180: +5 plain,
-# +365 TLS for sluice; +4 and +364 for hyper) so it can run beside the timed harness. Prints
+# where the time of a request goes when its code and data do not stay in the L1 caches.
+# Uses its own ports (PORT_BASE, default 8180: +5 plain, +365 TLS for sluice; +4 and +364 for
+# hyper; +3 and +363 for nginx) so it can run beside the timed harness. Prints
 # "WHO MODE: total Ir T, per request R"; the callgrind file stays in $CG_DIR for
 # `callgrind_annotate`. The origins of the harness are started if they are not running.
 set -euo pipefail

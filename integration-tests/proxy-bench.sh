@@ -6,6 +6,7 @@
 #   integration-tests/proxy-bench.sh                 # h1 suite, 3 rounds
 #   SUITES="h1 h1-4k h2c https h2 tls-handshake" ROUNDS=5 integration-tests/proxy-bench.sh
 #
+# SLUICE names another sluice binary to measure (default: this checkout's release build).
 # Writes the tables to stdout and to $RUN_DIR/results/sluice-<stamp>/summary.md.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

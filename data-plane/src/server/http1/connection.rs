@@ -316,10 +316,13 @@ where
 /// Reads and drops what is left of the request body (bounded in bytes and time, no timer when
 /// it was read): whether it ended.
 async fn discard_body(wire: &Wire) -> bool {
-    if matches!(wire.lock().body, BodyRead::Done) {
-        return true;
+    {
+        let mut state = wire.lock();
+        if matches!(state.body, BodyRead::Done) {
+            return true;
+        }
+        state.take_body_back();
     }
-    wire.lock().take_body_back();
     let mut budget = DISCARD_BYTES;
     let discard = std::future::poll_fn(|cx| wire.lock().poll_discard_body(cx, &mut budget));
     tokio::time::timeout(LINGER, discard).await.unwrap_or(false)

@@ -239,8 +239,6 @@ impl FramingFields {
     }
 }
 
-/// Parses a response head at the start of `buf`, consuming it when complete. None: more bytes
-/// are needed (an error when the head is already too large).
 /// Writes `items` into the start of `slots` and returns them. For per-head scratch arrays on the
 /// stack: written only as far as a head uses them (zeroing 100 slots per head costs more than
 /// parsing a small one).
@@ -294,8 +292,10 @@ pub fn field_name(raw: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
     })
 }
 
+/// Parses a response head at the start of `buf`, consuming it when complete. None: more bytes
+/// are needed (an error when the head is already too large).
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ProtocolError> {
-    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     // Uninitialised fields: no 3 KiB of zeroes per response.
     let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
