@@ -25,6 +25,8 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,26 +38,29 @@ const MAX_BACKOFF_FACTOR: u32 = 10;
 /// conditions hold for the request; `upgrade` the protocol switch the client asked for, offered
 /// to HTTP/1.1 upstreams; `host_preserved` that `parts` carries the client's Host, to be sent
 /// as it is (else each attempt sets its endpoint's). What happened is reported into `report`
-/// (metrics, access logs).
+/// (metrics, access logs). The route's whole-request timeout is the caller's to apply.
+///
+/// A plain function returning the attempts' future boxed where it is built: that state is most
+/// of a request's (KiBs), and an `async fn` here would be one more level copying the request in
+/// and the response out.
 #[allow(clippy::too_many_arguments)]
-pub async fn forward<B>(
-    snapshot: &Snapshot,
-    route: &Arc<str>,
-    forward: &Forward,
+#[inline]
+pub fn forward<'a, B>(
+    snapshot: &'a Snapshot,
+    route: &'a Arc<str>,
+    forward: &'a Forward,
     pinned: u64,
     parts: Parts,
     body: B,
     upgrade: Option<ClientUpgrade>,
     host_preserved: bool,
-    report: &mut Report,
-) -> Response<ProxyBody>
+    report: &'a mut Report,
+) -> Pin<Box<impl Future<Output = Response<ProxyBody>> + 'a>>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    // Boxed where it is built: the attempts' state is most of a request's (KiBs), and every
-    // future above this one would otherwise hold it and copy it as it is awaited.
-    let attempts = in_place::boxed(
+    in_place::boxed(
         Box::new_uninit(),
         attempts(
             snapshot,
@@ -68,19 +73,7 @@ where
             host_preserved,
             report,
         ),
-    );
-    let Some(limit) = forward.timeout else {
-        return attempts.await;
-    };
-    let result = tokio::time::timeout(limit, attempts).await;
-    match result {
-        Ok(resp) => resp,
-        Err(_) => {
-            report.failure = Some(UpstreamFailure::Timeout);
-            tracing::warn!(%route, timeout = ?limit, "request timeout (retries included)");
-            response::timeout()
-        }
-    }
+    )
 }
 
 /// Where one attempt goes.
@@ -243,7 +236,20 @@ where
             .filter(|_| target.cluster.protocol == Protocol::Http1);
         let request = upstream_request(head, attempt_body, &target, host_preserved, upgrading);
         report.forwarding(&target.cluster, &target.cluster.endpoints[target.endpoint]);
-        let mut failure = match attempt(&target, request, forward.backend_timeout, retry).await {
+        // Awaited here and not in a helper `async fn`: every level of future copies the request
+        // into its own state, and the response out of it.
+        let sent = {
+            let _in_flight = target.cluster.state.budget.attempt();
+            let sent = target.cluster.send(target.endpoint, request);
+            match forward.backend_timeout {
+                None => sent.await.map_err(classify),
+                Some(limit) => match tokio::time::timeout(limit, sent).await {
+                    Ok(result) => result.map_err(classify),
+                    Err(_) => Err(Failure::Timeout(limit)),
+                },
+            }
+        };
+        let mut failure = match settle(&target, sent, retry) {
             Ok(resp) => {
                 report.upstream_responded = true;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -369,29 +375,19 @@ pub(crate) fn upstream_request(
     Request::from_parts(head, body)
 }
 
-/// One attempt, until the response headers; feeds outlier detection with its outcome.
-async fn attempt(
+/// What an attempt's answer (or failure) counts as: fed to outlier detection, and a status the
+/// retry policy lists becomes a failure.
+fn settle(
     target: &Target<'_>,
-    request: Request<UpstreamBody>,
-    backend_timeout: Option<Duration>,
+    result: Result<Response<ResponseBody>, Failure>,
     retry: &Retry,
 ) -> Result<Response<ResponseBody>, Failure> {
-    let cluster = &target.cluster;
-    let _in_flight = cluster.state.budget.attempt();
-    let sent = cluster.send(target.endpoint, request);
-    let result = match backend_timeout {
-        None => sent.await.map_err(classify),
-        Some(limit) => match tokio::time::timeout(limit, sent).await {
-            Ok(result) => result.map_err(classify),
-            Err(_) => Err(Failure::Timeout(limit)),
-        },
-    };
     let outcome = match &result {
         Ok(resp) if resp.status().is_server_error() => Outcome::Failure,
         Ok(_) => Outcome::Success,
         Err(_) => Outcome::Failure,
     };
-    cluster.report(target.endpoint, outcome);
+    target.cluster.report(target.endpoint, outcome);
     match result {
         // 101 answers an upgrade: never retried.
         Ok(resp)

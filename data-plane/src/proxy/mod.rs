@@ -348,7 +348,7 @@ where
     };
     // bodyLimit: counted as it streams (a declared length was checked by the middleware).
     let (body, body_too_large) = LimitedBody::new(body, ran.as_ref().and_then(|r| r.body_limit));
-    let mut resp = forward::forward(
+    let attempts = forward::forward(
         snapshot,
         &route.name,
         forward,
@@ -358,8 +358,18 @@ where
         upgrade,
         host_preserved,
         report,
-    )
-    .await;
+    );
+    let mut resp = match forward.timeout {
+        None => attempts.await,
+        Some(limit) => match tokio::time::timeout(limit, attempts).await {
+            Ok(resp) => resp,
+            Err(_) => {
+                report.failure = Some(UpstreamFailure::Timeout);
+                tracing::warn!(route = %route.name, timeout = ?limit, "request timeout (retries included)");
+                response::timeout()
+            }
+        },
+    };
     if body_too_large.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
         && !report.upstream_responded
     {
