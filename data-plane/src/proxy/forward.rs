@@ -10,10 +10,10 @@ use super::response::{self, ProxyBody};
 use super::upgrade::ClientUpgrade;
 use crate::in_place;
 use crate::router::backend::{Backend, BackendSet};
-use crate::router::route::{Forward, Retry};
+use crate::router::route::Forward;
 use crate::snapshot::Snapshot;
 use crate::upstream::budget::RetryToken;
-use crate::upstream::client::{BoxError, Protocol};
+use crate::upstream::client::{BoxError, Protocol, empty_body};
 use crate::upstream::cluster::Eligibility;
 use crate::upstream::http1::is_idempotent;
 use crate::upstream::{
@@ -24,7 +24,7 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -116,11 +116,7 @@ where
     fn next(&mut self) -> Option<UpstreamBody> {
         match self {
             // Zero-sized: boxing it does not allocate.
-            RequestBody::Empty => Some(
-                Empty::<Bytes>::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            ),
+            RequestBody::Empty => Some(empty_body()),
             RequestBody::Once(body) => body.take().map(|b| b.map_err(Into::into).boxed_unsync()),
             RequestBody::Lent(slot) => slot.lend().map(|b| b.map_err(Into::into).boxed_unsync()),
         }
@@ -249,7 +245,14 @@ where
                 },
             }
         };
-        let mut failure = match settle(&target, sent, retry) {
+        report_outcome(&target, &sent);
+        let mut failure = match sent {
+            // 101 answers an upgrade: never retried.
+            Ok(resp)
+                if !resp.status().is_informational() && retry.statuses.contains(&resp.status()) =>
+            {
+                Failure::Status(resp)
+            }
             Ok(resp) => {
                 report.upstream_responded = true;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -375,28 +378,14 @@ pub(crate) fn upstream_request(
     Request::from_parts(head, body)
 }
 
-/// What an attempt's answer (or failure) counts as: fed to outlier detection, and a status the
-/// retry policy lists becomes a failure.
-fn settle(
-    target: &Target<'_>,
-    result: Result<Response<ResponseBody>, Failure>,
-    retry: &Retry,
-) -> Result<Response<ResponseBody>, Failure> {
-    let outcome = match &result {
+/// An attempt's outcome, for outlier detection: a 5xx or no answer is a failure.
+fn report_outcome(target: &Target<'_>, result: &Result<Response<ResponseBody>, Failure>) {
+    let outcome = match result {
         Ok(resp) if resp.status().is_server_error() => Outcome::Failure,
         Ok(_) => Outcome::Success,
         Err(_) => Outcome::Failure,
     };
     target.cluster.report(target.endpoint, outcome);
-    match result {
-        // 101 answers an upgrade: never retried.
-        Ok(resp)
-            if !resp.status().is_informational() && retry.statuses.contains(&resp.status()) =>
-        {
-            Err(Failure::Status(resp))
-        }
-        other => other,
-    }
 }
 
 fn classify(failed: SendError<Request<UpstreamBody>>) -> Failure {

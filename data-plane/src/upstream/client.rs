@@ -20,6 +20,14 @@ use std::time::Duration;
 /// gateway itself can abort a body (a body limit exceeded mid-stream), not only the client.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// An empty request body (zero-sized: boxing it does not allocate).
+pub fn empty_body() -> UpstreamBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -16,7 +16,7 @@
 pub mod codec;
 pub mod connection;
 
-use super::client::UpstreamBody;
+use super::client::{UpstreamBody, empty_body};
 use super::connector::{ConnectError, UpstreamConnector};
 use super::error::{SendError, UpstreamError};
 use super::idle::{IdleClock, Reap};
@@ -27,7 +27,6 @@ use connection::{Connection, ExchangeError, Exchanged, Http1Error, ResponseStrea
 use http::uri::Authority;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
-use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -200,11 +199,7 @@ impl Replay {
     }
 
     fn request(self) -> Request<UpstreamBody> {
-        let mut req = Request::new(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
+        let mut req = Request::new(empty_body());
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
@@ -225,15 +220,15 @@ impl EndpointPool {
     /// was written on a pooled connection goes on a new one.
     pub async fn send(
         self: &Arc<Self>,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         match self.take_idle() {
             Some(Pooled {
                 conn,
                 suspect: false,
-            }) => match conn.exchange(req).await {
+            }) => match conn.exchange(&mut req).await {
                 Ok(exchanged) => Ok(self.lease(exchanged)),
-                Err(error) => Box::pin(self.after_failure(error, None)).await,
+                Err(error) => Box::pin(self.after_failure(error, req, None)).await,
             },
             Some(Pooled {
                 conn,
@@ -246,7 +241,7 @@ impl EndpointPool {
     async fn send_suspect(
         self: &Arc<Self>,
         mut conn: Connection,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         // Tokio runs a yielded task after polling the I/O driver: a close already received
         // marks the socket readable.
@@ -256,24 +251,24 @@ impl EndpointPool {
             return self.send_fresh(req).await;
         }
         let replay = Replay::of(&req);
-        match conn.exchange(req).await {
+        match conn.exchange(&mut req).await {
             Ok(exchanged) => Ok(self.lease(exchanged)),
-            Err(error) => self.after_failure(error, replay).await,
+            Err(error) => self.after_failure(error, req, replay).await,
         }
     }
 
-    /// A pooled connection failed: once more on a new connection when nothing was sent, or
-    /// when a replayable request met a close before any response.
+    /// A pooled connection failed with `req`: once more on a new connection when nothing was
+    /// sent, or when a replayable request met a close before any response.
     async fn after_failure(
         self: &Arc<Self>,
         error: ExchangeError,
+        req: Request<UpstreamBody>,
         replay: Option<Replay>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         let again = match error {
-            ExchangeError::NotSent(unsent) => {
-                let (error, unsent) = *unsent;
+            ExchangeError::NotSent(error) => {
                 tracing::debug!(endpoint = %self.authority(), %error, "pooled connection closed while idle; sending on a new connection");
-                unsent
+                req
             }
             ExchangeError::Failed {
                 error,
@@ -292,20 +287,16 @@ impl EndpointPool {
     /// Sends on a new connection (or one handed over at the connection limit), without retry.
     async fn send_fresh(
         self: &Arc<Self>,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Response<ResponseBody>, SendError<Request<UpstreamBody>>> {
         let conn = match self.checkout_new().await {
             Ok(conn) => conn,
             Err(error) => return Err(SendError::unsent(error, req)),
         };
-        match conn.exchange(req).await {
+        match conn.exchange(&mut req).await {
             Ok(exchanged) => Ok(self.lease(exchanged)),
-            Err(ExchangeError::NotSent(unsent)) => {
-                let (error, unsent) = *unsent;
-                Err(SendError::unsent(
-                    UpstreamError::NotSent(error.into()),
-                    unsent,
-                ))
+            Err(ExchangeError::NotSent(error)) => {
+                Err(SendError::unsent(UpstreamError::NotSent(error.into()), req))
             }
             Err(ExchangeError::Failed { error, .. }) => {
                 Err(SendError::new(UpstreamError::Exchange(error.into())))

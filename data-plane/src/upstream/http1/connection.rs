@@ -13,7 +13,7 @@ use super::codec::{
     self, BodyHint, ChunkedDecoder, Decoded, ProtocolError, RequestFraming, ResponseFraming,
     ResponseHead,
 };
-use crate::upstream::client::{BoxError, UpstreamBody};
+use crate::upstream::client::{BoxError, UpstreamBody, empty_body};
 use crate::upstream::connector::UpstreamStream;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::FutureExt;
@@ -59,8 +59,8 @@ pub enum Http1Error {
 
 /// A failed exchange.
 pub enum ExchangeError {
-    /// Nothing was written: the request comes back for another connection (boxed: rare).
-    NotSent(Box<(io::Error, Request<UpstreamBody>)>),
+    /// Nothing was written: the request, still the caller's, may go to another connection.
+    NotSent(io::Error),
     /// The request was (perhaps partly) sent. `response_started`: some of a response arrived,
     /// so the upstream acted on the request.
     Failed {
@@ -135,10 +135,12 @@ impl Connection {
     }
 
     /// Sends `req` (origin-form URI, `Host` set) and reads the response head, writing the
-    /// request body meanwhile. A request nothing of which was written comes back.
+    /// request body meanwhile; the body is taken from `req` once the head is written, so a
+    /// request nothing of which was written is left whole. Borrowed, not moved: the future
+    /// would otherwise hold the request twice (argument and local) and be copied with it.
     pub async fn exchange(
         mut self,
-        mut req: Request<UpstreamBody>,
+        req: &mut Request<UpstreamBody>,
     ) -> Result<Exchanged, ExchangeError> {
         let failed = |error: Http1Error| ExchangeError::Failed {
             error,
@@ -177,7 +179,7 @@ impl Connection {
         self.write_buf.clear();
         if let Err((error, written)) = written {
             if written == 0 && !body_taken {
-                return Err(ExchangeError::NotSent(Box::new((error, req))));
+                return Err(ExchangeError::NotSent(error));
             }
             return Err(failed(error.into()));
         }
@@ -185,7 +187,7 @@ impl Connection {
         let wants_upgrade = encoded.upgrade;
         let request_closes = encoded.closes;
         let mut outgoing = outgoing.map(|mut out| {
-            out.body = Some(req.into_body());
+            out.body = Some(std::mem::replace(req.body_mut(), empty_body()));
             Box::new(out)
         });
         if outgoing.as_ref().is_some_and(|out| out.is_sent()) {
@@ -690,7 +692,7 @@ mod tests {
     use crate::upstream::dns::CachingResolver;
     use http::HeaderMap;
     use http::header;
-    use http_body_util::{Empty, Full, StreamBody};
+    use http_body_util::{Full, StreamBody};
     use std::net::SocketAddr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -756,10 +758,6 @@ mod tests {
 
     use http::{Method, Uri};
 
-    fn empty() -> UpstreamBody {
-        Empty::new().map_err(|never| match never {}).boxed_unsync()
-    }
-
     fn full(bytes: impl Into<Bytes>) -> UpstreamBody {
         Full::new(bytes.into())
             .map_err(|never| match never {})
@@ -776,10 +774,10 @@ mod tests {
 
     async fn exchange(
         conn: Connection,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
     ) -> Result<Exchanged, Http1Error> {
-        conn.exchange(req).await.map_err(|e| match e {
-            ExchangeError::NotSent(unsent) => unsent.0.into(),
+        conn.exchange(&mut req).await.map_err(|e| match e {
+            ExchangeError::NotSent(error) => error.into(),
             ExchangeError::Failed { error, .. } => error,
         })
     }
@@ -831,8 +829,11 @@ mod tests {
         ])
         .await;
         let conn = connect(addr).await;
-        let (head, mut body) =
-            streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+        let (head, mut body) = streaming(
+            exchange(conn, request(Method::GET, empty_body()))
+                .await
+                .unwrap(),
+        );
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(body.size_hint().exact(), Some(5));
         assert_eq!(read_all(&mut body).await.unwrap().0, b"hello");
@@ -840,18 +841,26 @@ mod tests {
             .release()
             .expect("reusable after a Content-Length body");
 
-        let (_, mut body) = streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+        let (_, mut body) = streaming(
+            exchange(conn, request(Method::GET, empty_body()))
+                .await
+                .unwrap(),
+        );
         let (data, trailers) = read_all(&mut body).await.unwrap();
         assert_eq!(data, b"abc");
         assert_eq!(trailers.expect("trailers")["x-t"], "1");
         let conn = body.release().expect("reusable after a chunked body");
 
         // No body whatever the headers say: complete at once.
-        let (_, mut body) = streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+        let (_, mut body) = streaming(
+            exchange(conn, request(Method::GET, empty_body()))
+                .await
+                .unwrap(),
+        );
         assert!(body.is_complete() && body.is_end_stream());
         let conn = body.release().expect("reusable after a 204");
         let (_, mut body) = streaming(
-            exchange(conn, request(Method::HEAD, empty()))
+            exchange(conn, request(Method::HEAD, empty_body()))
                 .await
                 .unwrap(),
         );
@@ -875,8 +884,11 @@ mod tests {
             })
             .await;
             let conn = connect(addr).await;
-            let (_, mut body) =
-                streaming(exchange(conn, request(Method::GET, empty())).await.unwrap());
+            let (_, mut body) = streaming(
+                exchange(conn, request(Method::GET, empty_body()))
+                    .await
+                    .unwrap(),
+            );
             // The extra bytes may come in a later read than the body's.
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(read_all(&mut body).await.unwrap().0, b"ok");
@@ -888,7 +900,7 @@ mod tests {
         }
         // A request asking for a close too.
         let (addr, _) = answering(&[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
-        let mut req = request(Method::GET, empty());
+        let mut req = request(Method::GET, empty_body());
         req.headers_mut()
             .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
         let (_, mut body) = streaming(exchange(connect(addr).await, req).await.unwrap());
@@ -905,7 +917,7 @@ mod tests {
         })
         .await;
         let (_, mut body) = streaming(
-            exchange(connect(addr).await, request(Method::GET, empty()))
+            exchange(connect(addr).await, request(Method::GET, empty_body()))
                 .await
                 .unwrap(),
         );
@@ -920,7 +932,7 @@ mod tests {
         ])
         .await;
         let (head, mut body) = streaming(
-            exchange(connect(addr).await, request(Method::GET, empty()))
+            exchange(connect(addr).await, request(Method::GET, empty_body()))
                 .await
                 .unwrap(),
         );
@@ -952,10 +964,11 @@ mod tests {
         ];
         for (response, reason) in cases {
             let (addr, _) = answering(std::slice::from_ref(Box::leak(Box::new(response)))).await;
-            let error = match exchange(connect(addr).await, request(Method::GET, empty())).await {
-                Ok(_) => panic!("accepted: {}", String::from_utf8_lossy(response)),
-                Err(error) => error,
-            };
+            let error =
+                match exchange(connect(addr).await, request(Method::GET, empty_body())).await {
+                    Ok(_) => panic!("accepted: {}", String::from_utf8_lossy(response)),
+                    Err(error) => error,
+                };
             assert!(error.to_string().contains(reason), "{error} / {reason}");
         }
         // An endless head.
@@ -970,7 +983,7 @@ mod tests {
             }
         })
         .await;
-        let error = exchange(connect(addr).await, request(Method::GET, empty()))
+        let error = exchange(connect(addr).await, request(Method::GET, empty_body()))
             .await
             .err()
             .expect("too large");
@@ -984,7 +997,7 @@ mod tests {
         ])
         .await;
         let (_, mut body) = streaming(
-            exchange(connect(addr).await, request(Method::GET, empty()))
+            exchange(connect(addr).await, request(Method::GET, empty_body()))
                 .await
                 .unwrap(),
         );
@@ -1001,7 +1014,7 @@ mod tests {
         })
         .await;
         let (_, mut body) = streaming(
-            exchange(connect(addr).await, request(Method::GET, empty()))
+            exchange(connect(addr).await, request(Method::GET, empty_body()))
                 .await
                 .unwrap(),
         );
@@ -1014,7 +1027,7 @@ mod tests {
             read_head(&mut s).await;
         })
         .await;
-        let error = exchange(connect(addr).await, request(Method::GET, empty()))
+        let error = exchange(connect(addr).await, request(Method::GET, empty_body()))
             .await
             .err()
             .expect("closed");
@@ -1202,7 +1215,7 @@ mod tests {
             }
         })
         .await;
-        let mut req = request(Method::GET, empty());
+        let mut req = request(Method::GET, empty_body());
         req.headers_mut()
             .insert(header::UPGRADE, http::HeaderValue::from_static("echo"));
         let exchanged = exchange(connect(addr).await, req).await.unwrap();
@@ -1235,7 +1248,7 @@ mod tests {
         })
         .await;
         let (_, mut body) = streaming(
-            exchange(connect(addr).await, request(Method::GET, empty()))
+            exchange(connect(addr).await, request(Method::GET, empty_body()))
                 .await
                 .unwrap(),
         );
