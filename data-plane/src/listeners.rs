@@ -7,7 +7,7 @@
 use crate::in_place;
 use crate::l4::rewind::Rewind;
 use crate::l4::{self, L4Context};
-use crate::observe::Observer;
+use crate::observe::{ObservedBody, Observer};
 use crate::proxy::Peer;
 use crate::server::http1::{self, BoxIo, Ended, Io, Lifecycle, RequestBody};
 use crate::snapshot::{PortKind, Snapshot};
@@ -564,19 +564,15 @@ impl Client {
                 _ => BodyBound::None,
             };
             let req = req.map(|body| WaitingBody::new(body, bound));
-            let observer = service_shared.observer.clone();
-            let peer = peer.clone();
             // Not boxed here: the server boxes each exchange, this future included.
-            async move {
-                let response = observer
-                    .serve(snapshot, port, peer, tls.as_deref(), None, req)
-                    .await;
+            let observer = service_shared.observer.clone();
+            observer.serve(snapshot, port, peer.clone(), tls, None, req, |response| {
                 if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     in_flight.upgrade();
                 }
                 // In flight until the response body is done, not just its head.
                 response.map(|body| InFlightBody::new(body, in_flight, None))
-            }
+            })
         };
         let ended = http1::serve(io, true, MAX_HEADER_BYTES, &mut self.lifecycle, service).await;
         match ended {
@@ -638,16 +634,17 @@ impl Client {
             };
             let req = req.map(|body| WaitingBody::new(body, bound));
             let observer = service_shared.observer.clone();
-            let peer = peer.clone();
+            let stalled_after = stall.clone();
             // Boxed and written in place: hyper moves it into a task per stream.
-            in_place::boxed(Box::new_uninit(), async move {
-                let response = observer
-                    .serve(snapshot, port, peer, tls.as_deref(), stall.as_deref(), req)
-                    .await;
+            let finish = move |response: http::Response<ObservedBody>| {
                 // A stall after this answer resets the stream; one before it is the 408 already.
-                let stall = stall.filter(|s| !s.is_stalled());
+                let stall = stalled_after.filter(|s| !s.is_stalled());
                 Ok::<_, Infallible>(response.map(|body| InFlightBody::new(body, in_flight, stall)))
-            })
+            };
+            in_place::boxed(
+                Box::new_uninit(),
+                observer.serve(snapshot, port, peer.clone(), tls, stall, req, finish),
+            )
         });
         let conn = shared.h2.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);

@@ -47,26 +47,34 @@ impl Observer {
         &self.metrics
     }
 
-    /// Serves one request through the proxy, recording it. When `stall` fires (an HTTP/2
-    /// request body waited past the read timeout) before the proxy answers, the answer is 408.
-    pub async fn serve<B>(
-        &self,
+    /// Serves one request through the proxy, recording it, and hands the answer to `finish`
+    /// (the listener's own bookkeeping). When `stall` fires (an HTTP/2 request body waited past
+    /// the read timeout) before the proxy answers, the answer is 408.
+    ///
+    /// Everything it needs is owned and `finish` runs inside: the listener returns this future
+    /// as the request's, with no `async` block of its own around it (one more level of future
+    /// would copy the request in and the response out).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn serve<B, F, R>(
+        self: Arc<Self>,
         snapshot: Arc<Snapshot>,
         port: u16,
         client: Peer,
-        tls: Option<&TlsConnection>,
-        stall: Option<&BodyStall>,
+        tls: Option<Arc<TlsConnection>>,
+        stall: Option<Arc<BodyStall>>,
         req: Request<B>,
-    ) -> Response<ObservedBody>
+        finish: F,
+    ) -> R
     where
         B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+        F: FnOnce(Response<ObservedBody>) -> R,
     {
         let start = Instant::now();
         let client_addr = client.addr;
         if !snapshot.metrics_endpoints().is_empty()
             && let Some(resp) = self.scrape(&snapshot, port, &req)
         {
-            return resp.map(ObservedBody::plain);
+            return finish(resp.map(ObservedBody::plain));
         }
         let access = self
             .access_log
@@ -75,7 +83,7 @@ impl Observer {
         // body, which travels to the upstream connection's task).
         let request_bytes = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         let mut flight = InFlight {
-            observer: self,
+            observer: &self,
             start,
             slot: method_slot(req.method()),
             report: Report::default(),
@@ -89,7 +97,8 @@ impl Observer {
         });
         let report = &mut flight.report;
         // Built in each arm: a future built before the `match` is copied once more to be awaited.
-        let resp = match stall {
+        let tls = tls.as_deref();
+        let resp = match stall.as_deref() {
             None => proxy::handle_reporting(snapshot, port, client, tls, req, report).await,
             Some(stall) => tokio::select! {
                 biased;
@@ -104,11 +113,11 @@ impl Observer {
         };
         flight.answered = true;
         let done = flight.answer(resp.status().as_u16(), resp.headers());
-        resp.map(|inner| ObservedBody {
+        finish(resp.map(|inner| ObservedBody {
             inner,
             bytes: 0,
             done,
-        })
+        }))
     }
 
     /// The metrics exposition when the request is for a listener's metrics endpoint.

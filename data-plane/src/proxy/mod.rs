@@ -61,13 +61,12 @@ pub async fn handle_reporting<B>(
     port: u16,
     client: Peer,
     tls: Option<&TlsConnection>,
-    req: Request<B>,
+    mut req: Request<B>,
     report: &mut Report,
 ) -> Response<ProxyBody>
 where
     B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
-    let mut req = req;
     // An HTTP/2 WebSocket (extended CONNECT) is served as the HTTP/1.1 upgrade it stands for,
     // and its answer turned back at the end. The early returns below are all refusals (4xx),
     // which it would pass unchanged. Not a wrapping `async fn`: one more level of future would
