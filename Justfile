@@ -4,6 +4,11 @@
 build:
     cargo build --release
 
+# Profile-guided release build, target/pgo/release/sluice: what the image ships (about twice a
+# plain release build; needs llvm-19's llvm-profdata and h2load, see the script).
+build-pgo:
+    bash deploy/pgo-build.sh
+
 # Quick start: standalone mode on the shipped examples with demo echo backends.
 run:
     cargo run --release -- standalone --demo-backends

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # User and system CPU per request in h1 keep-alive (wrk -c64, 10 s, two interleaved rounds) for nginx,
 # the bare hyper proxy and sluice, same pinning as proxy-bench.sh, then system calls per request
-# (strace -c over 3 s of load). Needs a release build: cargo build --release.
+# (strace -c over 3 s of load). Needs a release build: cargo build --release (or SLUICE=binary).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"; BENCH="${BENCH:-$ROOT/../shared/bench}"
 source "$BENCH/lib.sh"; source "$ROOT/integration-tests/bench-config.sh"
 P_SLUICE=8085 P_SLUICE_TLS=8445 P_SLUICE_XDS=18085 P_SLUICE_ADMIN=9985
 "$BENCH/setup.sh" >/dev/null
 [[ -x "$HYPER_BIN" ]] || "$BENCH/build.sh" hyper
-SLUICE="$ROOT/target/release/sluice"; CONF="$RUN_DIR/sluice-conf"
+SLUICE=${SLUICE:-$ROOT/target/release/sluice}; CONF="$RUN_DIR/sluice-conf"
 cleanup() { "$BENCH/stack.sh" down || true; }
 trap cleanup EXIT INT TERM
 "$BENCH/stack.sh" up origins nginx hyper >/dev/null 2>&1

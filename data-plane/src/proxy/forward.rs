@@ -236,13 +236,21 @@ where
         // into its own state, and the response out of it.
         let sent = {
             let _in_flight = target.cluster.state.budget.attempt();
-            let sent = target.cluster.send(target.endpoint, request);
+            let cluster = &target.cluster;
+            // Built in each arm: a future built before the `match` is copied once more (whole,
+            // KiBs) to be awaited.
             match forward.backend_timeout {
-                None => sent.await.map_err(classify),
-                Some(limit) => match tokio::time::timeout(limit, sent).await {
-                    Ok(result) => result.map_err(classify),
-                    Err(_) => Err(Failure::Timeout(limit)),
-                },
+                None => cluster
+                    .send(target.endpoint, request)
+                    .await
+                    .map_err(classify),
+                Some(limit) => {
+                    match tokio::time::timeout(limit, cluster.send(target.endpoint, request)).await
+                    {
+                        Ok(result) => result.map_err(classify),
+                        Err(_) => Err(Failure::Timeout(limit)),
+                    }
+                }
             }
         };
         report_outcome(&target, &sent);
