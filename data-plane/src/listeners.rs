@@ -807,12 +807,21 @@ mod tests {
         addr
     }
 
+    /// Never the same port twice in this binary: the kernel may give a closed listener's port
+    /// out again at once, and two of these tests' listeners on one port fail.
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+            std::sync::Mutex::new(std::collections::BTreeSet::new());
+        loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if GIVEN.lock().unwrap().insert(port) {
+                return port;
+            }
+        }
     }
 
     fn resources(proxy_port: u16, backend: SocketAddr, rewrite: &str) -> Resources {
