@@ -6,12 +6,12 @@
 use super::forward::{Target, upstream_request};
 use crate::router::route::Mirror;
 use crate::snapshot::Snapshot;
-use crate::upstream::client::BoxError;
+use crate::upstream::client::{BoxError, empty_body};
 use crate::upstream::cluster::Eligibility;
 use bytes::Bytes;
 use http::request::Parts;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,9 +66,7 @@ where
             backend: None,
         };
         let (body, copy) = if tee.inner.is_end_stream() {
-            let empty = Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed_unsync();
+            let empty = empty_body();
             (empty, None)
         } else {
             let (tx, rx) = mpsc::channel(MIRROR_QUEUE);

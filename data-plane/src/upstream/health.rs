@@ -3,14 +3,13 @@
 //! over TLS) and flipping the endpoint's verdict after enough consecutive results. The tasks follow the snapshots the
 //! runtime applies: they start when a cluster appears, restart when it changes, stop when it goes.
 
-use super::client::Protocol;
+use super::client::{Protocol, empty_body};
 use super::cluster::CompiledCluster;
 use super::outlier::MAX_THRESHOLD;
 use crate::router::route::to_duration;
-use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Limited};
 use sluice_proto::config as pb;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -266,11 +265,7 @@ async fn probe(cluster: &CompiledCluster, idx: usize, check: &HealthCheck) -> Re
     let mut req = Request::get(uri)
         .header(header::HOST, endpoint.host_header.clone())
         .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
-        .body(
-            Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(empty_body())
         .map_err(|e| e.to_string())?;
     *req.version_mut() = cluster.protocol.version();
     let exchange = async {
@@ -298,6 +293,7 @@ mod tests {
     use super::*;
     use crate::resources::Resources;
     use crate::snapshot::Compiler;
+    use bytes::Bytes;
     use http_body_util::Full;
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;

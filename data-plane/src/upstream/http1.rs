@@ -465,7 +465,7 @@ mod tests {
     use bytes::Bytes;
     use http::StatusCode;
     use http_body::Frame;
-    use http_body_util::{BodyExt, Empty, StreamBody};
+    use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
@@ -599,7 +599,7 @@ mod tests {
     fn get(addr: SocketAddr, path: &str) -> Request<UpstreamBody> {
         Request::get(path)
             .header(http::header::HOST, addr.to_string())
-            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .body(empty_body())
             .unwrap()
     }
 

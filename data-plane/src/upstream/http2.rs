@@ -273,11 +273,12 @@ impl std::fmt::Debug for Http2Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::client::empty_body;
     use crate::upstream::connector::TcpConnector;
     use crate::upstream::dns::CachingResolver;
     use bytes::Bytes;
     use http::StatusCode;
-    use http_body_util::{BodyExt, Empty, Full};
+    use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use hyper_util::rt::TokioIo;
     use std::convert::Infallible;
@@ -352,7 +353,7 @@ mod tests {
     fn get(addr: SocketAddr) -> Request<UpstreamBody> {
         Request::get(format!("http://{addr}/"))
             .version(http::Version::HTTP_2)
-            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .body(empty_body())
             .unwrap()
     }
 
@@ -444,7 +445,7 @@ mod tests {
         let long = |path: &str| {
             Request::get(format!("http://{addr}{path}"))
                 .version(http::Version::HTTP_2)
-                .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+                .body(empty_body())
                 .unwrap()
         };
         // A first request leaves the connection idle: the reaper runs.
@@ -546,7 +547,7 @@ mod tests {
         let cluster = snap.cluster("grpcs").expect("compiled");
         let req = Request::get(format!("https://{addr}/"))
             .version(http::Version::HTTP_2)
-            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .body(empty_body())
             .unwrap();
         let resp = cluster.send(0, req).await.expect("response");
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
