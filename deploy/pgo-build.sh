@@ -83,7 +83,17 @@ for _ in $(seq 1 300); do
   sleep 0.2
 done
 [[ -n $ready ]] || { cat "$WORK/standalone.log" >&2; echo "standalone did not become ready" >&2; exit 1; }
-load() { h2load "$@" >/dev/null; }
+# A load that did not reach the gateway (connections refused, TLS failed) would leave its mode
+# out of the profile: stop instead. Non-2xx answers are expected (a 503 route, a redirect).
+load() {
+  local out
+  out=$(h2load "$@")
+  grep -q " 0 errored, 0 timeout" <<<"$out" || {
+    echo "training load did not reach the gateway: h2load $*" >&2
+    grep -E "^requests|status codes" <<<"$out" >&2
+    exit 1
+  }
+}
 # HTTP/1.1 keep-alive over four routes (two of them split and rewritten), and local answers.
 load --h1 -n 60000 -c 16 -H 'Host: api.example.com' http://127.0.0.1:8080/users
 load --h1 -n 30000 -c 16 -H 'Host: api.example.com' http://127.0.0.1:8080/api/orders
