@@ -28,6 +28,9 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Starts the mirrors of a route that take this request (after the route's request header
 /// modifier: `head` is the request as it will be forwarded, its Host kept when
 /// `host_preserved`) and returns the client's body, teed to them when it has one.
+///
+/// Inlined: most routes have no mirror, and their body is then only wrapped in place.
+#[inline]
 pub fn start<B>(
     snapshot: &Arc<Snapshot>,
     route: &Arc<str>,
@@ -43,9 +46,22 @@ where
         inner: body,
         copies: Vec::new(),
     };
-    if mirrors.is_empty() {
-        return tee;
+    if !mirrors.is_empty() {
+        start_copies(snapshot, route, mirrors, head, host_preserved, &mut tee);
     }
+    tee
+}
+
+fn start_copies<B>(
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<str>,
+    mirrors: &[Mirror],
+    head: &Parts,
+    host_preserved: bool,
+    tee: &mut TeeBody<B>,
+) where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     let mut rng = fastrand::Rng::new();
     for mirror in mirrors {
         if !mirror.takes(rng.u32(0..mirror.denominator)) {
@@ -104,7 +120,6 @@ where
             });
         }
     }
-    tee
 }
 
 /// The queue feeding one mirror's body.

@@ -15,20 +15,24 @@ pub mod response;
 pub mod upgrade;
 
 pub use headers::Peer;
+use mirror::TeeBody;
 use prefix::PrefixedBody;
 pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
+use upgrade::ClientUpgrade;
 
 use crate::middleware::body_limit::{self, LimitedBody};
-use crate::middleware::{RequestCtx, ResponseCtx};
+use crate::middleware::{Ran, RequestCtx, ResponseCtx};
 use crate::router::cors::Cors;
 use crate::router::host::request_host_and_header;
 use crate::router::redirect::RedirectRequest;
+use crate::router::route::Forward;
 use crate::router::{CompiledRoute, Lookup, NormalizedHost, PathMatcher, RequestView, RouteAction};
 use crate::snapshot::Snapshot;
 use crate::tls::TlsConnection;
 use crate::upstream::client::BoxError;
 use bytes::Bytes;
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri, header};
 use http_body::Body;
@@ -67,20 +71,182 @@ pub async fn handle_reporting<B>(
 where
     B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
 {
+    // Forwarding is written out here, not in an `async fn` of its own: one more level of future
+    // would hold, and copy, the whole request's state.
+    let Routed {
+        route,
+        plan,
+        origin,
+        original_host,
+        cors_origin,
+        host,
+        websocket,
+    } = match route_request(&snapshot, port, &client, tls, &mut req, report) {
+        Ok(routed) => routed,
+        Err(resp) => return resp,
+    };
+    let client_ip = origin.client;
+    let mut resp = match plan {
+        Plan::Local(resp) => resp,
+        Plan::Forward {
+            pinned,
+            path_and_query,
+        } => 'forward: {
+            let RouteAction::Forward(forward) = &route.action else {
+                break 'forward response::upstream_error();
+            };
+            let Outbound {
+                mut parts,
+                body,
+                upgrade,
+                request_id,
+                client_uri,
+                host_preserved,
+            } = outbound(
+                &route,
+                forward,
+                path_and_query,
+                origin,
+                &client,
+                tls.is_some(),
+                original_host,
+                req,
+            );
+            // Middlewares and the body check may wait (an auth call, the body's first bytes):
+            // boxed, so that their state does not size, and is not moved with, every request.
+            let (body, ran) = if route.middlewares.is_empty() && !route.exploit_protection {
+                let body = mirror::start(
+                    &snapshot,
+                    &route.name,
+                    &route.mirrors,
+                    &parts,
+                    host_preserved,
+                    body,
+                );
+                (PrefixedBody::unread(body), None)
+            } else {
+                let conn = ClientConn {
+                    tls: tls.is_some(),
+                    port,
+                    host: host.as_deref().unwrap_or_default(),
+                };
+                let filtered = filter_request(
+                    &snapshot,
+                    &route,
+                    &conn,
+                    &mut parts,
+                    &client_uri,
+                    host_preserved,
+                    client_ip,
+                    body,
+                    report,
+                );
+                match Box::pin(filtered).await {
+                    Ok((body, ran)) => (body, ran),
+                    Err(mut resp) => {
+                        resp.headers_mut()
+                            .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
+                        break 'forward resp;
+                    }
+                }
+            };
+            // bodyLimit: counted as it streams (a declared length was checked by the middleware).
+            let (body, body_too_large) =
+                LimitedBody::new(body, ran.as_ref().and_then(|r| r.body_limit));
+            let method = ran.as_ref().map(|_| parts.method.clone());
+            let attempts = forward::forward(
+                &snapshot,
+                &route.name,
+                forward,
+                pinned,
+                parts,
+                body,
+                upgrade,
+                host_preserved,
+                report,
+            );
+            let mut resp = match forward.timeout {
+                None => attempts.await,
+                Some(limit) => match tokio::time::timeout(limit, attempts).await {
+                    Ok(resp) => resp,
+                    Err(_) => {
+                        report.failure = Some(UpstreamFailure::Timeout);
+                        tracing::warn!(route = %route.name, timeout = ?limit, "request timeout (retries included)");
+                        response::timeout()
+                    }
+                },
+            };
+            if body_too_large.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+                && !report.upstream_responded
+            {
+                tracing::debug!(route = %route.name, client = %client_ip, "request body passed its limit: upstream request aborted");
+                resp = body_limit::too_large();
+            }
+            if let (Some(mut done), Some(method)) = (ran, method) {
+                let ctx = ResponseCtx {
+                    client_uri: &client_uri,
+                    method: &method,
+                    from_upstream: report.upstream_responded,
+                };
+                route.middlewares.response(&mut done, &ctx, &mut resp);
+                report.log_fields = done.log_fields;
+            }
+            // Upstream answers and forwarding errors alike: the client can quote the id.
+            resp.headers_mut()
+                .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
+            resp
+        }
+    };
+    if let Some(cors) = &route.cors {
+        cors.decorate(cors_origin.as_ref(), resp.headers_mut());
+    }
+    route.response_headers.apply(resp.headers_mut());
+    if websocket {
+        upgrade::websocket_h2::answer(resp)
+    } else {
+        resp
+    }
+}
+
+/// What routing decided for a request the route answers (locally or from upstream).
+struct Routed {
+    route: Arc<CompiledRoute>,
+    plan: Plan,
+    origin: headers::Origin,
+    original_host: Option<HeaderValue>,
+    /// The client's Origin, kept for a route with CORS.
+    cors_origin: Option<HeaderValue>,
+    /// The normalized host, kept for a route with middlewares.
+    host: Option<Box<str>>,
+    /// An HTTP/2 WebSocket: the answer is turned back at the end.
+    websocket: bool,
+}
+
+/// Matches `req` to a route on `port` and decides its plan. An `Err` is the answer already: a
+/// refusal (4xx) or 404, to be sent as it is.
+// One call site, inlined into it: the answer is not moved more for being in a `Result`.
+#[allow(clippy::result_large_err)]
+#[inline]
+fn route_request<B: Body>(
+    snapshot: &Snapshot,
+    port: u16,
+    client: &Peer,
+    tls: Option<&TlsConnection>,
+    req: &mut Request<B>,
+    report: &mut Report,
+) -> Result<Routed, Response<ProxyBody>> {
     // An HTTP/2 WebSocket (extended CONNECT) is served as the HTTP/1.1 upgrade it stands for,
-    // and its answer turned back at the end. The early returns below are all refusals (4xx),
-    // which it would pass unchanged. Not a wrapping `async fn`: one more level of future would
-    // hold, and copy, the whole request's state.
-    let websocket = match upgrade::websocket_h2::prepare(&mut req) {
+    // and its answer turned back at the end. The refusals below pass unchanged.
+    let websocket = match upgrade::websocket_h2::prepare(req) {
         Prepared::Other => false,
         Prepared::WebSocket => true,
-        Prepared::Unsupported => return upgrade::websocket_h2::unsupported(),
+        Prepared::Unsupported => return Err(upgrade::websocket_h2::unsupported()),
     };
     if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_URI_LEN {
-        return response::uri_too_long();
+        return Err(response::uri_too_long());
     }
     let Some(index) = snapshot.port(port) else {
-        return not_found(req.headers(), websocket);
+        return Err(not_found(req.headers(), websocket));
     };
     let origin = {
         let peer = client.addr.ip().to_canonical();
@@ -99,114 +265,84 @@ where
     let client_ip = origin.client;
     report.client_ip = Some(client_ip);
 
-    // Routing borrows the request; collect what forwarding needs, then release the borrow.
-    let (route, plan, original_host, cors_origin, host) = {
-        let (raw_host, host_header) = request_host_and_header(req.uri(), req.headers());
-        let host = NormalizedHost::new(raw_host);
-        if let Some(tls) = tls
-            && !tls.serves(&snapshot, port, host.as_str())
-        {
-            return response::misdirected();
+    let (raw_host, host_header) = request_host_and_header(req.uri(), req.headers());
+    let host = NormalizedHost::new(raw_host);
+    if let Some(tls) = tls
+        && !tls.serves(snapshot, port, host.as_str())
+    {
+        return Err(response::misdirected());
+    }
+    let view = RequestView::new(req, &host, client_ip);
+    let entry = match index.lookup(&view) {
+        Lookup::Matched(e) => e,
+        Lookup::MethodNotAllowed(r) => {
+            report.matched(r);
+            return Err(response::method_not_allowed(r.allow.as_ref()));
         }
-        let view = RequestView::new(&req, &host, client_ip);
-        let entry = match index.lookup(&view) {
-            Lookup::Matched(e) => e,
-            Lookup::MethodNotAllowed(r) => {
-                report.matched(r);
-                return response::method_not_allowed(r.allow.as_ref());
-            }
-            Lookup::NotFound => return not_found(req.headers(), websocket),
-        };
-        let route = &entry.route;
-        report.matched(route);
-        if route.exploit_protection
-            && let Some(found) = exploit::check_uri(view.path, view.query)
-        {
-            log_blocked(route, client_ip, found);
-            return response::blocked();
-        }
-        let matched_prefix = match &route.matches[entry.match_idx].path {
-            PathMatcher::Prefix(p) => Some(&**p),
-            _ => None,
-        };
-        let preflight = route.cors.is_some() && Cors::is_preflight(req.method(), req.headers());
-        // Only a route with CORS keeps the Origin (a refcount bump) for its response; a
-        // preflight answer already carries its CORS headers.
-        let cors_origin = route
-            .cors
-            .as_ref()
-            .filter(|_| !preflight)
-            .and_then(|_| req.headers().get(header::ORIGIN).cloned());
-        let plan = match (&route.cors, &route.action) {
-            (Some(cors), _) if preflight => {
-                Plan::Local(response::preflight(cors.preflight(req.headers())))
-            }
-            (_, RouteAction::Direct(d)) => Plan::Local(response::direct(d)),
-            (_, RouteAction::Redirect(r)) => {
-                let location = r.location(&RedirectRequest {
-                    scheme: if tls.is_some() { "https" } else { "http" },
-                    host: host.as_str(),
-                    port,
-                    path: view.path,
-                    query: view.query,
-                    matched_prefix,
-                });
-                Plan::Local(match location {
-                    Some(l) => response::redirect(r.status, l),
-                    None => response::bad_request(),
-                })
-            }
-            (_, RouteAction::Forward(f)) => Plan::Forward {
-                pinned: f.backends.pinned(&view),
-                path_and_query: match &f.rewrite {
-                    None => req.uri().path_and_query().cloned(),
-                    Some(rw) => {
-                        let new = rw.apply(view.path, view.query, matched_prefix);
-                        PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
-                    }
-                },
-            },
-        };
-        let original_host = original_host(raw_host, host_header);
-        // Middlewares read the host; routes without any skip the copy.
-        let host = (!route.middlewares.is_empty()).then(|| Box::<str>::from(host.as_str()));
-        (route.clone(), plan, original_host, cors_origin, host)
+        Lookup::NotFound => return Err(not_found(req.headers(), websocket)),
     };
-    let mut resp = match plan {
-        Plan::Local(resp) => resp,
-        Plan::Forward {
-            pinned,
-            path_and_query,
-        } => {
-            let client_conn = ClientConn {
-                peer: &client,
-                tls: tls.is_some(),
+    let route = &entry.route;
+    report.matched(route);
+    if route.exploit_protection
+        && let Some(found) = exploit::check_uri(view.path, view.query)
+    {
+        log_blocked(route, client_ip, found);
+        return Err(response::blocked());
+    }
+    let matched_prefix = match &route.matches[entry.match_idx].path {
+        PathMatcher::Prefix(p) => Some(&**p),
+        _ => None,
+    };
+    let preflight = route.cors.is_some() && Cors::is_preflight(req.method(), req.headers());
+    // Only a route with CORS keeps the Origin (a refcount bump) for its response; a
+    // preflight answer already carries its CORS headers.
+    let cors_origin = route
+        .cors
+        .as_ref()
+        .filter(|_| !preflight)
+        .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+    let plan = match (&route.cors, &route.action) {
+        (Some(cors), _) if preflight => {
+            Plan::Local(response::preflight(cors.preflight(req.headers())))
+        }
+        (_, RouteAction::Direct(d)) => Plan::Local(response::direct(d)),
+        (_, RouteAction::Redirect(r)) => {
+            let location = r.location(&RedirectRequest {
+                scheme: if tls.is_some() { "https" } else { "http" },
+                host: host.as_str(),
                 port,
-                host: host.as_deref().unwrap_or_default(),
-            };
-            forward_request(
-                &snapshot,
-                &route,
-                pinned,
-                path_and_query,
-                origin,
-                &client_conn,
-                original_host,
-                req,
-                report,
-            )
-            .await
+                path: view.path,
+                query: view.query,
+                matched_prefix,
+            });
+            Plan::Local(match location {
+                Some(l) => response::redirect(r.status, l),
+                None => response::bad_request(),
+            })
         }
+        (_, RouteAction::Forward(f)) => Plan::Forward {
+            pinned: f.backends.pinned(&view),
+            path_and_query: match &f.rewrite {
+                None => req.uri().path_and_query().cloned(),
+                Some(rw) => {
+                    let new = rw.apply(view.path, view.query, matched_prefix);
+                    PathAndQuery::from_maybe_shared(Bytes::from(new)).ok()
+                }
+            },
+        },
     };
-    if let Some(cors) = &route.cors {
-        cors.decorate(cors_origin.as_ref(), resp.headers_mut());
-    }
-    route.response_headers.apply(resp.headers_mut());
-    if websocket {
-        upgrade::websocket_h2::answer(resp)
-    } else {
-        resp
-    }
+    let original_host = original_host(raw_host, host_header);
+    // Middlewares read the host; routes without any skip the copy.
+    let host = (!route.middlewares.is_empty()).then(|| Box::<str>::from(host.as_str()));
+    Ok(Routed {
+        route: route.clone(),
+        plan,
+        origin,
+        original_host,
+        cors_origin,
+        host,
+        websocket,
+    })
 }
 
 /// What a routed request gets.
@@ -233,40 +369,42 @@ fn not_found(headers: &http::HeaderMap, websocket: bool) -> Response<ProxyBody> 
     }
 }
 
-/// The client connection a request arrived on.
+/// The client connection a request arrived on, as the middlewares see it.
 struct ClientConn<'a> {
-    peer: &'a Peer,
     tls: bool,
     port: u16,
     /// The requested host, normalized; empty unless the route has middlewares.
     host: &'a str,
 }
 
-/// Prepares the headers (hop-by-hop, forwarding headers, request id, the route's modifier,
-/// Host), runs the route's middlewares, starts the mirrors and forwards.
+/// A request made ready for the upstream.
+struct Outbound<B> {
+    /// `uri` holds the path and query to send.
+    parts: Parts,
+    body: B,
+    /// The protocol switch the client asked for, offered per attempt to HTTP/1.1 upstreams.
+    upgrade: Option<ClientUpgrade>,
+    request_id: HeaderValue,
+    /// The URI as the client sent it.
+    client_uri: Uri,
+    /// `parts` carries the Host to send (the client's or the route's rewrite).
+    host_preserved: bool,
+}
+
+/// Prepares the request for the upstream: hop-by-hop headers out, forwarding headers and the
+/// request id in, the route's header modifier, the Host to keep and the path to send.
 #[allow(clippy::too_many_arguments)]
-async fn forward_request<B>(
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<CompiledRoute>,
-    pinned: u64,
+fn outbound<B>(
+    route: &CompiledRoute,
+    forward: &Forward,
     path_and_query: Option<PathAndQuery>,
     origin: headers::Origin,
-    conn: &ClientConn<'_>,
+    client: &Peer,
+    client_tls: bool,
     original_host: Option<HeaderValue>,
     req: Request<B>,
-    report: &mut Report,
-) -> Response<ProxyBody>
-where
-    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
-{
-    let RouteAction::Forward(forward) = &route.action else {
-        return response::upstream_error();
-    };
-    let client = conn.peer;
-    let client_tls = conn.tls;
-    let client_ip = origin.client;
+) -> Outbound<B> {
     let (mut parts, body) = req.into_parts();
-    // The upgrade headers go back in per attempt, for HTTP/1.1 upstreams only.
     let upgrade = upgrade::take_request(&mut parts);
     headers::strip_hop_by_hop(&mut parts.headers, true);
     headers::add_forwarded(
@@ -301,93 +439,73 @@ where
         &mut parts.uri,
         Uri::from(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"))),
     );
+    Outbound {
+        parts,
+        body,
+        upgrade,
+        request_id,
+        client_uri,
+        host_preserved,
+    }
+}
+
+/// Runs the route's middlewares on the request (an answer of theirs is the `Err`), starts the
+/// mirrors and checks the body's beginning when exploit protection is on. What the middlewares
+/// did comes back for the response.
+#[allow(clippy::too_many_arguments)]
+async fn filter_request<B>(
+    snapshot: &Arc<Snapshot>,
+    route: &Arc<CompiledRoute>,
+    conn: &ClientConn<'_>,
+    parts: &mut Parts,
+    client_uri: &Uri,
+    host_preserved: bool,
+    client_ip: IpAddr,
+    body: B,
+    report: &mut Report,
+) -> Result<(PrefixedBody<TeeBody<B>>, Option<Ran>), Response<ProxyBody>>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
     let mut ran = None;
     if !route.middlewares.is_empty() {
         let mut ctx = RequestCtx::new(
             snapshot,
             route,
-            &mut parts,
-            &client_uri,
+            parts,
+            client_uri,
             conn.host,
-            if client_tls { "https" } else { "http" },
+            if conn.tls { "https" } else { "http" },
             conn.port,
             client_ip,
         );
         let (mut done, answer) = route.middlewares.request(&mut ctx).await;
         if let Some(mut resp) = answer {
             let ctx = ResponseCtx {
-                client_uri: &client_uri,
+                client_uri,
                 method: &parts.method,
                 from_upstream: false,
             };
             route.middlewares.response(&mut done, &ctx, &mut resp);
             report.log_fields = std::mem::take(&mut done.log_fields);
-            resp.headers_mut()
-                .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
-            return resp;
+            return Err(resp);
         }
         ran = Some(done);
     }
-    let method = ran.as_ref().map(|_| parts.method.clone());
     let body = mirror::start(
         snapshot,
         &route.name,
         &route.mirrors,
-        &parts,
+        parts,
         host_preserved,
         body,
     );
     let body = if route.exploit_protection {
-        match inspect_body(route, client_ip, &parts.headers, body).await {
-            Ok(body) => body,
-            Err(resp) => return resp,
-        }
+        inspect_body(route, client_ip, &parts.headers, body).await?
     } else {
         PrefixedBody::unread(body)
     };
-    // bodyLimit: counted as it streams (a declared length was checked by the middleware).
-    let (body, body_too_large) = LimitedBody::new(body, ran.as_ref().and_then(|r| r.body_limit));
-    let attempts = forward::forward(
-        snapshot,
-        &route.name,
-        forward,
-        pinned,
-        parts,
-        body,
-        upgrade,
-        host_preserved,
-        report,
-    );
-    let mut resp = match forward.timeout {
-        None => attempts.await,
-        Some(limit) => match tokio::time::timeout(limit, attempts).await {
-            Ok(resp) => resp,
-            Err(_) => {
-                report.failure = Some(UpstreamFailure::Timeout);
-                tracing::warn!(route = %route.name, timeout = ?limit, "request timeout (retries included)");
-                response::timeout()
-            }
-        },
-    };
-    if body_too_large.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
-        && !report.upstream_responded
-    {
-        tracing::debug!(route = %route.name, client = %client_ip, "request body passed its limit: upstream request aborted");
-        resp = body_limit::too_large();
-    }
-    if let (Some(mut done), Some(method)) = (ran, method) {
-        let ctx = ResponseCtx {
-            client_uri: &client_uri,
-            method: &method,
-            from_upstream: report.upstream_responded,
-        };
-        route.middlewares.response(&mut done, &ctx, &mut resp);
-        report.log_fields = done.log_fields;
-    }
-    // Upstream answers and forwarding errors alike: the client can quote the id.
-    resp.headers_mut()
-        .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
-    resp
+    Ok((body, ran))
 }
 
 /// The host the client asked for, as a header value: the Host header itself when that is where
