@@ -4,8 +4,8 @@
 build:
     cargo build --release
 
-# Profile-guided release build, target/pgo/release/sluice: what the image ships (about twice a
-# plain release build; needs llvm-19's llvm-profdata and h2load, see the script).
+# Profile-guided release build laid out by BOLT, target/pgo/release/sluice: what the image ships
+# (about twice a plain release build; needs llvm-19, bolt-19 and h2load, see the script).
 build-pgo:
     bash deploy/pgo-build.sh
 
