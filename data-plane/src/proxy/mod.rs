@@ -15,14 +15,13 @@ pub mod response;
 pub mod upgrade;
 
 pub use headers::Peer;
-use mirror::TeeBody;
 use prefix::PrefixedBody;
 pub use report::{Report, UpstreamFailure};
 pub use response::ProxyBody;
 use upgrade::ClientUpgrade;
 
 use crate::middleware::body_limit::{self, LimitedBody};
-use crate::middleware::{Ran, RequestCtx, ResponseCtx};
+use crate::middleware::{RequestCtx, ResponseCtx};
 use crate::router::cors::Cors;
 use crate::router::host::request_host_and_header;
 use crate::router::redirect::RedirectRequest;
@@ -112,9 +111,36 @@ where
                 original_host,
                 req,
             );
-            // Middlewares and the body check may wait (an auth call, the body's first bytes):
-            // boxed, so that their state does not size, and is not moved with, every request.
-            let (body, ran) = if route.middlewares.is_empty() && !route.exploit_protection {
+            // Every answer from here on carries the request id: the client can quote it.
+            let mut resp = 'answer: {
+                // Middlewares and the body check may wait (an auth call, the body's first
+                // bytes): each waits boxed, and only on routes that have it, so that its state
+                // does not size, and is not moved with, every request's.
+                let mut ran = None;
+                if !route.middlewares.is_empty() {
+                    let mut ctx = RequestCtx::new(
+                        &snapshot,
+                        &route,
+                        &mut parts,
+                        &client_uri,
+                        host.as_deref().unwrap_or_default(),
+                        if tls.is_some() { "https" } else { "http" },
+                        port,
+                        client_ip,
+                    );
+                    let (mut done, answer) = Box::pin(route.middlewares.request(&mut ctx)).await;
+                    if let Some(mut answer) = answer {
+                        let ctx = ResponseCtx {
+                            client_uri: &client_uri,
+                            method: &parts.method,
+                            from_upstream: false,
+                        };
+                        route.middlewares.response(&mut done, &ctx, &mut answer);
+                        report.log_fields = std::mem::take(&mut done.log_fields);
+                        break 'answer answer;
+                    }
+                    ran = Some(done);
+                }
                 let body = mirror::start(
                     &snapshot,
                     &route.name,
@@ -123,75 +149,58 @@ where
                     host_preserved,
                     body,
                 );
-                (PrefixedBody::unread(body), None)
-            } else {
-                let conn = ClientConn {
-                    tls: tls.is_some(),
-                    port,
-                    host: host.as_deref().unwrap_or_default(),
+                let body = if route.exploit_protection {
+                    match Box::pin(inspect_body(&route, client_ip, &parts.headers, body)).await {
+                        Ok(body) => body,
+                        Err(blocked) => break 'answer blocked,
+                    }
+                } else {
+                    PrefixedBody::unread(body)
                 };
-                let filtered = filter_request(
+                // bodyLimit: counted as it streams (a declared length was checked by the
+                // middleware).
+                let (body, body_too_large) =
+                    LimitedBody::new(body, ran.as_ref().and_then(|r| r.body_limit));
+                let method = ran.as_ref().map(|_| parts.method.clone());
+                let attempts = forward::forward(
                     &snapshot,
-                    &route,
-                    &conn,
-                    &mut parts,
-                    &client_uri,
-                    host_preserved,
-                    client_ip,
+                    &route.name,
+                    forward,
+                    pinned,
+                    parts,
                     body,
+                    upgrade,
+                    host_preserved,
                     report,
                 );
-                match Box::pin(filtered).await {
-                    Ok((body, ran)) => (body, ran),
-                    Err(mut resp) => {
-                        resp.headers_mut()
-                            .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
-                        break 'forward resp;
-                    }
-                }
-            };
-            // bodyLimit: counted as it streams (a declared length was checked by the middleware).
-            let (body, body_too_large) =
-                LimitedBody::new(body, ran.as_ref().and_then(|r| r.body_limit));
-            let method = ran.as_ref().map(|_| parts.method.clone());
-            let attempts = forward::forward(
-                &snapshot,
-                &route.name,
-                forward,
-                pinned,
-                parts,
-                body,
-                upgrade,
-                host_preserved,
-                report,
-            );
-            let mut resp = match forward.timeout {
-                None => attempts.await,
-                Some(limit) => match tokio::time::timeout(limit, attempts).await {
-                    Ok(resp) => resp,
-                    Err(_) => {
-                        report.failure = Some(UpstreamFailure::Timeout);
-                        tracing::warn!(route = %route.name, timeout = ?limit, "request timeout (retries included)");
-                        response::timeout()
-                    }
-                },
-            };
-            if body_too_large.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
-                && !report.upstream_responded
-            {
-                tracing::debug!(route = %route.name, client = %client_ip, "request body passed its limit: upstream request aborted");
-                resp = body_limit::too_large();
-            }
-            if let (Some(mut done), Some(method)) = (ran, method) {
-                let ctx = ResponseCtx {
-                    client_uri: &client_uri,
-                    method: &method,
-                    from_upstream: report.upstream_responded,
+                let mut resp = match forward.timeout {
+                    None => attempts.await,
+                    Some(limit) => match tokio::time::timeout(limit, attempts).await {
+                        Ok(resp) => resp,
+                        Err(_) => {
+                            report.failure = Some(UpstreamFailure::Timeout);
+                            tracing::warn!(route = %route.name, timeout = ?limit, "request timeout (retries included)");
+                            response::timeout()
+                        }
+                    },
                 };
-                route.middlewares.response(&mut done, &ctx, &mut resp);
-                report.log_fields = done.log_fields;
-            }
-            // Upstream answers and forwarding errors alike: the client can quote the id.
+                if body_too_large.is_some_and(|f| f.load(std::sync::atomic::Ordering::Acquire))
+                    && !report.upstream_responded
+                {
+                    tracing::debug!(route = %route.name, client = %client_ip, "request body passed its limit: upstream request aborted");
+                    resp = body_limit::too_large();
+                }
+                if let (Some(mut done), Some(method)) = (ran, method) {
+                    let ctx = ResponseCtx {
+                        client_uri: &client_uri,
+                        method: &method,
+                        from_upstream: report.upstream_responded,
+                    };
+                    route.middlewares.response(&mut done, &ctx, &mut resp);
+                    report.log_fields = done.log_fields;
+                }
+                resp
+            };
             resp.headers_mut()
                 .insert(headers::X_GOMA_REQUEST_ID.clone(), request_id);
             resp
@@ -369,14 +378,6 @@ fn not_found(headers: &http::HeaderMap, websocket: bool) -> Response<ProxyBody> 
     }
 }
 
-/// The client connection a request arrived on, as the middlewares see it.
-struct ClientConn<'a> {
-    tls: bool,
-    port: u16,
-    /// The requested host, normalized; empty unless the route has middlewares.
-    host: &'a str,
-}
-
 /// A request made ready for the upstream.
 struct Outbound<B> {
     /// `uri` holds the path and query to send.
@@ -447,65 +448,6 @@ fn outbound<B>(
         client_uri,
         host_preserved,
     }
-}
-
-/// Runs the route's middlewares on the request (an answer of theirs is the `Err`), starts the
-/// mirrors and checks the body's beginning when exploit protection is on. What the middlewares
-/// did comes back for the response.
-#[allow(clippy::too_many_arguments)]
-async fn filter_request<B>(
-    snapshot: &Arc<Snapshot>,
-    route: &Arc<CompiledRoute>,
-    conn: &ClientConn<'_>,
-    parts: &mut Parts,
-    client_uri: &Uri,
-    host_preserved: bool,
-    client_ip: IpAddr,
-    body: B,
-    report: &mut Report,
-) -> Result<(PrefixedBody<TeeBody<B>>, Option<Ran>), Response<ProxyBody>>
-where
-    B: Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
-{
-    let mut ran = None;
-    if !route.middlewares.is_empty() {
-        let mut ctx = RequestCtx::new(
-            snapshot,
-            route,
-            parts,
-            client_uri,
-            conn.host,
-            if conn.tls { "https" } else { "http" },
-            conn.port,
-            client_ip,
-        );
-        let (mut done, answer) = route.middlewares.request(&mut ctx).await;
-        if let Some(mut resp) = answer {
-            let ctx = ResponseCtx {
-                client_uri,
-                method: &parts.method,
-                from_upstream: false,
-            };
-            route.middlewares.response(&mut done, &ctx, &mut resp);
-            report.log_fields = std::mem::take(&mut done.log_fields);
-            return Err(resp);
-        }
-        ran = Some(done);
-    }
-    let body = mirror::start(
-        snapshot,
-        &route.name,
-        &route.mirrors,
-        parts,
-        host_preserved,
-        body,
-    );
-    let body = if route.exploit_protection {
-        inspect_body(route, client_ip, &parts.headers, body).await?
-    } else {
-        PrefixedBody::unread(body)
-    };
-    Ok((body, ran))
 }
 
 /// The host the client asked for, as a header value: the Host header itself when that is where
