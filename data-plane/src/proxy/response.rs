@@ -5,7 +5,7 @@ use crate::upstream::client::BoxError;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 
 /// Body of every response the proxy returns: upstream bodies streamed through, or local bytes.
 /// Its error is boxed: upstream bodies fail with our HTTP/1.1 codec's errors or hyper's.
@@ -17,10 +17,9 @@ pub fn full(bytes: Bytes) -> ProxyBody {
         .boxed_unsync()
 }
 
-/// No body (a `101 Switching Protocols` answer).
-pub fn empty() -> ProxyBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
+/// No body (a `101 Switching Protocols` answer): the same boxed empty body as an upstream
+/// request's, one type on both sides.
+pub use crate::upstream::client::empty_body as empty;
 
 /// A plain-text local response.
 pub fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
