@@ -42,14 +42,15 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-# Serves the training load with the sluice binary $1 (which writes its profile when it exits).
-train() {
-  cp examples/*.yaml "$WORK/"
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=secure.example.com" -addext "subjectAltName=DNS:secure.example.com,IP:127.0.0.1" \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-  indent() { sed 's/^/    /' "$1"; }
-  cat >"$WORK/training-tls.yaml" <<YAML
+# The training configuration: the shipped examples plus a TLS Gateway, and a request body.
+CONF=$WORK/config
+mkdir "$CONF"
+cp examples/*.yaml "$CONF/"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj "/CN=secure.example.com" -addext "subjectAltName=DNS:secure.example.com,IP:127.0.0.1" \
+  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+indent() { sed 's/^/    /' "$1"; }
+cat >"$CONF/training-tls.yaml" <<YAML
 apiVersion: v1
 kind: Secret
 metadata: {name: training-cert, namespace: default}
@@ -78,9 +79,25 @@ spec:
     - endpoint: http://127.0.0.1:9108
     - endpoint: http://127.0.0.1:9109
 YAML
-  "$1" standalone --config "$WORK" --demo-backends >"$WORK/standalone.log" 2>&1 &
+head -c 2048 /dev/zero | tr '\0' 'a' >"$WORK/body"
+
+# A load that did not reach the gateway (connections refused, TLS failed) would leave its mode
+# out of the profile: stop instead. Non-2xx answers are expected (a 503 route, a redirect).
+load() {
+  local out
+  out=$(h2load "$@")
+  grep -q " 0 errored, 0 timeout" <<<"$out" || {
+    echo "training load did not reach the gateway: h2load $*" >&2
+    grep -E "^requests|status codes" <<<"$out" >&2
+    exit 1
+  }
+}
+
+# Serves the training load with the sluice binary $1 (which writes its profile when it exits).
+train() {
+  "$1" standalone --config "$CONF" --demo-backends >"$WORK/standalone.log" 2>&1 &
   PID=$!
-  ready=
+  local ready=
   for _ in $(seq 1 300); do
     if curl -fsS -o /dev/null -H 'Host: api.example.com' 127.0.0.1:8080/users 2>/dev/null &&
       curl -fsS -o /dev/null 127.0.0.1:8093/ 2>/dev/null &&
@@ -91,17 +108,6 @@ YAML
     sleep 0.2
   done
   [[ -n $ready ]] || { cat "$WORK/standalone.log" >&2; echo "standalone did not become ready" >&2; exit 1; }
-  # A load that did not reach the gateway (connections refused, TLS failed) would leave its mode
-  # out of the profile: stop instead. Non-2xx answers are expected (a 503 route, a redirect).
-  load() {
-    local out
-    out=$(h2load "$@")
-    grep -q " 0 errored, 0 timeout" <<<"$out" || {
-      echo "training load did not reach the gateway: h2load $*" >&2
-      grep -E "^requests|status codes" <<<"$out" >&2
-      exit 1
-    }
-  }
   # HTTP/1.1 keep-alive over four routes (two of them split and rewritten), and local answers.
   load --h1 -n 60000 -c 16 -H 'Host: api.example.com' http://127.0.0.1:8080/users
   load --h1 -n 30000 -c 16 -H 'Host: api.example.com' http://127.0.0.1:8080/api/orders
@@ -111,7 +117,6 @@ YAML
   load --h1 -n 10000 -c 8 -H 'Host: store.example.com' http://127.0.0.1:8082/items
   load --h1 -n 5000 -c 8 http://127.0.0.1:8080/legacy
   load --h1 -n 5000 -c 8 -H 'Host: store.example.com' http://127.0.0.1:8082/old/x
-  head -c 2048 /dev/zero | tr '\0' 'a' >"$WORK/body"
   load --h1 -n 5000 -c 8 -H 'Host: api.example.com' -d "$WORK/body" http://127.0.0.1:8080/users
   # HTTP/2 without TLS (prior knowledge), multiplexed.
   load -n 40000 -c 16 -m 8 -H 'Host: api.example.com' http://127.0.0.1:8080/users
